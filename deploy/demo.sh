@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the embedded default job on the bundled sample.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/setup.sh
+exec .venv/bin/persona demo "$@"
