@@ -1,1 +1,108 @@
+"""PTF: the pipelined dataflow runtime (thesis chapter 4), without TensorFlow.
 
+Vocabulary (the thesis' words)
+------------------------------
+*Feed*: the unit flowing between stages (usually one AGD chunk). Every feed
+carries *metadata*, a stack of ``(batch id, arity)`` rows, plus its position
+in the batch at each level; gates read only the innermost row. A *batch* is all
+feeds of one request. A *stage* is a function over one feed (or over an
+aggregate of S feeds of one batch) run by N replica threads; stages never see
+metadata. A *gate* buffers feeds between stages; a *credit link* lets a
+downstream gate bound the open batches at an upstream gate; a *local pipeline*
+is a replicated sub-chain fed with *partitions* of a batch.
+
+Usage
+-----
+::
+
+    spec = PipelineSpec.chain("align", [
+        StageSpec("read", read_chunk, replicas=2),
+        StageSpec("align", align_chunk, replicas=2),
+        StageSpec("write", write_chunk),
+    ], capacity=8, credits=4)
+    with Pipeline(spec) as pipeline:            # validate, build, start
+        handle = pipeline.submit(chunk_keys)     # -> BatchHandle
+        results = handle.result(timeout=600)     # results[k] is feed k's output
+    # or YAML: PipelineSpec.from_yaml(path), stages named "package.module:function"
+
+Gate semantics
+--------------
+* Operations run first-come-first-served under one lock per gate.
+* Dequeues prefer the oldest open batch; within a batch plain dequeue is FIFO.
+* Aggregate dequeue of size S: group k of a batch of arity A is exactly the
+  feeds at positions kS..kS+S-1 (the last group short); the aggregate feed has
+  arity ceil(A/S) and position k. Deterministic grouping keeps results equal
+  to a sequential run and keeps the feed -> result mapping explicit.
+* Ingress: batch enqueue (returns the id). Egress: batch dequeue by id, done
+  by the pipeline as soon as the batch is whole; it resolves the BatchHandle.
+* Partition dequeue (a gate feeding a local pipeline) = aggregate dequeue of P
+  returning a :class:`Partition`; partition enqueue pushes a ``(partition id,
+  n)`` row at the local pipeline's first gate; the last gate's partition
+  dequeue pops it and emits one outer feed (payload: the ordered results).
+  A future global gate is the same gate whose partition consumers are remote.
+
+Bounding and the deadlock of thesis §4.4.3
+------------------------------------------
+The deadlock: a gate with a full, bounded buffer in front of an aggregate
+dequeue of S, where no open batch has a complete group buffered — neither the
+enqueue (full) nor the dequeue (no group) can proceed. The builder
+(:func:`persona.ptf.spec.plan`) accepts only configurations where it cannot
+happen, by these rules:
+
+R1  The pipeline is one chain ingress -> ... -> egress; each gate has one
+    consumer (a stage or a local pipeline) and one producer.
+R2  Only a gate whose consumer dequeues plainly may have a capacity: any
+    buffered feed satisfies a plain dequeue, so a full gate always has one to give.
+    Gates before aggregate, partition and batch dequeues are never full (no
+    capacity); the ingress (whole batches) and egress never have one.
+R3  Credit link U -> D: U strictly upstream of D in the same chain (never
+    between a local pipeline and the outer level); credits >= 1; U has no
+    capacity, so the remaining feeds of a batch holding a credit can always
+    enter U even when credit-less batches pile up there; a gate gives credits
+    to at most one gate and takes them from at most one; links are nested or
+    disjoint.
+R4  Every gate other than ingress/egress is bounded: it has a capacity, or it
+    lies inside a credit link (U < gate <= D), so it holds feeds of at most
+    ``credits`` batches. Local pipelines bound their partitions in flight with
+    their own credits, and their first/last gates are bounded by them.
+
+Why no deadlock then: enqueues block only at capacity gates (R2), whose plain
+consumer can always take a feed; the consumer's own enqueue goes to a gate
+that drains by the same argument, down to the egress, which never blocks. A
+credit held by batch b returns when D closes b; all of b's feeds are admitted
+at U (admission is per batch), every gate between U and D drains (above), and
+aggregate groups of b complete because none of b's feeds can be held back
+upstream (U never blocks, R3). Nested links follow by induction.
+
+Failures and cancellation
+-------------------------
+An exception in a stage fails that feed's user batch: its handle raises a
+:class:`persona.errors.StageError` naming stage, batch and feed; every gate
+drops the batch's buffered feeds and discards late arrivals; its credits
+return; other batches run on. ``BatchHandle.cancel()`` does the same with
+:class:`persona.errors.BatchCancelled`.
+
+Design
+------
+Bookkeeping is pure synchronous code tested deterministically:
+:class:`~persona.ptf.gate.GateState` (buffer, accounting, operations as
+non-blocking ``try_*`` methods) and :class:`~persona.ptf.credits.CreditLinkState`.
+Threads live in :mod:`~persona.ptf.channel` (gate lock + conditions),
+:mod:`~persona.ptf.stage`, :mod:`~persona.ptf.local` and
+:mod:`~persona.ptf.pipeline`. No thread ever holds two gate locks.
+"""
+from persona.ptf.channel import Gate, GateClosed, GateTimeout
+from persona.ptf.credits import CreditLinkState
+from persona.ptf.gate import GateState
+from persona.ptf.metadata import Feed, Partition
+from persona.ptf.pipeline import BatchHandle, Pipeline
+from persona.ptf.pool import Buffer, PooledResource, ResourcePool, buffer_pool
+from persona.ptf.spec import (CreditLinkSpec, GateSpec, LocalPipelineSpec, PipelineSpec,
+                              StageSpec, plan)
+
+__all__ = [
+    "BatchHandle", "Buffer", "CreditLinkSpec", "CreditLinkState", "Feed", "Gate",
+    "GateClosed", "GateSpec", "GateState", "GateTimeout", "LocalPipelineSpec", "Partition",
+    "Pipeline", "PipelineSpec", "PooledResource", "ResourcePool", "StageSpec", "buffer_pool",
+    "plan",
+]

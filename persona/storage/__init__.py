@@ -1,1 +1,43 @@
+"""Storage layer: one :class:`Store` interface, backends chosen by URL scheme.
 
+>>> store = open_store("memory://doc")
+>>> store.put("ds/a.base", b"ACGT")
+>>> list(store.list("ds/"))
+['ds/a.base']
+
+Bare paths and ``file://`` URLs are directories (:class:`FileStore`),
+``memory://name`` is in-process (:class:`MemoryStore`), ``ceph://pool/ns`` and
+``s3://bucket/prefix`` load optional backends on first use.
+"""
+from persona.errors import StoreError, StoreKeyError, StoreUnavailableError
+from persona.storage.base import (
+    InvalidKeyError,
+    PrefixStore,
+    Store,
+    StoreUsageError,
+    join_key,
+    validate_key,
+    validate_prefix,
+)
+from persona.storage.file import FileStore
+from persona.storage.memory import MemoryStore
+from persona.storage.registry import open_store, register_store, registered_schemes, split_scheme
+
+__all__ = [
+    "FileStore",
+    "InvalidKeyError",
+    "MemoryStore",
+    "PrefixStore",
+    "Store",
+    "StoreError",
+    "StoreKeyError",
+    "StoreUnavailableError",
+    "StoreUsageError",
+    "join_key",
+    "open_store",
+    "register_store",
+    "registered_schemes",
+    "split_scheme",
+    "validate_key",
+    "validate_prefix",
+]

@@ -1,0 +1,90 @@
+"""FASTQ.gz -> AGD import throughput against decompression alone (``zcat``).
+
+For each input set: MB of uncompressed FASTQ per second of wall time, for
+``import_fastq`` (in-process, default settings, a fresh output directory each
+run) and for ``zcat FILE > /dev/null`` on the same files (R1 and R2 one after
+the other, times summed). Medians of several runs; prints the ratio
+import/zcat (goal >= 0.8) and, as the last line, one JSON object.
+
+    python bench/bench_import.py            # yeast (real) + 2M simulated pairs
+    python bench/bench_import.py --quick    # yeast only, fewer runs (< 1 min)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import OUT, emit_json, gunzipped_size, median_time, real_sets, require, run, simulated_pairs, table
+
+from persona.apps.import_fastq import import_fastq
+
+
+def bench_set(label: str, r1: Path, r2: Path, runs: int, threads: int, chunk_size: int) -> dict[str, float]:
+    fastq_bytes = gunzipped_size(r1) + gunzipped_size(r2)
+    zcat = require("zcat")
+
+    def decompress_only() -> None:
+        for p in (r1, r2):
+            run(f"{zcat} {p} > /dev/null", shell=True)
+
+    out = OUT / f"import_{label}"
+
+    def fresh() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+
+    def ours() -> None:
+        import_fastq(r1, r2, out=out, threads=threads, chunk_size=chunk_size)
+
+    decompress_only()  # warm the page cache for both contenders
+    t_zcat = median_time(decompress_only, runs)
+    t_ours = median_time(ours, runs, setup=fresh)
+    fresh()
+    mb = fastq_bytes / 1e6
+    return {
+        "fastq_mb": round(mb, 2),
+        "zcat_s": round(t_zcat, 4),
+        "import_s": round(t_ours, 4),
+        "zcat_mb_s": round(mb / t_zcat, 1),
+        "import_mb_s": round(mb / t_ours, 1),
+        "ratio": round(t_zcat / t_ours, 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="yeast only, 3 runs")
+    ap.add_argument("--runs", type=int, default=None, help="runs per contender (default 5, quick 3)")
+    ap.add_argument("--threads", type=int, default=0, help="import threads (0 = all cores)")
+    ap.add_argument("--chunk-size", type=int, default=100_000)
+    args = ap.parse_args()
+    runs = args.runs or (3 if args.quick else 5)
+    sets = {"yeast": real_sets()["yeast"]}
+    if not args.quick:
+        sets["sim2M"] = simulated_pairs()
+    results = {}
+    for label, paths in sets.items():
+        print(f"[{label}] {paths['r1'].name} + {paths['r2'].name}, {runs} runs ...", file=sys.stderr, flush=True)
+        results[label] = bench_set(label, paths["r1"], paths["r2"], runs, args.threads, args.chunk_size)
+    rows = [[k, v["fastq_mb"], v["zcat_s"], v["zcat_mb_s"], v["import_s"], v["import_mb_s"], v["ratio"]]
+            for k, v in results.items()]
+    print(table(["set", "FASTQ MB", "zcat s", "zcat MB/s", "import s", "import MB/s", "ratio"], rows))
+    print(f"threads={args.threads or os.cpu_count()} chunk_size={args.chunk_size} runs={runs} "
+          "(ratio = import MB/s / zcat MB/s; goal >= 0.8)")
+    emit_json({
+        "bench": "import_fastq",
+        "threads": args.threads or os.cpu_count(),
+        "chunk_size": args.chunk_size,
+        "runs": runs,
+        "sets": results,
+        "min_ratio": min(v["ratio"] for v in results.values()),
+        "goal_ratio": 0.8,
+    })
+
+
+if __name__ == "__main__":
+    main()

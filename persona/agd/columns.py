@@ -1,0 +1,129 @@
+"""Column codecs: what a column's records mean, by the column's name.
+
+=====================  =================  =========================================
+column                 record type        in memory (decoded value)
+=====================  =================  =========================================
+``base``               COMPACTED_BASES    RaggedArray of text bases (A,C,G,T,N)
+``qual``               TEXT               RaggedArray of Phred+33 qualities
+``metadata``           TEXT               RaggedArray of read names (no ``@``)
+``results``            STRUCTURED         :class:`Alignments`
+``secondary<N>``       STRUCTURED         :class:`Alignments`
+anything else          STRUCTURED         RaggedArray, bytes passed through
+=====================  =================  =========================================
+
+Unknown names are opaque byte columns, as the original writer treats any
+non-text, non-base column (e.g. ``prot``) as STRUCTURED.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+from persona._native import alignment_codec, bases
+from persona.agd.format import RecordType
+from persona.agd.ragged import RaggedArray
+from persona.agd.records import ALIGNMENT_DTYPE, Alignments
+from persona.errors import ChunkFormatError
+
+BASE = "base"
+QUAL = "qual"
+METADATA = "metadata"
+RESULTS = "results"
+READ_COLUMNS = (BASE, QUAL, METADATA)
+_SECONDARY = re.compile(r"secondary\d+")
+
+ColumnValue = RaggedArray | Alignments
+
+
+def secondary_column(i: int) -> str:
+    """Name of the i-th secondary results column (``secondary0``, ...)."""
+    return f"secondary{i}"
+
+
+def is_alignment_column(name: str) -> bool:
+    return name == RESULTS or _SECONDARY.fullmatch(name) is not None
+
+
+def column_record_type(name: str) -> RecordType:
+    """The record type the header of a chunk of column ``name`` carries."""
+    if name == BASE:
+        return RecordType.COMPACTED_BASES
+    if name in (QUAL, METADATA):
+        return RecordType.TEXT
+    return RecordType.STRUCTURED
+
+
+def column_sort_key(name: str) -> tuple[int, int, str]:
+    """Canonical column order: base, qual, metadata, results, secondary0.., others by name."""
+    fixed = {BASE: 0, QUAL: 1, METADATA: 2, RESULTS: 3}
+    if name in fixed:
+        return (fixed[name], 0, "")
+    if _SECONDARY.fullmatch(name):
+        return (4, int(name[len("secondary") :]), "")
+    return (5, 0, name)
+
+
+def _as_ragged(value: object) -> RaggedArray:
+    if isinstance(value, RaggedArray):
+        return value
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, str)):
+        return RaggedArray.from_list(value)  # type: ignore[arg-type]
+    raise TypeError(f"expected a RaggedArray or a sequence of bytes, got {type(value).__name__}")
+
+
+def encode_column(name: str, value: ColumnValue | Iterable[bytes | str]) -> RaggedArray:
+    """The on-disk records of a column (still uncompressed), from its in-memory value.
+
+    Raises ``ValueError`` (bad bases) or ``TypeError`` (wrong value kind).
+    """
+    if is_alignment_column(name):
+        if not isinstance(value, Alignments):
+            raise TypeError(f"column {name!r} takes Alignments, got {type(value).__name__}")
+        offsets, data = alignment_codec.encode_alignments(
+            value.fields, value.cigars.offsets, value.cigars.data
+        )
+        return RaggedArray(offsets, data, validate=False)
+    ragged = _as_ragged(value)
+    if name == BASE:
+        try:
+            offsets, data = bases.pack_bases(ragged.offsets, ragged.data)
+        except ValueError as e:
+            raise ValueError(f"column {name!r}: {e}") from None
+        return RaggedArray(offsets, data, validate=False)
+    return ragged
+
+
+def decode_column(
+    name: str,
+    ragged: RaggedArray,
+    key: str | None = None,
+    record_type: RecordType | None = None,
+) -> ColumnValue:
+    """The in-memory value of a column from its on-disk records.
+
+    ``record_type`` is the chunk header's; a ``base`` chunk stored as TEXT (the
+    original's base_decompression output) is passed through. Malformed records
+    raise :class:`ChunkFormatError` naming ``key`` and the record. Decoded bases and
+    alignments are fresh arrays; TEXT columns are returned as given (typically
+    read-only views of the chunk buffer: copy before modifying).
+    """
+    try:
+        if is_alignment_column(name):
+            fields, cig_offsets, cig_data = alignment_codec.decode_alignments(ragged.offsets, ragged.data)
+            cigars = RaggedArray(cig_offsets, cig_data, validate=False)
+            return Alignments(fields.view(ALIGNMENT_DTYPE), cigars)
+        if name == BASE and record_type is not RecordType.TEXT:
+            offsets, data = bases.unpack_bases(ragged.offsets, ragged.data)
+            return RaggedArray(offsets, data, validate=False)
+    except ValueError as e:
+        raise ChunkFormatError(f"column {name!r}: {e}", key=key) from None
+    return ragged
+
+
+def empty_value(name: str) -> ColumnValue:
+    """A zero-record value of column ``name``."""
+    if is_alignment_column(name):
+        return Alignments(np.zeros(0, ALIGNMENT_DTYPE), RaggedArray.empty())
+    return RaggedArray.empty()

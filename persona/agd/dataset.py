@@ -1,0 +1,434 @@
+"""AGD datasets in a store: reading (:class:`Dataset`) and writing (:class:`DatasetWriter`).
+
+A dataset named ``ds`` lives in one store location (a directory, a memory
+bucket, a RADOS namespace, an S3 prefix) as ``ds_metadata.json`` plus one file
+per (chunk, column): ``ds_<first>.<column>``. The manifest is always written
+LAST: a dataset whose manifest is missing is incomplete and cannot be opened,
+so a crash mid-write never leaves something that looks like a finished dataset
+(thesis §3.2.2: applications append a column, then update the manifest).
+
+Both classes are thread-safe: pipeline stages may read or write different
+chunks of one dataset from several threads.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from persona.agd.chunk import decode_chunk, encode_chunk
+from persona.agd.columns import (
+    READ_COLUMNS,
+    ColumnValue,
+    column_record_type,
+    decode_column,
+    encode_column,
+)
+from persona.agd.format import HEADER_SIZE, ChunkHeader, CompressionType
+from persona.agd.manifest import MANIFEST_SUFFIX, ChunkRef, Manifest, chunk_path, manifest_key
+from persona.agd.ragged import RaggedArray
+from persona.errors import ChunkFormatError, DatasetError, ManifestError, StoreKeyError
+from persona.storage import Store, open_store
+
+_RAW_CACHE_SIZE = 4  # decoded chunks kept for read_record
+
+
+def find_manifests(store: Store) -> list[str]:
+    """Names of the datasets whose manifests sit at the top level of ``store``."""
+    return [k[: -len(MANIFEST_SUFFIX)] for k in store.list() if "/" not in k and k.endswith(MANIFEST_SUFFIX)]
+
+
+def _split_location(location: str | os.PathLike[str] | Store, name: str | None) -> tuple[Store, str | None]:
+    """(store, dataset name) for a store / URL / path, or a path to a manifest file itself."""
+    if isinstance(location, Store):
+        return location, name
+    loc = os.fspath(location).rstrip("/")
+    if loc.endswith(MANIFEST_SUFFIX) and not os.path.isdir(loc):
+        parent, _, fname = loc.rpartition("/")
+        mname = fname[: -len(MANIFEST_SUFFIX)]
+        if name is not None and name != mname:
+            raise DatasetError(f"manifest {fname} is not that of dataset {name!r}", location=loc)
+        return open_store(parent or "."), mname
+    return open_store(loc), name
+
+
+def encode_column_chunk(
+    column: str,
+    value: ColumnValue | Iterable[bytes],
+    *,
+    first_ordinal: int,
+    name: str,
+    compression: CompressionType | str | int = CompressionType.ZSTD,
+    level: int | None = None,
+) -> bytes:
+    """The file bytes of one column of one chunk (encode + compress); usable in a separate stage."""
+    records = encode_column(column, value)
+    return encode_chunk(
+        records,
+        record_type=column_record_type(column),
+        first_ordinal=first_ordinal,
+        name=name,
+        compression=compression,
+        level=level,
+    )
+
+
+class Dataset:
+    """An AGD dataset opened for reading (and for appending columns).
+
+    ``chunks[i]`` is the i-th chunk; ``read_column(i, "base")`` its decoded bases.
+    ``compression`` is used by :meth:`write_column_chunk`; None means "the one the
+    dataset's first chunk file uses" (so a gzip dataset stays readable by the
+    original), zstd if the dataset has no chunks.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        manifest: Manifest,
+        *,
+        compression: CompressionType | str | int | None = None,
+        level: int | None = None,
+    ) -> None:
+        self.store = store
+        self.manifest = manifest
+        self._compression = None if compression is None else CompressionType.parse(compression)
+        self._level = level
+        self._lock = threading.Lock()
+        self._raw_cache: OrderedDict[tuple[int, str], RaggedArray] = OrderedDict()
+
+    @classmethod
+    def open(cls, location: str | os.PathLike[str] | Store, name: str | None = None, **kwargs: Any) -> "Dataset":
+        """Open the dataset in a store URL / path / :class:`Store`, or at the path of its manifest.
+
+        Without ``name`` the location must hold exactly one ``*_metadata.json``.
+        Raises :class:`ManifestError` when there is none (an incomplete dataset) or
+        it is malformed, :class:`DatasetError` when several datasets share the location.
+        """
+        store, name = _split_location(location, name)
+        if name is None:
+            names = find_manifests(store)
+            if not names:
+                raise ManifestError(
+                    f"no dataset manifest (*{MANIFEST_SUFFIX}) found; the dataset is missing or incomplete",
+                    store=store.url,
+                )
+            if len(names) > 1:
+                raise DatasetError(
+                    f"several datasets in one location ({', '.join(names)}); pass name=", store=store.url
+                )
+            name = names[0]
+        key = manifest_key(name)
+        try:
+            raw = store.get(key)
+        except StoreKeyError:
+            raise ManifestError("dataset manifest not found; the dataset is missing or incomplete",
+                                key=key, store=store.url) from None
+        return cls(store, Manifest.from_json(raw, key=f"{store.url}/{key}"), **kwargs)
+
+    # -- description ----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def chunks(self) -> list[ChunkRef]:
+        return self.manifest.records
+
+    @property
+    def columns(self) -> list[str]:
+        return self.manifest.columns
+
+    @property
+    def paired(self) -> bool:
+        return bool(self.manifest.paired)
+
+    @property
+    def num_records(self) -> int:
+        return self.manifest.num_records
+
+    def __repr__(self) -> str:
+        return f"<Dataset {self.name!r} at {self.store.url}: {len(self.chunks)} chunks, columns {self.columns}>"
+
+    def chunk_key(self, chunk_idx: int, column: str) -> str:
+        """Store key of one column of one chunk. Absolute paths (old manifests) keep their file name."""
+        ref = self.chunks[chunk_idx]
+        path = ref.path.rsplit("/", 1)[-1] if ref.path.startswith("/") else ref.path
+        return f"{path}.{column}"
+
+    def chunk_of(self, ordinal: int) -> int:
+        """Index of the chunk holding record ``ordinal``."""
+        firsts = [r.first for r in self.chunks]
+        i = bisect.bisect_right(firsts, ordinal) - 1
+        if i < 0 or ordinal >= self.chunks[i].last:
+            raise IndexError(f"record {ordinal} is not in dataset {self.name!r}")
+        return i
+
+    # -- reading ----------------------------------------------------------------
+    def _check_column(self, column: str) -> None:
+        if column not in self.columns:
+            raise DatasetError(f"dataset {self.name!r} has no column {column!r} (it has {self.columns})")
+
+    def _check_header(self, header: ChunkHeader, chunk_idx: int, column: str, key: str) -> None:
+        ref = self.chunks[chunk_idx]
+        if (header.first_ordinal, header.last_ordinal) != (ref.first, ref.last):
+            raise ChunkFormatError(
+                f"header holds records [{header.first_ordinal}, {header.last_ordinal}) but the manifest "
+                f"says [{ref.first}, {ref.last})",
+                key=key,
+            )
+
+    def read_header(self, chunk_idx: int, column: str) -> ChunkHeader:
+        """The header of one chunk file (a 56-byte ranged read), checked against the manifest."""
+        self._check_column(column)
+        key = self.chunk_key(chunk_idx, column)
+        header = ChunkHeader.unpack(self.store.get_range(key, 0, HEADER_SIZE), key)
+        self._check_header(header, chunk_idx, column, key)
+        return header
+
+    def read_raw(self, chunk_idx: int, column: str) -> tuple[ChunkHeader, RaggedArray]:
+        """Header and still-encoded records of one chunk file, checked against the manifest."""
+        self._check_column(column)
+        key = self.chunk_key(chunk_idx, column)
+        buf = self.store.get(key)
+        header, records = decode_chunk(buf, key)
+        self._check_header(header, chunk_idx, column, key)
+        return header, records
+
+    def read_column(self, chunk_idx: int, column: str) -> ColumnValue:
+        """The decoded value of one column of one chunk (RaggedArray or Alignments)."""
+        header, records = self.read_raw(chunk_idx, column)
+        return decode_column(column, records, key=self.chunk_key(chunk_idx, column), record_type=header.record_type)
+
+    def read_chunk(self, chunk_idx: int, columns: Sequence[str] | None = None) -> dict[str, ColumnValue]:
+        """Decoded values of several columns of one chunk (all columns by default)."""
+        return {c: self.read_column(chunk_idx, c) for c in (self.columns if columns is None else columns)}
+
+    def iter_chunks(self, columns: Sequence[str] | None = None) -> Iterator[tuple[ChunkRef, dict[str, ColumnValue]]]:
+        """Every chunk in order with its decoded columns (one chunk in memory at a time)."""
+        for i, ref in enumerate(self.chunks):
+            yield ref, self.read_chunk(i, columns)
+
+    def read_record(self, chunk_idx: int, column: str, i: int) -> ColumnValue | bytes:
+        """Record ``i`` (0-based within the chunk) of one column, decoded.
+
+        Byte columns give ``bytes``; alignment columns a one-row ``Alignments``.
+        Uncompressed chunks are read with ranged gets (header, index, the record);
+        compressed ones are decoded whole once and kept in a small cache.
+        """
+        self._check_column(column)
+        ref = self.chunks[chunk_idx]
+        if not 0 <= i < ref.num_records:
+            raise IndexError(f"record {i} out of range for chunk {ref.path} of {ref.num_records} records")
+        key = self.chunk_key(chunk_idx, column)
+        header, one = self._read_one(chunk_idx, column, key, i)
+        value = decode_column(column, one, key=key, record_type=header.record_type)
+        return value[0] if isinstance(value, RaggedArray) else value
+
+    def _read_one(self, chunk_idx: int, column: str, key: str, i: int) -> tuple[ChunkHeader, RaggedArray]:
+        header = self.read_header(chunk_idx, column)
+        if header.compression is CompressionType.UNCOMPRESSED and self.store.supports_partial_reads:
+            n = header.num_records
+            index = self.store.get_range(key, header.segment_start, 4 * n)
+            if len(index) < 4 * n:
+                raise ChunkFormatError(f"file ends inside the index of {n} records", key=key)
+            lengths = np.frombuffer(index, dtype="<u4")
+            start = header.segment_start + 4 * n + int(lengths[:i].sum(dtype=np.uint64))
+            rec = self.store.get_range(key, start, int(lengths[i]))
+            if len(rec) != int(lengths[i]):
+                raise ChunkFormatError(f"file ends inside record {i}", key=key)
+            return header, RaggedArray.from_list([rec])
+        cache_key = (chunk_idx, column)
+        with self._lock:
+            records = self._raw_cache.get(cache_key)
+            if records is not None:
+                self._raw_cache.move_to_end(cache_key)
+        if records is None:
+            header, records = self.read_raw(chunk_idx, column)
+            with self._lock:
+                self._raw_cache[cache_key] = records
+                while len(self._raw_cache) > _RAW_CACHE_SIZE:
+                    self._raw_cache.popitem(last=False)
+        return header, records.slice(i, i + 1)
+
+    # -- appending columns ------------------------------------------------------
+    @property
+    def compression(self) -> CompressionType:
+        """Compression for new column chunks (see the class docstring)."""
+        if self._compression is None:
+            comp = CompressionType.ZSTD
+            if self.chunks and self.columns:
+                key = self.chunk_key(0, self.columns[0])
+                try:
+                    comp = ChunkHeader.unpack(self.store.get_range(key, 0, HEADER_SIZE), key).compression
+                except (StoreKeyError, ChunkFormatError):
+                    pass
+            self._compression = comp
+        return self._compression
+
+    def write_column_chunk(self, chunk_idx: int, column: str, value: ColumnValue | Iterable[bytes]) -> str:
+        """Write one chunk of a (new or rewritten) column; returns its key.
+
+        The column becomes visible to readers only after :meth:`commit_columns`.
+        """
+        ref = self.chunks[chunk_idx]
+        n = len(value)  # type: ignore[arg-type]
+        if n != ref.num_records:
+            raise DatasetError(
+                f"column {column!r} value has {n} records but chunk {ref.path} holds {ref.num_records}",
+                key=self.chunk_key(chunk_idx, column),
+            )
+        data = encode_column_chunk(
+            column, value, first_ordinal=ref.first, name=self.name, compression=self.compression, level=self._level
+        )
+        key = self.chunk_key(chunk_idx, column)
+        self.store.put(key, data)
+        return key
+
+    def commit_columns(self, new_columns: Sequence[str], **manifest_updates: Any) -> Manifest:
+        """Add columns (every chunk file must exist) and apply manifest updates; rewrites the
+        manifest last. Unknown update names raise TypeError; pass ``extra={...}`` for
+        extension keys. Returns the new manifest."""
+        keys = [self.chunk_key(i, c) for c in new_columns for i in range(len(self.chunks))]
+        missing = [k for k in keys if not self.store.exists(k)]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise DatasetError(
+                f"cannot commit columns: {len(missing)} chunk files missing: {shown}", store=self.store.url
+            )
+        columns = list(self.columns) + [c for c in new_columns if c not in self.columns]
+        if "extra" in manifest_updates:
+            manifest_updates["extra"] = {**self.manifest.extra, **manifest_updates["extra"]}
+        manifest = self.manifest.with_updates(columns=columns, **manifest_updates)
+        self.store.put(manifest_key(manifest.name), manifest.to_json())
+        self.manifest = manifest
+        with self._lock:
+            self._raw_cache.clear()
+        return manifest
+
+
+class DatasetWriter:
+    """Writes a new dataset chunk by chunk, then its manifest (:meth:`commit`), or
+    removes what it wrote (:meth:`abort`).
+
+    Chunks may be written in any order and from several threads; at commit they
+    must cover records ``[0, N)`` without gaps. Used as a context manager, leaving
+    the block without :meth:`commit` (normally or by an exception) aborts.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | os.PathLike[str],
+        name: str,
+        columns: Sequence[str] = READ_COLUMNS,
+        compression: CompressionType | str | int = CompressionType.ZSTD,
+        paired: bool | None = None,
+        *,
+        level: int | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if not name or "/" in name:
+            raise DatasetError(f"bad dataset name {name!r}: non-empty, no '/'")
+        if len(set(columns)) != len(columns) or not columns:
+            raise DatasetError(f"columns must be distinct and non-empty, got {list(columns)}")
+        self.store = open_store(store)
+        self.name = name
+        self.columns = list(columns)
+        self.compression = CompressionType.parse(compression)
+        self.level = level
+        self.paired = paired
+        if not overwrite and self.store.exists(manifest_key(name)):
+            raise DatasetError(f"dataset {name!r} already exists (pass overwrite=True to replace it)",
+                               store=self.store.url)
+        self._lock = threading.Lock()
+        self._chunks: dict[int, ChunkRef] = {}
+        self._written: list[str] = []
+        self._state = "open"
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise DatasetError(f"dataset writer for {self.name!r} is already {self._state}")
+
+    def write_chunk(self, first_ordinal: int, values: Mapping[str, ColumnValue | Iterable[bytes]]) -> ChunkRef:
+        """Encode, compress and store one chunk (every column); returns its manifest entry."""
+        self._check_open()
+        if set(values) != set(self.columns):
+            raise DatasetError(f"chunk {first_ordinal} has columns {sorted(values)}, expected {self.columns}")
+        sizes = {c: len(v) for c, v in values.items()}  # type: ignore[arg-type]
+        if len(set(sizes.values())) != 1:
+            raise DatasetError(f"chunk {first_ordinal}: columns differ in record count: {sizes}")
+        files = {
+            c: encode_column_chunk(
+                c,
+                values[c],
+                first_ordinal=first_ordinal,
+                name=self.name,
+                compression=self.compression,
+                level=self.level,
+            )
+            for c in self.columns
+        }
+        return self.write_encoded(first_ordinal, next(iter(sizes.values())), files)
+
+    def write_encoded(self, first_ordinal: int, num_records: int, files: Mapping[str, bytes]) -> ChunkRef:
+        """Store one chunk whose column files are already encoded (see :func:`encode_column_chunk`)."""
+        self._check_open()
+        if set(files) != set(self.columns):
+            raise DatasetError(f"chunk {first_ordinal} has columns {sorted(files)}, expected {self.columns}")
+        ref = ChunkRef(first_ordinal, first_ordinal + num_records, chunk_path(self.name, first_ordinal))
+        with self._lock:
+            if first_ordinal in self._chunks:
+                raise DatasetError(f"chunk {first_ordinal} of {self.name!r} written twice")
+            self._chunks[first_ordinal] = ref
+            keys = [ref.key(c) for c in self.columns]
+            self._written.extend(keys)  # before the puts, so abort removes partial writes too
+        for c, key in zip(self.columns, keys):
+            self.store.put(key, files[c])
+        return ref
+
+    @property
+    def chunks(self) -> list[ChunkRef]:
+        with self._lock:
+            return sorted(self._chunks.values(), key=lambda r: r.first)
+
+    def commit(self, **manifest_fields: Any) -> Manifest:
+        """Write the manifest (last) and return it. ``manifest_fields``: sort, reference,
+        reference_contigs, paired, extra. Chunks must cover ``[0, N)`` exactly."""
+        self._check_open()
+        chunks = self.chunks
+        expect = 0
+        for ref in chunks:
+            if ref.first != expect:
+                what = "gap" if ref.first > expect else "overlap"
+                raise DatasetError(f"chunks of {self.name!r} have a {what} at record {expect} (next chunk {ref.path})")
+            expect = ref.last
+        manifest_fields.setdefault("paired", self.paired)
+        manifest = Manifest(name=self.name, columns=list(self.columns), records=chunks).with_updates(**manifest_fields)
+        self.store.put(manifest_key(self.name), manifest.to_json())
+        self._state = "committed"
+        return manifest
+
+    def abort(self) -> None:
+        """Delete every chunk file written so far; idempotent. No manifest is written."""
+        if self._state == "committed":
+            raise DatasetError(f"dataset {self.name!r} is already committed; cannot abort")
+        self._state = "aborted"
+        with self._lock:
+            keys, self._written = self._written, []
+        for key in keys:
+            try:
+                self.store.delete(key)
+            except StoreKeyError:
+                pass
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._state == "open":
+            self.abort()

@@ -1,0 +1,202 @@
+"""The dataset manifest ``<name>_metadata.json`` (thesis §3.2.1 "Chunk Directory and Manifest File").
+
+JSON object, written like the original's ``json.dump(..., indent=4)``::
+
+    {"name": "ds", "version": 1,
+     "records": [{"first": 0, "last": 100000, "path": "ds_0"}, ...],   # sorted, last exclusive
+     "columns": ["base", "qual", "metadata", "results"],
+     "sort": "queryname",                       # optional: queryname | coordinate | ...
+     "reference": "/ref/index",                 # optional, after alignment
+     "reference_contigs": [{"name": "chr1", "length": 248956422, "index": 0}],
+     "paired": true}                            # our extension (optional)
+
+Keys we do not know (``ceph_pool``, ``namespace``, ...) are kept in ``extra`` and
+written back unchanged, so rewriting a manifest never loses information.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from persona.errors import ManifestError
+
+MANIFEST_SUFFIX = "_metadata.json"
+_KNOWN = ("name", "version", "records", "columns", "sort", "reference", "reference_contigs", "paired")
+
+
+def manifest_key(name: str) -> str:
+    """Store key of dataset ``name``'s manifest."""
+    return f"{name}{MANIFEST_SUFFIX}"
+
+
+def chunk_path(name: str, first_ordinal: int) -> str:
+    """The ``path`` of a chunk in the manifest: ``<name>_<first>`` (chunk keys add ``.<column>``)."""
+    return f"{name}_{first_ordinal}"
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One chunk: records ``[first, last)``; its column files are ``<path>.<column>``."""
+
+    first: int
+    last: int
+    path: str
+
+    @property
+    def num_records(self) -> int:
+        return self.last - self.first
+
+    def key(self, column: str) -> str:
+        return f"{self.path}.{column}"
+
+
+@dataclass(frozen=True)
+class Contig:
+    """A reference sequence; ``index`` is what ``ref_index`` in alignments refers to."""
+
+    name: str
+    length: int
+    index: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An AGD dataset's manifest. ``records`` are sorted by ``first`` and do not overlap."""
+
+    name: str
+    columns: list[str] = field(default_factory=list)
+    records: list[ChunkRef] = field(default_factory=list)
+    version: int = 1
+    sort: str | None = "queryname"
+    reference: str | None = None
+    reference_contigs: list[Contig] = field(default_factory=list)
+    paired: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_records(self) -> int:
+        return sum(r.last - r.first for r in self.records)
+
+    def with_updates(self, **changes: Any) -> "Manifest":
+        """A copy with fields replaced; raises TypeError for unknown field names."""
+        if "reference_contigs" in changes:
+            changes["reference_contigs"] = [_as_contig(c) for c in changes["reference_contigs"]]
+        return replace(self, **changes)
+
+    # -- JSON -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "records": [{"first": r.first, "last": r.last, "path": r.path} for r in self.records],
+            "columns": list(self.columns),
+        }
+        if self.sort is not None:
+            d["sort"] = self.sort
+        if self.reference is not None:
+            d["reference"] = self.reference
+        if self.reference_contigs:
+            d["reference_contigs"] = [
+                {"name": c.name, "length": c.length, "index": c.index} for c in self.reference_contigs
+            ]
+        if self.paired is not None:
+            d["paired"] = self.paired
+        for k, v in self.extra.items():
+            d.setdefault(k, v)
+        return d
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=4).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes | str, key: str | None = None) -> "Manifest":
+        """Parse and validate a manifest; :class:`ManifestError` names ``key`` and the problem."""
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ManifestError(f"manifest is not valid JSON: {e}", key=key) from None
+        return cls.from_dict(obj, key)
+
+    @classmethod
+    def from_dict(cls, obj: Any, key: str | None = None) -> "Manifest":
+        if not isinstance(obj, dict):
+            raise ManifestError(f"manifest must be a JSON object, got {type(obj).__name__}", key=key)
+
+        def need(k: str, typ: type | tuple[type, ...], where: Mapping[str, Any] = obj, ctx: str = "") -> Any:
+            if k not in where:
+                raise ManifestError(f"manifest lacks {ctx}{k!r}", key=key)
+            v = where[k]
+            if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+                raise ManifestError(f"manifest {ctx}{k!r} has the wrong type {type(v).__name__}", key=key)
+            return v
+
+        name = need("name", str)
+        version = obj.get("version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version != 1:
+            raise ManifestError(f"unsupported manifest version {version!r} (expected 1)", key=key)
+        columns = need("columns", list)
+        if not all(isinstance(c, str) and c for c in columns):
+            raise ManifestError("manifest 'columns' must be a list of non-empty strings", key=key)
+        if len(set(columns)) != len(columns):
+            raise ManifestError(f"manifest 'columns' lists a column twice: {columns}", key=key)
+        records = []
+        for i, r in enumerate(need("records", list)):
+            if not isinstance(r, dict):
+                raise ManifestError(f"manifest records[{i}] is not an object", key=key)
+            ctx = f"records[{i}]."
+            first, last = need("first", int, r, ctx), need("last", int, r, ctx)
+            path = need("path", str, r, ctx)
+            if first < 0 or last < first:
+                raise ManifestError(f"manifest records[{i}] has an invalid range [{first}, {last})", key=key)
+            records.append(ChunkRef(first, last, path))
+        records.sort(key=lambda r: r.first)
+        for a, b in zip(records, records[1:]):
+            if b.first < a.last:
+                raise ManifestError(
+                    f"manifest chunks {a.path} [{a.first}, {a.last}) and {b.path} [{b.first}, {b.last}) overlap",
+                    key=key,
+                )
+        sort = obj.get("sort")
+        if sort is not None and not isinstance(sort, str):
+            raise ManifestError("manifest 'sort' must be a string", key=key)
+        reference = obj.get("reference")
+        if reference is not None and not isinstance(reference, str):
+            raise ManifestError("manifest 'reference' must be a string", key=key)
+        contigs = []
+        raw_contigs = obj.get("reference_contigs") or []
+        if not isinstance(raw_contigs, list):
+            raise ManifestError("manifest 'reference_contigs' must be a list", key=key)
+        for i, c in enumerate(raw_contigs):
+            if not isinstance(c, dict):
+                raise ManifestError(f"manifest reference_contigs[{i}] is not an object", key=key)
+            ctx = f"reference_contigs[{i}]."
+            index = c.get("index", i)
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise ManifestError(f"manifest {ctx}'index' must be an integer", key=key)
+            contigs.append(Contig(need("name", str, c, ctx), need("length", int, c, ctx), index))
+        paired = obj.get("paired")
+        if paired is not None and not isinstance(paired, bool):
+            raise ManifestError("manifest 'paired' must be true or false", key=key)
+        extra = {k: v for k, v in obj.items() if k not in _KNOWN}
+        return cls(
+            name=name,
+            columns=list(columns),
+            records=records,
+            version=version,
+            sort=sort,
+            reference=reference,
+            reference_contigs=contigs,
+            paired=paired,
+            extra=extra,
+        )
+
+
+def _as_contig(c: Contig | Mapping[str, Any] | tuple[str, int, int]) -> Contig:
+    if isinstance(c, Contig):
+        return c
+    if isinstance(c, Mapping):
+        return Contig(str(c["name"]), int(c["length"]), int(c["index"]))
+    name, length, index = c
+    return Contig(str(name), int(length), int(index))

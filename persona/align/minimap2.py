@@ -1,0 +1,215 @@
+"""minimap2 backend through mappy (the minimap2 Python binding).
+
+One ``mappy.Aligner`` (index + mapping options) serves every thread; each
+executor thread owns a ``mappy.ThreadBuffer`` (minimap2's per-thread scratch
+memory), kept in thread-local storage. Paired reads go through
+``Aligner.map(seq, seq2)``, i.e. minimap2's fragment mode with its pairing
+step (``mm_pair``), exactly as ``minimap2 -x sr r1.fq r2.fq`` does.
+
+What we rebuild from mappy's hits (mappy does not print SAM):
+
+- soft clips: mappy's CIGAR covers the aligned part only; clips come from
+  ``q_st``/``q_en``. For read 2 of a pair mappy reports ``q_st``/``q_en`` on the
+  reverse complement it maps (it flips the strand back but not the query
+  coordinates), so we mirror them to the read's own orientation;
+- the SAM primary (first primary-chain hit), supplementary/secondary flags,
+  proper-pair flag, mate fields and TLEN: :mod:`persona.align.pairing`.
+
+Read names are passed to minimap2 (``options.use_names``), which hashes them
+to break ties between equal hits, so placements match the minimap2 binary's.
+Reads shorter than the index's k-mer length cannot be seeded and come back
+unmapped. Qualities are not used by minimap2.
+
+The GIL: mappy 2.31's ``Aligner.map`` keeps the GIL while minimap2 maps a
+read (it has no ``with nogil`` block), so the executor's threads overlap only
+in the parts mappy runs with the GIL released by the interpreter's switch
+interval; see the report of bench/bench_align.py for what that costs.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from persona.agd.manifest import Contig
+from persona.agd.ragged import RaggedArray
+from persona.align.base import Aligner, AlignerOptions, AlignResult
+from persona.align.pairing import Hit, RecordSink, add_pair, add_single
+from persona.errors import AlignerError, ReferenceNotFoundError
+
+try:
+    import mappy
+except ImportError as e:  # pragma: no cover - mappy is a hard dependency
+    raise ImportError("the minimap2 backend needs mappy: pip install mappy") from e
+
+#: mappy.Aligner keywords that fix the index or mapping options (passed through from options.extra)
+CONSTRUCT_OPTIONS = frozenset(
+    {"k", "w", "min_cnt", "min_chain_score", "min_dp_score", "bw", "best_n", "max_frag_len",
+     "extra_flags", "scoring"}
+)
+#: minimap2 presets and their (max_frag_len, max_gap) pairing defaults (options.c)
+PRESET_PAIRING = {"sr": (800, 100), "short": (800, 100)}
+PRESETS = ("sr", "short", "map-ont", "map-pb", "map-hifi", "lr:hq", "asm5", "asm10", "asm20",
+           "splice", "splice:hq", "ava-ont", "ava-pb")
+_CIGAR_OPS = "MIDNSHP=XB"
+INDEX_SUFFIX = ".mmi"
+
+
+def _check_options(options: AlignerOptions) -> dict[str, Any]:
+    if options.preset not in PRESETS:
+        raise AlignerError(f"unknown minimap2 preset {options.preset!r}; known: {', '.join(PRESETS)}")
+    unknown = set(options.extra) - CONSTRUCT_OPTIONS
+    if unknown:
+        raise AlignerError(f"unknown minimap2 option(s): {', '.join(sorted(unknown))}; "
+                           f"known: {', '.join(sorted(CONSTRUCT_OPTIONS))}")
+    return dict(options.extra)
+
+
+def build_index(fasta: str | Path, out_path: str | Path, preset: str = "sr") -> None:
+    """Build minimap2's index (.mmi) of ``fasta`` for ``preset`` into ``out_path``."""
+    if preset not in PRESETS:
+        raise AlignerError(f"unknown minimap2 preset {preset!r}")
+    idx = mappy.Aligner(str(fasta), preset=preset, fn_idx_out=str(out_path), n_threads=3)
+    if not idx:
+        raise AlignerError(f"minimap2 could not index {fasta}", key=str(fasta))
+
+
+def load_index(path: str | Path, options: AlignerOptions) -> "mappy.Aligner":
+    """Load an .mmi with the mapping options of ``options`` (preset + pass-through keywords)."""
+    extra = _check_options(options)
+    try:
+        idx = mappy.Aligner(fn_idx_in=str(path), preset=options.preset, **extra)
+    except TypeError as e:
+        raise AlignerError(f"bad minimap2 option: {e}") from None
+    if not idx:
+        raise ReferenceNotFoundError(f"minimap2 could not load the index {path}", key=str(path))
+    return idx
+
+
+class Minimap2Aligner(Aligner):
+    """:class:`~persona.align.base.Aligner` over a loaded ``mappy.Aligner``."""
+
+    name = "minimap2"
+
+    def __init__(self, index: "mappy.Aligner", contigs: Sequence[Contig], options: AlignerOptions) -> None:
+        super().__init__(contigs, options)
+        _check_options(options)
+        names = list(index.seq_names)
+        if names != [c.name for c in self.contigs]:
+            raise ReferenceNotFoundError(
+                "minimap2 index contigs do not match the reference's contig table "
+                f"({len(names)} vs {len(self.contigs)} contigs)")
+        self._index = index
+        self._rid: Mapping[str, int] = {c.name: c.index for c in self.contigs}
+        frag_len, gap = PRESET_PAIRING.get(options.preset, (0, 5000))
+        self._max_frag_len = int(options.extra.get("max_frag_len", frag_len))
+        self._max_gap = gap
+        self._local = threading.local()
+
+    def with_options(self, options: AlignerOptions) -> "Minimap2Aligner":
+        if options.preset != self.options.preset or dict(options.extra) != dict(self.options.extra):
+            raise AlignerError("preset and minimap2 options are fixed when the index is loaded")
+        return Minimap2Aligner(self._index, self.contigs, options)
+
+    # -- per-thread scratch -----------------------------------------------------
+    def _buffer(self) -> "mappy.ThreadBuffer":
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = mappy.ThreadBuffer()
+        return buf
+
+    def _hits(self, raw: Any, qlen: int, mirror: bool) -> list[Hit]:
+        """mappy hits -> :data:`Hit` tuples with soft-clipped CIGARs (see module docstring)."""
+        out: list[Hit] = []
+        for h in raw:
+            out.append(self._hit(h, qlen, mirror))
+        return out
+
+    def _hit(self, h: Any, qlen: int, mirror: bool) -> Hit:
+        q_st, q_en = h.q_st, h.q_en
+        qs, qe = (qlen - q_en, qlen - q_st) if mirror else (q_st, q_en)
+        rev = h.strand < 0
+        left, right = (qlen - qe, qs) if rev else (qs, qlen - qe)
+        cigar = h.cigar
+        if len(cigar) == 1:  # the common case: one M run
+            n, op = cigar[0]
+            cig = f"{n}{_CIGAR_OPS[op]}"
+        else:
+            cig = "".join([f"{n}{_CIGAR_OPS[op]}" for n, op in cigar])
+        if left:
+            cig = f"{left}S{cig}"
+        if right:
+            cig = f"{cig}{right}S"
+        return (self._rid[h.ctg], h.r_st, h.r_en, rev, h.mapq, cig.encode(), h.is_primary)
+
+    @staticmethod
+    def _names(names: RaggedArray | None, n: int, step: int) -> list[bytes | None]:
+        """Per read (pair) the name minimap2 hashes: up to the first whitespace; None if absent."""
+        if names is None:
+            return [None] * n
+        data = names.data.tobytes()
+        offs = names.offsets.tolist()
+        out: list[bytes | None] = []
+        for i in range(0, n * step, step):
+            name = data[offs[i] : offs[i + 1]]
+            if b" " in name or b"\t" in name:
+                name = name.split(None, 1)[0]
+            out.append(name or None)
+        return out
+
+    # -- Aligner -------------------------------------------------------------------
+    def align_single(self, bases: RaggedArray, quals: RaggedArray | None = None,
+                     names: RaggedArray | None = None) -> AlignResult:
+        n = len(bases)
+        sink = RecordSink(self.options.secondary)
+        buf = self._buffer()
+        data = bases.data.tobytes()
+        offs = bases.offsets.tolist()
+        qnames = self._names(names if self.options.use_names else None, n, 1)
+        amap = self._index.map
+        for i in range(n):
+            seq = data[offs[i] : offs[i + 1]]
+            hits = self._hits(amap(seq, name=qnames[i], buf=buf), len(seq), False) if seq else []
+            add_single(sink, hits)
+        primary, secondary = sink.to_alignments()
+        return AlignResult(primary, secondary)
+
+    def align_paired(self, bases: RaggedArray, quals: RaggedArray | None = None,
+                     names: RaggedArray | None = None) -> AlignResult:
+        n = len(bases) // 2
+        sink = RecordSink(self.options.secondary)
+        buf = self._buffer()
+        data = bases.data.tobytes()
+        offs = bases.offsets.tolist()
+        qnames = self._names(names if self.options.use_names else None, n, 2)
+        amap = self._index.map
+        frag = self._max_frag_len
+        hit = self._hit
+        keep_all = self.options.secondary > 0
+        for i in range(n):
+            s1 = data[offs[2 * i] : offs[2 * i + 1]]
+            s2 = data[offs[2 * i + 1] : offs[2 * i + 2]]
+            l1, l2 = len(s1), len(s2)
+            max_gap = max(frag - (l1 + l2), self._max_gap)
+            h1: list[Hit] = []
+            h2: list[Hit] = []
+            if l1 and l2:
+                for h in amap(s1, s2, name=qnames[i], buf=buf):
+                    if not (keep_all or h.is_primary):
+                        continue  # secondaries are only converted when secondary columns are asked for
+                    if h.read_num == 1:
+                        h1.append(hit(h, l1, False))
+                    else:
+                        h2.append(hit(h, l2, True))
+            else:  # an empty mate: map the other one alone, as minimap2 skips empty segments
+                if l1:
+                    h1 = self._hits(amap(s1, name=qnames[i], buf=buf), l1, False)
+                if l2:
+                    h2 = self._hits(amap(s2, name=qnames[i], buf=buf), l2, False)
+            add_pair(sink, h1, h2, max_gap)
+        primary, secondary = sink.to_alignments()
+        return AlignResult(primary, secondary)
+
+
+ALIGNER = Minimap2Aligner

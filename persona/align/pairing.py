@@ -1,0 +1,190 @@
+"""SAM semantics of alignment records: flags, mate fields, TLEN, proper pairs.
+
+Backends reduce each read's hits to :data:`Hit` tuples; this module turns them
+into rows of :data:`~persona.agd.records.ALIGNMENT_DTYPE` following the SAM
+specification and, where the specification leaves a choice, minimap2's SAM
+writer:
+
+- **Primary choice.** The primary of a read is its first hit marked primary by
+  the backend. For a pair whose reads have several primary-chain hits (a
+  supplementary alignment exists), the combination that forms a proper pair is
+  preferred, as minimap2's pairing step lifts the chosen pair to primary.
+- **Secondary / supplementary.** Other hits keep the backend's order; a hit on
+  a primary chain that is not the primary is supplementary (0x800), others are
+  secondary (0x100). All keep soft clips (like ``minimap2 -Y``).
+- **Unmapped read with a mapped mate** is placed at its mate (RNAME/POS of the
+  mate, SAM "recommended practice"), flag 0x4, MAPQ 0, no CIGAR; its mate gets
+  0x8 and its own position as mate position.
+- **Proper pair (0x2)** is set on both primaries when they lie on the same
+  contig in forward/reverse orientation with the forward read's start not after
+  the reverse read's start, and the reverse read starts at most ``max_gap``
+  bases after the forward read ends. This is minimap2's ``mm_pair`` rule with
+  ``max_gap = max(max_frag_len - (len1 + len2), max_gap_opt)`` (sr: 800, 100).
+- **TLEN** is measured from this read's 5' end to its mate's 5' end (the
+  last aligned base of a reverse-strand hit), plus one base, signed: the
+  definition of minimap2's SAM writer and of Picard's ``computeInsertSize``.
+  For forward/reverse pairs where neither read overhangs its mate it equals
+  the SAM specification's leftmost-to-rightmost span; it is 0 across contigs
+  or when a mate is unmapped. Secondary records use it against the mate's primary.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from persona.agd.ragged import RaggedArray
+from persona.agd.records import (
+    ALIGNMENT_DTYPE,
+    FLAG_MATE_REVERSE,
+    FLAG_MATE_UNMAPPED,
+    FLAG_PAIRED,
+    FLAG_PROPER_PAIR,
+    FLAG_READ1,
+    FLAG_READ2,
+    FLAG_REVERSE,
+    FLAG_SECONDARY,
+    FLAG_SUPPLEMENTARY,
+    FLAG_UNMAPPED,
+    Alignments,
+)
+
+#: One alignment of one read: (ref_index, start, end, reverse, mapq, cigar, on_primary_chain).
+#: ``start``/``end`` are 0-based half-open reference coordinates; ``cigar`` includes soft clips.
+Hit = tuple[int, int, int, bool, int, bytes, bool]
+
+_UNMAPPED_ROW = (FLAG_UNMAPPED, 0, -1, -1, -1, -1, 0)
+_NO_SECONDARY_ROW = (FLAG_SECONDARY | FLAG_UNMAPPED, 0, -1, -1, -1, -1, 0)
+
+
+class RecordSink:
+    """Rows being gathered for one block: primary column + ``n_secondary`` columns."""
+
+    __slots__ = ("rows", "cigars", "sec_rows", "sec_cigars", "n_secondary")
+
+    def __init__(self, n_secondary: int) -> None:
+        self.n_secondary = n_secondary
+        self.rows: list[tuple[int, ...]] = []
+        self.cigars: list[bytes] = []
+        self.sec_rows: list[list[tuple[int, ...]]] = [[] for _ in range(n_secondary)]
+        self.sec_cigars: list[list[bytes]] = [[] for _ in range(n_secondary)]
+
+    def to_alignments(self) -> tuple[Alignments, list[Alignments]]:
+        return (_build(self.rows, self.cigars),
+                [_build(r, c) for r, c in zip(self.sec_rows, self.sec_cigars)])
+
+
+def _build(rows: list[tuple[int, ...]], cigars: list[bytes]) -> Alignments:
+    fields = np.array(rows, dtype=ALIGNMENT_DTYPE) if rows else np.zeros(0, ALIGNMENT_DTYPE)
+    return Alignments(fields, RaggedArray.from_list(cigars))
+
+
+def is_proper(a: Hit, b: Hit, max_gap: int) -> bool:
+    """minimap2's proper-pair rule for two mates' hits (see the module docstring)."""
+    if a[0] != b[0] or a[3] == b[3]:
+        return False
+    fwd, rev = (b, a) if a[3] else (a, b)
+    return fwd[1] <= rev[1] and rev[1] - fwd[2] <= max_gap
+
+
+def template_length(h: Hit, mate: Hit) -> int:
+    """TLEN of ``h`` against ``mate``: 5' end to 5' end, as minimap2 and Picard compute it.
+
+    0 unless both are on the same contig; the 5' end of a reverse hit is its last base.
+    """
+    if h[0] != mate[0]:
+        return 0
+    this5 = h[2] - 1 if h[3] else h[1]
+    next5 = mate[2] - 1 if mate[3] else mate[1]
+    t = next5 - this5
+    return t + 1 if t > 0 else (t - 1 if t < 0 else 0)
+
+
+def _secondaries(hits: list[Hit], primary: Optional[Hit]) -> list[Hit]:
+    return [h for h in hits if h is not primary]
+
+
+def _first_primary(hits: list[Hit]) -> Optional[Hit]:
+    for h in hits:
+        if h[6]:
+            return h
+    return hits[0] if hits else None
+
+
+def add_single(sink: RecordSink, hits: list[Hit]) -> None:
+    """Rows of one single-end read."""
+    p = _first_primary(hits)
+    if p is None:
+        sink.rows.append(_UNMAPPED_ROW)
+        sink.cigars.append(b"")
+    else:
+        sink.rows.append((FLAG_REVERSE if p[3] else 0, p[4], p[0], p[1], -1, -1, 0))
+        sink.cigars.append(p[5])
+    if sink.n_secondary:
+        rest = _secondaries(hits, p)
+        for i in range(sink.n_secondary):
+            if i < len(rest):
+                h = rest[i]
+                flag = (FLAG_SUPPLEMENTARY if h[6] else FLAG_SECONDARY) | (FLAG_REVERSE if h[3] else 0)
+                sink.sec_rows[i].append((flag, h[4], h[0], h[1], -1, -1, 0))
+                sink.sec_cigars[i].append(h[5])
+            else:
+                sink.sec_rows[i].append(_NO_SECONDARY_ROW)
+                sink.sec_cigars[i].append(b"")
+
+
+def choose_primaries(hits1: list[Hit], hits2: list[Hit], max_gap: int) -> tuple[Optional[Hit], Optional[Hit]]:
+    """The primary hit of each mate; prefers a proper combination among primary-chain hits."""
+    c1 = [h for h in hits1 if h[6]]
+    c2 = [h for h in hits2 if h[6]]
+    if len(c1) > 1 or len(c2) > 1:
+        for a in c1:
+            for b in c2:
+                if is_proper(a, b, max_gap):
+                    return a, b
+    return (c1[0] if c1 else (hits1[0] if hits1 else None),
+            c2[0] if c2 else (hits2[0] if hits2 else None))
+
+
+def _mate_bits(mate: Optional[Hit]) -> int:
+    if mate is None:
+        return FLAG_MATE_UNMAPPED
+    return FLAG_MATE_REVERSE if mate[3] else 0
+
+
+def add_pair(sink: RecordSink, hits1: list[Hit], hits2: list[Hit], max_gap: int) -> None:
+    """Rows of one pair (read 1 then read 2)."""
+    p1, p2 = choose_primaries(hits1, hits2, max_gap)
+    proper = p1 is not None and p2 is not None and is_proper(p1, p2, max_gap)
+    for k, (s, m, hits) in enumerate(((p1, p2, hits1), (p2, p1, hits2))):
+        is_r1 = k == 0
+        base = FLAG_PAIRED | (FLAG_READ1 if is_r1 else FLAG_READ2) | _mate_bits(m)
+        if s is None:
+            if m is None:
+                sink.rows.append((base | FLAG_UNMAPPED, 0, -1, -1, -1, -1, 0))
+            else:  # placed at the mapped mate
+                sink.rows.append((base | FLAG_UNMAPPED, 0, m[0], m[1], m[0], m[1], 0))
+            sink.cigars.append(b"")
+        else:
+            flag = base | (FLAG_REVERSE if s[3] else 0) | (FLAG_PROPER_PAIR if proper else 0)
+            if m is None:
+                sink.rows.append((flag, s[4], s[0], s[1], s[0], s[1], 0))
+            else:
+                sink.rows.append((flag, s[4], s[0], s[1], m[0], m[1], template_length(s, m)))
+            sink.cigars.append(s[5])
+        if sink.n_secondary:
+            rest = _secondaries(hits, s)
+            for i in range(sink.n_secondary):
+                if i < len(rest):
+                    h = rest[i]
+                    flag = (base | (FLAG_SUPPLEMENTARY if h[6] else FLAG_SECONDARY)
+                            | (FLAG_REVERSE if h[3] else 0))
+                    if m is None:
+                        row = (flag, h[4], h[0], h[1], h[0], h[1], 0)
+                    else:
+                        row = (flag, h[4], h[0], h[1], m[0], m[1], template_length(h, m))
+                    sink.sec_rows[i].append(row)
+                    sink.sec_cigars[i].append(h[5])
+                else:
+                    sink.sec_rows[i].append(_NO_SECONDARY_ROW)
+                    sink.sec_cigars[i].append(b"")

@@ -1,0 +1,266 @@
+"""Import FASTQ / FASTQ.gz reads (single or paired) into a new AGD dataset.
+
+The import is a small pipeline of plain threads with bounded queues, laid out
+as the PTF stages it will become (thesis §5.5, the original's FastqChunker ->
+AGDConverter -> compressor -> writer)::
+
+    read+chunk (1 thread per input)  ->  convert (pool)  ->  write (ordered)
+    decompress in large blocks,          parse, validate,      store the chunk
+    cut every 4*chunk_size lines         pack bases, compress  files in order
+
+* **read+chunk** decompresses (igzip/zlib release the GIL) and only counts
+  newlines, so it is cheap and can stay sequential.
+* **convert** runs the GIL-free FASTQ kernels and the column encoders and
+  zstd/gzip compressors (which release the GIL) on ``threads`` workers.
+* **write** takes the converted chunks in input order, so the first error
+  reported is the first one in the file, and records them with the
+  :class:`~persona.agd.DatasetWriter`.
+
+Memory is bounded by the queue depths (a few chunks per input plus one per
+worker), not by the input size. On any failure the chunk files written so far
+are deleted and no manifest is written.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from persona.agd import READ_COLUMNS, DatasetWriter, Manifest, encode_column_chunk
+from persona.formats.fastq import (
+    FastqColumns,
+    PathLike,
+    TextChunk,
+    default_name,
+    gather_chunk,
+    gather_pair,
+    iter_text_chunks,
+    scan_chunk,
+)
+from persona.storage import Store
+
+DEFAULT_CHUNK_SIZE = 100_000
+READ_AHEAD = 2  # scanned chunks buffered per input beyond the one being converted
+
+Progress = Callable[[int], None]
+Level = int | None | Mapping[str, int | None]
+
+
+class _Failed:
+    """Carries an exception from a reader thread to the consumer."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+@dataclass(frozen=True)
+class ScannedChunk:
+    """A text chunk whose records have been validated; ``positions`` from :func:`scan_chunk`."""
+
+    chunk: TextChunk
+    positions: np.ndarray
+
+    @property
+    def final(self) -> bool:
+        return self.chunk.final
+
+
+class ChunkReader(threading.Thread):
+    """Stage 1: decompress one FASTQ file, cut it into chunks and scan (validate) them.
+
+    Iterating yields :class:`ScannedChunk` s in order; the last one is ``final``.
+    A failure in the thread is re-raised in the consumer. :meth:`stop` makes the
+    thread exit promptly even if its queue is full.
+    """
+
+    def __init__(self, path: PathLike, records: int, depth: int = READ_AHEAD) -> None:
+        super().__init__(name=f"fastq-read-{os.path.basename(os.fspath(path))}", daemon=True)
+        self.path = path
+        self.source = os.fspath(path)
+        self.records = records
+        self._queue: queue.Queue[ScannedChunk | _Failed] = queue.Queue(maxsize=depth)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for chunk in iter_text_chunks(self.path, self.records):
+                if not self._put(ScannedChunk(chunk, scan_chunk(chunk, self.source))):
+                    return
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._put(_Failed(e))
+
+    def _put(self, item: ScannedChunk | _Failed) -> bool:
+        while not self._halt.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[ScannedChunk]:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield item
+            if item.final:
+                return
+
+    def stop(self) -> None:
+        self._halt.set()
+
+
+@dataclass(frozen=True)
+class ConvertedChunk:
+    """Stage 2 output: one chunk's column files, each being encoded and compressed."""
+
+    first_ordinal: int
+    num_records: int
+    files: dict[str, Future[bytes]]
+
+
+def column_level(level: Level, column: str) -> int | None:
+    """The compression level for ``column`` (a mapping may name levels per column)."""
+    if isinstance(level, Mapping):
+        return level.get(column)
+    return level
+
+
+def convert_chunk(
+    scanned: tuple[ScannedChunk, ...],
+    sources: tuple[str, ...],
+    compressors: ThreadPoolExecutor,
+    *,
+    first_ordinal: int,
+    pairs_before: int,
+    name: str,
+    compression: str,
+    level: Level,
+) -> ConvertedChunk:
+    """Stage 2: gather one scanned chunk (or mate pair) into columns, then hand each
+    column to ``compressors`` (pack bases, compress) so the three run in parallel.
+
+    Thread-safe, GIL-free in its heavy parts. Raises
+    :class:`~persona.errors.InputFormatError` (mate names or counts differ).
+    """
+    if len(scanned) == 1:
+        cols: FastqColumns = gather_chunk(scanned[0].chunk, scanned[0].positions)
+    else:
+        a, b = scanned
+        cols = gather_pair(a.chunk, a.positions, b.chunk, b.positions, sources[0], sources[1], pairs_before)
+    if not len(cols):
+        return ConvertedChunk(first_ordinal, 0, {})
+    values = cols.as_dict()
+    files = {
+        c: compressors.submit(encode_column_chunk, c, values[c], first_ordinal=first_ordinal, name=name,
+                              compression=compression, level=column_level(level, c))
+        for c in READ_COLUMNS
+    }
+    return ConvertedChunk(first_ordinal, len(cols), files)
+
+
+def import_fastq(
+    r1: PathLike,
+    r2: PathLike | None = None,
+    *,
+    out: str | os.PathLike[str] | Store,
+    name: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    compression: str = "zstd",
+    level: Level = None,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Import ``r1`` (and its mate file ``r2``) into a new dataset in store ``out``.
+
+    A chunk holds ``chunk_size`` reads, or ``chunk_size`` pairs interleaved as
+    ``2 * chunk_size`` records (record 2i = read 1, 2i+1 = read 2). Columns are
+    ``base`` (3-bit packed), ``qual`` and ``metadata`` (header without ``@``).
+    ``name`` defaults to the file name without ``_R1`` and FASTQ suffixes;
+    ``level`` is one compression level or a ``{column: level}`` mapping (None:
+    the codec's default); ``threads`` (0 = all cores) convert and compress chunks
+    in parallel; ``progress`` is called with the number of records stored so far
+    after every chunk. The manifest has ``sort: "queryname"`` (as the original
+    writes after import) and ``paired: true`` for pairs. On error nothing of the
+    dataset remains: chunk files written so far are deleted, no manifest is written.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    paths = (r1,) if r2 is None else (r1, r2)
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"FASTQ file not found: {os.fspath(p)}")
+    sources = tuple(os.fspath(p) for p in paths)
+    name = name or default_name(r1)
+    workers = threads if threads > 0 else (os.cpu_count() or 1)
+    paired = r2 is not None
+    per_chunk = chunk_size * (2 if paired else 1)
+    writer = DatasetWriter(out, name, columns=READ_COLUMNS, compression=compression,
+                           paired=True if paired else None)
+    readers = [ChunkReader(p, chunk_size) for p in paths]
+    converters = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastq-convert")
+    compressors = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastq-compress")
+    inflight: deque[Future[ConvertedChunk]] = deque()
+    written = 0
+
+    def store_next() -> None:
+        """Stage 3 (this thread): store the oldest chunk once it is converted."""
+        nonlocal written
+        done = inflight.popleft().result()
+        if done.num_records:
+            files = {c: f.result() for c, f in done.files.items()}
+            writer.write_encoded(done.first_ordinal, done.num_records, files)
+            written += done.num_records
+            if progress is not None:
+                progress(written)
+
+    try:
+        for r in readers:
+            r.start()
+        steps = enumerate(zip(*readers))
+        while True:
+            try:
+                step = next(steps, None)
+            except BaseException:
+                # A reader failed at this step: an error in an earlier chunk comes first.
+                while inflight:
+                    store_next()
+                raise
+            if step is None:
+                break
+            index, scanned = step
+            inflight.append(converters.submit(
+                convert_chunk, scanned, sources, compressors, first_ordinal=index * per_chunk,
+                pairs_before=index * chunk_size, name=name, compression=compression, level=level,
+            ))
+            if len(inflight) > workers:
+                store_next()
+            if any(s.final for s in scanned):
+                # The other file may go on (a record count mismatch): converting
+                # this step raises that error, so there is nothing more to read.
+                break
+        while inflight:
+            store_next()
+        return writer.commit(sort="queryname")
+    except BaseException:
+        for f in inflight:
+            f.cancel()
+        # Workers never touch the store (only this thread writes), so every file
+        # written so far is known to the writer and abort removes it.
+        writer.abort()
+        raise
+    finally:
+        for r in readers:
+            r.stop()
+        converters.shutdown(wait=True, cancel_futures=True)
+        compressors.shutdown(wait=True, cancel_futures=True)
+        for r in readers:
+            if r.is_alive():
+                r.join()

@@ -1,0 +1,262 @@
+"""FASTQ files <-> AGD read columns (``metadata``, ``base``, ``qual``).
+
+Reading is in two steps so that the expensive one runs in parallel:
+
+1. :func:`iter_text_chunks` (sequential, cheap): decompress the file in large
+   blocks and cut the text after every ``4 * records`` lines, so each
+   :class:`TextChunk` holds exactly ``records`` FASTQ records (the last one
+   fewer) and knows its first line number. Only newlines are counted here.
+2. :func:`scan_chunk` validates the records and finds their fields,
+   :func:`gather_chunk` / :func:`gather_pair` copy them into
+   :class:`FastqColumns` (interleaving mates); :func:`parse_chunk` /
+   :func:`parse_pair` do both. GIL-free kernels, any thread. Errors raise
+   :class:`~persona.errors.InputFormatError` naming the file and line.
+
+Writing is :func:`format_records` (columns -> FASTQ text) plus
+:func:`open_output`. gzip uses python-isal (igzip) when it is installed, which
+decompresses several times faster than zlib; zlib is the fallback.
+"""
+from __future__ import annotations
+
+import gzip as _gzip
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from persona._native import fastq as _k
+from persona.agd.ragged import RaggedArray
+from persona.errors import InputFormatError
+
+try:  # optional accelerator, same API as the standard gzip module
+    from isal import igzip as _igzip
+    from isal import isal_zlib as _isal_zlib
+
+    _GZIP_ERRORS: tuple[type[BaseException], ...] = (
+        OSError, EOFError, zlib.error, _isal_zlib.error
+    )
+except ImportError:  # pragma: no cover - exercised only where isal is missing
+    _igzip = None
+    _GZIP_ERRORS = (OSError, EOFError, zlib.error)
+
+BLOCK_SIZE = 4 << 20  # decompressed bytes per read: large, so per-call overhead vanishes
+GZIP_MAGIC = b"\x1f\x8b"
+
+PathLike = str | os.PathLike[str]
+
+
+def is_gzip(path: PathLike) -> bool:
+    """Whether ``path`` starts with the gzip magic (the name's suffix is not trusted)."""
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def open_input(path: PathLike) -> BinaryIO:
+    """Open a FASTQ file for binary reading, decompressing gzip/BGZF transparently."""
+    if is_gzip(path):
+        if _igzip is not None:
+            return _igzip.open(path, "rb")  # type: ignore[return-value]
+        return _gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def open_output(path: PathLike, *, gzip: bool = False, level: int = 6) -> BinaryIO:
+    """Open ``path`` for writing FASTQ text, gzip-compressed if asked."""
+    if gzip:
+        if _igzip is not None:
+            # igzip levels are 0..3; map zlib-style levels onto them.
+            return _igzip.open(path, "wb", compresslevel=min(3, max(0, level // 3)))  # type: ignore[return-value]
+        return _gzip.open(path, "wb", compresslevel=level)  # type: ignore[return-value]
+    return open(path, "wb")
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """Raw FASTQ text of up to ``records`` whole records, cut on a record boundary.
+
+    ``first_line`` is the 1-based file line of ``text[0]``; ``final`` marks the
+    last chunk of the file (it may be empty, and it is the only one that may end
+    in an incomplete record, which parsing reports as truncated).
+    """
+
+    text: bytes | bytearray
+    first_line: int
+    final: bool
+    index: int
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.text)
+
+
+def iter_text_chunks(path: PathLike, records: int, *, block_size: int = BLOCK_SIZE) -> Iterator[TextChunk]:
+    """Cut the (decompressed) text of ``path`` into chunks of ``records`` records.
+
+    Yields every non-final chunk with exactly ``4 * records`` lines, then one
+    final chunk (possibly empty) with the rest. Memory: one chunk plus one block.
+    Corrupt or truncated gzip data raises :class:`InputFormatError` naming the file.
+    """
+    if records <= 0:
+        raise ValueError(f"records per chunk must be positive, got {records}")
+    source = os.fspath(path)
+    lines_per_chunk = 4 * records
+    pending = bytearray()
+    scanned = 0  # bytes of ``pending`` already searched for newlines
+    lines = 0  # newlines in pending[:scanned]
+    first_line = 1
+    index = 0
+    with open_input(path) as f:
+        while True:
+            try:
+                block = f.read(block_size)
+            except _GZIP_ERRORS as e:
+                raise InputFormatError(
+                    f"{source}: corrupt or truncated compressed data after line {first_line + lines}: {e}",
+                ) from None
+            if block:
+                pending += block
+            while True:
+                found, end = _k.find_lines(pending, scanned, lines_per_chunk - lines)
+                lines += found
+                if lines < lines_per_chunk:
+                    scanned = len(pending)
+                    break
+                chunk = pending[:end]
+                del pending[:end]  # cheap: bytearray deletes from the front in O(1)
+                yield TextChunk(chunk, first_line, False, index)
+                index += 1
+                first_line += lines_per_chunk
+                lines = scanned = 0
+            if not block:
+                break
+    yield TextChunk(pending, first_line, True, index)
+
+
+@dataclass(frozen=True)
+class FastqColumns:
+    """The three read columns of one chunk, as text (bases not yet packed)."""
+
+    metadata: RaggedArray
+    bases: RaggedArray
+    qual: RaggedArray
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def as_dict(self) -> dict[str, RaggedArray]:
+        """Keyed by AGD column name."""
+        return {"base": self.bases, "qual": self.qual, "metadata": self.metadata}
+
+
+def _columns(cols: tuple) -> FastqColumns:  # type: ignore[type-arg]
+    (mo, md), (so, sd), (qo, qd) = cols
+    return FastqColumns(
+        RaggedArray(mo, md, validate=False),
+        RaggedArray(so, sd, validate=False),
+        RaggedArray(qo, qd, validate=False),
+    )
+
+
+def scan_chunk(chunk: TextChunk, source: str) -> np.ndarray:
+    """Validate every record of a chunk; returns the span table for :func:`gather_chunk`.
+
+    The chunk must parse completely (it was cut on a record boundary); errors
+    raise :class:`InputFormatError` naming ``source`` and the line.
+    """
+    pos, consumed = _k.scan_fastq(chunk.text, source, chunk.first_line, chunk.final)
+    if consumed != len(chunk.text):
+        # Only possible if a record is malformed so that line counting went astray.
+        line = chunk.first_line + 4 * len(pos)
+        err = InputFormatError(f"{source}:{line}: malformed FASTQ record (not 4 lines)")
+        err.file, err.line = source, line  # type: ignore[attr-defined]
+        raise err
+    return pos
+
+
+def gather_chunk(chunk: TextChunk, pos: np.ndarray) -> FastqColumns:
+    """Columns of a scanned single-end chunk."""
+    return _columns(_k.gather_columns(chunk.text, pos))
+
+
+def gather_pair(chunk1: TextChunk, pos1: np.ndarray, chunk2: TextChunk, pos2: np.ndarray,
+                source1: str, source2: str, pairs_before: int = 0) -> FastqColumns:
+    """Interleaved columns of two scanned mate chunks (record 2i = read 1, 2i+1 = read 2).
+
+    Checks that mates have the same name (up to the first blank, ignoring a
+    trailing ``/1``/``/2``) and that both chunks hold the same number of records.
+    ``pairs_before`` (pairs in earlier chunks) only makes error messages exact.
+    """
+    bad = _k.first_name_mismatch(chunk1.text, pos1, chunk2.text, pos2)
+    if bad >= 0:
+        line1 = chunk1.first_line + 4 * bad
+        line2 = chunk2.first_line + 4 * bad
+        n1 = bytes(chunk1.text[pos1[bad, 0] : pos1[bad, 1]])
+        n2 = bytes(chunk2.text[pos2[bad, 0] : pos2[bad, 1]])
+        err = InputFormatError(
+            f"{source2}:{line2}: read name {_k.read_name(n2).decode(errors='replace')!r} does not match "
+            f"its mate {_k.read_name(n1).decode(errors='replace')!r} at {source1}:{line1} "
+            f"(pair {pairs_before + bad + 1})"
+        )
+        err.file, err.line = source2, line2  # type: ignore[attr-defined]
+        raise err
+    if len(pos1) != len(pos2):
+        (short, s_chunk, s_n), (long_, l_chunk, _) = sorted(
+            [(source1, chunk1, len(pos1)), (source2, chunk2, len(pos2))], key=lambda t: t[2]
+        )
+        line = l_chunk.first_line + 4 * s_n
+        err = InputFormatError(
+            f"{long_}:{line}: paired files have different record counts: record "
+            f"{pairs_before + s_n + 1} of {long_} has no mate, {short} ends after "
+            f"{pairs_before + s_n} records (line {s_chunk.first_line + 4 * s_n - 1})"
+        )
+        err.file, err.line = long_, line  # type: ignore[attr-defined]
+        raise err
+    return _columns(_k.gather_columns(chunk1.text, pos1, chunk2.text, pos2))
+
+
+def parse_chunk(chunk: TextChunk, source: str) -> FastqColumns:
+    """Parse one single-end chunk into columns; errors name ``source`` and the line."""
+    return gather_chunk(chunk, scan_chunk(chunk, source))
+
+
+def parse_pair(chunk1: TextChunk, chunk2: TextChunk, source1: str, source2: str,
+               pairs_before: int = 0) -> FastqColumns:
+    """Parse mate chunks into interleaved columns; see :func:`gather_pair`."""
+    pos1 = scan_chunk(chunk1, source1)
+    pos2 = scan_chunk(chunk2, source2)
+    return gather_pair(chunk1, pos1, chunk2, pos2, source1, source2, pairs_before)
+
+
+def read_fastq(path: PathLike) -> FastqColumns:
+    """All records of a (small) FASTQ file as one set of columns."""
+    text = bytearray()
+    with open_input(path) as f:
+        while block := f.read(BLOCK_SIZE):
+            text += block
+    return parse_chunk(TextChunk(text, 1, True, 0), os.fspath(path))
+
+
+def format_records(metadata: RaggedArray, bases: RaggedArray, qual: RaggedArray,
+                   start: int = 0, step: int = 1) -> np.ndarray:
+    """FASTQ text (``uint8`` array) of records ``start, start+step, ...`` of the columns.
+
+    ``bases`` is text (decoded), not 3-bit packed.
+    """
+    return _k.format_fastq(metadata.offsets, metadata.data, bases.offsets, bases.data,
+                           qual.offsets, qual.data, start, step)
+
+
+def default_name(path: PathLike) -> str:
+    """Dataset name from a FASTQ file name: ``x_R1.fastq.gz`` -> ``x``."""
+    name = Path(path).name
+    for suffix in (".gz", ".bgz", ".fastq", ".fq"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    for tag in ("_R1_001", "_R1", "_1", ".R1", ".1"):
+        if name.endswith(tag) and len(name) > len(tag):
+            return name[: -len(tag)]
+    return name

@@ -1,0 +1,173 @@
+"""The threaded gate: :class:`GateState` behind one lock and two conditions.
+
+Operations are served under one lock, so they are first-come-first-served in
+lock order (CPython's lock is not strictly fair; Condition waiters are woken
+FIFO). Every blocking call takes an optional timeout and raises
+:class:`GateClosed` once the gate is closed, so no thread outlives
+:meth:`Pipeline.stop`. Events that touch another gate (a closed batch returns
+a credit upstream) are delivered after the lock is released: no thread ever
+holds two gate locks, so gates cannot deadlock on each other's locks.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from persona.errors import PipelineError
+from persona.ptf.credits import CreditLinkState
+from persona.ptf.gate import COMPLETE, GateState
+from persona.ptf.metadata import Feed, Partition
+
+
+class GateClosed(PipelineError):
+    """The gate was closed (pipeline stopping) while an operation waited."""
+
+
+class GateTimeout(PipelineError, TimeoutError):
+    """A blocking gate operation did not complete within its timeout."""
+
+
+class Gate:
+    """A thread-safe gate. ``on_closed(ids)`` is called (outside the lock) with the ids of
+    batches this gate closed; ``on_complete(bid)`` when a batch-mode gate holds a whole batch."""
+
+    def __init__(self, state: GateState) -> None:
+        self.state = state
+        self.id = state.gate_id
+        self._lock = threading.Lock()
+        self._readable = threading.Condition(self._lock)
+        self._writable = threading.Condition(self._lock)
+        self._closed = False
+        self.on_closed: Callable[[list[int]], None] | None = None
+        self.on_complete: Callable[[int], None] | None = None
+
+    # -- producer side -------------------------------------------------------
+    def enqueue(self, feed: Feed, timeout: float | None = None) -> None:
+        """Insert one feed, waiting for space if the gate has a capacity."""
+        with self._lock:
+            st = self.state
+            if st.capacity is not None and st.buffered >= st.capacity:
+                self._wait(self._writable, st.full, timeout)
+            res = st.enqueue(feed)
+            self._readable.notify()
+        if res == COMPLETE and self.on_complete is not None:
+            self.on_complete(feed.meta[-1][0])
+
+    def enqueue_many(self, feeds: list[Feed]) -> None:
+        """Insert a whole batch at once (batch / partition enqueue); never waits:
+        such gates have no capacity (the builder enforces it)."""
+        complete: list[int] = []
+        with self._lock:
+            st = self.state
+            for f in feeds:
+                if st.enqueue(f) == COMPLETE:
+                    complete.append(f.meta[-1][0])
+            self._readable.notify_all()
+        if self.on_complete is not None:
+            for bid in complete:
+                self.on_complete(bid)
+
+    # -- consumer side -------------------------------------------------------
+    def _wait(self, cond: threading.Condition, blocked: Callable[[], bool],
+              timeout: float | None) -> None:
+        # Called with the lock held; returns with it held and ``blocked()`` False.
+        if timeout is None:
+            while blocked():
+                if self._closed:
+                    raise GateClosed("gate closed", gate=self.id)
+                cond.wait()
+        else:
+            if not cond.wait_for(lambda: self._closed or not blocked(), timeout):
+                raise GateTimeout("gate operation timed out", gate=self.id)
+            if blocked():
+                raise GateClosed("gate closed", gate=self.id)
+
+    def _dequeue_with(self, op: Callable[[], Any], timeout: float | None) -> Any:
+        with self._lock:
+            got = op()
+            if got is None:
+                box: list[Any] = []
+
+                def blocked() -> bool:
+                    r = op()
+                    if r is None:
+                        return True
+                    box.append(r)
+                    return False
+
+                self._wait(self._readable, blocked, timeout)
+                got = box[0]
+            if self.state.capacity is not None:
+                self._writable.notify()
+            closed = self.state.take_closed() if self.state.closed_batches else None
+        if closed and self.on_closed is not None:
+            self.on_closed(closed)
+        return got
+
+    def dequeue(self, timeout: float | None = None) -> Feed:
+        """Plain dequeue (blocks until a feed of an admissible batch is buffered)."""
+        return self._dequeue_with(self.state.try_dequeue, timeout)
+
+    def aggregate_dequeue(self, timeout: float | None = None) -> Feed:
+        """Aggregate dequeue of the gate's configured size."""
+        return self._dequeue_with(self.state.try_aggregate, timeout)
+
+    def partition_dequeue(self, timeout: float | None = None) -> Partition:
+        """Partition dequeue: the next group of this (global-side) gate as a Partition."""
+        return self._dequeue_with(self.state.try_partition, timeout)
+
+    def batch_dequeue(self, bid: int, timeout: float | None = None) -> list[Feed]:
+        """Egress batch dequeue by id: every feed of batch ``bid`` in position order."""
+        return self._dequeue_with(lambda: self.state.try_take(bid), timeout)
+
+    def batch_dequeue_any(self, timeout: float | None = None) -> list[Feed]:
+        """Dequeue the oldest complete batch (local pipeline partition dequeue)."""
+        return self._dequeue_with(self.state.try_take_any, timeout)
+
+    # -- control -------------------------------------------------------------
+    def release_credits(self, bids: list[int]) -> None:
+        """A downstream gate closed these batches: return their credits (this gate is U)."""
+        link = self.state.link
+        if link is None:
+            return
+        with self._lock:
+            n = sum(1 for b in bids if link.release(b))
+            if n:
+                self._readable.notify_all()
+
+    def drop(self, root: int) -> list[int]:
+        """Drop user batch ``root`` here (failure or cancel); wakes waiters."""
+        with self._lock:
+            ids = self.state.drop(root)
+            closed = self.state.take_closed() if self.state.closed_batches else None
+            self._readable.notify_all()
+            self._writable.notify_all()
+        if closed and self.on_closed is not None:
+            self.on_closed(closed)
+        return ids
+
+    def close(self) -> None:
+        """Wake every waiter with GateClosed; later blocking calls fail too. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._readable.notify_all()
+            self._writable.notify_all()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            snap = self.state.snapshot()
+        snap["id"] = self.id
+        return snap
+
+    def batch_progress(self, bid: int) -> tuple[int, int] | None:
+        with self._lock:
+            return self.state.batch_progress(bid)
+
+    def check(self) -> None:
+        with self._lock:
+            self.state.check()
+
+    @property
+    def link(self) -> CreditLinkState | None:
+        return self.state.link

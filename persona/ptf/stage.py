@@ -1,0 +1,93 @@
+"""Stage runners (thesis §4.3.1): N replica threads running one function over feeds.
+
+A stage function sees only payloads, never metadata: ``fn(payload) -> payload``
+(plain) or ``fn([payloads of one group]) -> payload`` (aggregate). The runner
+swaps the payload on the feed object and enqueues the same feed downstream.
+Kernels release the GIL, so replicas run on every core. An exception fails the
+feed's user batch (via ``fail``) and the runner carries on with other feeds.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from persona.errors import PersonaError, StageError
+from persona.ptf.channel import Gate, GateClosed
+from persona.ptf.metadata import Feed
+
+FailFn = Callable[[int, PersonaError], None]
+
+
+def describe_feed(feed: Feed) -> str:
+    """Feed position as the user sees it: ``"7"``, or ``"2/1"`` inside a partition."""
+    return "/".join(str(p) for p in feed.pos)
+
+
+class StageRunner:
+    """The replica threads of one stage; counters are per replica (no shared writes)."""
+
+    def __init__(self, label: str, fn: Callable[[Any], Any], inp: Gate, out: Gate, *,
+                 replicas: int, aggregate: bool, fail: FailFn, dropped: set[int]) -> None:
+        self.label = label
+        self.fn = fn
+        self.inp = inp
+        self.out = out
+        self.replicas = replicas
+        self.aggregate = aggregate
+        self._fail = fail
+        self._dropped = dropped
+        self.busy = [0.0] * replicas
+        self.feeds = [0] * replicas
+        self.errors = 0
+        self.threads = [threading.Thread(target=self._loop, args=(r,), daemon=True,
+                                         name=f"ptf-stage-{label}-{r}") for r in range(replicas)]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self.threads:
+            if t.is_alive():
+                t.join(timeout)
+
+    def _loop(self, r: int) -> None:
+        deq = self.inp.aggregate_dequeue if self.aggregate else self.inp.dequeue
+        enq = self.out.enqueue
+        fn = self.fn
+        dropped = self._dropped
+        clock = time.perf_counter
+        busy = self.busy
+        feeds = self.feeds
+        while True:
+            try:
+                feed = deq()
+            except GateClosed:
+                return
+            if dropped and feed.meta[0][0] in dropped:
+                continue  # its batch failed or was cancelled: skip the work
+            t0 = clock()
+            try:
+                feed.payload = fn(feed.payload)
+            except Exception as e:  # a stage must not kill its runner
+                self.errors += 1
+                root = feed.meta[0][0]
+                err = StageError(f"stage raised {type(e).__name__}: {e}", stage=self.label,
+                                 batch=root, feed=describe_feed(feed))
+                err.__cause__ = e
+                self._fail(root, err)
+                continue
+            busy[r] += clock() - t0
+            feeds[r] += 1
+            try:
+                enq(feed)
+            except GateClosed:
+                return
+            except PersonaError as e:  # accounting violation: fail the batch, keep running
+                self._fail(feed.meta[0][0], e)
+
+    def stats(self) -> dict[str, Any]:
+        return {"id": self.label, "replicas": self.replicas, "busy_seconds": sum(self.busy),
+                "feeds": sum(self.feeds), "errors": self.errors}

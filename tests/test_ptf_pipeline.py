@@ -1,0 +1,307 @@
+"""The threaded runtime: lifecycle, failures, cancellation, pools, and random pipelines
+checked against a sequential reference (every wait has a timeout)."""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from persona.errors import BatchCancelled, PipelineError, StageError
+from persona.ptf import (Buffer, CreditLinkSpec, GateSpec, LocalPipelineSpec, Pipeline,
+                         PipelineSpec, ResourcePool, StageSpec, buffer_pool)
+from persona.ptf.metadata import aggregate_arity
+
+T = 20.0  # seconds: any wait longer than this is a deadlock
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def test_results_are_ordered_and_replicas_run_in_parallel() -> None:
+    def slow(x: int) -> int:
+        time.sleep(0.05)  # releases the GIL like a kernel would
+        return x * 10
+
+    spec = PipelineSpec.chain("par", [StageSpec("slow", slow, replicas=4), StageSpec("inc", inc)])
+    with Pipeline(spec) as p:
+        t0 = time.perf_counter()
+        assert p.submit(range(16)).result(T) == [x * 10 + 1 for x in range(16)]
+        assert time.perf_counter() - t0 < 16 * 0.05 / 2
+        stats = p.stats()
+    slow_stats = stats["stages"][0]
+    assert slow_stats["feeds"] == 16 and slow_stats["busy_seconds"] >= 16 * 0.04
+
+
+def test_empty_batch_and_lifecycle() -> None:
+    p = Pipeline(PipelineSpec.chain("life", [StageSpec("inc", inc)]))
+    with pytest.raises(PipelineError, match="cannot submit"):
+        p.submit([1])
+    p.start()
+    p.start()  # idempotent
+    assert p.submit([]).result(T) == []
+    h = p.submit([1, 2, 3])
+    p.drain(timeout=T)
+    assert h.result(0) == [2, 3, 4] and h.progress() == (3, 3)
+    with pytest.raises(PipelineError, match="draining"):
+        p.submit([1])
+    p.stop()
+    p.stop()  # idempotent
+    with pytest.raises(PipelineError, match="stopped"):
+        p.start()
+    assert all(not t.is_alive() for s in p._stages for t in s.threads)
+
+
+def test_stop_fails_pending_batches() -> None:
+    gate = threading.Event()
+
+    def wait(x: int) -> int:
+        gate.wait(T)
+        return x
+
+    p = Pipeline(PipelineSpec.chain("stop", [StageSpec("wait", wait)])).start()
+    h = p.submit([1, 2])
+    p.stop(timeout=0.1)
+    gate.set()
+    with pytest.raises(PipelineError, match="pipeline stopped"):
+        h.result(T)
+
+
+def test_failure_names_stage_batch_feed_and_spares_other_batches() -> None:
+    def picky(x: int) -> int:
+        if x == 13:
+            raise ValueError("unlucky")
+        return x
+
+    spec = PipelineSpec.chain("fail", [StageSpec("picky", picky, replicas=2),
+                                       StageSpec("sum", sum, aggregate=3)], capacity=2, credits=2)
+    with Pipeline(spec) as p:
+        bad = p.submit(range(30))
+        good = [p.submit(range(i, i + 9)) for i in (0, 20)]
+        with pytest.raises(StageError) as e:
+            bad.result(T)
+        assert e.value.context == {"stage": "picky", "batch": bad.id, "feed": "13"}
+        assert isinstance(e.value.__cause__, ValueError)
+        assert [h.result(T) for h in good] == [[3, 12, 21], [63, 72, 81]]
+        p.drain(T)
+        snaps = p.stats()["gates"]
+    assert all(s["depth"] == 0 and not s["batches"] for s in snaps)
+    assert snaps[0]["credits_available"] == 2  # the failed batch's credit came back
+
+
+def test_cancel_drops_batch_and_returns_credits() -> None:
+    release = threading.Event()
+
+    def hold(x: int) -> int:
+        release.wait(T)
+        return x
+
+    spec = PipelineSpec.chain("cancel", [StageSpec("hold", hold), StageSpec("inc", inc)],
+                              capacity=2, credits=1)
+    with Pipeline(spec) as p:
+        a = p.submit(range(50))
+        b = p.submit(range(3))  # waits for a's credit
+        assert a.cancel() and not a.cancel()
+        release.set()
+        assert b.result(T) == [1, 2, 3]
+        with pytest.raises(BatchCancelled):
+            a.result(T)
+        assert not b.cancel()
+        assert p.stats()["gates"][0]["credits_available"] == 1
+
+
+def test_resource_pool_bounds_and_returns_to_origin() -> None:
+    pool = buffer_pool(2, capacity=16, name="bufs")
+    other = ResourcePool(lambda: Buffer(0), 1, name="other", reset=Buffer.clear)
+    a, b = pool.acquire(), pool.acquire()
+    a.value.extend(b"x" * 100)
+    cap = a.value.capacity
+    with pytest.raises(PipelineError, match="timed out"):
+        pool.acquire(timeout=0.05)
+    a.release()
+    with pytest.raises(PipelineError, match="twice"):
+        a.release()
+    c = pool.acquire(timeout=T)
+    assert c.value is a.value and c.value.size == 0 and c.value.capacity == cap
+    assert pool.stats() == {"size": 2, "created": 2, "free": 0, "in_use": 2, "waits": 1}
+    with other.acquire() as o:
+        assert isinstance(o, Buffer)
+    assert other.stats()["free"] == 1 and pool.stats()["free"] == 0
+    b.release()
+    c.release()
+    assert pool.stats()["free"] == 2
+
+
+# -- random pipelines against a sequential reference --------------------------------
+
+POISON = "poison"
+
+
+@dataclass
+class Step:
+    kind: str  # plain | agg | local
+    tag: str
+    replicas: int = 1
+    size: int = 1  # aggregate S or partition size P
+    capacity: int | None = None  # of the gate in front (plain consumers only)
+    credits: int = 1  # local: partitions in flight per replica
+    inner: list[Step] | None = None
+    inner_link: int | None = None
+
+
+def has_poison(x: Any) -> bool:
+    if isinstance(x, (tuple, list)):
+        return any(has_poison(y) for y in x)
+    return x == POISON
+
+
+def make_fn(step: Step, poison_tag: str | None) -> Any:
+    def fn(x: Any) -> Any:
+        if random.random() < 0.2:
+            time.sleep(0.0002)  # shuffle completion order across replicas
+        if step.tag == poison_tag and has_poison(x):
+            raise ValueError(f"poisoned in {step.tag}")
+        return (step.tag, tuple(x) if step.kind == "agg" else x)
+    return fn
+
+
+def reference(steps: list[Step], items: list[Any], poison_tag: str | None) -> list[Any]:
+    for s in steps:
+        if s.kind == "plain":
+            if s.tag == poison_tag and any(has_poison(x) for x in items):
+                raise ValueError(s.tag)
+            items = [(s.tag, x) for x in items]
+        elif s.kind == "agg":
+            groups = [items[k * s.size:(k + 1) * s.size]
+                      for k in range(aggregate_arity(len(items), s.size))]
+            if s.tag == poison_tag and any(has_poison(g) for g in groups):
+                raise ValueError(s.tag)
+            items = [(s.tag, tuple(g)) for g in groups]
+        else:
+            assert s.inner is not None
+            items = [reference(s.inner, items[k * s.size:(k + 1) * s.size], poison_tag)
+                     for k in range(aggregate_arity(len(items), s.size))]
+    return items
+
+
+def build(name: str, steps: list[Step], link: int | None, poison_tag: str | None) -> PipelineSpec:
+    gates = [GateSpec(f"{name}.g{i}", None if i == 0 or steps[i].kind != "plain"
+                      else steps[i].capacity) for i in range(len(steps))]
+    gates.append(GateSpec(f"{name}.g{len(steps)}"))
+    stages, locals_ = [], []
+    for i, s in enumerate(steps):
+        inp, out = gates[i].id, gates[i + 1].id
+        if s.kind == "local":
+            assert s.inner is not None
+            locals_.append(LocalPipelineSpec(s.tag, inp, out,
+                                             build(f"{s.tag}.in", s.inner, s.inner_link, poison_tag),
+                                             partition_size=s.size, replicas=s.replicas,
+                                             credits=s.credits))
+        else:
+            stages.append(StageSpec(s.tag, make_fn(s, poison_tag), inp, out, s.replicas,
+                                    s.size if s.kind == "agg" else None))
+    links = (CreditLinkSpec(gates[0].id, gates[-1].id, link),) if link else ()
+    return PipelineSpec(name, gates[0].id, gates[-1].id, tuple(gates), tuple(stages), links,
+                        tuple(locals_))
+
+
+@st.composite
+def steps_st(draw: st.DrawFn, depth: int = 0, prefix: str = "s") -> tuple[list[Step], int | None]:
+    n = draw(st.integers(1, 3))
+    kinds = ["plain", "agg"] + (["local"] if depth == 0 else [])
+    steps = []
+    for i in range(n):
+        kind = draw(st.sampled_from(kinds))
+        tag = f"{prefix}{i}"
+        if kind == "local":
+            inner, inner_link = draw(steps_st(depth + 1, prefix=f"{tag}x"))
+            steps.append(Step(kind, tag, draw(st.integers(1, 2)), draw(st.integers(1, 4)),
+                              credits=draw(st.integers(1, 2)), inner=inner,
+                              inner_link=inner_link))
+        else:
+            steps.append(Step(kind, tag, draw(st.integers(1, 3)),
+                              draw(st.integers(1, 4)) if kind == "agg" else 1,
+                              capacity=draw(st.integers(1, 4))))
+    needs_link = any(s.kind != "plain" for s in steps[1:])
+    link = draw(st.integers(1, 3)) if needs_link else draw(st.one_of(st.none(), st.integers(1, 3)))
+    return steps, link
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=steps_st(), batches=st.lists(st.integers(0, 12), min_size=1, max_size=5),
+       poison=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 11)), max_size=2),
+       poison_stage=st.integers(0, 8), cancel=st.lists(st.integers(0, 4), max_size=2),
+       data=st.data())
+def test_random_pipelines_match_sequential_reference(shape: tuple[list[Step], int | None],
+                                                     batches: list[int],
+                                                     poison: list[tuple[int, int]],
+                                                     poison_stage: int, cancel: list[int],
+                                                     data: st.DataObject) -> None:
+    steps, link = shape
+    tags = [s.tag for s in steps] + [t.tag for s in steps for t in (s.inner or [])]
+    poison_tag = tags[poison_stage % len(tags)] if poison else None
+    spec = build("r", steps, link, poison_tag)
+    inputs = [[POISON if (b, i) in poison else (b, i) for i in range(n)]
+              for b, n in enumerate(batches)]
+    with Pipeline(spec) as p:
+        handles = [p.submit(items) for items in inputs]
+        cancelled = {b for b in cancel if b < len(handles) and handles[b].cancel()}
+        for b, (h, items) in enumerate(zip(handles, inputs)):
+            if b in cancelled:
+                with pytest.raises(BatchCancelled):
+                    h.result(T)
+                continue
+            try:
+                want = reference(steps, items, poison_tag)
+            except ValueError as e:
+                with pytest.raises(StageError) as got:
+                    h.result(T)
+                assert got.value.context["stage"].endswith(str(e))
+                assert got.value.context["batch"] == h.id
+                continue
+            assert h.result(T) == want
+            assert h.progress() == (len(want), len(want))
+        p.drain(T)
+        p.check()
+        stats = p.stats()
+    by_id = {g["id"]: g for g in stats["gates"]}
+    for g in by_id.values():
+        assert g["depth"] == 0 and not g["batches"], g
+        assert g["capacity"] is None or g["high_water"] <= g["capacity"], g
+    if link:
+        first = by_id["r.g0"]
+        assert first["credits_available"] == link
+        for i in range(1, len(steps) + 1):
+            assert by_id[f"r.g{i}"]["max_open_batches"] <= link
+    for lp in stats["local_pipelines"]:
+        step = next(s for s in steps if lp["id"].startswith(s.tag + "/"))
+        assert lp["credits_available"] == step.credits
+
+
+def test_concurrent_submitters_are_isolated() -> None:
+    spec = PipelineSpec.chain("conc", [StageSpec("inc", inc, replicas=2),
+                                       StageSpec("agg", tuple, aggregate=2),
+                                       StageSpec("id", lambda x: x, replicas=2)],
+                              capacity=3, credits=2)
+    results: dict[int, Any] = {}
+    with Pipeline(spec) as p:
+        def client(k: int) -> None:
+            for j in range(5):
+                n = (k * 7 + j) % 9
+                results[k * 10 + j] = (n, p.submit(range(n)).result(T))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(T)
+    assert len(results) == 20
+    for n, got in results.values():
+        xs = [x + 1 for x in range(n)]
+        assert got == [tuple(xs[i:i + 2]) for i in range(0, n, 2)]
