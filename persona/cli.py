@@ -33,7 +33,7 @@ def _config(args: argparse.Namespace):
 def _progress(total: int | None, label: str):
     from persona.progress import Progress
 
-    return Progress(total=total, label=label)
+    return Progress(total=total, desc=label)
 
 
 # -- commands ---------------------------------------------------------------

@@ -19,11 +19,20 @@ class PersonaError(Exception):
         self.message = message
         self.context = {k: v for k, v in context.items() if v is not None}
 
+    def __reduce__(self):  # keep the context when an error crosses a process boundary
+        return (_rebuild, (type(self), self.message, self.context))
+
     def __str__(self) -> str:
         if not self.context:
             return self.message
         where = ", ".join(f"{k}={v}" for k, v in self.context.items())
         return f"{self.message} ({where})"
+
+
+def _rebuild(cls: type[PersonaError], message: str, context: dict[str, object]) -> PersonaError:
+    err = cls.__new__(cls)
+    PersonaError.__init__(err, message, **context)
+    return err
 
 
 class ConfigError(PersonaError, ValueError):
