@@ -17,7 +17,7 @@ from persona.align.base import AlignerOptions, make_aligner
 from persona.align.fasta import read_contig_table
 from persona.align.minimap2 import build_index, load_index
 from persona.errors import AlignerError
-from tests.conftest import require_tool
+from conftest import require_tool
 
 N_PAIRS = 5000
 

@@ -248,3 +248,39 @@ def test_dataset_without_reads_or_contigs_is_refused(tmp_path):
     with pytest.raises(DatasetError, match="reference_contigs"):
         export_sam(tmp_path / "b", tmp_path / "b.bam")
     assert not re.search("partial", " ".join(p.name for p in tmp_path.iterdir()))
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_fastq_import_then_export_is_picard_clean(yeast, tmp_path):
+    """The real FASTQ importer's dataset (100k pairs, labelled queryname, names not sorted)."""
+    from persona.apps.import_fastq import import_fastq
+
+    import_fastq(yeast["r1"], yeast["r2"], out=tmp_path / "ds", name="yeast", chunk_size=30_000)
+    out = tmp_path / "yeast.bam"
+    s = export_sam(tmp_path / "ds", out, threads=2, read_group={"PL": "ILLUMINA"})
+    assert s.records == 200_000 and s.sort_order == "unsorted"
+    assert picard_validate(out) == []
+    flags = Counter(int(l.split("\t")[1]) for l in sh("samtools", "view", str(out)).splitlines())
+    assert flags == {77: 100_000, 141: 100_000}
+
+
+@pytest.mark.tools
+def test_coordinate_sorted_export_is_indexable(human, tmp_path):
+    """SO:coordinate survives the round trip and our bins let samtools index and query the BAM."""
+    require_tool("samtools")
+    sorted_in = tmp_path / "in.bam"
+    subprocess.run(["samtools", "sort", "-o", str(sorted_in), str(human["bam"])], check=True, capture_output=True)
+    import_sam(sorted_in, out=tmp_path / "ds", chunk_size=10_000)
+    out = tmp_path / "out.bam"
+    s = export_sam(tmp_path / "ds", out, threads=2)
+    assert s.sort_order == "coordinate"
+    subprocess.run(["samtools", "index", str(out)], check=True)
+    subprocess.run(["samtools", "index", str(sorted_in)], check=True)
+    for region in ("chr20:10000000-10000500", "chr20:10050000-10090000", "chr20:9999000-9999950"):
+        want = columns_1_11_region(sorted_in, region)
+        assert want and columns_1_11_region(out, region) == want
+
+
+def columns_1_11_region(bam: Path, region: str) -> list[str]:
+    return ["\t".join(l.split("\t")[:11]) for l in sh("samtools", "view", str(bam), region).splitlines()]

@@ -18,6 +18,7 @@ from persona.ptf import (Buffer, CreditLinkSpec, GateSpec, LocalPipelineSpec, Pi
 from persona.ptf.metadata import aggregate_arity
 
 T = 20.0  # seconds: any wait longer than this is a deadlock
+pytestmark = pytest.mark.timeout(120)
 
 
 def inc(x: int) -> int:
@@ -262,7 +263,7 @@ def test_random_pipelines_match_sequential_reference(shape: tuple[list[Step], in
             except ValueError as e:
                 with pytest.raises(StageError) as got:
                     h.result(T)
-                assert got.value.context["stage"].endswith(str(e))
+                assert str(got.value.context["stage"]).endswith(str(e))
                 assert got.value.context["batch"] == h.id
                 continue
             assert h.result(T) == want
@@ -282,6 +283,9 @@ def test_random_pipelines_match_sequential_reference(shape: tuple[list[Step], in
     for lp in stats["local_pipelines"]:
         step = next(s for s in steps if lp["id"].startswith(s.tag + "/"))
         assert lp["credits_available"] == step.credits
+        for g in by_id.values():  # partitions in flight per replica never exceed its credits
+            if g["id"].startswith(lp["id"] + "/"):
+                assert g["max_open_batches"] <= step.credits, g
 
 
 def test_concurrent_submitters_are_isolated() -> None:
@@ -305,3 +309,94 @@ def test_concurrent_submitters_are_isolated() -> None:
     for n, got in results.values():
         xs = [x + 1 for x in range(n)]
         assert got == [tuple(xs[i:i + 2]) for i in range(0, n, 2)]
+
+
+def test_pooled_buffers_bound_memory_and_survive_failures() -> None:
+    pool = buffer_pool(3, capacity=64, name="chunks")
+
+    def load(x: int) -> Any:
+        res = pool.acquire(timeout=T)
+        res.value.extend(bytes([x % 256]) * 32)
+        return (x, res)
+
+    def check(item: Any) -> Any:
+        x, res = item
+        if x == 7:
+            raise ValueError("bad chunk")
+        return item
+
+    def store(item: Any) -> int:
+        x, res = item
+        total = int(res.value.view().sum())
+        res.release()
+        return total
+
+    spec = PipelineSpec.chain("pool", [StageSpec("load", load, replicas=2),
+                                       StageSpec("check", check), StageSpec("store", store)],
+                              capacity=1, credits=2)
+    with Pipeline(spec) as p:
+        bad = p.submit(range(40))  # fails at feed 7 with buffers in flight
+        good = p.submit(range(100, 130))  # 30 feeds through a pool of 3 buffers
+        assert good.result(T) == [(x % 256) * 32 for x in range(100, 130)]
+        with pytest.raises(StageError, match="bad chunk"):
+            bad.result(T)
+        p.drain(T)
+    stats = pool.stats()
+    assert stats["created"] <= 3 and stats["in_use"] == 0, stats
+
+
+def test_metric_samples_from_stats() -> None:
+    from persona.ptf import metric_samples
+
+    spec = PipelineSpec.chain("m", [StageSpec("inc", inc, replicas=2)], credits=3)
+    with Pipeline(spec) as p:
+        p.submit(range(5)).result(T)
+        p.drain(T)
+        samples = metric_samples(p.stats())
+    by = {(n, tuple(sorted(lab.items()))): v for n, lab, v in samples}
+    assert by[("persona_ptf_stage_feeds_total", (("pipeline", "m"), ("stage", "inc")))] == 5
+    assert by[("persona_ptf_gate_credits_available", (("gate", "m.g0"), ("pipeline", "m")))] == 3
+    assert by[("persona_ptf_batches_done_total", (("pipeline", "m"),))] == 1
+
+
+def test_gate_operations_for_a_global_gate_with_remote_consumers() -> None:
+    """A global gate is a gate whose partition consumers are remote: here two 'workers'
+    pull partitions, run them as local batches and send back one result feed each."""
+    from persona.ptf import Gate, GateClosed, GateState, GateTimeout
+
+    source = Gate(GateState("global1", "aggregate", size=3, link=None))
+    sink = Gate(GateState("global2", "batch"))
+    done: list[int] = []
+    sink.on_complete = done.append
+    bid = source.batch_enqueue([f"c{i}" for i in range(8)])
+
+    def worker() -> None:
+        local_first = Gate(GateState("first", "plain"))
+        local_last = Gate(GateState("last", "batch"))
+        try:
+            while True:
+                part = source.partition_dequeue(timeout=0.5)
+                local_first.partition_enqueue(part)
+                for _ in part.payloads:  # the local "stage"
+                    f = local_first.dequeue(timeout=T)
+                    f.payload = f.payload.upper()
+                    local_last.enqueue(f)
+                feeds = local_last.batch_dequeue_any(timeout=T)
+                sink.enqueue(part.result([f.payload for f in feeds]))
+        except GateTimeout:
+            return
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(T)
+    assert done == [bid]
+    out = sink.batch_dequeue(bid, timeout=T)
+    assert [f.payload for f in out] == [["C0", "C1", "C2"], ["C3", "C4", "C5"], ["C6", "C7"]]
+    assert [f.meta for f in out] == [((bid, 3),)] * 3
+    with pytest.raises(PipelineError, match="plain dequeue on a gate serving aggregate"):
+        source.dequeue(timeout=0)
+    source.close()
+    with pytest.raises(GateClosed):
+        source.partition_dequeue()

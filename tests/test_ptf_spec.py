@@ -1,6 +1,7 @@
 """Pipeline specs: YAML, round trips and the builder's deadlock/boundedness rules."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def ident(x: object) -> object:
     return x
 
 
-def chain(gates: list[GateSpec], stages: list[tuple[str, str, str, int | None]],
+def chain(gates: list[GateSpec], stages: Sequence[tuple[str, str, str, int | None]],
           links: tuple[CreditLinkSpec, ...] = ()) -> PipelineSpec:
     return PipelineSpec("p", gates[0].id, gates[-1].id, tuple(gates),
                         tuple(StageSpec(s, ident, i, o, aggregate=a) for s, i, o, a in stages),

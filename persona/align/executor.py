@@ -120,7 +120,7 @@ class AlignerExecutor:
         if paired and n % 2:
             raise AlignerError(f"paired chunk has an odd number of reads ({n})", key=key)
         step = work_item_reads + (work_item_reads % 2 if paired else 0)
-        starts = list(range(0, n, step))
+        starts = list(range(0, n, step)) or [0]  # an empty chunk is one empty work item
         job = ChunkJob(len(starts), key)
         for i, lo in enumerate(starts):
             hi = min(lo + step, n)

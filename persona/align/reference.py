@@ -36,7 +36,7 @@ from typing import Any
 from persona.agd.manifest import Contig
 from persona.align.base import Aligner, AlignerOptions, backend_module, make_aligner
 from persona.align.fasta import read_contig_table
-from persona.errors import AlignerError, ReferenceNotFoundError, StoreKeyError
+from persona.errors import ReferenceNotFoundError, StoreKeyError
 from persona.storage import Store, open_store
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

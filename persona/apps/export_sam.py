@@ -16,13 +16,14 @@ reverse-complemented and QUAL reversed on the way out.
   datasets straight from import are labelled ``queryname`` but keep input order,
   and Picard rejects a false SO:queryname. Unsorted names give ``SO:unsorted``.
 
-Pipeline: a reader thread reads and decodes chunk i+1 while the calling
+Pipeline: reader threads read and decode chunks i+1, i+2 while the calling
 thread encodes chunk i (one Cython call, GIL released) and ``threads`` BGZF
 workers compress. The output appears atomically: it is written to
 ``<out>.partial`` and renamed at the end; on error nothing is left behind.
 """
 from __future__ import annotations
 
+import collections
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -52,6 +53,7 @@ from persona.formats.sam import ReadGroup, build_header, contig_names, contig_pa
 
 UNMAPPED_READ1 = FLAG_PAIRED | FLAG_UNMAPPED | FLAG_MATE_UNMAPPED | FLAG_READ1  # 77
 UNMAPPED_READ2 = FLAG_PAIRED | FLAG_UNMAPPED | FLAG_MATE_UNMAPPED | FLAG_READ2  # 141
+READ_AHEAD = 2  # chunks read and decoded ahead of the encoder (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -93,15 +95,17 @@ def _sort_order(ds: Dataset) -> str:
     return sort
 
 
-def _chunks(ds: Dataset, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Decoded chunks in order; the next chunk is read and decoded on a helper thread."""
+def _chunks(ds: Dataset, columns: list[str], read_ahead: int = READ_AHEAD) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Decoded chunks in order; the next ``read_ahead`` chunks are read and decoded on helper
+    threads (decompression and base unpacking release the GIL) while the caller encodes."""
     n = len(ds.chunks)
-    with ThreadPoolExecutor(1, thread_name_prefix="export-read") as pool:
-        nxt: Future[dict[str, Any]] | None = pool.submit(ds.read_chunk, 0, columns) if n else None
+    with ThreadPoolExecutor(read_ahead, thread_name_prefix="export-read") as pool:
+        ahead: collections.deque[Future[dict[str, Any]]] = collections.deque(
+            pool.submit(ds.read_chunk, i, columns) for i in range(min(read_ahead, n)))
         for i in range(n):
-            assert nxt is not None
-            values = nxt.result()
-            nxt = pool.submit(ds.read_chunk, i + 1, columns) if i + 1 < n else None
+            values = ahead.popleft().result()
+            if i + read_ahead < n:
+                ahead.append(pool.submit(ds.read_chunk, i + read_ahead, columns))
             yield i, values
 
 

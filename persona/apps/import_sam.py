@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ from persona.agd.records import (
     Alignments,
 )
 from persona.errors import InputFormatError
+from persona.formats.bgzf import EOF_BLOCK
 from persona.storage import open_store
 
 _SORT_ORDERS = ("coordinate", "queryname", "unsorted", "unknown")
@@ -159,17 +159,31 @@ class _ChunkBuilder:
         return values, replaced
 
 
+def _check_bgzf_eof(path: Path) -> None:
+    """A BGZF file (BAM, bgzipped SAM) must end with the EOF block, else it was cut short.
+
+    Checked here rather than left to htslib, which only warns and then reads
+    whatever complete blocks there are (a cut at a block boundary would lose
+    records silently).
+    """
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if not (head[:4] == b"\x1f\x8b\x08\x04" and head[12:14] == b"BC"):
+            return  # not BGZF (plain SAM or gzip): nothing to check
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - len(EOF_BLOCK)))
+        if f.read() != EOF_BLOCK:
+            raise InputFormatError("no BGZF EOF marker: the file is truncated", file=str(path))
+
+
 def _open(path: Path) -> pysam.AlignmentFile:
+    _check_bgzf_eof(path)
     try:
-        with warnings.catch_warnings():
-            # pysam warns (not raises) on a missing BGZF EOF marker; for us that is truncation.
-            warnings.simplefilter("error")
-            return pysam.AlignmentFile(str(path), "r", check_sq=False)
-    except (OSError, ValueError, UserWarning) as e:
-        msg = str(e)
-        if "EOF marker" in msg:
-            msg = "no BGZF EOF marker: the file is truncated"
-        raise InputFormatError(f"cannot read SAM/BAM input: {msg}", file=str(path)) from None
+        return pysam.AlignmentFile(str(path), "r", check_sq=False)
+    except (OSError, ValueError) as e:
+        raise InputFormatError(f"cannot read SAM/BAM input: {e}", file=str(path)) from None
 
 
 def _header_fields(af: pysam.AlignmentFile, path: Path) -> dict[str, Any]:

@@ -104,9 +104,10 @@ def iter_text_chunks(path: PathLike, records: int, *, block_size: int = BLOCK_SI
         raise ValueError(f"records per chunk must be positive, got {records}")
     source = os.fspath(path)
     lines_per_chunk = 4 * records
-    pending = bytearray()
-    scanned = 0  # bytes of ``pending`` already searched for newlines
-    lines = 0  # newlines in pending[:scanned]
+    # The chunk being assembled is a list of pieces (views of decompressed
+    # blocks) joined once when complete: one copy per byte in all.
+    pieces: list[memoryview] = []
+    lines = 0  # newlines in ``pieces``
     first_line = 1
     index = 0
     with open_input(path) as f:
@@ -117,23 +118,24 @@ def iter_text_chunks(path: PathLike, records: int, *, block_size: int = BLOCK_SI
                 raise InputFormatError(
                     f"{source}: corrupt or truncated compressed data after line {first_line + lines}: {e}",
                 ) from None
-            if block:
-                pending += block
-            while True:
-                found, end = _k.find_lines(pending, scanned, lines_per_chunk - lines)
-                lines += found
-                if lines < lines_per_chunk:
-                    scanned = len(pending)
-                    break
-                chunk = pending[:end]
-                del pending[:end]  # cheap: bytearray deletes from the front in O(1)
-                yield TextChunk(chunk, first_line, False, index)
-                index += 1
-                first_line += lines_per_chunk
-                lines = scanned = 0
             if not block:
                 break
-    yield TextChunk(pending, first_line, True, index)
+            view = memoryview(block)
+            start = 0
+            while True:
+                found, end = _k.find_lines(block, start, lines_per_chunk - lines)
+                lines += found
+                if lines < lines_per_chunk:
+                    pieces.append(view[start:])
+                    break
+                pieces.append(view[start:end])
+                yield TextChunk(b"".join(pieces), first_line, False, index)
+                pieces = []
+                index += 1
+                first_line += lines_per_chunk
+                lines = 0
+                start = end
+    yield TextChunk(b"".join(pieces), first_line, True, index)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,18 @@ Usage
         handle = pipeline.submit(chunk_keys)     # -> BatchHandle
         results = handle.result(timeout=600)     # results[k] is feed k's output
     # or YAML: PipelineSpec.from_yaml(path), stages named "package.module:function"
+    pipeline.stats()                             # gates, credits, stage busy time, progress
+
+A stage function takes a payload (``aggregate=S``: the list of S payloads of
+positions kS..kS+S-1) and returns one payload. Per-request parameters travel
+inside the payloads. Buffers come from a bounded :class:`ResourcePool`; a
+stage that acquires one passes the :class:`PooledResource` downstream and a
+later stage releases it, back to the pool it came from. Feeds of failed or
+cancelled batches are disposed of by the runtime (their pooled resources are
+released). A pool blocks when empty, so size it above the number of pooled
+payloads that can wait inside the pipeline (gate capacities + replicas, plus
+whole groups at aggregate gates), or an aggregate can wait on a buffer held by
+a feed that is itself waiting for that group.
 
 Gate semantics
 --------------
@@ -94,6 +106,7 @@ Threads live in :mod:`~persona.ptf.channel` (gate lock + conditions),
 from persona.ptf.channel import Gate, GateClosed, GateTimeout
 from persona.ptf.credits import CreditLinkState
 from persona.ptf.gate import GateState
+from persona.ptf.introspection import metric_samples
 from persona.ptf.metadata import Feed, Partition
 from persona.ptf.pipeline import BatchHandle, Pipeline
 from persona.ptf.pool import Buffer, PooledResource, ResourcePool, buffer_pool
@@ -104,5 +117,5 @@ __all__ = [
     "BatchHandle", "Buffer", "CreditLinkSpec", "CreditLinkState", "Feed", "Gate",
     "GateClosed", "GateSpec", "GateState", "GateTimeout", "LocalPipelineSpec", "Partition",
     "Pipeline", "PipelineSpec", "PooledResource", "ResourcePool", "StageSpec", "buffer_pool",
-    "plan",
+    "metric_samples", "plan",
 ]

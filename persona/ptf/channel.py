@@ -16,8 +16,9 @@ from typing import Any
 
 from persona.errors import PipelineError
 from persona.ptf.credits import CreditLinkState
-from persona.ptf.gate import COMPLETE, GateState
-from persona.ptf.metadata import Feed, Partition
+from persona.ptf.gate import AGGREGATE, BATCH, COMPLETE, DISCARDED, PLAIN, GateState
+from persona.ptf.metadata import Feed, Partition, new_batch_id, push_partition
+from persona.ptf.pool import dispose
 
 
 class GateClosed(PipelineError):
@@ -51,8 +52,11 @@ class Gate:
                 self._wait(self._writable, st.full, timeout)
             res = st.enqueue(feed)
             self._readable.notify()
-        if res == COMPLETE and self.on_complete is not None:
-            self.on_complete(feed.meta[-1][0])
+        if res:
+            if res == COMPLETE and self.on_complete is not None:
+                self.on_complete(feed.meta[-1][0])
+            elif res == DISCARDED:
+                dispose(feed.payload)
 
     def enqueue_many(self, feeds: list[Feed]) -> None:
         """Insert a whole batch at once (batch / partition enqueue); never waits:
@@ -61,12 +65,29 @@ class Gate:
         with self._lock:
             st = self.state
             for f in feeds:
-                if st.enqueue(f) == COMPLETE:
+                res = st.enqueue(f)
+                if res == COMPLETE:
                     complete.append(f.meta[-1][0])
+                elif res == DISCARDED:
+                    dispose(f.payload)  # pool locks are leaves: safe under the gate lock
             self._readable.notify_all()
         if self.on_complete is not None:
             for bid in complete:
                 self.on_complete(bid)
+
+    def batch_enqueue(self, payloads: list[Any], bid: int | None = None) -> int:
+        """Ingress batch enqueue: one feed per payload, metadata ``((bid, len),)``; returns
+        the batch id (a fresh one unless given). An empty batch enqueues nothing."""
+        bid = new_batch_id() if bid is None else bid
+        meta = ((bid, len(payloads)),)
+        self.enqueue_many([Feed(meta, (i,), p) for i, p in enumerate(payloads)])
+        return bid
+
+    def partition_enqueue(self, part: Partition, pid: int | None = None) -> int:
+        """Local pipeline partition enqueue: push a ``(pid, n)`` row; returns ``pid``."""
+        pid = new_batch_id() if pid is None else pid
+        self.enqueue_many(push_partition(part, pid))
+        return pid
 
     # -- consumer side -------------------------------------------------------
     def _wait(self, cond: threading.Condition, blocked: Callable[[], bool],
@@ -105,24 +126,35 @@ class Gate:
             self.on_closed(closed)
         return got
 
+    def _mode(self, mode: str, op: str) -> None:
+        if self.state.mode != mode:
+            raise PipelineError(f"{op} on a gate serving {self.state.mode} dequeues",
+                                gate=self.id)
+
     def dequeue(self, timeout: float | None = None) -> Feed:
         """Plain dequeue (blocks until a feed of an admissible batch is buffered)."""
+        if self.state.mode != PLAIN:
+            self._mode(PLAIN, "plain dequeue")
         return self._dequeue_with(self.state.try_dequeue, timeout)
 
     def aggregate_dequeue(self, timeout: float | None = None) -> Feed:
         """Aggregate dequeue of the gate's configured size."""
+        self._mode(AGGREGATE, "aggregate dequeue")
         return self._dequeue_with(self.state.try_aggregate, timeout)
 
     def partition_dequeue(self, timeout: float | None = None) -> Partition:
         """Partition dequeue: the next group of this (global-side) gate as a Partition."""
+        self._mode(AGGREGATE, "partition dequeue")
         return self._dequeue_with(self.state.try_partition, timeout)
 
     def batch_dequeue(self, bid: int, timeout: float | None = None) -> list[Feed]:
         """Egress batch dequeue by id: every feed of batch ``bid`` in position order."""
+        self._mode(BATCH, "batch dequeue")
         return self._dequeue_with(lambda: self.state.try_take(bid), timeout)
 
     def batch_dequeue_any(self, timeout: float | None = None) -> list[Feed]:
         """Dequeue the oldest complete batch (local pipeline partition dequeue)."""
+        self._mode(BATCH, "batch dequeue")
         return self._dequeue_with(self.state.try_take_any, timeout)
 
     # -- control -------------------------------------------------------------
@@ -141,8 +173,11 @@ class Gate:
         with self._lock:
             ids = self.state.drop(root)
             closed = self.state.take_closed() if self.state.closed_batches else None
+            garbage, self.state.garbage = self.state.garbage, []
             self._readable.notify_all()
             self._writable.notify_all()
+        for f in garbage:
+            dispose(f.payload)
         if closed and self.on_closed is not None:
             self.on_closed(closed)
         return ids

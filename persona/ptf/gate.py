@@ -78,6 +78,7 @@ class GateState:
         self.buffered = 0
         self.closed_batches: list[int] = []  # ids closed since the owner last looked
         self.dropped_roots: set[int] = set()
+        self.garbage: list[Feed] = []  # feeds dropped here; the owner disposes of them
         self.enqueued_total = 0
         self.dequeued_total = 0
         self.discarded_total = 0
@@ -217,7 +218,9 @@ class GateState:
         self.dropped_roots.add(root)
         ids = [bid for bid, rec in self.open.items() if rec.root == root]
         for bid in ids:
-            self.buffered -= self.open.pop(bid).buffered
+            rec = self.open.pop(bid)
+            self.buffered -= rec.buffered
+            self.garbage.extend(rec.items.values() if isinstance(rec.items, dict) else rec.items)
         if self.link is not None:
             self.link.release_root(root)
         return ids

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from persona.errors import PersonaError
 from persona.ptf.channel import Gate, GateClosed
 from persona.ptf.credits import CreditLinkState
-from persona.ptf.metadata import new_batch_id, pop_partition, push_partition
+from persona.ptf.metadata import new_batch_id, pop_partition
+from persona.ptf.pool import dispose
 
-FailFn = Callable[[int, PersonaError], None]
+FailFn = Callable[[int, PersonaError], object]
 
 
 class PartitionCredits:
@@ -102,8 +103,9 @@ class LocalReplica:
                 self.credits.admit(pid, part.root)
                 if part.root in self._dropped:  # dropped while we held it
                     self.credits.release([pid])
+                    dispose(part.payloads)
                     continue
-                self.first.enqueue_many(push_partition(part, pid))
+                self.first.partition_enqueue(part, pid)
         except GateClosed:
             return
 

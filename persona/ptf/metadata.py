@@ -92,6 +92,11 @@ class Partition:
     def root(self) -> int:
         return self.meta[0][0]
 
+    def result(self, results: list[Any]) -> Feed:
+        """The outer feed carrying this partition's ordered results (what a worker
+        sends back to the next global gate)."""
+        return Feed(self.meta, self.pos, results)
+
 
 def push_partition(part: Partition, partition_id: int) -> list[Feed]:
     """Split a partition into member feeds carrying an extra innermost metadata row."""

@@ -20,7 +20,7 @@ from persona.ptf.channel import Gate
 from persona.ptf.credits import CreditLinkState
 from persona.ptf.gate import GateState
 from persona.ptf.local import LocalReplica
-from persona.ptf.metadata import Feed, new_batch_id
+from persona.ptf.metadata import new_batch_id
 from persona.ptf.spec import LocalPipelineSpec, PipelineSpec, Plan, plan, resolve_callable
 from persona.ptf.stage import StageRunner
 
@@ -220,8 +220,7 @@ class Pipeline:
                 h._finish([], None)
                 return h
             self._handles[bid] = h
-        meta = ((bid, n),)
-        self._ingress.enqueue_many([Feed(meta, (i,), p) for i, p in enumerate(payloads)])
+        self._ingress.batch_enqueue(payloads, bid)
         return h
 
     def _expected(self, n: int) -> int:

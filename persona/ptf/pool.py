@@ -67,6 +67,10 @@ class PooledResource(Generic[T]):
         self.pool = pool
         self._released = False
 
+    @property
+    def released(self) -> bool:
+        return self._released
+
     def release(self) -> None:
         """Return the object to the pool it came from."""
         if self._released:
@@ -128,6 +132,22 @@ class ResourcePool(Generic[T]):
         with self._cond:
             return {"size": self.size, "created": self._created, "free": len(self._free),
                     "in_use": self._created - len(self._free), "waits": self.waits}
+
+
+def dispose(payload: object) -> int:
+    """Release every not-yet-released :class:`PooledResource` inside a dead feed's payload
+    (looking into lists, tuples and dict values). The runtime calls this for feeds of
+    failed or cancelled batches, so pools do not leak. Returns how many were released."""
+    if isinstance(payload, PooledResource):
+        if payload.released:
+            return 0
+        payload.release()
+        return 1
+    if isinstance(payload, (list, tuple)):
+        return sum(dispose(p) for p in payload)
+    if isinstance(payload, dict):
+        return sum(dispose(p) for p in payload.values())
+    return 0
 
 
 def buffer_pool(size: int, capacity: int = 0, name: str = "buffers") -> ResourcePool[Buffer]:

@@ -258,7 +258,8 @@ def plan(spec: PipelineSpec, *, local: bool = False) -> Plan:
     consumers: dict[str, Consumer] = {}
     producers: dict[str, str] = {}
     ids: set[str] = set()
-    for c in (*spec.stages, *spec.local_pipelines):
+    all_consumers: list[Consumer] = [*spec.stages, *spec.local_pipelines]
+    for c in all_consumers:
         if c.id in ids or c.id in gates:
             raise ConfigError(f"duplicate id {c.id!r}", key=w)
         ids.add(c.id)
@@ -277,15 +278,17 @@ def plan(spec: PipelineSpec, *, local: bool = False) -> Plan:
                 if getattr(c, k) < 1:
                     raise ConfigError(f"{k} must be >= 1", key=f"{cw}.{k}")
             plan(c.pipeline, local=True)
-        for role, gid in (("input", c.input), ("output", c.output)):
+        inp, out = c.input, c.output
+        for role, gid in (("input", inp), ("output", out)):
             if gid not in gates:
                 raise ConfigError(f"unknown gate {gid!r}", key=f"{cw}.{role}")
-        if c.input in consumers:
-            raise ConfigError(f"gate {c.input!r} has two consumers", key=cw)
-        if c.output in producers:
-            raise ConfigError(f"gate {c.output!r} has two producers", key=cw)
-        consumers[c.input] = c
-        producers[c.output] = c.id
+        assert inp is not None and out is not None  # both are gate ids (checked above)
+        if inp in consumers:
+            raise ConfigError(f"gate {inp!r} has two consumers", key=cw)
+        if out in producers:
+            raise ConfigError(f"gate {out!r} has two producers", key=cw)
+        consumers[inp] = c
+        producers[out] = c.id
     for k in ("ingress", "egress"):
         if getattr(spec, k) not in gates:
             raise ConfigError(f"unknown gate {getattr(spec, k)!r}", key=f"{w}.{k}")
@@ -293,16 +296,19 @@ def plan(spec: PipelineSpec, *, local: bool = False) -> Plan:
         raise ConfigError("the ingress gate cannot have a producer", key=f"{w}.ingress")
     if spec.egress in consumers:
         raise ConfigError("the egress gate cannot have a consumer", key=f"{w}.egress")
-    order, chain = [spec.ingress], []
+    order: list[str] = [spec.ingress]
+    chain: list[Consumer] = []
     while order[-1] != spec.egress:
-        c = consumers.get(order[-1])
-        if c is None:
+        nc = consumers.get(order[-1])
+        if nc is None:
             raise ConfigError(f"gate {order[-1]!r} has no consumer; chain does not reach "
                               f"egress {spec.egress!r}", key=w)
-        chain.append(c)
-        if c.output in order:
-            raise ConfigError(f"cycle through gate {c.output!r}", key=w)
-        order.append(c.output)
+        chain.append(nc)
+        nxt = nc.output
+        assert nxt is not None  # checked above
+        if nxt in order:
+            raise ConfigError(f"cycle through gate {nxt!r}", key=w)
+        order.append(nxt)
     if len(order) != len(gates):
         unused = sorted(set(gates) - set(order))
         raise ConfigError(f"gates not on the ingress->egress chain: {unused}", key=w)

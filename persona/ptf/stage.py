@@ -16,8 +16,9 @@ from typing import Any
 from persona.errors import PersonaError, StageError
 from persona.ptf.channel import Gate, GateClosed
 from persona.ptf.metadata import Feed
+from persona.ptf.pool import dispose
 
-FailFn = Callable[[int, PersonaError], None]
+FailFn = Callable[[int, PersonaError], object]
 
 
 def describe_feed(feed: Feed) -> str:
@@ -67,7 +68,8 @@ class StageRunner:
             except GateClosed:
                 return
             if dropped and feed.meta[0][0] in dropped:
-                continue  # its batch failed or was cancelled: skip the work
+                dispose(feed.payload)  # its batch failed or was cancelled: skip the work
+                continue
             t0 = clock()
             try:
                 feed.payload = fn(feed.payload)
@@ -78,6 +80,7 @@ class StageRunner:
                                  batch=root, feed=describe_feed(feed))
                 err.__cause__ = e
                 self._fail(root, err)
+                dispose(feed.payload)
                 continue
             busy[r] += clock() - t0
             feeds[r] += 1
