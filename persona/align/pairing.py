@@ -76,7 +76,10 @@ class RecordSink:
 
 def _build(rows: list[tuple[int, ...]], cigars: list[bytes]) -> Alignments:
     fields = np.array(rows, dtype=ALIGNMENT_DTYPE) if rows else np.zeros(0, ALIGNMENT_DTYPE)
-    return Alignments(fields, RaggedArray.from_list(cigars))
+    offsets = np.zeros(len(cigars) + 1, dtype=np.uint64)
+    np.cumsum(np.fromiter(map(len, cigars), dtype=np.uint64, count=len(cigars)), out=offsets[1:])
+    data = np.frombuffer(b"".join(cigars), dtype=np.uint8)
+    return Alignments(fields, RaggedArray(offsets, data, validate=False))
 
 
 def is_proper(a: Hit, b: Hit, max_gap: int) -> bool:

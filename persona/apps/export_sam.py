@@ -50,6 +50,7 @@ from persona.agd.records import (
 from persona.errors import ConfigError, DatasetError
 from persona.formats.bam import BamWriter, encode_records
 from persona.formats.sam import ReadGroup, build_header, contig_names, contig_pairs, format_records
+from persona.storage import Store
 
 UNMAPPED_READ1 = FLAG_PAIRED | FLAG_UNMAPPED | FLAG_MATE_UNMAPPED | FLAG_READ1  # 77
 UNMAPPED_READ2 = FLAG_PAIRED | FLAG_UNMAPPED | FLAG_MATE_UNMAPPED | FLAG_READ2  # 141
@@ -110,7 +111,7 @@ def _chunks(ds: Dataset, columns: list[str], read_ahead: int = READ_AHEAD) -> It
 
 
 def export_sam(
-    dataset_location: str | os.PathLike[str],
+    dataset_location: str | os.PathLike[str] | Store,
     out_path: str | os.PathLike[str],
     *,
     fmt: str = "bam",

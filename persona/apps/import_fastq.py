@@ -31,8 +31,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import zstandard
 
-from persona.agd import READ_COLUMNS, DatasetWriter, Manifest, encode_column_chunk
+from persona.agd import (
+    READ_COLUMNS,
+    ChunkHeader,
+    CompressionType,
+    DatasetWriter,
+    Manifest,
+    column_record_type,
+    encode_column,
+    encode_column_chunk,
+)
 from persona.formats.fastq import (
     FastqColumns,
     PathLike,
@@ -49,7 +59,22 @@ DEFAULT_CHUNK_SIZE = 100_000
 READ_AHEAD = 2  # scanned chunks buffered per input beyond the one being converted
 
 Progress = Callable[[int], None]
-Level = int | None | Mapping[str, int | None]
+ColumnLevel = int | zstandard.ZstdCompressionParameters | None
+Level = ColumnLevel | Mapping[str, ColumnLevel]
+
+# Default zstd settings per column, chosen with bench/bench_size.py on the yeast,
+# human, measles and simulated sets (sizes and speeds in its docstring):
+# * base: level 5 finds the long repeats of deep-coverage data (measles -10%,
+#   human -11% vs level 3) at ~500 MB of FASTQ per second and core.
+# * qual: level 1 is both smaller and 2-3x faster than level 3 on qualities;
+#   with the double-fast strategy and 7-byte minimum matches it is another
+#   1-2% smaller at the same speed.
+# * metadata: level 1 (read names compress well; higher levels are no smaller).
+IMPORT_ZSTD_LEVELS: dict[str, ColumnLevel] = {
+    "base": 5,
+    "qual": zstandard.ZstdCompressionParameters.from_level(1, strategy=zstandard.STRATEGY_DFAST, min_match=7),
+    "metadata": 1,
+}
 
 
 class _Failed:
@@ -126,11 +151,36 @@ class ConvertedChunk:
     files: dict[str, Future[bytes]]
 
 
-def column_level(level: Level, column: str) -> int | None:
-    """The compression level for ``column`` (a mapping may name levels per column)."""
+def column_level(level: Level, column: str, compression: str) -> ColumnLevel:
+    """The compression level (or zstd parameters) for ``column``.
+
+    None means the import defaults for zstd (:data:`IMPORT_ZSTD_LEVELS`) and the
+    codec's default for gzip; a mapping may name some columns, the others keep
+    those defaults.
+    """
+    zstd = CompressionType.parse(compression) is CompressionType.ZSTD
+    default = IMPORT_ZSTD_LEVELS.get(column) if zstd else None
     if isinstance(level, Mapping):
-        return level.get(column)
-    return level
+        return level.get(column, default)
+    return default if level is None else level
+
+
+def encode_column_file(column: str, value: object, *, first_ordinal: int, name: str, compression: str,
+                       level: ColumnLevel) -> bytes:
+    """One column file of one chunk. Like :func:`persona.agd.encode_column_chunk`,
+    which takes only integer levels, but also accepts zstd compression parameters."""
+    if not isinstance(level, zstandard.ZstdCompressionParameters):
+        return encode_column_chunk(column, value, first_ordinal=first_ordinal, name=name,  # type: ignore[arg-type]
+                                   compression=compression, level=level)
+    if CompressionType.parse(compression) is not CompressionType.ZSTD:
+        raise ValueError(f"zstd parameters given for column {column!r} compressed with {compression}")
+    records = encode_column(column, value)  # type: ignore[arg-type]
+    header = ChunkHeader(record_type=column_record_type(column), compression=CompressionType.ZSTD,
+                         first_ordinal=first_ordinal, last_ordinal=first_ordinal + len(records),
+                         string_id=name).pack()
+    index = records.lengths.astype("<u4")
+    zobj = zstandard.ZstdCompressor(compression_params=level).compressobj(size=index.nbytes + records.data.nbytes)
+    return b"".join((header, zobj.compress(index.data), zobj.compress(records.data.data), zobj.flush()))
 
 
 def convert_chunk(
@@ -159,8 +209,8 @@ def convert_chunk(
         return ConvertedChunk(first_ordinal, 0, {})
     values = cols.as_dict()
     files = {
-        c: compressors.submit(encode_column_chunk, c, values[c], first_ordinal=first_ordinal, name=name,
-                              compression=compression, level=column_level(level, c))
+        c: compressors.submit(encode_column_file, c, values[c], first_ordinal=first_ordinal, name=name,
+                              compression=compression, level=column_level(level, c, compression))
         for c in READ_COLUMNS
     }
     return ConvertedChunk(first_ordinal, len(cols), files)
@@ -184,8 +234,9 @@ def import_fastq(
     ``2 * chunk_size`` records (record 2i = read 1, 2i+1 = read 2). Columns are
     ``base`` (3-bit packed), ``qual`` and ``metadata`` (header without ``@``).
     ``name`` defaults to the file name without ``_R1`` and FASTQ suffixes;
-    ``level`` is one compression level or a ``{column: level}`` mapping (None:
-    the codec's default); ``threads`` (0 = all cores) convert and compress chunks
+    ``level`` is one compression level for all columns or a ``{column: level}``
+    mapping (None: :data:`IMPORT_ZSTD_LEVELS` for zstd, the codec default for
+    gzip; zstd also takes ``zstandard.ZstdCompressionParameters``); ``threads`` (0 = all cores) convert and compress chunks
     in parallel; ``progress`` is called with the number of records stored so far
     after every chunk. The manifest has ``sort: "queryname"`` (as the original
     writes after import) and ``paired: true`` for pairs. On error nothing of the

@@ -63,7 +63,7 @@ from persona.agd.records import (
 )
 from persona.errors import InputFormatError
 from persona.formats.bgzf import EOF_BLOCK
-from persona.storage import open_store
+from persona.storage import Store
 
 _SORT_ORDERS = ("coordinate", "queryname", "unsorted", "unknown")
 # Bytes AGD's 3-bit bases can hold; anything else becomes N.
@@ -201,12 +201,14 @@ def _header_fields(af: pysam.AlignmentFile, path: Path) -> dict[str, Any]:
 def import_sam(
     path: str | os.PathLike[str],
     *,
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | Store,
     name: str | None = None,
     chunk_size: int = 100_000,
     compression: str = "zstd",
 ) -> ImportSummary:
-    """Import ``path`` (SAM or BAM, detected from content) as dataset ``name`` in store ``out``.
+    """Import ``path`` (SAM or BAM, detected from content) as dataset ``name`` in store ``out``
+    (a path, store URL or :class:`~persona.storage.Store`); ``name`` defaults to the file name
+    without its extension.
 
     See the module docstring for what is stored. Raises
     :class:`~persona.errors.InputFormatError` for unreadable input (no dataset
@@ -222,7 +224,7 @@ def import_sam(
         manifest_fields = _header_fields(af, path)
         aligned = "reference_contigs" in manifest_fields
         columns = ["base", "qual", "metadata"] + (["results"] if aligned else [])
-        writer = DatasetWriter(open_store(os.fspath(out)), name, columns=columns, compression=compression)
+        writer = DatasetWriter(out, name, columns=columns, compression=compression)
         with writer, ThreadPoolExecutor(1, thread_name_prefix="import-sam-write") as pool:
             # One chunk is compressed and stored in the background while the next is parsed.
             pending: Future[Any] | None = None
