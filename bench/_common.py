@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -64,12 +65,29 @@ def timed(fn: Callable[[], Any]) -> float:
 
 def median_time(fn: Callable[[], Any], runs: int, setup: Callable[[], Any] | None = None) -> float:
     """Median wall time of ``runs`` calls (``setup`` runs untimed before each)."""
-    times = []
+    return median_wall_cpu(fn, runs, setup)[0]
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its waited-for children so far."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def median_wall_cpu(fn: Callable[[], Any], runs: int,
+                    setup: Callable[[], Any] | None = None) -> tuple[float, float]:
+    """Median wall time and median CPU time (all threads and child processes) of
+    ``runs`` calls. CPU / wall shows how many cores a contender really got, which
+    matters on a shared machine."""
+    walls, cpus = [], []
     for _ in range(runs):
         if setup is not None:
             setup()
-        times.append(timed(fn))
-    return statistics.median(times)
+        c0, t0 = _cpu_seconds(), time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(_cpu_seconds() - c0)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def run(cmd: Sequence[str] | str, *, stdout: Any = subprocess.DEVNULL, shell: bool = False) -> None:

@@ -64,7 +64,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
         summary = import_sam(args.inputs[0], out=args.output, name=args.name,
                              chunk_size=chunk_size, compression=compression)
-        print(f"imported {summary}")
+        skipped = summary.skipped_secondary + summary.skipped_supplementary
+        print(f"imported {summary.records} records into {summary.chunks} chunks: {summary.location} "
+              f"({summary.name}, sort {summary.sort})"
+              + (f"; skipped {skipped} secondary/supplementary records" if skipped else ""))
         return 0
     if not first.endswith(FASTQ_SUFFIXES):
         raise PersonaError(f"cannot tell the format of {args.inputs[0]}: expected "
@@ -98,9 +101,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from persona.apps.export_sam import export_sam
 
+    read_group = {k: v for k, v in (("ID", args.rg_id), ("SM", args.rg_sample),
+                                    ("LB", args.rg_library), ("PL", args.rg_platform)) if v}
     summary = export_sam(args.dataset, args.output, fmt=fmt, threads=args.threads or cfg.export.threads,
-                         level=cfg.export.bgzf_level)
-    print(f"exported {summary} to {args.output}")
+                         level=cfg.export.bgzf_level, read_group=read_group or None,
+                         command_line=" ".join(["persona", *sys.argv[1:]]))
+    print(f"exported {summary.records} records ({summary.chunks} chunks, {summary.bytes_written:,} bytes, "
+          f"SO:{summary.sort_order}) to {summary.path} in {summary.seconds:.2f} s")
     return 0
 
 
@@ -211,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("output2", nargs="?", help="FASTQ output for read 2 of pairs")
     sp.add_argument("-f", "--format", choices=["bam", "sam", "fastq"], help="default: from the suffix")
     sp.add_argument("-t", "--threads", type=int, default=0, help="compression threads (0 = all cores)")
+    sp.add_argument("--rg-id", help="@RG ID (default: the dataset name)")
+    sp.add_argument("--rg-sample", help="@RG SM (default: the dataset name)")
+    sp.add_argument("--rg-library", help="@RG LB")
+    sp.add_argument("--rg-platform", help="@RG PL, e.g. ILLUMINA")
 
     sp = add("info", cmd_info, "show a dataset's columns, records, chunks, sizes and sort order")
     sp.add_argument("dataset")

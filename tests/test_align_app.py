@@ -107,6 +107,7 @@ def test_secondary_columns(env) -> None:
     # re-aligning without secondaries retracts the old secondary columns
     m2 = align_dataset(loc, "chr20slice", references_url=env["refs"])
     assert m2.columns == ["base", "qual", "metadata", "results"]
+    assert not list(loc.glob("*.secondary*"))  # their files are gone too
 
 
 def test_missing_reference_leaves_dataset_untouched(env) -> None:

@@ -64,7 +64,7 @@ def test_bad_fasta_is_refused_before_indexing(tmp_path: Path, store) -> None:
     assert list_references(store) == []
 
 
-def test_loaded_once_shared_and_released(measles, store) -> None:
+def test_loaded_once_shared_and_released(measles, human, store) -> None:
     add_reference("measles", measles["ref"], store)
     before = refmod.load_count
     held = []
@@ -92,6 +92,11 @@ def test_loaded_once_shared_and_released(measles, store) -> None:
     # kept idle: the next request does not reload
     with use_reference("measles", store):
         assert refmod.load_count == before + 1
+    # a reference re-added under the same name with another FASTA is loaded afresh
+    add_reference("measles", human["ref"], store, overwrite=True)
+    with use_reference("measles", store) as ref:
+        assert refmod.load_count == before + 2
+        assert ref.contigs[0].name == "chr20_9995001_11095000"
 
 
 def test_corrupt_index_is_refused(measles, store) -> None:

@@ -117,7 +117,7 @@ def test_chunking_and_parsing_any_records(recs, per_chunk):
     assert out == text
 
 
-def _chunks_of(text: bytes, per_chunk: int, tmp=None):
+def _chunks_of(text: bytes, per_chunk: int):
     import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".fq") as f:
@@ -156,7 +156,7 @@ GOOD = b"@r1\nACGT\n+\nIIII\n"
     "bad, line, words",
     [
         (GOOD + b"r2\nACGT\n+\nIIII\n", 5, "does not start with '@'"),
-        (GOOD + b"\n" + GOOD, 5, "does not start with '@'"),
+        (GOOD + b"\n" + GOOD, 5, "(blank line; blank lines are allowed only at the end of the file)"),
         (GOOD + b"@r2\nACGT\n-\nIIII\n", 7, "'+' separator line missing"),
         (GOOD + b"@r2\nACGT\n+\nIII\n", 8, "quality length 3 does not match sequence length 4"),
         (GOOD + b"@r2\nACRT\n+\nIIII\n", 6, "invalid character 'R' in sequence at column 3"),
@@ -254,3 +254,15 @@ def test_format_output_is_exact_size():
 )
 def test_default_name(fname, want):
     assert default_name(fname) == want
+
+
+def test_gather_field_matches_gather_columns(measles):
+    r1, r2 = _head(measles["r1"], 300), _head(measles["r2"], 300)
+    p1, _ = k.scan_fastq(r1, "r1")
+    p2, _ = k.scan_fastq(r2, "r2")
+    both = k.gather_columns(r1, p1, r2, p2)
+    for field in range(3):
+        offs, data = k.gather_field(field, r1, p1, r2, p2)
+        assert np.array_equal(offs, both[field][0]) and np.array_equal(data, both[field][1])
+    with pytest.raises(ValueError, match="same number of records"):
+        k.gather_field(0, r1, p1, r2, p2[:10])

@@ -206,3 +206,29 @@ def test_export_errors(tmp_path):
     with pytest.raises(DatasetError, match="not paired"):
         export_fastq(tmp_path / "s", tmp_path / "o1.fq", tmp_path / "o2.fq")
     assert not (tmp_path / "o1.fq").exists()
+
+
+def test_first_error_in_file_order_wins(tmp_path):
+    # Chunk 0 has a mate-name mismatch (found when converting), chunk 2 of R1 a bad
+    # record (found by the reader, possibly earlier in time): the user sees chunk 0's.
+    names = [f"r{i}" for i in range(30)]
+    r1_text = b"".join(b"@%s\nACGT\n+\nIIII\n" % n.encode() for n in names)
+    r1_text = r1_text.replace(b"@r25\nACGT", b"@r25\nAXGT")
+    (tmp_path / "o_R1.fq").write_bytes(r1_text)
+    r2 = _write_fastq(tmp_path / "o_R2.fq", ["zz" if i == 3 else n for i, n in enumerate(names)], seq=b"ACGT")
+    with pytest.raises(InputFormatError, match=r"o_R2\.fq:13: read name 'zz'"):
+        import_fastq(tmp_path / "o_R1.fq", r2, out=tmp_path / "s", chunk_size=10, threads=2)
+    assert _leftovers(tmp_path / "s") == []
+
+
+def test_zstd_parameters_need_zstd(tmp_path):
+    import zstandard
+
+    r1 = _write_fastq(tmp_path / "a.fq", ["r1"])
+    params = zstandard.ZstdCompressionParameters.from_level(3)
+    with pytest.raises(ValueError, match="zstd parameters given for column 'qual'"):
+        import_fastq(r1, out=tmp_path / "s", compression="gzip", level={"qual": params})
+    assert _leftovers(tmp_path / "s") == []
+    m = import_fastq(r1, out=tmp_path / "z", level={"qual": params, "base": 1})
+    assert Dataset.open(tmp_path / "z").read_column(0, "qual").tolist() == [b"IIIII"]
+    assert m.num_records == 1

@@ -1,8 +1,8 @@
 """Type stub for the compiled FASTQ kernels (``native/fastq.pyx``)."""
-from collections.abc import Buffer
-
 import numpy as np
 import numpy.typing as npt
+
+Buffer = bytes | bytearray | memoryview | npt.NDArray[np.uint8]
 
 _Column = tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint8]]
 
@@ -11,6 +11,17 @@ def find_lines(buf: Buffer, start: int, nlines: int) -> tuple[int, int]: ...
 def scan_fastq(
     buf: Buffer, source: str, first_line: int = 1, final: bool = True, max_records: int = -1
 ) -> tuple[npt.NDArray[np.int64], int]: ...
+FIELD_METADATA: int
+FIELD_BASES: int
+FIELD_QUAL: int
+
+def gather_field(
+    field: int,
+    buf1: Buffer,
+    pos1: npt.NDArray[np.int64],
+    buf2: Buffer | None = None,
+    pos2: npt.NDArray[np.int64] | None = None,
+) -> _Column: ...
 def gather_columns(
     buf1: Buffer,
     pos1: npt.NDArray[np.int64],

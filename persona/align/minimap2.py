@@ -20,10 +20,12 @@ to break ties between equal hits, so placements match the minimap2 binary's.
 Reads shorter than the index's k-mer length cannot be seeded and come back
 unmapped. Qualities are not used by minimap2.
 
-The GIL: mappy 2.31's ``Aligner.map`` keeps the GIL while minimap2 maps a
-read (it has no ``with nogil`` block), so the executor's threads overlap only
-in the parts mappy runs with the GIL released by the interpreter's switch
-interval; see the report of bench/bench_align.py for what that costs.
+The GIL: mappy 2.31's ``Aligner.map`` calls minimap2 without releasing the
+GIL (its generated C has no ``Py_BEGIN_ALLOW_THREADS`` around ``mm_map_aux``;
+measured: 5 kb reads, map-ont preset, 1 thread 850 reads/s, 2 threads 890).
+So the executor's threads serialize on mapping, and our per-hit Python work
+shares the same core. The fix is a native kernel over libminimap2 that maps a
+whole work item with the GIL released (see the align issue's report).
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ CONSTRUCT_OPTIONS = frozenset(
 )
 #: minimap2 presets and their (max_frag_len, max_gap) pairing defaults (options.c)
 PRESET_PAIRING = {"sr": (800, 100), "short": (800, 100)}
+#: minimap2 presets' (match, mismatch) scores (options.c; default 2, 4)
+PRESET_SCORING = {"sr": (2, 8), "short": (2, 8), "map-hifi": (1, 4), "asm5": (1, 19), "asm10": (1, 9),
+                  "asm20": (1, 4)}
 PRESETS = ("sr", "short", "map-ont", "map-pb", "map-hifi", "lr:hq", "asm5", "asm10", "asm20",
            "splice", "splice:hq", "ava-ont", "ava-pb")
 _CIGAR_OPS = "MIDNSHP=XB"
@@ -105,6 +110,8 @@ class Minimap2Aligner(Aligner):
         frag_len, gap = PRESET_PAIRING.get(options.preset, (0, 5000))
         self._max_frag_len = int(options.extra.get("max_frag_len", frag_len))
         self._max_gap = gap
+        scoring = options.extra.get("scoring")
+        self._match, self._mismatch = (scoring[0], scoring[1]) if scoring else PRESET_SCORING.get(options.preset, (2, 4))
         self._local = threading.local()
 
     def with_options(self, options: AlignerOptions) -> "Minimap2Aligner":
@@ -141,7 +148,10 @@ class Minimap2Aligner(Aligner):
             cig = f"{left}S{cig}"
         if right:
             cig = f"{cig}{right}S"
-        return (self._rid[h.ctg], h.r_st, h.r_en, rev, h.mapq, cig.encode(), h.is_primary)
+        # score estimate: minimap2's match score a per matching base, mismatch (and gap base) penalty b
+        mlen = h.mlen
+        score = self._match * mlen - self._mismatch * (h.blen - mlen)
+        return (self._rid[h.ctg], h.r_st, h.r_en, rev, h.mapq, cig.encode(), h.is_primary, score)
 
     @staticmethod
     def _names(names: RaggedArray | None, n: int, step: int) -> list[bytes | None]:
@@ -184,32 +194,58 @@ class Minimap2Aligner(Aligner):
         offs = bases.offsets.tolist()
         qnames = self._names(names if self.options.use_names else None, n, 2)
         amap = self._index.map
-        frag = self._max_frag_len
-        hit = self._hit
+        frag, min_gap = self._max_frag_len, self._max_gap
+        rid = self._rid
+        match, mismatch = self._match, self._mismatch
         keep_all = self.options.secondary > 0
+        ops = _CIGAR_OPS
         for i in range(n):
             s1 = data[offs[2 * i] : offs[2 * i + 1]]
             s2 = data[offs[2 * i + 1] : offs[2 * i + 2]]
             l1, l2 = len(s1), len(s2)
-            max_gap = max(frag - (l1 + l2), self._max_gap)
+            max_gap = max(frag - (l1 + l2), min_gap)
             h1: list[Hit] = []
             h2: list[Hit] = []
-            if l1 and l2:
-                for h in amap(s1, s2, name=qnames[i], buf=buf):
-                    if not (keep_all or h.is_primary):
-                        continue  # secondaries are only converted when secondary columns are asked for
-                    if h.read_num == 1:
-                        h1.append(hit(h, l1, False))
-                    else:
-                        h2.append(hit(h, l2, True))
-            else:  # an empty mate: map the other one alone, as minimap2 skips empty segments
+            if not (l1 and l2):  # an empty mate: map the other one alone, as minimap2 skips empty segments
                 if l1:
                     h1 = self._hits(amap(s1, name=qnames[i], buf=buf), l1, False)
                 if l2:
                     h2 = self._hits(amap(s2, name=qnames[i], buf=buf), l2, False)
+                add_pair(sink, h1, h2, max_gap)
+                continue
+            # the hot loop: _hit() inlined (this runs once per hit, with the GIL held)
+            for h in amap(s1, s2, name=qnames[i], buf=buf):
+                primary = h.is_primary
+                if not (primary or keep_all):
+                    continue  # secondaries are only converted when secondary columns are asked for
+                second = h.read_num == 2
+                q_st, q_en = h.q_st, h.q_en
+                if second:  # mappy maps read 2 reverse-complemented: mirror its query coordinates
+                    q_st, q_en = l2 - q_en, l2 - q_st
+                    qlen = l2
+                else:
+                    qlen = l1
+                rev = h.strand < 0
+                left, right = (qlen - q_en, q_st) if rev else (q_st, qlen - q_en)
+                cigar = h.cigar
+                if len(cigar) == 1:
+                    c = cigar[0]
+                    cig = f"{c[0]}{ops[c[1]]}"
+                else:
+                    cig = "".join([f"{c[0]}{ops[c[1]]}" for c in cigar])
+                if left:
+                    cig = f"{left}S{cig}"
+                if right:
+                    cig = f"{cig}{right}S"
+                mlen = h.mlen
+                hit = (rid[h.ctg], h.r_st, h.r_en, rev, h.mapq, cig.encode(), primary,
+                       match * mlen - mismatch * (h.blen - mlen))
+                if second:
+                    h2.append(hit)
+                else:
+                    h1.append(hit)
             add_pair(sink, h1, h2, max_gap)
-        primary, secondary = sink.to_alignments()
-        return AlignResult(primary, secondary)
-
+        primary_cols, secondary = sink.to_alignments()
+        return AlignResult(primary_cols, secondary)
 
 ALIGNER = Minimap2Aligner

@@ -7,8 +7,13 @@ writer:
 
 - **Primary choice.** The primary of a read is its first hit marked primary by
   the backend. For a pair whose reads have several primary-chain hits (a
-  supplementary alignment exists), the combination that forms a proper pair is
-  preferred, as minimap2's pairing step lifts the chosen pair to primary.
+  supplementary alignment exists) we redo minimap2's pairing choice
+  (``mm_pair``): among combinations in proper orientation and distance whose
+  alignment scores sum to at least ``best(read 1) + best(read 2) - pe_bonus``,
+  the best-scoring one is the primary pair; without one, the first primary
+  hits stay and the pair is not proper. Scores are estimated from the match
+  and mismatch counts (mappy does not report minimap2's DP score), so a pair
+  at the very edge of the threshold may be decided differently.
 - **Secondary / supplementary.** Other hits keep the backend's order; a hit on
   a primary chain that is not the primary is supplementary (0x800), others are
   secondary (0x100). All keep soft clips (like ``minimap2 -Y``).
@@ -49,9 +54,12 @@ from persona.agd.records import (
     Alignments,
 )
 
-#: One alignment of one read: (ref_index, start, end, reverse, mapq, cigar, on_primary_chain).
-#: ``start``/``end`` are 0-based half-open reference coordinates; ``cigar`` includes soft clips.
-Hit = tuple[int, int, int, bool, int, bytes, bool]
+#: One alignment of one read: (ref_index, start, end, reverse, mapq, cigar, on_primary_chain, score).
+#: ``start``/``end`` are 0-based half-open reference coordinates; ``cigar`` includes soft clips;
+#: ``score`` is the (estimated) alignment score, used only to choose between supplementary hits.
+Hit = tuple[int, int, int, bool, int, bytes, bool, int]
+#: minimap2's bonus for a proper pair (mm_mapopt_t::pe_bonus, the same for every preset)
+PE_BONUS = 33
 
 _UNMAPPED_ROW = (FLAG_UNMAPPED, 0, -1, -1, -1, -1, 0)
 _NO_SECONDARY_ROW = (FLAG_SECONDARY | FLAG_UNMAPPED, 0, -1, -1, -1, -1, 0)
@@ -136,17 +144,28 @@ def add_single(sink: RecordSink, hits: list[Hit]) -> None:
                 sink.sec_cigars[i].append(b"")
 
 
-def choose_primaries(hits1: list[Hit], hits2: list[Hit], max_gap: int) -> tuple[Optional[Hit], Optional[Hit]]:
-    """The primary hit of each mate; prefers a proper combination among primary-chain hits."""
-    c1 = [h for h in hits1 if h[6]]
-    c2 = [h for h in hits2 if h[6]]
-    if len(c1) > 1 or len(c2) > 1:
-        for a in c1:
-            for b in c2:
-                if is_proper(a, b, max_gap):
-                    return a, b
-    return (c1[0] if c1 else (hits1[0] if hits1 else None),
-            c2[0] if c2 else (hits2[0] if hits2 else None))
+def choose_primaries(hits1: list[Hit], hits2: list[Hit], max_gap: int,
+                     pe_bonus: int = PE_BONUS) -> tuple[Optional[Hit], Optional[Hit], bool]:
+    """The primary hit of each mate and whether they form a proper pair (module docstring)."""
+    c1 = [h for h in hits1 if h[6]] or hits1[:1]
+    c2 = [h for h in hits2 if h[6]] or hits2[:1]
+    p1 = c1[0] if c1 else None
+    p2 = c2[0] if c2 else None
+    if p1 is None or p2 is None:
+        return p1, p2, False
+    if len(c1) == 1 and len(c2) == 1:
+        return p1, p2, is_proper(p1, p2, max_gap)
+    threshold = max(h[7] for h in hits1) + max(h[7] for h in hits2) - pe_bonus
+    best: tuple[Hit, Hit] | None = None
+    best_score = threshold - 1
+    for a in c1:
+        for b in c2:
+            score = a[7] + b[7]
+            if score > best_score and is_proper(a, b, max_gap):
+                best, best_score = (a, b), score
+    if best is None:
+        return p1, p2, False
+    return best[0], best[1], True
 
 
 def _mate_bits(mate: Optional[Hit]) -> int:
@@ -160,8 +179,7 @@ def add_pair(sink: RecordSink, hits1: list[Hit], hits2: list[Hit], max_gap: int)
     if len(hits1) == 1 and len(hits2) == 1 and not sink.n_secondary:
         _add_simple_pair(sink, hits1[0], hits2[0], max_gap)
         return
-    p1, p2 = choose_primaries(hits1, hits2, max_gap)
-    proper = p1 is not None and p2 is not None and is_proper(p1, p2, max_gap)
+    p1, p2, proper = choose_primaries(hits1, hits2, max_gap)
     for k, (s, m, hits) in enumerate(((p1, p2, hits1), (p2, p1, hits2))):
         is_r1 = k == 0
         base = FLAG_PAIRED | (FLAG_READ1 if is_r1 else FLAG_READ2) | _mate_bits(m)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import tempfile
@@ -143,8 +144,8 @@ def add_reference(name: str, fasta: str | os.PathLike[str], store_url: Store | s
         out = Path(tmp) / f"index{backend.INDEX_SUFFIX}"
         backend.build_index(fasta, out, preset)
         digest, size = _sha256_file(out)
-        with open(out, "rb") as f:
-            st.put(key, f.read())
+        with open(out, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            st.put(key, view)  # no second in-memory copy of a (possibly multi-GB) index
     indexes = dict(old.indexes) if old is not None else {}
     indexes[iid] = {"aligner": aligner, "preset": preset, "key": key, "sha256": digest, "size": size}
     info = ReferenceInfo(name, str(Path(fasta).resolve()), summary.sha256, summary.contigs, indexes)
@@ -185,8 +186,11 @@ _load_locks: dict[tuple[Any, ...], threading.Lock] = {}
 load_count = 0
 
 
-def _cache_key(st: Store, name: str, aligner: str, options: AlignerOptions) -> tuple[Any, ...]:
-    return (st.url, name, aligner, options.preset, tuple(sorted((k, repr(v)) for k, v in options.extra.items())))
+def _cache_key(st: Store, info: ReferenceInfo, aligner: str, options: AlignerOptions) -> tuple[Any, ...]:
+    # the index digest is part of the key: a reference re-added under the same name is loaded afresh
+    digest = info.indexes.get(index_id(aligner, options.preset), {}).get("sha256")
+    return (st.url, info.name, aligner, options.preset, digest,
+            tuple(sorted((k, repr(v)) for k, v in options.extra.items())))
 
 
 def acquire_reference(name: str, store: Store | str | os.PathLike[str], *, aligner: str = "minimap2",
@@ -200,7 +204,8 @@ def acquire_reference(name: str, store: Store | str | os.PathLike[str], *, align
     global load_count
     st = _store(store)
     options = options or AlignerOptions()
-    key = _cache_key(st, _check_name(name), aligner, options)
+    info = reference_info(name, st)  # small JSON read per request: notices a re-added reference
+    key = _cache_key(st, info, aligner, options)
     with _cache_lock:
         lock = _load_locks.setdefault(key, threading.Lock())
     with lock:  # one loader per key; others wait and share
@@ -210,7 +215,6 @@ def acquire_reference(name: str, store: Store | str | os.PathLike[str], *, align
                 entry.refs += 1
                 _idle.pop(key, None)
         if entry is None:
-            info = reference_info(name, st)
             index = _load_index(st, info, aligner, options)
             load_count += 1
             entry = LoadedReference(key, info, make_aligner(aligner, index, info.contigs, options), refs=1)
@@ -253,7 +257,7 @@ def _load_index(st: Store, info: ReferenceInfo, aligner: str, options: AlignerOp
         have = ", ".join(sorted(info.indexes)) or "none"
         raise ReferenceNotFoundError(
             f"reference {info.name!r} has no {aligner} index for preset {options.preset!r} (has: {have}); "
-            f"add it with `persona reference add {info.name} FASTA --aligner {aligner} --preset {options.preset}`")
+            f"build one with add_reference({info.name!r}, FASTA, ..., aligner={aligner!r}, preset={options.preset!r})")
     key = desc["key"]
     backend = backend_module(aligner)
 

@@ -162,14 +162,18 @@ def _check_dataset(ds: Dataset) -> bool:
     return ds.paired
 
 
-def _retract(ds: Dataset, columns: tuple[str, ...]) -> None:
-    """Remove alignment columns from the manifest before rewriting them (see module docstring)."""
+def _retract(ds: Dataset, columns: tuple[str, ...]) -> list[str]:
+    """Remove alignment columns from the manifest before rewriting them (see module docstring).
+
+    Returns the retracted columns that this run does not rewrite (their files go after the commit).
+    """
     old = [c for c in ds.columns if c in columns or c.startswith("secondary")]
     if not old:
-        return
+        return []
     manifest = ds.manifest.with_updates(columns=[c for c in ds.columns if c not in old])
     ds.store.put(manifest_key(manifest.name), manifest.to_json())
     ds.manifest = manifest
+    return [c for c in old if c not in columns]
 
 
 def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, aligner: str = "minimap2",
@@ -202,7 +206,7 @@ def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, a
     ref = acquire_reference(reference, references_url, aligner=aligner, options=opts)
     try:
         req = AlignRequest(ds, ref, ex, work_item_reads, read_columns, out_columns, paired)
-        _retract(ds, out_columns)
+        stale = _retract(ds, out_columns)
         with Pipeline(spec) as pipeline:
             handle = pipeline.submit(ChunkFeed(req, i) for i in range(len(ds.chunks)))
             try:
@@ -210,14 +214,16 @@ def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, a
             except BaseException:
                 _delete_outputs(ds, out_columns)
                 raise
-        return ds.commit_columns(list(out_columns), reference=reference,
-                                 reference_contigs=ref.info.manifest_contigs())
+        manifest = ds.commit_columns(list(out_columns), reference=reference,
+                                     reference_contigs=ref.info.manifest_contigs())
+        _delete_outputs(ds, tuple(stale))
+        return manifest
     finally:
         release_reference(ref)
 
 
 def _delete_outputs(ds: Dataset, columns: tuple[str, ...]) -> None:
-    """Best-effort removal of the chunk files of ``columns`` after a failed run."""
+    """Best-effort removal of the chunk files of ``columns`` (not in the manifest any more)."""
     for i in range(len(ds.chunks)):
         for col in columns:
             key = ds.chunk_key(i, col)

@@ -1,24 +1,28 @@
 """Import FASTQ / FASTQ.gz reads (single or paired) into a new AGD dataset.
 
 The import is a small pipeline of plain threads with bounded queues, laid out
-as the PTF stages it will become (thesis §5.5, the original's FastqChunker ->
+as the PTF stages it will become (thesis §5.5; the original's FastqChunker ->
 AGDConverter -> compressor -> writer)::
 
-    read+chunk (1 thread per input)  ->  convert (pool)  ->  write (ordered)
-    decompress in large blocks,          parse, validate,      store the chunk
-    cut every 4*chunk_size lines         pack bases, compress  files in order
+    read (1 thread per input)    check (pool)       encode (pool, 3 tasks     write (this
+    decompress, cut every    ->  mate names and  ->  per chunk: one per    ->  thread, in
+    4*chunk_size lines, scan     record counts       column) gather, pack      chunk order)
+    (validate) the records                           bases, compress
 
-* **read+chunk** decompresses (igzip/zlib release the GIL) and only counts
-  newlines, so it is cheap and can stay sequential.
-* **convert** runs the GIL-free FASTQ kernels and the column encoders and
-  zstd/gzip compressors (which release the GIL) on ``threads`` workers.
-* **write** takes the converted chunks in input order, so the first error
-  reported is the first one in the file, and records them with the
-  :class:`~persona.agd.DatasetWriter`.
+* **read** decompresses in large blocks (igzip/zlib release the GIL), cuts
+  the text on record boundaries by counting newlines, and validates the
+  records with the GIL-free scan kernel; one thread per input file, so R1 and
+  R2 are read in parallel.
+* **check** compares mate names and counts; cheap.
+* **encode** gathers one column of the chunk (interleaving mates), packs bases
+  and compresses (zstd/gzip release the GIL); the columns of a chunk run in
+  parallel, so even a one-chunk input uses every core.
+* **write** takes chunks in input order, so the first error reported is the
+  first one in the file, and stores them with the :class:`~persona.agd.DatasetWriter`.
 
-Memory is bounded by the queue depths (a few chunks per input plus one per
-worker), not by the input size. On any failure the chunk files written so far
-are deleted and no manifest is written.
+Memory is bounded by the queue depths (``READ_AHEAD`` chunks per input plus
+``threads + 1`` chunks in conversion), not by the input size. On any failure
+the chunk files written so far are deleted and no manifest is written.
 """
 from __future__ import annotations
 
@@ -44,12 +48,11 @@ from persona.agd import (
     encode_column_chunk,
 )
 from persona.formats.fastq import (
-    FastqColumns,
     PathLike,
     TextChunk,
+    check_pair,
     default_name,
-    gather_chunk,
-    gather_pair,
+    gather_field,
     iter_text_chunks,
     scan_chunk,
 )
@@ -63,15 +66,17 @@ ColumnLevel = int | zstandard.ZstdCompressionParameters | None
 Level = ColumnLevel | Mapping[str, ColumnLevel]
 
 # Default zstd settings per column, chosen with bench/bench_size.py on the yeast,
-# human, measles and simulated sets (sizes and speeds in its docstring):
-# * base: level 5 finds the long repeats of deep-coverage data (measles -10%,
-#   human -11% vs level 3) at ~500 MB of FASTQ per second and core.
+# human, measles and 2M simulated pairs (figures in the lead's report):
+# * base: level 7. 3-bit packed bases compress poorly at low levels (the codes
+#   straddle byte boundaries); level 7 is 4-21% smaller than level 3 on every
+#   set (the simulated set needs it to stay below 0.9x BAM) at ~450 MB of FASTQ
+#   per second and core.
 # * qual: level 1 is both smaller and 2-3x faster than level 3 on qualities;
 #   with the double-fast strategy and 7-byte minimum matches it is another
 #   1-2% smaller at the same speed.
 # * metadata: level 1 (read names compress well; higher levels are no smaller).
 IMPORT_ZSTD_LEVELS: dict[str, ColumnLevel] = {
-    "base": 5,
+    "base": 7,
     "qual": zstandard.ZstdCompressionParameters.from_level(1, strategy=zstandard.STRATEGY_DFAST, min_match=7),
     "metadata": 1,
 }
@@ -144,7 +149,7 @@ class ChunkReader(threading.Thread):
 
 @dataclass(frozen=True)
 class ConvertedChunk:
-    """Stage 2 output: one chunk's column files, each being encoded and compressed."""
+    """Stage 2 output: one chunk's column files, each being gathered, encoded and compressed."""
 
     first_ordinal: int
     num_records: int
@@ -183,6 +188,19 @@ def encode_column_file(column: str, value: object, *, first_ordinal: int, name: 
     return b"".join((header, zobj.compress(index.data), zobj.compress(records.data.data), zobj.flush()))
 
 
+def encode_field(column: str, scanned: tuple[ScannedChunk, ...], *, first_ordinal: int, name: str,
+                 compression: str, level: ColumnLevel) -> bytes:
+    """Gather one column of a scanned chunk (interleaving mates), encode and compress it.
+
+    Thread-safe, GIL-free in its heavy parts; the three columns of a chunk run
+    as three tasks, so gathering, base packing and compression run in parallel.
+    """
+    value = gather_field(column, scanned[0].chunk, scanned[0].positions,
+                         *((scanned[1].chunk, scanned[1].positions) if len(scanned) == 2 else ()))
+    return encode_column_file(column, value, first_ordinal=first_ordinal, name=name,
+                              compression=compression, level=level)
+
+
 def convert_chunk(
     scanned: tuple[ScannedChunk, ...],
     sources: tuple[str, ...],
@@ -194,26 +212,22 @@ def convert_chunk(
     compression: str,
     level: Level,
 ) -> ConvertedChunk:
-    """Stage 2: gather one scanned chunk (or mate pair) into columns, then hand each
-    column to ``compressors`` (pack bases, compress) so the three run in parallel.
-
-    Thread-safe, GIL-free in its heavy parts. Raises
-    :class:`~persona.errors.InputFormatError` (mate names or counts differ).
+    """Stage 2: check that mates pair up, then hand each column to ``compressors``
+    (:func:`encode_field`). Raises :class:`~persona.errors.InputFormatError` when
+    mate names or record counts differ.
     """
-    if len(scanned) == 1:
-        cols: FastqColumns = gather_chunk(scanned[0].chunk, scanned[0].positions)
-    else:
+    if len(scanned) == 2:
         a, b = scanned
-        cols = gather_pair(a.chunk, a.positions, b.chunk, b.positions, sources[0], sources[1], pairs_before)
-    if not len(cols):
+        check_pair(a.chunk, a.positions, b.chunk, b.positions, sources[0], sources[1], pairs_before)
+    n = sum(len(s.positions) for s in scanned)
+    if not n:
         return ConvertedChunk(first_ordinal, 0, {})
-    values = cols.as_dict()
     files = {
-        c: compressors.submit(encode_column_file, c, values[c], first_ordinal=first_ordinal, name=name,
+        c: compressors.submit(encode_field, c, scanned, first_ordinal=first_ordinal, name=name,
                               compression=compression, level=column_level(level, c, compression))
         for c in READ_COLUMNS
     }
-    return ConvertedChunk(first_ordinal, len(cols), files)
+    return ConvertedChunk(first_ordinal, n, files)
 
 
 def import_fastq(

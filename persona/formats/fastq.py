@@ -12,9 +12,9 @@ Reading is in two steps so that the expensive one runs in parallel:
    :func:`parse_pair` do both. GIL-free kernels, any thread. Errors raise
    :class:`~persona.errors.InputFormatError` naming the file and line.
 
-Writing is :func:`format_records` (columns -> FASTQ text) plus
-:func:`open_output`. gzip uses python-isal (igzip) when it is installed, which
-decompresses several times faster than zlib; zlib is the fallback.
+Writing is :func:`format_records` (columns -> FASTQ text). gzip input is read
+with python-isal (igzip) when it is installed, which decompresses several
+times faster than zlib; the standard gzip module is the fallback.
 """
 from __future__ import annotations
 
@@ -62,16 +62,6 @@ def open_input(path: PathLike) -> BinaryIO:
             return _igzip.open(path, "rb")  # type: ignore[return-value]
         return _gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
-
-
-def open_output(path: PathLike, *, gzip: bool = False, level: int = 6) -> BinaryIO:
-    """Open ``path`` for writing FASTQ text, gzip-compressed if asked."""
-    if gzip:
-        if _igzip is not None:
-            # igzip levels are 0..3; map zlib-style levels onto them.
-            return _igzip.open(path, "wb", compresslevel=min(3, max(0, level // 3)))  # type: ignore[return-value]
-        return _gzip.open(path, "wb", compresslevel=level)  # type: ignore[return-value]
-    return open(path, "wb")
 
 
 @dataclass(frozen=True)
@@ -184,13 +174,13 @@ def gather_chunk(chunk: TextChunk, pos: np.ndarray) -> FastqColumns:
     return _columns(_k.gather_columns(chunk.text, pos))
 
 
-def gather_pair(chunk1: TextChunk, pos1: np.ndarray, chunk2: TextChunk, pos2: np.ndarray,
-                source1: str, source2: str, pairs_before: int = 0) -> FastqColumns:
-    """Interleaved columns of two scanned mate chunks (record 2i = read 1, 2i+1 = read 2).
+def check_pair(chunk1: TextChunk, pos1: np.ndarray, chunk2: TextChunk, pos2: np.ndarray,
+               source1: str, source2: str, pairs_before: int = 0) -> None:
+    """Raise :class:`InputFormatError` unless two scanned mate chunks pair up.
 
-    Checks that mates have the same name (up to the first blank, ignoring a
-    trailing ``/1``/``/2``) and that both chunks hold the same number of records.
-    ``pairs_before`` (pairs in earlier chunks) only makes error messages exact.
+    Mates must have the same name (up to the first blank, ignoring a trailing
+    ``/1``/``/2``) and both chunks the same number of records. ``pairs_before``
+    (pairs in earlier chunks) only makes error messages exact.
     """
     bad = _k.first_name_mismatch(chunk1.text, pos1, chunk2.text, pos2)
     if bad >= 0:
@@ -217,6 +207,26 @@ def gather_pair(chunk1: TextChunk, pos1: np.ndarray, chunk2: TextChunk, pos2: np
         )
         err.file, err.line = long_, line  # type: ignore[attr-defined]
         raise err
+
+
+# Field numbers of gather_field, by AGD column name.
+FIELDS = {"metadata": _k.FIELD_METADATA, "base": _k.FIELD_BASES, "qual": _k.FIELD_QUAL}
+
+
+def gather_field(column: str, chunk1: TextChunk, pos1: np.ndarray,
+                 chunk2: TextChunk | None = None, pos2: np.ndarray | None = None) -> RaggedArray:
+    """One column (``metadata``, ``base`` as text, or ``qual``) of scanned chunk(s);
+    two chunks (already checked with :func:`check_pair`) are interleaved."""
+    offsets, data = _k.gather_field(FIELDS[column], chunk1.text, pos1,
+                                    None if chunk2 is None else chunk2.text, pos2)
+    return RaggedArray(offsets, data, validate=False)
+
+
+def gather_pair(chunk1: TextChunk, pos1: np.ndarray, chunk2: TextChunk, pos2: np.ndarray,
+                source1: str, source2: str, pairs_before: int = 0) -> FastqColumns:
+    """Interleaved columns of two scanned mate chunks (record 2i = read 1, 2i+1 = read 2),
+    after :func:`check_pair`."""
+    check_pair(chunk1, pos1, chunk2, pos2, source1, source2, pairs_before)
     return _columns(_k.gather_columns(chunk1.text, pos1, chunk2.text, pos2))
 
 
