@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -44,8 +45,13 @@ def bench_set(label: str, r1: Path, r2: Path, runs: int, threads: int, chunk_siz
         import_fastq(r1, r2, out=out, threads=threads, chunk_size=chunk_size)
 
     decompress_only()  # warm the page cache for both contenders
-    t_zcat, cpu_zcat = median_wall_cpu(decompress_only, runs)
-    t_ours, cpu_ours = median_wall_cpu(ours, runs, setup=fresh)
+    # Alternate the contenders run by run, so both see the same background load.
+    zc, us = [], []
+    for _ in range(runs):
+        zc.append(median_wall_cpu(decompress_only, 1))
+        us.append(median_wall_cpu(ours, 1, setup=fresh))
+    t_zcat, cpu_zcat = statistics.median(w for w, _ in zc), statistics.median(c for _, c in zc)
+    t_ours, cpu_ours = statistics.median(w for w, _ in us), statistics.median(c for _, c in us)
     fresh()
     mb = fastq_bytes / 1e6
     return {

@@ -266,3 +266,13 @@ def test_gather_field_matches_gather_columns(measles):
         assert np.array_equal(offs, both[field][0]) and np.array_equal(data, both[field][1])
     with pytest.raises(ValueError, match="same number of records"):
         k.gather_field(0, r1, p1, r2, p2[:10])
+
+
+def test_zlib_fallback_without_isal(tmp_path, monkeypatch, yeast):
+    import persona.formats.fastq as fq
+
+    text = _head(yeast["r2"], 400)
+    (tmp_path / "a.fq.gz").write_bytes(gzip.compress(text))
+    with_isal = read_fastq(tmp_path / "a.fq.gz")
+    monkeypatch.setattr(fq, "_igzip", None)
+    assert read_fastq(tmp_path / "a.fq.gz").as_dict() == with_isal.as_dict()

@@ -232,3 +232,39 @@ def test_zstd_parameters_need_zstd(tmp_path):
     m = import_fastq(r1, out=tmp_path / "z", level={"qual": params, "base": 1})
     assert Dataset.open(tmp_path / "z").read_column(0, "qual").tolist() == [b"IIIII"]
     assert m.num_records == 1
+
+
+def test_gzip_export_without_isal(tmp_path, monkeypatch):
+    import persona.apps.export_fastq as ex
+
+    r1 = _write_fastq(tmp_path / "a.fq", [f"r{i}" for i in range(12)])
+    import_fastq(r1, out=tmp_path / "s", chunk_size=5)
+    monkeypatch.setattr(ex, "_igzip", None)
+    assert export_fastq(tmp_path / "s", tmp_path / "o.fq.gz", gzip=True) == 12
+    assert _text(tmp_path / "o.fq.gz") == r1.read_bytes()
+
+
+def test_empty_input_gives_empty_dataset(tmp_path):
+    (tmp_path / "e.fq").write_bytes(b"")
+    m = import_fastq(tmp_path / "e.fq", out=tmp_path / "s")
+    assert m.num_records == 0 and m.records == []
+    assert export_fastq(tmp_path / "s", tmp_path / "o.fq") == 0
+    assert (tmp_path / "o.fq").read_bytes() == b""
+
+
+def test_reader_stage_is_bounded_and_stoppable(tmp_path):
+    import time
+
+    from persona.apps.import_fastq import ChunkReader
+
+    r1 = _write_fastq(tmp_path / "a.fq", [f"r{i}" for i in range(200)])
+    reader = ChunkReader(r1, 5, depth=2)
+    reader.start()
+    deadline = time.monotonic() + 5
+    while reader._queue.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert reader._queue.qsize() == 2 and reader.is_alive()  # 40 chunks, only 2 read ahead
+    reader.stop()
+    reader.join(timeout=5)
+    assert not reader.is_alive()

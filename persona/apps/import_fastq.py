@@ -66,9 +66,11 @@ ColumnLevel = int | zstandard.ZstdCompressionParameters | None
 Level = ColumnLevel | Mapping[str, ColumnLevel]
 
 # Default zstd settings per column, chosen with bench/bench_size.py on the yeast,
-# human, measles and 2M simulated pairs (figures in the lead's report):
+# human, measles and 2M simulated pairs. AGD/BAM (unaligned, samtools import)
+# with these settings: 0.85, 0.77, 0.89, 0.90; with zstd 3 for every column
+# (the codec default): 0.89, 0.86, 0.97, 0.95.
 # * base: level 7. 3-bit packed bases compress poorly at low levels (the codes
-#   straddle byte boundaries); level 7 is 4-21% smaller than level 3 on every
+#   straddle byte boundaries); level 7 is 3-21% smaller than level 3 on every
 #   set (the simulated set needs it to stay below 0.9x BAM) at ~450 MB of FASTQ
 #   per second and core.
 # * qual: level 1 is both smaller and 2-3x faster than level 3 on qualities;
@@ -210,7 +212,7 @@ def convert_chunk(
     pairs_before: int,
     name: str,
     compression: str,
-    level: Level,
+    levels: Mapping[str, ColumnLevel],
 ) -> ConvertedChunk:
     """Stage 2: check that mates pair up, then hand each column to ``compressors``
     (:func:`encode_field`). Raises :class:`~persona.errors.InputFormatError` when
@@ -224,7 +226,7 @@ def convert_chunk(
         return ConvertedChunk(first_ordinal, 0, {})
     files = {
         c: compressors.submit(encode_field, c, scanned, first_ordinal=first_ordinal, name=name,
-                              compression=compression, level=column_level(level, c, compression))
+                              compression=compression, level=levels[c])
         for c in READ_COLUMNS
     }
     return ConvertedChunk(first_ordinal, n, files)
@@ -250,9 +252,10 @@ def import_fastq(
     ``name`` defaults to the file name without ``_R1`` and FASTQ suffixes;
     ``level`` is one compression level for all columns or a ``{column: level}``
     mapping (None: :data:`IMPORT_ZSTD_LEVELS` for zstd, the codec default for
-    gzip; zstd also takes ``zstandard.ZstdCompressionParameters``); ``threads`` (0 = all cores) convert and compress chunks
-    in parallel; ``progress`` is called with the number of records stored so far
-    after every chunk. The manifest has ``sort: "queryname"`` (as the original
+    gzip; zstd also takes ``zstandard.ZstdCompressionParameters``);
+    ``threads`` (0 = all cores) convert and compress chunks in parallel;
+    ``progress`` is called with the number of records stored so far after
+    every chunk. The manifest has ``sort: "queryname"`` (as the original
     writes after import) and ``paired: true`` for pairs. On error nothing of the
     dataset remains: chunk files written so far are deleted, no manifest is written.
     """
@@ -267,6 +270,11 @@ def import_fastq(
     workers = threads if threads > 0 else (os.cpu_count() or 1)
     paired = r2 is not None
     per_chunk = chunk_size * (2 if paired else 1)
+    levels = {c: column_level(level, c, compression) for c in READ_COLUMNS}
+    for c, lv in levels.items():
+        if isinstance(lv, zstandard.ZstdCompressionParameters) and \
+                CompressionType.parse(compression) is not CompressionType.ZSTD:
+            raise ValueError(f"zstd parameters given for column {c!r} compressed with {compression}")
     writer = DatasetWriter(out, name, columns=READ_COLUMNS, compression=compression,
                            paired=True if paired else None)
     readers = [ChunkReader(p, chunk_size) for p in paths]
@@ -303,7 +311,7 @@ def import_fastq(
             index, scanned = step
             inflight.append(converters.submit(
                 convert_chunk, scanned, sources, compressors, first_ordinal=index * per_chunk,
-                pairs_before=index * chunk_size, name=name, compression=compression, level=level,
+                pairs_before=index * chunk_size, name=name, compression=compression, levels=levels,
             ))
             if len(inflight) > workers:
                 store_next()
