@@ -143,7 +143,8 @@ def cmd_reference_add(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     ref = add_reference(args.name, args.fasta, store_url=args.store or cfg.align.references_url,
-                        aligner=args.aligner)
+                        aligner=args.aligner, preset=args.preset or cfg.align.preset,
+                        overwrite=args.overwrite)
     print(f"reference {ref.name}: {len(ref.contigs)} contigs, {sum(c.length for c in ref.contigs)} bp")
     return 0
 
@@ -165,6 +166,7 @@ def cmd_align(args: argparse.Namespace) -> int:
                              threads=args.threads or cfg.align.threads,
                              work_item_reads=args.work_item_reads or cfg.align.work_item_reads,
                              secondary=args.secondary,
+                             options={"preset": args.preset or cfg.align.preset},
                              references_url=args.store or cfg.align.references_url)
     print(f"aligned {manifest.name} against {manifest.reference}")
     return 0
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("fasta")
     sp.add_argument("--aligner", default="minimap2")
+    sp.add_argument("--preset", help="aligner preset to index for (default: align.preset, 'sr')")
+    sp.add_argument("--overwrite", action="store_true", help="replace a reference of the same name")
     sp.add_argument("--store", help="reference store URL (default: align.references_url)")
     sp = ref_sub.add_parser("list", help="list stored references")
     sp.set_defaults(func=cmd_reference_list)
@@ -253,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-t", "--threads", type=int, default=0, help="aligner threads (0 = all cores)")
     sp.add_argument("--work-item-reads", type=int, help="reads per aligner work item")
     sp.add_argument("--secondary", type=int, default=0, help="secondary alignment columns to write")
+    sp.add_argument("--preset", help="aligner preset (default: align.preset, 'sr')")
     sp.add_argument("--store", help="reference store URL (default: align.references_url)")
 
     sp = add("stats", cmd_stats, "alignment summary of a dataset (like samtools flagstat)")
