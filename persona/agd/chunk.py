@@ -39,12 +39,13 @@ def encode_chunk(
     first_ordinal: int,
     name: str,
     compression: CompressionType | str | int = CompressionType.ZSTD,
-    level: int | None = None,
+    level: int | zstandard.ZstdCompressionParameters | None = None,
 ) -> bytes:
     """The bytes of a chunk file holding ``records`` (already column-encoded).
 
     ``name`` goes into the header's ``string_id``; ``level`` is the gzip (-1..9) or
-    zstd (1..22) level, None for the default. BZIP2 is rejected (never implemented
+    zstd (1..22) level, None for the default; for zstd it may also be a full
+    ``zstandard.ZstdCompressionParameters`` (per-column tuning, e.g. for qualities). BZIP2 is rejected (never implemented
     by the original either).
     """
     compression = CompressionType.parse(compression)
@@ -70,8 +71,13 @@ def encode_chunk(
             zlib.Z_DEFAULT_COMPRESSION if level is None else level, zlib.DEFLATED, 31, 9
         )
         return b"".join((header, gz.compress(index.data), gz.compress(data.data), gz.flush()))
+    if isinstance(level, zstandard.ZstdCompressionParameters) and compression is not CompressionType.ZSTD:
+        raise ValueError(f"zstd compression parameters given for {compression.name} compression")
     if compression is CompressionType.ZSTD:
-        cctx = zstandard.ZstdCompressor(level=DEFAULT_ZSTD_LEVEL if level is None else level)
+        if isinstance(level, zstandard.ZstdCompressionParameters):
+            cctx = zstandard.ZstdCompressor(compression_params=level)
+        else:
+            cctx = zstandard.ZstdCompressor(level=DEFAULT_ZSTD_LEVEL if level is None else level)
         # Stating the content size lets the reader decompress in one allocation.
         zobj = cctx.compressobj(size=index.nbytes + data.nbytes)
         return b"".join((header, zobj.compress(index.data), zobj.compress(data.data), zobj.flush()))

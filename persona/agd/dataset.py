@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import zstandard
 
 from persona.agd.chunk import decode_chunk, encode_chunk
 from persona.agd.columns import (
@@ -64,9 +65,12 @@ def encode_column_chunk(
     first_ordinal: int,
     name: str,
     compression: CompressionType | str | int = CompressionType.ZSTD,
-    level: int | None = None,
+    level: "int | zstandard.ZstdCompressionParameters | None" = None,
 ) -> bytes:
-    """The file bytes of one column of one chunk (encode + compress); usable in a separate stage."""
+    """The file bytes of one column of one chunk (encode + compress); usable in a separate stage.
+
+    ``level`` as in :func:`~persona.agd.chunk.encode_chunk` (an int, or zstd parameters).
+    """
     records = encode_column(column, value)
     return encode_chunk(
         records,

@@ -39,12 +39,9 @@ import zstandard
 
 from persona.agd import (
     READ_COLUMNS,
-    ChunkHeader,
     CompressionType,
     DatasetWriter,
     Manifest,
-    column_record_type,
-    encode_column,
     encode_column_chunk,
 )
 from persona.formats.fastq import (
@@ -172,24 +169,6 @@ def column_level(level: Level, column: str, compression: str) -> ColumnLevel:
     return default if level is None else level
 
 
-def encode_column_file(column: str, value: object, *, first_ordinal: int, name: str, compression: str,
-                       level: ColumnLevel) -> bytes:
-    """One column file of one chunk. Like :func:`persona.agd.encode_column_chunk`,
-    which takes only integer levels, but also accepts zstd compression parameters."""
-    if not isinstance(level, zstandard.ZstdCompressionParameters):
-        return encode_column_chunk(column, value, first_ordinal=first_ordinal, name=name,  # type: ignore[arg-type]
-                                   compression=compression, level=level)
-    if CompressionType.parse(compression) is not CompressionType.ZSTD:
-        raise ValueError(f"zstd parameters given for column {column!r} compressed with {compression}")
-    records = encode_column(column, value)  # type: ignore[arg-type]
-    header = ChunkHeader(record_type=column_record_type(column), compression=CompressionType.ZSTD,
-                         first_ordinal=first_ordinal, last_ordinal=first_ordinal + len(records),
-                         string_id=name).pack()
-    index = records.lengths.astype("<u4")
-    zobj = zstandard.ZstdCompressor(compression_params=level).compressobj(size=index.nbytes + records.data.nbytes)
-    return b"".join((header, zobj.compress(index.data), zobj.compress(records.data.data), zobj.flush()))
-
-
 def encode_field(column: str, scanned: tuple[ScannedChunk, ...], *, first_ordinal: int, name: str,
                  compression: str, level: ColumnLevel) -> bytes:
     """Gather one column of a scanned chunk (interleaving mates), encode and compress it.
@@ -199,8 +178,8 @@ def encode_field(column: str, scanned: tuple[ScannedChunk, ...], *, first_ordina
     """
     value = gather_field(column, scanned[0].chunk, scanned[0].positions,
                          *((scanned[1].chunk, scanned[1].positions) if len(scanned) == 2 else ()))
-    return encode_column_file(column, value, first_ordinal=first_ordinal, name=name,
-                              compression=compression, level=level)
+    return encode_column_chunk(column, value, first_ordinal=first_ordinal, name=name,  # type: ignore[arg-type]
+                               compression=compression, level=level)
 
 
 def convert_chunk(
