@@ -86,15 +86,27 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _num_records(location: str) -> int | None:
+    from persona.agd import Dataset
+
+    try:
+        return Dataset.open(location).num_records
+    except PersonaError:
+        return None  # the export itself reports the problem
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     fmt = args.format
+    total = _num_records(args.dataset)
     if fmt is None:
         out = args.output.lower()
         fmt = "bam" if out.endswith(".bam") else "sam" if out.endswith(".sam") else "fastq"
     if fmt == "fastq":
         from persona.apps.export_fastq import export_fastq
 
-        n = export_fastq(args.dataset, args.output, args.output2, gzip=args.output.endswith(".gz"))
+        with _progress(total, "export") as bar:
+            n = export_fastq(args.dataset, args.output, args.output2, gzip=args.output.endswith(".gz"),
+                             progress=bar.update)
         print(f"exported {n} records to {args.output}" + (f" and {args.output2}" if args.output2 else ""))
         return 0
     cfg = _config(args)
@@ -102,9 +114,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     read_group = {k: v for k, v in (("ID", args.rg_id), ("SM", args.rg_sample),
                                     ("LB", args.rg_library), ("PL", args.rg_platform)) if v}
-    summary = export_sam(args.dataset, args.output, fmt=fmt, threads=args.threads or cfg.export.threads,
-                         level=cfg.export.bgzf_level, read_group=read_group or None,
-                         command_line=" ".join(["persona", *sys.argv[1:]]))
+    with _progress(total, "export") as bar:
+        summary = export_sam(args.dataset, args.output, fmt=fmt, threads=args.threads or cfg.export.threads,
+                             level=cfg.export.bgzf_level, read_group=read_group or None,
+                             command_line=" ".join(["persona", *sys.argv[1:]]), progress=bar.update)
     print(f"exported {summary.records} records ({summary.chunks} chunks, {summary.bytes_written:,} bytes, "
           f"SO:{summary.sort_order}) to {summary.path} in {summary.seconds:.2f} s")
     return 0

@@ -75,7 +75,7 @@ def export_fastq(
     A paired dataset goes to ``out1`` (read 1) and ``out2`` (read 2), or
     interleaved into ``out1`` alone. ``out2`` with a single-end dataset is an
     error. Files appear complete or not at all (written under a temporary name,
-    renamed at the end). ``progress`` gets the records written so far.
+    renamed at the end). ``progress(n)`` gets the record count of each chunk written.
     """
     ds = Dataset.open(dataset_location, name)
     missing = [c for c in (BASE, QUAL, METADATA) if c not in ds.columns]
@@ -99,7 +99,7 @@ def export_fastq(
             f.write(data)
         written += ds.chunks[idx].num_records
         if progress is not None:
-            progress(written)
+            progress(ds.chunks[idx].num_records)
 
     try:
         for idx in range(len(ds.chunks)):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +120,7 @@ def export_sam(
     read_group: ReadGroup | Mapping[str, str] | None = None,
     name: str | None = None,
     command_line: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ExportSummary:
     """Write dataset ``dataset_location`` (``name`` if the location holds several) to ``out_path``.
 
@@ -127,6 +128,7 @@ def export_sam(
     (samtools ``-@`` semantics) and ``level`` the deflate level, for BAM.
     ``read_group`` overrides ID/SM/LB/PL (see :class:`ReadGroup`).
     ``command_line`` goes in ``@PG CL`` (default: this process's argv).
+    ``progress(n)`` is called with the number of records of each chunk written.
     Raises :class:`DatasetError` for a dataset that cannot be exported (missing
     columns, bad records: the message names the chunk and record).
     """
@@ -156,9 +158,9 @@ def export_sam(
     records = 0
     try:
         if fmt == "bam":
-            records = _write_bam(ds, tmp, header, contigs, columns, aligned, rg, level, threads)
+            records = _write_bam(ds, tmp, header, contigs, columns, aligned, rg, level, threads, progress)
         else:
-            records = _write_sam(ds, tmp, header, contigs, columns, aligned, rg)
+            records = _write_sam(ds, tmp, header, contigs, columns, aligned, rg, progress)
         os.replace(tmp, out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -183,7 +185,8 @@ def _bad_chunk(ds: Dataset, i: int, e: ValueError) -> DatasetError:
 
 
 def _write_bam(ds: Dataset, path: Path, header: str, contigs: list[tuple[str, int]], columns: list[str],
-               aligned: bool, rg: ReadGroup, level: int, threads: int) -> int:
+               aligned: bool, rg: ReadGroup, level: int, threads: int,
+               progress: Callable[[int], None] | None) -> int:
     records = 0
     with BamWriter(path, header, contigs, level=level, threads=threads) as writer:
         for i, values in _chunks(ds, columns):
@@ -195,11 +198,13 @@ def _write_bam(ds: Dataset, path: Path, header: str, contigs: list[tuple[str, in
             n = len(values["metadata"])
             writer.write_encoded(data, n)
             records += n
+            if progress is not None:
+                progress(n)
     return records
 
 
 def _write_sam(ds: Dataset, path: Path, header: str, contigs: list[tuple[str, int]], columns: list[str],
-               aligned: bool, rg: ReadGroup) -> int:
+               aligned: bool, rg: ReadGroup, progress: Callable[[int], None] | None) -> int:
     records = 0
     names: RaggedArray = contig_names(contigs)
     with open(path, "wb") as f:
@@ -212,4 +217,6 @@ def _write_sam(ds: Dataset, path: Path, header: str, contigs: list[tuple[str, in
                 raise _bad_chunk(ds, i, e) from None
             f.write(text)
             records += len(values["metadata"])
+            if progress is not None:
+                progress(len(values["metadata"]))
     return records

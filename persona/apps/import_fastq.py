@@ -233,8 +233,8 @@ def import_fastq(
     mapping (None: :data:`IMPORT_ZSTD_LEVELS` for zstd, the codec default for
     gzip; zstd also takes ``zstandard.ZstdCompressionParameters``);
     ``threads`` (0 = all cores) convert and compress chunks in parallel;
-    ``progress`` is called with the number of records stored so far after
-    every chunk. The manifest has ``sort: "queryname"`` (as the original
+    ``progress(n)`` is called with the number of records of each chunk once it
+    is stored. The manifest has ``sort: "queryname"`` (as the original
     writes after import) and ``paired: true`` for pairs. On error nothing of the
     dataset remains: chunk files written so far are deleted, no manifest is written.
     """
@@ -271,7 +271,7 @@ def import_fastq(
             writer.write_encoded(done.first_ordinal, done.num_records, files)
             written += done.num_records
             if progress is not None:
-                progress(written)
+                progress(done.num_records)
 
     try:
         for r in readers:
