@@ -51,6 +51,10 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_level(cfg, compression: str) -> int | None:
+    return {"zstd": cfg.agd.zstd_level, "gzip": cfg.agd.gzip_level}.get(compression)
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     cfg = _config(args)
     first = str(args.inputs[0]).lower()
@@ -79,7 +83,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     with _progress(None, "import") as bar:
         manifest = import_fastq(args.inputs[0], r2, out=args.output, name=args.name,
                                 chunk_size=chunk_size, compression=compression,
-                                level=args.level, threads=args.threads or cfg.import_.threads,
+                                level=args.level if args.level is not None else _config_level(cfg, compression),
+                                threads=args.threads or cfg.import_.threads,
                                 progress=bar.update)
     n = sum(r.last - r.first for r in manifest.records)
     print(f"imported {n} reads into {len(manifest.records)} chunks: {args.output} ({manifest.name})")

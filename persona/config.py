@@ -62,8 +62,8 @@ def _key(*, choices: tuple[str, ...] = (), min: int | None = None, max: int | No
 @dataclass(frozen=True)
 class AgdConfig:
     compression: str = _key(choices=("zstd", "gzip", "none"))
-    zstd_level: int = _key(min=1, max=22)
-    gzip_level: int = _key(min=0, max=9)
+    zstd_level: int | None = _key(min=1, max=22)
+    gzip_level: int | None = _key(min=0, max=9)
     chunk_size: int = _key(min=1)
 
 

@@ -30,7 +30,7 @@ def write(path: Path, text: str) -> Path:
 
 def test_defaults(home: dict[str, str]) -> None:
     cfg = load_config(env=home)
-    assert cfg.agd.compression == "zstd" and cfg.agd.zstd_level == 3 and cfg.agd.gzip_level == 6
+    assert cfg.agd.compression == "zstd" and cfg.agd.zstd_level is None and cfg.agd.gzip_level is None
     assert cfg.agd.chunk_size == 100_000
     assert cfg.import_.threads == 0 and cfg.align.aligner == "minimap2"
     assert cfg.align.work_item_reads == 5000 and cfg.align.preset == "sr"
@@ -64,7 +64,7 @@ def test_user_file_overrides_defaults(tmp_path: Path, home: dict[str, str]) -> N
     user = write(tmp_path / "u.yaml", "agd:\n  compression: gzip\nservice:\n  port: 6000\n")
     cfg = load_config(user, env=home)
     assert cfg.agd.compression == "gzip" and cfg.service.port == 6000
-    assert cfg.agd.zstd_level == 3  # untouched keys keep their defaults
+    assert cfg.agd.zstd_level is None  # untouched keys keep their defaults
     assert cfg.sources == ("defaults", str(user))
 
 
