@@ -132,9 +132,9 @@ def test_overrides_win(home: dict[str, str]) -> None:
         (
             {"PERSONA_AGD__ZSTD_LEVEL": "x"},
             None,
-            "agd.zstd_level: expected int, got 'x' (source=env PERSONA_AGD__ZSTD_LEVEL)",
+            "agd.zstd_level: expected int or null, got 'x' (source=env PERSONA_AGD__ZSTD_LEVEL)",
         ),
-        ({}, {"agd.zstd_level": True}, "agd.zstd_level: expected int, got True (source=override)"),
+        ({}, {"agd.zstd_level": True}, "agd.zstd_level: expected int or null, got True (source=override)"),
         ({}, {"agd.zstd_level": 30}, "agd.zstd_level: must be between 1 and 22, got 30"),
         ({}, {"agd.chunk_size": 0}, "agd.chunk_size: must be >= 1, got 0"),
         ({}, {"agd.compression": "lz4"}, "agd.compression: expected one of zstd, gzip, none, got 'lz4'"),
