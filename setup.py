@@ -19,7 +19,6 @@ import platform
 import subprocess
 import sys
 import tarfile
-import urllib.request
 from pathlib import Path
 
 import numpy
@@ -30,8 +29,6 @@ HERE = Path(__file__).parent
 MAPPY_VERSION = "2.31"
 #: sha256 of mappy-2.31.tar.gz as published on PyPI (checked whatever the download route)
 MAPPY_SHA256 = "152a358c11cba1f992968e2611f1e0a1f4a87aaaa3602d93e4f59d7c1db8f3b2"
-MAPPY_URL = ("https://files.pythonhosted.org/packages/source/m/mappy/"
-             f"mappy-{MAPPY_VERSION}.tar.gz")
 THIRD_PARTY = HERE / "build" / "third_party"
 #: minimap2's library sources, as mappy's setup.py lists them (no main.c, no example code)
 MINIMAP2_SOURCES = [
@@ -46,24 +43,22 @@ def _sha256(path: Path) -> str:
 
 
 def _fetch_sdist(dest: Path) -> Path:
-    """mappy's sdist in ``dest`` (cached): pip download first, PyPI's file URL as a fallback."""
+    """mappy's sdist in ``dest`` (cached; downloaded with pip, through pip's configured indexes)."""
     tarball = dest / f"mappy-{MAPPY_VERSION}.tar.gz"
     if tarball.is_file() and _sha256(tarball) == MAPPY_SHA256:
         return tarball
     dest.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        f"mappy=={MAPPY_VERSION}", "-d", str(dest)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    except (subprocess.CalledProcessError, OSError):
-        # pip may be absent from an isolated build environment: fetch the same file directly
-        tmp = tarball.with_suffix(".partial")
-        with urllib.request.urlopen(MAPPY_URL, timeout=120) as r, open(tmp, "wb") as f:
-            f.write(r.read())
-        tmp.replace(tarball)
-    if not tarball.is_file() or _sha256(tarball) != MAPPY_SHA256:
-        raise RuntimeError(f"{tarball}: missing or not the published mappy {MAPPY_VERSION} sdist "
-                           "(set PERSONA_MINIMAP2_SRC to an unpacked minimap2/mappy source directory)")
+    # inside pip's isolated build environment PYTHONPATH/PYTHONNOUSERSITE point at the build env;
+    # the download only needs pip itself, which the running interpreter's base installation provides
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PIP_REQ_TRACKER",
+                                                             "PIP_BUILD_TRACKER")}
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                           f"mappy=={MAPPY_VERSION}", "-d", str(dest)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, check=False)
+    if proc.returncode != 0 or not tarball.is_file() or _sha256(tarball) != MAPPY_SHA256:
+        raise RuntimeError(f"could not get the mappy {MAPPY_VERSION} sdist (minimap2's C sources) into {dest}; "
+                           "set PERSONA_MINIMAP2_SRC to an unpacked mappy/minimap2 source directory.\n"
+                           f"pip said:\n{proc.stdout[-3000:]}")
     return tarball
 
 
@@ -81,7 +76,10 @@ def minimap2_source_dir() -> Path:
         return src
     tarball = _fetch_sdist(THIRD_PARTY)
     with tarfile.open(tarball) as tar:
-        tar.extractall(THIRD_PARTY, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse odd members
+            tar.extractall(THIRD_PARTY, filter="data")
+        else:
+            tar.extractall(THIRD_PARTY)
     return src
 
 

@@ -8,10 +8,15 @@ For each input set, with the same thread count (default 2) and the same index
 * **persona**: :func:`persona.apps.align.align_dataset` on the imported AGD
   dataset (AGD in, ``results`` column out), index loaded inside the timed call;
 * **kernel**: the bare mappy loop over the same decoded reads, T threads, each
-  calling ``Aligner.map(r1, r2, name)`` and only consuming the hits; its
-  counterpart **persona (warm)** runs ``align_dataset`` with the index already
-  loaded, so the ratio is the cost of the framework (pipeline, decode, record
-  building, encode, write) around the kernel.
+  calling ``Aligner.map(r1, r2, name)`` and only consuming the hits (mappy
+  loaded from the same ``.mmi``); its counterpart **persona (warm)** runs
+  ``align_dataset`` with the index already loaded, so the ratio is the cost of
+  the framework (pipeline, decode, record building, encode, write) around the
+  kernel;
+* **mm2 kernel**: the bare loop over persona's own native kernel
+  (:mod:`persona._native.mm2`, GIL released): T threads, each with its own
+  ``Mapper``, mapping pre-sliced work items of the same size; persona(warm)
+  against it is the framework's overhead around the very code it runs.
 
 Reads/s count reads (2 per pair). Goals: persona/binary >= 1.0, persona(warm)/kernel >= 0.97.
 
@@ -30,14 +35,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import OUT, emit_json, median_time, real_sets, require, run, simulated_pairs, table
-
 import mappy
+from _common import (
+    OUT,
+    emit_json,
+    median_time,
+    real_sets,
+    require,
+    run,
+    simulated_pairs,
+    table,
+)
 
 from persona.agd import Dataset
 from persona.align import reference as refmod
 from persona.align.base import AlignerOptions
-from persona.align.reference import acquire_reference, add_reference, reference_info, release_reference
+from persona.align.reference import (
+    acquire_reference,
+    add_reference,
+    reference_info,
+    release_reference,
+)
 from persona.apps.align import align_dataset
 from persona.apps.import_fastq import import_fastq
 
@@ -98,6 +116,40 @@ def kernel(index: mappy.Aligner, pairs: list[tuple[bytes, bytes, bytes]], thread
         t.join()
 
 
+def mm2_kernel(index: object, items: list[tuple[object, object, object, object]], threads: int) -> None:
+    """The bare native-kernel loop: ``threads`` threads, one Mapper each, take work items in turn."""
+    it = iter(items)
+    lock = threading.Lock()
+
+    def work() -> None:
+        mapper = index.mapper()  # type: ignore[attr-defined]
+        while True:
+            with lock:
+                item = next(it, None)
+            if item is None:
+                return
+            mapper.map(*item, True, 0)
+
+    ts = [threading.Thread(target=work) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def mm2_items(ds: Dataset, item_reads: int) -> list[tuple[object, object, object, object]]:
+    """The dataset's bases and names cut into work items of ``item_reads`` reads, as the executor does."""
+    out = []
+    for i in range(len(ds.chunks)):
+        b = ds.read_column(i, "base")
+        m = ds.read_column(i, "metadata")
+        for lo in range(0, len(b), item_reads):
+            hi = min(lo + item_reads, len(b))
+            bb, mm = b.slice(lo, hi), m.slice(lo, hi)
+            out.append((bb.offsets, bb.data, mm.offsets, mm.data))
+    return out
+
+
 def bench_set(label: str, r1: Path, r2: Path, ref_fasta: Path, threads: int, runs: int,
               chunk_pairs: int) -> dict[str, float]:
     mm2 = require("minimap2")
@@ -126,18 +178,23 @@ def bench_set(label: str, r1: Path, r2: Path, ref_fasta: Path, threads: int, run
     try:
         t_warm = median_time(ours, runs)
         pairs = decoded_pairs(ds)
-        idx = held.aligner._index  # the very index object persona uses
-        t_kernel = median_time(lambda: kernel(idx, pairs, threads, work_item // 2), runs)
+        native_idx = held.aligner._index  # the very index object persona uses
+        items = mm2_items(ds, work_item)
+        t_mm2 = median_time(lambda: mm2_kernel(native_idx, items, threads), runs)
     finally:
         release_reference(held)
+    idx = mappy.Aligner(fn_idx_in=str(mmi), preset="sr")  # the same .mmi through mappy
+    t_kernel = median_time(lambda: kernel(idx, pairs, threads, work_item // 2), runs)
     return {
         "reads": reads,
         "binary_reads_s": round(reads / t_bin),
         "persona_reads_s": round(reads / t_cold),
         "persona_warm_reads_s": round(reads / t_warm),
         "kernel_reads_s": round(reads / t_kernel),
+        "mm2_kernel_reads_s": round(reads / t_mm2),
         "ratio_vs_binary": round(t_bin / t_cold, 3),
         "ratio_vs_kernel": round(t_kernel / t_warm, 3),
+        "ratio_vs_mm2_kernel": round(t_mm2 / t_warm, 3),
     }
 
 
@@ -164,10 +221,11 @@ def main() -> None:
     for label, r1, r2 in sets:
         results[label] = bench_set(label, r1, r2, yeast["ref"], args.threads, runs, args.chunk_pairs)
         shutil.rmtree(OUT / f"align_{label}", ignore_errors=True)
-    headers = ["set", "reads", "binary r/s", "persona r/s", "kernel r/s", "persona warm r/s",
-               "vs binary", "vs kernel"]
+    headers = ["set", "reads", "binary r/s", "persona r/s", "kernel r/s", "mm2 kernel r/s",
+               "persona warm r/s", "vs binary", "vs kernel", "vs mm2 kernel"]
     rows = [[k, v["reads"], v["binary_reads_s"], v["persona_reads_s"], v["kernel_reads_s"],
-             v["persona_warm_reads_s"], v["ratio_vs_binary"], v["ratio_vs_kernel"]] for k, v in results.items()]
+             v["mm2_kernel_reads_s"], v["persona_warm_reads_s"], v["ratio_vs_binary"], v["ratio_vs_kernel"],
+             v["ratio_vs_mm2_kernel"]] for k, v in results.items()]
     print(f"threads={args.threads} runs={runs} (median) chunk={args.chunk_pairs} pairs; "
           "goals: vs binary >= 1.0, vs kernel >= 0.97")
     print(table(headers, rows))

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(samtools picard-tools minimap2 art-nextgen-simulation-tools bwa seqtk tabix zlib1g-dev build-essential)
+APT_PACKAGES=(samtools picard-tools minimap2 art-nextgen-simulation-tools bwa seqtk tabix zlib1g-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

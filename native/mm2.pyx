@@ -325,6 +325,8 @@ cdef class Index:
         if mi == NULL:
             raise ValueError(f"minimap2 read no index from {path}")
         self.idx = mi
+        if mi.n_seq == 0:
+            raise ValueError(f"{path}: no sequences (empty or not FASTA/FASTQ)")
         if more:
             raise ValueError(f"{path}: multi-part minimap2 index (built with a small -I); rebuild it as one part")
         if (self.mopt.flag & MM_F_CIGAR) and (mi.flag & MM_I_NO_SEQ):
@@ -445,9 +447,8 @@ cdef class Mapper:
         ``fields`` an ALIGNMENT_DTYPE-layout array with one row per read, the CIGARs
         a RaggedArray's arrays. All mapping and record building runs without the GIL.
         """
-        cdef Py_ssize_t n = offsets.shape[0] - 1, i, j, k, m
+        cdef Py_ssize_t n = offsets.shape[0] - 1, i
         cdef Py_ssize_t n_sec = secondary
-        cdef int n_seg = 2 if paired else 1
         cdef const uint64_t[::1] no
         cdef const uint8_t[::1] nd
         cdef const uint64_t *nop = NULL
@@ -477,9 +478,19 @@ cdef class Mapper:
                     raise ValueError(f"bad name offsets at record {i}")
             nop = &no[0]
             ndp = &nd[0] if nd.shape[0] > 0 else NULL
+        # check-and-set with no Python call in between, so no other thread can slip in
         if self.busy:
             raise RuntimeError("a Mapper is used by one thread at a time; make one Mapper per thread")
+        self.busy = True
+        try:
+            return self._map(offsets, data, nop, ndp, n, paired, n_sec)
+        finally:
+            self.busy = False
 
+    cdef object _map(self, const uint64_t[::1] offsets, const uint8_t[::1] data, const uint64_t *nop,
+                     const uint8_t *ndp, Py_ssize_t n, bint paired, Py_ssize_t n_sec):
+        cdef Py_ssize_t i, j, k, m
+        cdef int n_seg = 2 if paired else 1
         fields = np.empty(n, dtype=_DTYPE)
         cig_offsets = np.zeros(n + 1, dtype=np.uint64)
         sec_fields = [np.empty(n, dtype=_DTYPE) for _ in range(n_sec)]
@@ -516,7 +527,6 @@ cdef class Mapper:
         cdef char *rc
         cdef const mm_idx_t *mi = self.index.idx
         cdef const mm_mapopt_t *opt = &self.index.mopt
-        self.busy = True
         try:
             with nogil:
                 i = 0
@@ -577,7 +587,6 @@ cdef class Mapper:
             secs = [(sec_fields[k], sec_offsets[k], _take(&bufs[k + 1])) for k in range(n_sec)]
             return primary, secs
         finally:
-            self.busy = False
             for k in range(n_sec + 1):
                 free(bufs[k].data)
             free(bufs)

@@ -42,9 +42,11 @@ NO_ALIGNMENT_FLAG = FLAG_SECONDARY | FLAG_UNMAPPED
 
 #: Aligner backends: name -> module. A backend module provides ``INDEX_SUFFIX``,
 #: ``build_index(fasta, out_path, preset)``, ``load_index(path, options) -> index``
-#: and ``ALIGNER`` (the :class:`Aligner` subclass, constructed as ``ALIGNER(index, contigs, options)``).
+#: and ``ALIGNER`` (the :class:`Aligner` subclass, constructed as ``ALIGNER(index, contigs, options)``),
+#: and optionally ``INDEX_FAMILY``: backends of one family read the same stored index file.
 #: Modules are imported lazily, so a backend's dependencies load only when used.
-BACKENDS: dict[str, str] = {"minimap2": "persona.align.minimap2"}
+#: ``minimap2`` is the native kernel (GIL released); ``mappy`` the same minimap2 through mappy.
+BACKENDS: dict[str, str] = {"minimap2": "persona.align.minimap2", "mappy": "persona.align.mappy_backend"}
 KNOWN_ALIGNERS = tuple(BACKENDS)
 
 
@@ -77,7 +79,7 @@ class AlignerOptions:
                 "extra": dict(self.extra)}
 
     @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> "AlignerOptions":
+    def from_dict(cls, obj: Mapping[str, Any]) -> AlignerOptions:
         unknown = set(obj) - {"preset", "secondary", "use_names", "extra"}
         if unknown:
             raise AlignerError(f"unknown aligner option(s): {', '.join(sorted(unknown))}")
@@ -95,7 +97,7 @@ class AlignResult:
         return len(self.primary)
 
     @classmethod
-    def concat(cls, parts: Sequence["AlignResult"]) -> "AlignResult":
+    def concat(cls, parts: Sequence[AlignResult]) -> AlignResult:
         """Results of consecutive blocks joined in order (the executor's gather step)."""
         import numpy as np
 
@@ -120,6 +122,8 @@ class Aligner(ABC):
 
     #: backend name as used on the command line and in the reference store
     name: str = ""
+    #: whether the backend reads base qualities (minimap2 does not: the align app then skips the column)
+    uses_quals: bool = True
 
     def __init__(self, contigs: Sequence[Contig], options: AlignerOptions) -> None:
         self.contigs = list(contigs)
@@ -135,7 +139,7 @@ class Aligner(ABC):
                      names: RaggedArray | None = None) -> AlignResult:
         """Align interleaved pairs (records 2i, 2i+1); ``len(bases)`` must be even."""
 
-    def with_options(self, options: AlignerOptions) -> "Aligner":
+    def with_options(self, options: AlignerOptions) -> Aligner:
         """An aligner sharing this one's loaded index but using other per-request ``options``.
 
         Only options that do not change how the index was loaded may differ

@@ -1,51 +1,40 @@
-"""minimap2 backend through mappy (the minimap2 Python binding).
+"""The ``minimap2`` backend: minimap2's C library bound directly (:mod:`persona._native.mm2`).
 
-One ``mappy.Aligner`` (index + mapping options) serves every thread; each
-executor thread owns a ``mappy.ThreadBuffer`` (minimap2's per-thread scratch
-memory), kept in thread-local storage. Paired reads go through
-``Aligner.map(seq, seq2)``, i.e. minimap2's fragment mode with its pairing
-step (``mm_pair``), exactly as ``minimap2 -x sr r1.fq r2.fq`` does.
+One :class:`persona._native.mm2.Index` (index + mapping options) serves every
+thread; each executor thread owns a :class:`~persona._native.mm2.Mapper`
+(minimap2's per-thread scratch buffer), kept in thread-local storage. A work
+item is mapped in one kernel call with the GIL released, so the executor's
+threads map on separate cores, and the SAM records (flags, mate fields, TLEN,
+soft-clipped CIGARs) are built in C from minimap2's own hit fields exactly as
+the minimap2 binary's SAM writer builds them (see the kernel's docstring).
+Paired blocks are mapped in fragment mode (``mm_pair``) like
+``minimap2 -ax sr r1.fq r2.fq``.
 
-What we rebuild from mappy's hits (mappy does not print SAM):
+Read names (``options.use_names``) are passed to minimap2, which hashes them to
+break ties between equal hits, so placements match the binary's. Reads shorter
+than the k-mer length, empty reads and all-``N`` reads come back unmapped.
 
-- soft clips: mappy's CIGAR covers the aligned part only; clips come from
-  ``q_st``/``q_en``. For read 2 of a pair mappy reports ``q_st``/``q_en`` on the
-  reverse complement it maps (it flips the strand back but not the query
-  coordinates), so we mirror them to the read's own orientation;
-- the SAM primary (first primary-chain hit), supplementary/secondary flags,
-  proper-pair flag, mate fields and TLEN: :mod:`persona.align.pairing`.
-
-Read names are passed to minimap2 (``options.use_names``), which hashes them
-to break ties between equal hits, so placements match the minimap2 binary's.
-Reads shorter than the index's k-mer length cannot be seeded and come back
-unmapped. Qualities are not used by minimap2.
-
-The GIL: mappy 2.31's ``Aligner.map`` calls minimap2 without releasing the
-GIL (its generated C has no ``Py_BEGIN_ALLOW_THREADS`` around ``mm_map_aux``;
-measured: 5 kb reads, map-ont preset, 1 thread 850 reads/s, 2 threads 890).
-So the executor's threads serialize on mapping, and our per-hit Python work
-shares the same core. The fix is a native kernel over libminimap2 that maps a
-whole work item with the GIL released (see the align issue's report).
+The index file is minimap2 2.31's ``.mmi`` (the version compiled into the
+kernel, the same as mappy 2.31's): the ``mappy`` backend
+(:mod:`persona.align.mappy_backend`) reads the same files.
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from persona.agd.manifest import Contig
 from persona.agd.ragged import RaggedArray
+from persona.agd.records import ALIGNMENT_DTYPE, Alignments
 from persona.align.base import Aligner, AlignerOptions, AlignResult
-from persona.align.pairing import Hit, RecordSink, add_pair, add_single
 from persona.errors import AlignerError, ReferenceNotFoundError
 
-try:
-    import mappy
-except ImportError as e:  # pragma: no cover - mappy is a hard dependency
-    raise ImportError("the minimap2 backend needs mappy: pip install mappy") from e
-
-#: mappy.Aligner keywords that fix the index or mapping options (passed through from options.extra)
+#: minimap2 keywords that fix the index or mapping options (passed through from options.extra;
+#: the same names and meanings as mappy.Aligner's keywords)
 CONSTRUCT_OPTIONS = frozenset(
     {"k", "w", "min_cnt", "min_chain_score", "min_dp_score", "bw", "best_n", "max_frag_len",
      "extra_flags", "scoring"}
@@ -57,11 +46,24 @@ PRESET_SCORING = {"sr": (2, 8), "short": (2, 8), "map-hifi": (1, 4), "asm5": (1,
                   "asm20": (1, 4)}
 PRESETS = ("sr", "short", "map-ont", "map-pb", "map-hifi", "lr:hq", "asm5", "asm10", "asm20",
            "splice", "splice:hq", "ava-ont", "ava-pb")
-_CIGAR_OPS = "MIDNSHP=XB"
+CIGAR_OPS = "MIDNSHP=XB"
 INDEX_SUFFIX = ".mmi"
+#: backends sharing an index file in the reference store use the same family name
+INDEX_FAMILY = "minimap2"
 
 
-def _check_options(options: AlignerOptions) -> dict[str, Any]:
+def _kernel() -> Any:
+    try:
+        from persona._native import mm2
+    except ImportError as e:
+        raise AlignerError(
+            "the minimap2 backend needs the compiled kernel persona._native.mm2 "
+            f"({e}); rebuild with `python setup.py build_ext --inplace`, or use aligner 'mappy'") from None
+    return mm2
+
+
+def check_options(options: AlignerOptions) -> dict[str, Any]:
+    """``options.extra`` after checking the preset and the option names (AlignerError if unknown)."""
     if options.preset not in PRESETS:
         raise AlignerError(f"unknown minimap2 preset {options.preset!r}; known: {', '.join(PRESETS)}")
     unknown = set(options.extra) - CONSTRUCT_OPTIONS
@@ -75,177 +77,72 @@ def build_index(fasta: str | Path, out_path: str | Path, preset: str = "sr") -> 
     """Build minimap2's index (.mmi) of ``fasta`` for ``preset`` into ``out_path``."""
     if preset not in PRESETS:
         raise AlignerError(f"unknown minimap2 preset {preset!r}")
-    idx = mappy.Aligner(str(fasta), preset=preset, fn_idx_out=str(out_path), n_threads=3)
-    if not idx:
-        raise AlignerError(f"minimap2 could not index {fasta}", key=str(fasta))
-
-
-def load_index(path: str | Path, options: AlignerOptions) -> "mappy.Aligner":
-    """Load an .mmi with the mapping options of ``options`` (preset + pass-through keywords)."""
-    extra = _check_options(options)
     try:
-        idx = mappy.Aligner(fn_idx_in=str(path), preset=options.preset, **extra)
-    except TypeError as e:
-        raise AlignerError(f"bad minimap2 option: {e}") from None
-    if not idx:
-        raise ReferenceNotFoundError(f"minimap2 could not load the index {path}", key=str(path))
-    return idx
+        _kernel().Index.build(str(fasta), preset, str(out_path), 3)
+    except (OSError, ValueError) as e:
+        raise AlignerError(f"minimap2 could not index {fasta}: {e}", key=str(fasta)) from None
+
+
+def load_index(path: str | Path, options: AlignerOptions) -> Any:
+    """Load an .mmi with the mapping options of ``options`` (preset + pass-through keywords)."""
+    extra = check_options(options)
+    try:
+        return _kernel().Index.load(str(path), options.preset, extra)
+    except OSError as e:
+        raise ReferenceNotFoundError(f"minimap2 could not load the index {path}: {e}", key=str(path)) from None
+    except (ValueError, TypeError) as e:
+        raise AlignerError(f"minimap2 could not load the index {path}: {e}", key=str(path)) from None
+
+
+def _alignments(part: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Alignments:
+    fields, offsets, data = part
+    return Alignments(fields.view(ALIGNMENT_DTYPE), RaggedArray(offsets, data, validate=False))
 
 
 class Minimap2Aligner(Aligner):
-    """:class:`~persona.align.base.Aligner` over a loaded ``mappy.Aligner``."""
+    """:class:`~persona.align.base.Aligner` over a loaded :class:`persona._native.mm2.Index`."""
 
     name = "minimap2"
+    uses_quals = False  # minimap2 ignores base qualities
 
-    def __init__(self, index: "mappy.Aligner", contigs: Sequence[Contig], options: AlignerOptions) -> None:
+    def __init__(self, index: Any, contigs: Sequence[Contig], options: AlignerOptions) -> None:
         super().__init__(contigs, options)
-        _check_options(options)
-        names = list(index.seq_names)
-        if names != [c.name for c in self.contigs]:
+        check_options(options)
+        names = index.names
+        if names != [c.name for c in self.contigs] or [c.index for c in self.contigs] != list(range(len(names))):
             raise ReferenceNotFoundError(
                 "minimap2 index contigs do not match the reference's contig table "
                 f"({len(names)} vs {len(self.contigs)} contigs)")
         self._index = index
-        self._rid: Mapping[str, int] = {c.name: c.index for c in self.contigs}
-        frag_len, gap = PRESET_PAIRING.get(options.preset, (0, 5000))
-        self._max_frag_len = int(options.extra.get("max_frag_len", frag_len))
-        self._max_gap = gap
-        scoring = options.extra.get("scoring")
-        self._match, self._mismatch = (scoring[0], scoring[1]) if scoring else PRESET_SCORING.get(options.preset, (2, 4))
         self._local = threading.local()
 
-    def with_options(self, options: AlignerOptions) -> "Minimap2Aligner":
+    def with_options(self, options: AlignerOptions) -> Minimap2Aligner:
         if options.preset != self.options.preset or dict(options.extra) != dict(self.options.extra):
             raise AlignerError("preset and minimap2 options are fixed when the index is loaded")
         return Minimap2Aligner(self._index, self.contigs, options)
 
-    # -- per-thread scratch -----------------------------------------------------
-    def _buffer(self) -> "mappy.ThreadBuffer":
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = mappy.ThreadBuffer()
-        return buf
+    def _mapper(self) -> Any:
+        m = getattr(self._local, "mapper", None)
+        if m is None:
+            m = self._local.mapper = self._index.mapper()
+        return m
 
-    def _hits(self, raw: Any, qlen: int, mirror: bool) -> list[Hit]:
-        """mappy hits -> :data:`Hit` tuples with soft-clipped CIGARs (see module docstring)."""
-        out: list[Hit] = []
-        for h in raw:
-            out.append(self._hit(h, qlen, mirror))
-        return out
+    def _map(self, bases: RaggedArray, names: RaggedArray | None, paired: bool) -> AlignResult:
+        if not self.options.use_names:
+            names = None
+        primary, secondary = self._mapper().map(
+            bases.offsets, bases.data,
+            names.offsets if names is not None else None, names.data if names is not None else None,
+            paired, self.options.secondary)
+        return AlignResult(_alignments(primary), [_alignments(s) for s in secondary])
 
-    def _hit(self, h: Any, qlen: int, mirror: bool) -> Hit:
-        q_st, q_en = h.q_st, h.q_en
-        qs, qe = (qlen - q_en, qlen - q_st) if mirror else (q_st, q_en)
-        rev = h.strand < 0
-        left, right = (qlen - qe, qs) if rev else (qs, qlen - qe)
-        cigar = h.cigar
-        if len(cigar) == 1:  # the common case: one M run
-            n, op = cigar[0]
-            cig = f"{n}{_CIGAR_OPS[op]}"
-        else:
-            cig = "".join([f"{n}{_CIGAR_OPS[op]}" for n, op in cigar])
-        if left:
-            cig = f"{left}S{cig}"
-        if right:
-            cig = f"{cig}{right}S"
-        # score estimate: minimap2's match score a per matching base, mismatch (and gap base) penalty b
-        mlen = h.mlen
-        score = self._match * mlen - self._mismatch * (h.blen - mlen)
-        return (self._rid[h.ctg], h.r_st, h.r_en, rev, h.mapq, cig.encode(), h.is_primary, score)
-
-    @staticmethod
-    def _names(names: RaggedArray | None, n: int, step: int) -> list[bytes | None]:
-        """Per read (pair) the name minimap2 hashes: up to the first whitespace; None if absent."""
-        if names is None:
-            return [None] * n
-        data = names.data.tobytes()
-        offs = names.offsets.tolist()
-        out: list[bytes | None] = []
-        for i in range(0, n * step, step):
-            name = data[offs[i] : offs[i + 1]]
-            if b" " in name or b"\t" in name:
-                name = name.split(None, 1)[0]
-            out.append(name or None)
-        return out
-
-    # -- Aligner -------------------------------------------------------------------
     def align_single(self, bases: RaggedArray, quals: RaggedArray | None = None,
                      names: RaggedArray | None = None) -> AlignResult:
-        n = len(bases)
-        sink = RecordSink(self.options.secondary)
-        buf = self._buffer()
-        data = bases.data.tobytes()
-        offs = bases.offsets.tolist()
-        qnames = self._names(names if self.options.use_names else None, n, 1)
-        amap = self._index.map
-        for i in range(n):
-            seq = data[offs[i] : offs[i + 1]]
-            hits = self._hits(amap(seq, name=qnames[i], buf=buf), len(seq), False) if seq else []
-            add_single(sink, hits)
-        primary, secondary = sink.to_alignments()
-        return AlignResult(primary, secondary)
+        return self._map(bases, names, False)
 
     def align_paired(self, bases: RaggedArray, quals: RaggedArray | None = None,
                      names: RaggedArray | None = None) -> AlignResult:
-        n = len(bases) // 2
-        sink = RecordSink(self.options.secondary)
-        buf = self._buffer()
-        data = bases.data.tobytes()
-        offs = bases.offsets.tolist()
-        qnames = self._names(names if self.options.use_names else None, n, 2)
-        amap = self._index.map
-        frag, min_gap = self._max_frag_len, self._max_gap
-        rid = self._rid
-        match, mismatch = self._match, self._mismatch
-        keep_all = self.options.secondary > 0
-        ops = _CIGAR_OPS
-        for i in range(n):
-            s1 = data[offs[2 * i] : offs[2 * i + 1]]
-            s2 = data[offs[2 * i + 1] : offs[2 * i + 2]]
-            l1, l2 = len(s1), len(s2)
-            max_gap = max(frag - (l1 + l2), min_gap)
-            h1: list[Hit] = []
-            h2: list[Hit] = []
-            if not (l1 and l2):  # an empty mate: map the other one alone, as minimap2 skips empty segments
-                if l1:
-                    h1 = self._hits(amap(s1, name=qnames[i], buf=buf), l1, False)
-                if l2:
-                    h2 = self._hits(amap(s2, name=qnames[i], buf=buf), l2, False)
-                add_pair(sink, h1, h2, max_gap)
-                continue
-            # the hot loop: _hit() inlined (this runs once per hit, with the GIL held)
-            for h in amap(s1, s2, name=qnames[i], buf=buf):
-                primary = h.is_primary
-                if not (primary or keep_all):
-                    continue  # secondaries are only converted when secondary columns are asked for
-                second = h.read_num == 2
-                q_st, q_en = h.q_st, h.q_en
-                if second:  # mappy maps read 2 reverse-complemented: mirror its query coordinates
-                    q_st, q_en = l2 - q_en, l2 - q_st
-                    qlen = l2
-                else:
-                    qlen = l1
-                rev = h.strand < 0
-                left, right = (qlen - q_en, q_st) if rev else (q_st, qlen - q_en)
-                cigar = h.cigar
-                if len(cigar) == 1:
-                    c = cigar[0]
-                    cig = f"{c[0]}{ops[c[1]]}"
-                else:
-                    cig = "".join([f"{c[0]}{ops[c[1]]}" for c in cigar])
-                if left:
-                    cig = f"{left}S{cig}"
-                if right:
-                    cig = f"{cig}{right}S"
-                mlen = h.mlen
-                hit = (rid[h.ctg], h.r_st, h.r_en, rev, h.mapq, cig.encode(), primary,
-                       match * mlen - mismatch * (h.blen - mlen))
-                if second:
-                    h2.append(hit)
-                else:
-                    h1.append(hit)
-            add_pair(sink, h1, h2, max_gap)
-        primary_cols, secondary = sink.to_alignments()
-        return AlignResult(primary_cols, secondary)
+        return self._map(bases, names, True)
+
 
 ALIGNER = Minimap2Aligner

@@ -34,8 +34,6 @@ writer:
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from persona.agd.ragged import RaggedArray
@@ -68,7 +66,7 @@ _NO_SECONDARY_ROW = (FLAG_SECONDARY | FLAG_UNMAPPED, 0, -1, -1, -1, -1, 0)
 class RecordSink:
     """Rows being gathered for one block: primary column + ``n_secondary`` columns."""
 
-    __slots__ = ("rows", "cigars", "sec_rows", "sec_cigars", "n_secondary")
+    __slots__ = ("cigars", "n_secondary", "rows", "sec_cigars", "sec_rows")
 
     def __init__(self, n_secondary: int) -> None:
         self.n_secondary = n_secondary
@@ -111,11 +109,11 @@ def template_length(h: Hit, mate: Hit) -> int:
     return t + 1 if t > 0 else (t - 1 if t < 0 else 0)
 
 
-def _secondaries(hits: list[Hit], primary: Optional[Hit]) -> list[Hit]:
+def _secondaries(hits: list[Hit], primary: Hit | None) -> list[Hit]:
     return [h for h in hits if h is not primary]
 
 
-def _first_primary(hits: list[Hit]) -> Optional[Hit]:
+def _first_primary(hits: list[Hit]) -> Hit | None:
     for h in hits:
         if h[6]:
             return h
@@ -145,7 +143,7 @@ def add_single(sink: RecordSink, hits: list[Hit]) -> None:
 
 
 def choose_primaries(hits1: list[Hit], hits2: list[Hit], max_gap: int,
-                     pe_bonus: int = PE_BONUS) -> tuple[Optional[Hit], Optional[Hit], bool]:
+                     pe_bonus: int = PE_BONUS) -> tuple[Hit | None, Hit | None, bool]:
     """The primary hit of each mate and whether they form a proper pair (module docstring)."""
     c1 = [h for h in hits1 if h[6]] or hits1[:1]
     c2 = [h for h in hits2 if h[6]] or hits2[:1]
@@ -168,7 +166,7 @@ def choose_primaries(hits1: list[Hit], hits2: list[Hit], max_gap: int,
     return best[0], best[1], True
 
 
-def _mate_bits(mate: Optional[Hit]) -> int:
+def _mate_bits(mate: Hit | None) -> int:
     if mate is None:
         return FLAG_MATE_UNMAPPED
     return FLAG_MATE_REVERSE if mate[3] else 0

@@ -64,7 +64,7 @@ class ReferenceInfo:
         }, indent=1).encode()
 
     @classmethod
-    def from_json(cls, data: bytes, key: str) -> "ReferenceInfo":
+    def from_json(cls, data: bytes, key: str) -> ReferenceInfo:
         try:
             obj = json.loads(data)
             return cls(obj["name"], obj["source"], obj["sha256"],
@@ -79,7 +79,9 @@ class ReferenceInfo:
 
 
 def index_id(aligner: str, preset: str) -> str:
-    return f"{aligner}-{preset}"
+    """The stored index's id: ``<family>-<preset>``; backends of one family (minimap2, mappy) share it."""
+    family = getattr(backend_module(aligner), "INDEX_FAMILY", aligner)
+    return f"{family}-{preset}"
 
 
 def _check_name(name: str) -> str:
@@ -140,6 +142,7 @@ def add_reference(name: str, fasta: str | os.PathLike[str], store_url: Store | s
             old = None
     iid = index_id(aligner, preset)
     key = f"{name}/{iid}{backend.INDEX_SUFFIX}"
+    aligner = getattr(backend, "INDEX_FAMILY", aligner)
     with tempfile.TemporaryDirectory(prefix="persona-ref-") as tmp:
         out = Path(tmp) / f"index{backend.INDEX_SUFFIX}"
         backend.build_index(fasta, out, preset)
@@ -270,8 +273,7 @@ def _load_index(st: Store, info: ReferenceInfo, aligner: str, options: AlignerOp
         try:
             size = st.size(key)
             with open(path, "wb") as f:
-                for start in range(0, size, _COPY_BLOCK):
-                    f.write(st.get_range(key, start, _COPY_BLOCK))
+                f.writelines(st.get_range(key, start, _COPY_BLOCK) for start in range(0, size, _COPY_BLOCK))
         except StoreKeyError:
             raise ReferenceNotFoundError(f"index of reference {info.name!r} is missing", key=key) from None
         _verify(path, desc, key)

@@ -21,7 +21,9 @@ One feed per chunk flows through::
 * Paired datasets (manifest ``paired``) are aligned as interleaved pairs; each
   chunk must hold whole pairs.
 * Read names (the ``metadata`` column, when present) are passed to the aligner
-  so minimap2 breaks ties exactly as the minimap2 binary does.
+  so minimap2 breaks ties exactly as the minimap2 binary does. The ``qual``
+  column must exist but is read only if the backend uses qualities
+  (``Aligner.uses_quals``; minimap2 does not).
 """
 from __future__ import annotations
 
@@ -30,14 +32,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from persona.agd import BASE, METADATA, QUAL, RESULTS, Dataset, Manifest, decode_chunk, decode_column
+from persona.agd import (
+    BASE,
+    METADATA,
+    QUAL,
+    RESULTS,
+    Dataset,
+    Manifest,
+    decode_chunk,
+    decode_column,
+)
 from persona.agd.dataset import encode_column_chunk
 from persona.agd.manifest import manifest_key
 from persona.agd.ragged import RaggedArray
 from persona.agd.records import Alignments
 from persona.align.base import AlignerOptions, AlignResult
-from persona.align.executor import DEFAULT_WORK_ITEM_READS, AlignerExecutor, shared_executor
-from persona.align.reference import LoadedReference, acquire_reference, release_reference
+from persona.align.executor import (
+    DEFAULT_WORK_ITEM_READS,
+    AlignerExecutor,
+    shared_executor,
+)
+from persona.align.reference import (
+    LoadedReference,
+    acquire_reference,
+    release_reference,
+)
 from persona.errors import DatasetError, StoreKeyError
 from persona.ptf import Pipeline, PipelineSpec, StageSpec
 from persona.storage import Store
@@ -200,11 +219,13 @@ def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, a
     if secondary:
         opts = AlignerOptions(opts.preset, secondary, opts.use_names, opts.extra)
     out_columns = (RESULTS, *(f"secondary{i}" for i in range(opts.secondary)))
-    read_columns = (BASE, QUAL) + ((METADATA,) if opts.use_names and METADATA in ds.columns else ())
     ex = executor or shared_executor(threads)
     spec = align_pipeline_spec(replicas)
     ref = acquire_reference(reference, references_url, aligner=aligner, options=opts)
     try:
+        # qualities are read (and decoded) only for a backend that uses them; minimap2 does not
+        read_columns = ((BASE,) + ((QUAL,) if ref.aligner.uses_quals else ())
+                        + ((METADATA,) if opts.use_names and METADATA in ds.columns else ()))
         req = AlignRequest(ds, ref, ex, work_item_reads, read_columns, out_columns, paired)
         stale = _retract(ds, out_columns)
         with Pipeline(spec) as pipeline:
