@@ -32,7 +32,7 @@ def _config(args: argparse.Namespace):
 def _progress(total: int | None, label: str):
     from persona.progress import Progress
 
-    return Progress(total=total, desc=label)
+    return Progress(total=total, desc=label, unit="records")
 
 
 # -- commands ---------------------------------------------------------------
@@ -179,12 +179,14 @@ def cmd_align(args: argparse.Namespace) -> int:
     from persona.apps.align import align_dataset
 
     cfg = _config(args)
-    manifest = align_dataset(args.dataset, args.reference, aligner=args.aligner or cfg.align.aligner,
-                             threads=args.threads or cfg.align.threads,
-                             work_item_reads=args.work_item_reads or cfg.align.work_item_reads,
-                             secondary=args.secondary,
-                             options={"preset": args.preset or cfg.align.preset},
-                             references_url=args.store or cfg.align.references_url)
+    with _progress(_num_records(args.dataset), "align") as bar:
+        manifest = align_dataset(args.dataset, args.reference, aligner=args.aligner or cfg.align.aligner,
+                                 threads=args.threads or cfg.align.threads,
+                                 work_item_reads=args.work_item_reads or cfg.align.work_item_reads,
+                                 secondary=args.secondary,
+                                 options={"preset": args.preset or cfg.align.preset},
+                                 references_url=args.store or cfg.align.references_url,
+                                 progress=bar.update)
     print(f"aligned {manifest.name} against {manifest.reference}")
     return 0
 

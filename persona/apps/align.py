@@ -28,7 +28,7 @@ One feed per chunk flows through::
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,7 @@ class AlignRequest:
     read_columns: tuple[str, ...]
     out_columns: tuple[str, ...]
     paired: bool
+    progress: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -152,6 +153,8 @@ def write_stage(feed: ChunkFeed) -> ChunkFeed:
         written.append(key)
     feed.files = {}
     feed.written = tuple(written)
+    if feed.req.progress is not None:
+        feed.req.progress(ds.chunks[feed.index].num_records)
     return feed
 
 
@@ -200,14 +203,16 @@ def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, a
                   options: AlignerOptions | Mapping[str, Any] | None = None,
                   references_url: str | os.PathLike[str] | Store = DEFAULT_REFERENCES_URL,
                   name: str | None = None, replicas: Mapping[str, int] | None = None,
-                  executor: AlignerExecutor | None = None, overwrite: bool = True) -> Manifest:
+                  executor: AlignerExecutor | None = None, overwrite: bool = True,
+                  progress: Callable[[int], None] | None = None) -> Manifest:
     """Align the reads of the dataset at ``location`` against ``reference``; returns the new manifest.
 
     ``threads`` sizes the process-wide aligner pool (0: one per core) unless an
     ``executor`` is given. ``options`` (an :class:`AlignerOptions` or its dict)
     sets the preset and backend options; ``secondary`` > 0 overrides its
     secondary count. ``overwrite=False`` refuses a dataset that already has
-    ``results``. Raises :class:`DatasetError` for unusable datasets,
+    ``results``. ``progress(n)`` is called with each chunk's record count once
+    its columns are written (from a stage thread). Raises :class:`DatasetError` for unusable datasets,
     :class:`~persona.errors.ReferenceNotFoundError` for unknown references and
     :class:`~persona.errors.StageError` naming the failing chunk and stage.
     """
@@ -226,7 +231,7 @@ def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, a
         # qualities are read (and decoded) only for a backend that uses them; minimap2 does not
         read_columns = ((BASE,) + ((QUAL,) if ref.aligner.uses_quals else ())
                         + ((METADATA,) if opts.use_names and METADATA in ds.columns else ()))
-        req = AlignRequest(ds, ref, ex, work_item_reads, read_columns, out_columns, paired)
+        req = AlignRequest(ds, ref, ex, work_item_reads, read_columns, out_columns, paired, progress)
         stale = _retract(ds, out_columns)
         with Pipeline(spec) as pipeline:
             handle = pipeline.submit(ChunkFeed(req, i) for i in range(len(ds.chunks)))
