@@ -26,7 +26,7 @@ if [ ! -x .venv/bin/python ]; then
     .venv/bin/pip install -q --upgrade pip
 fi
 # Build deps first so the editable build can run without isolation (faster, offline-friendly).
-.venv/bin/pip install -q "setuptools>=68" wheel "Cython>=3.0" "numpy>=1.26"
+.venv/bin/pip install -q "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.26"
 .venv/bin/pip install -q --no-build-isolation -e ".[test,service]"
 # Compile the kernels in place (editable installs import them from persona/_native).
 .venv/bin/python setup.py -q build_ext --inplace -j 2 >/dev/null
