@@ -26,14 +26,7 @@ import numpy as np
 from libc.stdint cimport uint8_t, uint32_t, int32_t, int64_t, uint64_t
 from libc.string cimport memcpy
 
-cdef packed struct AlnRec:
-    uint32_t flag
-    int32_t mapq
-    int32_t ref_index
-    int64_t position
-    int32_t next_ref_index
-    int64_t next_position
-    int64_t template_length
+from alignment_row cimport AlnRec
 
 ROW_DTYPE = np.dtype(
     [

@@ -26,14 +26,7 @@ from libc.string cimport memcpy, memset
 
 cnp.import_array()
 
-cdef packed struct AlignmentRow:
-    uint32_t flag
-    int32_t mapq
-    int32_t ref_index
-    int64_t position
-    int32_t next_ref_index
-    int64_t next_position
-    int64_t template_length
+from alignment_row cimport AlnRec
 
 # Error codes from pass 1; the messages are built with the GIL held.
 cdef enum:
@@ -168,7 +161,7 @@ cdef int _measure(
     const uint8_t* name_data, const uint64_t* name_off,
     const uint8_t* base_data, const uint64_t* base_off,
     const uint8_t* qual_data, const uint64_t* qual_off,
-    const AlignmentRow* rows,
+    const AlnRec* rows,
     const uint8_t* cig_data, const uint64_t* cig_off,
     int32_t n_refs,
     int64_t* name_len, int64_t* n_cigar, int64_t* rlen,
@@ -263,7 +256,7 @@ def encode_bam(
     ``data[offsets[i]:offsets[i+1]]`` (including its ``block_size`` prefix).
     ``read_group`` (may be empty) is written as an ``RG:Z`` tag on every record.
     """
-    cdef const AlignmentRow[::1] rows = rows_array
+    cdef const AlnRec[::1] rows = rows_array
     cdef Py_ssize_t n = rows.shape[0]
     if name_off.shape[0] != n + 1 or base_off.shape[0] != n + 1 or qual_off.shape[0] != n + 1 \
             or cig_off.shape[0] != n + 1:
@@ -292,7 +285,7 @@ def encode_bam(
     cdef const uint8_t* bd = &base_data[0] if base_data.shape[0] else &zero
     cdef const uint8_t* qd = &qual_data[0] if qual_data.shape[0] else &zero
     cdef const uint8_t* cd = &cig_data[0] if cig_data.shape[0] else &zero
-    cdef const AlignmentRow* rp = &rows[0] if n else NULL
+    cdef const AlnRec* rp = &rows[0] if n else NULL
 
     with nogil:
         err = _measure(n, nd, &name_off[0], bd, &base_off[0], qd, &qual_off[0], rp, cd, &cig_off[0],
@@ -438,7 +431,7 @@ def format_sam(
     go through the nt16 alphabet, missing qualities print as ``*``, RNEXT is
     ``=`` when the mate is on the same contig.
     """
-    cdef const AlignmentRow[::1] rows = rows_array
+    cdef const AlnRec[::1] rows = rows_array
     cdef Py_ssize_t n = rows.shape[0]
     if name_off.shape[0] != n + 1 or base_off.shape[0] != n + 1 or qual_off.shape[0] != n + 1 \
             or cig_off.shape[0] != n + 1:
@@ -458,7 +451,7 @@ def format_sam(
     cdef const uint8_t* qd = &qual_data[0] if qual_data.shape[0] else &zero
     cdef const uint8_t* cd = &cig_data[0] if cig_data.shape[0] else &zero
     cdef const uint8_t* rd = &ref_data[0] if ref_data.shape[0] else &zero
-    cdef const AlignmentRow* rp = &rows[0] if n else NULL
+    cdef const AlnRec* rp = &rows[0] if n else NULL
     cdef uint8_t* p
     cdef const uint8_t* s
     cdef const uint8_t* q

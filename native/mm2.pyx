@@ -93,15 +93,7 @@ cdef extern from "minimap.h" nogil:
                      mm_reg1_t **regs, mm_tbuf_t *b, const mm_mapopt_t *opt, const char *qname)
 
 
-#: ALIGNMENT_DTYPE's memory layout (persona.agd.records; a packed numpy structured dtype)
-cdef packed struct AlnRec:
-    uint32_t flag
-    int32_t mapq
-    int32_t ref_index
-    int64_t position
-    int32_t next_ref_index
-    int64_t next_position
-    int64_t template_length
+from alignment_row cimport AlnRec
 
 cdef struct Buf:  # a growable byte buffer (CIGAR text of one column)
     uint8_t *data
