@@ -19,6 +19,11 @@ Decoding accepts any valid encoding: fields in any order, repeated occurrences
 known field with an unexpected wire type skipped as unknown (as protobuf does).
 An absent sub-message or field reads as 0. Strings are not checked for UTF-8.
 
+An *absent* row ("no alignment", ``present[i]`` false) is encoded as a
+zero-length record. A real message is never empty (its two position
+sub-messages are always written), so the two cannot be confused; decoding
+leaves telling them apart to the caller (``offsets`` differences of 0).
+
 Rows use the layout of ``persona.agd.records.ALIGNMENT_DTYPE`` (packed, 40 bytes).
 """
 import numpy as np
@@ -117,9 +122,11 @@ cdef inline uint64_t _record_size(const AlnRec* r, uint64_t cig_len) noexcept no
     return n
 
 
-def encode_alignments(fields, const uint64_t[::1] cig_offsets, const uint8_t[::1] cig_data):
+def encode_alignments(fields, const uint64_t[::1] cig_offsets, const uint8_t[::1] cig_data, present=None):
     """Serialize N rows (``ROW_DTYPE``) + N CIGARs into N ``Alignment`` records.
 
+    ``present`` (bool[N], optional: all rows by default) marks the rows that
+    hold an alignment; the others become zero-length records.
     Returns ``(offsets uint64[N+1], data uint8[])`` of the encoded column.
     """
     fields = np.ascontiguousarray(fields)
@@ -130,6 +137,13 @@ def encode_alignments(fields, const uint64_t[::1] cig_offsets, const uint8_t[::1
         raise ValueError(f"{n} rows but {cig_offsets.shape[0] - 1} CIGARs")
     if cig_offsets[n] != <uint64_t>cig_data.shape[0]:
         raise ValueError("CIGAR offsets do not end at the CIGAR data size")
+    if present is None:
+        present = np.ones(n, dtype=np.uint8)
+    else:
+        present = np.ascontiguousarray(present, dtype=np.bool_).view(np.uint8)
+        if present.shape != (n,):
+            raise ValueError(f"{n} rows but {present.shape[0]} present flags")
+    cdef const uint8_t[::1] keep = present
     cdef const uint8_t[::1] raw = fields.view(np.uint8).reshape(-1)
     cdef const AlnRec* rows = <const AlnRec*>&raw[0] if n > 0 else NULL
     cdef const uint8_t* cig = &cig_data[0] if cig_data.shape[0] > 0 else NULL
@@ -139,13 +153,15 @@ def encode_alignments(fields, const uint64_t[::1] cig_offsets, const uint8_t[::1
     with nogil:
         oo[0] = 0
         for i in range(n):
-            oo[i + 1] = oo[i] + _record_size(&rows[i], cig_offsets[i + 1] - cig_offsets[i])
+            oo[i + 1] = oo[i] + (_record_size(&rows[i], cig_offsets[i + 1] - cig_offsets[i]) if keep[i] else 0)
     out = np.empty(oo[n], dtype=np.uint8)
     cdef uint8_t[::1] od = out
     cdef uint8_t* p = &od[0] if od.shape[0] > 0 else NULL
     cdef const AlnRec* r
     with nogil:
         for i in range(n):
+            if not keep[i]:
+                continue
             r = &rows[i]
             if r.flag != 0:
                 p[0] = 0x08

@@ -20,7 +20,8 @@ one call, inside ``with nogil:``, producing SAM-ready records in C:
   ``qs``/``qe`` (supplementary and secondary records keep soft clips too, like
   ``minimap2 -Y``);
 - secondary columns list the read's other hits in minimap2's order; a read with
-  fewer gets the placeholder record flag 0x104 (secondary + unmapped), ref -1.
+  fewer gets absent rows (``present`` false; fields those of an unmapped read,
+  persona.agd.records.ABSENT_ROW).
 
 A Mapper is used by one thread at a time (it raises if entered concurrently);
 an Index is shared read-only by any number of Mappers.
@@ -103,7 +104,7 @@ cdef struct Buf:  # a growable byte buffer (CIGAR text of one column)
 cdef enum:
     MM_F_CIGAR = 0x004
     MM_I_NO_SEQ = 0x2
-    NO_ALIGNMENT_FLAG = 0x104
+    ABSENT_FLAG = 0x4  # the flag of persona.agd.records.ABSENT_ROW
 
 ALIGNMENT_FIELDS = [("flag", "<u4"), ("mapq", "<i4"), ("ref_index", "<i4"), ("position", "<i8"),
                     ("next_ref_index", "<i4"), ("next_position", "<i8"), ("template_length", "<i8")]
@@ -242,7 +243,7 @@ cdef void _record(AlnRec *o, const mm_reg1_t *r, const mm_reg1_t *mate, int n_se
 
 
 cdef void _no_alignment(AlnRec *o) noexcept nogil:
-    o.flag = NO_ALIGNMENT_FLAG
+    o.flag = ABSENT_FLAG
     o.mapq = 0
     o.ref_index = -1
     o.position = -1
@@ -435,9 +436,11 @@ cdef class Mapper:
 
         ``offsets``/``data`` are a RaggedArray of text bases (one record per read;
         interleaved pairs when ``paired``), ``names_offsets``/``names_data`` the
-        optional read names. Each result is ``(fields, cigar_offsets, cigar_data)``:
+        optional read names. ``primary`` is ``(fields, cigar_offsets, cigar_data)``:
         ``fields`` an ALIGNMENT_DTYPE-layout array with one row per read, the CIGARs
-        a RaggedArray's arrays. All mapping and record building runs without the GIL.
+        a RaggedArray's arrays. Each secondary is ``(fields, cigar_offsets,
+        cigar_data, present)``, ``present`` a bool array (False: the read has no
+        such alignment). All mapping and record building runs without the GIL.
         """
         cdef Py_ssize_t n = offsets.shape[0] - 1, i
         cdef Py_ssize_t n_sec = secondary
@@ -487,14 +490,17 @@ cdef class Mapper:
         cig_offsets = np.zeros(n + 1, dtype=np.uint64)
         sec_fields = [np.empty(n, dtype=_DTYPE) for _ in range(n_sec)]
         sec_offsets = [np.zeros(n + 1, dtype=np.uint64) for _ in range(n_sec)]
+        sec_present = [np.zeros(n, dtype=np.uint8) for _ in range(n_sec)]
         cdef AlnRec *out = <AlnRec*>_ptr(fields) if n else NULL
         cdef uint64_t[::1] co = cig_offsets
         cdef AlnRec **sout = <AlnRec**>malloc(max(n_sec, 1) * sizeof(AlnRec*))
         cdef uint64_t **soff = <uint64_t**>malloc(max(n_sec, 1) * sizeof(uint64_t*))
+        cdef uint8_t **spres = <uint8_t**>malloc(max(n_sec, 1) * sizeof(uint8_t*))
         cdef Buf *bufs = <Buf*>malloc((n_sec + 1) * sizeof(Buf))
         cdef uint64_t[::1] tmp_off
-        if sout == NULL or soff == NULL or bufs == NULL:
-            free(sout); free(soff); free(bufs)
+        cdef uint8_t[::1] tmp_pres
+        if sout == NULL or soff == NULL or bufs == NULL or spres == NULL:
+            free(sout); free(soff); free(bufs); free(spres)
             raise MemoryError()
         for k in range(n_sec + 1):
             bufs[k].data = NULL
@@ -504,6 +510,8 @@ cdef class Mapper:
             sout[k] = <AlnRec*>_ptr(sec_fields[k]) if n else NULL
             tmp_off = sec_offsets[k]
             soff[k] = &tmp_off[0]
+            tmp_pres = sec_present[k]
+            spres[k] = &tmp_pres[0] if n else NULL
         cdef const uint8_t *dp = &data[0] if data.shape[0] > 0 else NULL
         cdef const uint64_t *op = &offsets[0]
         cdef uint64_t *cop = &co[0]
@@ -564,6 +572,7 @@ cdef class Mapper:
                             if _put_cigar(&bufs[k + 1], r, qlens[s]) < 0:
                                 failed = 1
                             soff[k][read_idx + 1] = bufs[k + 1].len
+                            spres[k][read_idx] = 1
                             k += 1
                         for m in range(k, n_sec):
                             _no_alignment(&sout[m][read_idx])
@@ -576,7 +585,8 @@ cdef class Mapper:
             if failed:
                 raise MemoryError("out of memory while mapping")
             primary = (fields, cig_offsets, _take(&bufs[0]))
-            secs = [(sec_fields[k], sec_offsets[k], _take(&bufs[k + 1])) for k in range(n_sec)]
+            secs = [(sec_fields[k], sec_offsets[k], _take(&bufs[k + 1]), sec_present[k].view(np.bool_))
+                    for k in range(n_sec)]
             return primary, secs
         finally:
             for k in range(n_sec + 1):
@@ -584,6 +594,7 @@ cdef class Mapper:
             free(bufs)
             free(sout)
             free(soff)
+            free(spres)
 
 
 cdef void *_ptr(object arr) except NULL:

@@ -122,8 +122,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _progress(total, "export") as bar:
         summary = export_sam(args.dataset, args.output, fmt=fmt, threads=args.threads or cfg.export.threads,
                              level=cfg.export.bgzf_level, read_group=read_group or None,
-                             command_line=" ".join(["persona", *sys.argv[1:]]), progress=bar.update)
-    print(f"exported {summary.records} records ({summary.chunks} chunks, {summary.bytes_written:,} bytes, "
+                             command_line=" ".join(["persona", *sys.argv[1:]]), progress=bar.update,
+                             secondary=not args.no_secondary, secondary_seq=args.secondary_seq)
+    sec = f", {summary.secondary_records} secondary" if summary.secondary_records else ""
+    print(f"exported {summary.records} records{sec} ({summary.chunks} chunks, {summary.bytes_written:,} bytes, "
           f"SO:{summary.sort_order}) to {summary.path} in {summary.seconds:.2f} s")
     return 0
 
@@ -243,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rg-sample", help="@RG SM (default: the dataset name)")
     sp.add_argument("--rg-library", help="@RG LB")
     sp.add_argument("--rg-platform", help="@RG PL, e.g. ILLUMINA")
+    sp.add_argument("--no-secondary", action="store_true",
+                    help="SAM/BAM: leave out the secondary<N> columns' alignments (default: write them)")
+    sp.add_argument("--secondary-seq", action="store_true",
+                    help="SAM/BAM: give secondary records SEQ and QUAL (default '*', as minimap2 writes them)")
 
     sp = add("info", cmd_info, "show a dataset's columns, records, chunks, sizes and sort order")
     sp.add_argument("dataset")

@@ -12,6 +12,9 @@ ALIGNMENT_FIELDS: list[tuple[str, str]]
 
 #: (fields (ALIGNMENT_DTYPE layout, one row per read), CIGAR offsets uint64[N+1], CIGAR bytes uint8[])
 Records: TypeAlias = tuple[npt.NDArray[Any], npt.NDArray[np.uint64], npt.NDArray[np.uint8]]
+#: a secondary column: Records plus ``present`` (False: the read has no such alignment)
+SecondaryRecords: TypeAlias = tuple[npt.NDArray[Any], npt.NDArray[np.uint64], npt.NDArray[np.uint8],
+                                    npt.NDArray[np.bool_]]
 
 class Index:
     """A loaded minimap2 index plus the mapping options fitted to it (read-only, shareable)."""
@@ -41,5 +44,5 @@ class Mapper:
     def __init__(self, index: Index) -> None: ...
     def map(self, offsets: npt.NDArray[np.uint64], data: npt.NDArray[np.uint8],
             names_offsets: npt.NDArray[np.uint64] | None = None, names_data: npt.NDArray[np.uint8] | None = None,
-            paired: bool = False, secondary: int = 0) -> tuple[Records, list[Records]]:
+            paired: bool = False, secondary: int = 0) -> tuple[Records, list[SecondaryRecords]]:
         """Map a block (interleaved pairs when ``paired``) without the GIL: primary + ``secondary`` columns."""

@@ -11,6 +11,13 @@ column                 record type        in memory (decoded value)
 anything else          STRUCTURED         RaggedArray, bytes passed through
 =====================  =================  =========================================
 
+In ``secondary<N>`` columns a zero-length record means "no alignment" (the
+read has fewer than N+1 secondary alignments): it decodes to an absent row
+(``Alignments.present`` false, fields :data:`~persona.agd.records.ABSENT_ROW`)
+and absent rows encode to zero-length records. ``results`` is unchanged:
+every read has a primary record, and a zero-length record there is what
+protobuf makes of it (a message of default values), never an absent row.
+
 Unknown names are opaque byte columns, as the original writer treats any
 non-text, non-base column (e.g. ``prot``) as STRUCTURED.
 """
@@ -24,7 +31,7 @@ import numpy as np
 from persona._native import alignment_codec, bases
 from persona.agd.format import RecordType
 from persona.agd.ragged import RaggedArray
-from persona.agd.records import ALIGNMENT_DTYPE, Alignments
+from persona.agd.records import ABSENT_ROW, ALIGNMENT_DTYPE, Alignments
 from persona.errors import ChunkFormatError
 
 BASE = "base"
@@ -81,8 +88,12 @@ def encode_column(name: str, value: ColumnValue | Iterable[bytes | str]) -> Ragg
     if is_alignment_column(name):
         if not isinstance(value, Alignments):
             raise TypeError(f"column {name!r} takes Alignments, got {type(value).__name__}")
+        if name == RESULTS and not value.all_present:
+            raise ValueError(f"column {name!r}: every read needs a primary record, "
+                             f"but row {int(np.argmin(value.present))} is absent")
         offsets, data = alignment_codec.encode_alignments(
-            value.fields, value.cigars.offsets, value.cigars.data
+            value.fields, value.cigars.offsets, value.cigars.data,
+            None if value.all_present else value.present,
         )
         return RaggedArray(offsets, data, validate=False)
     ragged = _as_ragged(value)
@@ -113,7 +124,13 @@ def decode_column(
         if is_alignment_column(name):
             fields, cig_offsets, cig_data = alignment_codec.decode_alignments(ragged.offsets, ragged.data)
             cigars = RaggedArray(cig_offsets, cig_data, validate=False)
-            return Alignments(fields.view(ALIGNMENT_DTYPE), cigars)
+            fields = fields.view(ALIGNMENT_DTYPE)
+            if name == RESULTS:
+                return Alignments(fields, cigars)
+            present = ragged.offsets[1:] != ragged.offsets[:-1]
+            if not present.all():
+                fields[~present] = ABSENT_ROW
+            return Alignments(fields, cigars, present)
         if name == BASE and record_type is not RecordType.TEXT:
             offsets, data = bases.unpack_bases(ragged.offsets, ragged.data)
             return RaggedArray(offsets, data, validate=False)

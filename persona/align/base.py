@@ -17,10 +17,10 @@ Contracts every backend keeps:
   number of reads.
 - **Never crash on odd reads.** Reads too short to seed, empty reads or reads
   of only ``N`` come back unmapped (flag 0x4, ``ref_index`` -1, empty CIGAR).
-- **Secondary columns** hold one record per read too. A read with fewer than
-  ``N`` secondary/supplementary alignments gets the placeholder record
-  :data:`NO_ALIGNMENT_FLAG` (``0x100 | 0x4``: "secondary and unmapped", which a
-  real SAM record never is), ``ref_index`` -1; exporters skip those records.
+- **Secondary columns** hold one row per read too. A read with fewer than
+  ``N`` secondary/supplementary alignments gets *absent* rows there
+  (``Alignments.present`` false; fields :data:`~persona.agd.records.ABSENT_ROW`),
+  stored as zero-length records; exporters skip them.
 - Positions are 0-based; ``ref_index`` indexes the reference's contig table
   (the manifest's ``reference_contigs``). CIGARs include soft clips (``S``),
   so the read's full sequence always goes into SEQ.
@@ -34,11 +34,24 @@ from typing import Any
 
 from persona.agd.manifest import Contig
 from persona.agd.ragged import RaggedArray
-from persona.agd.records import FLAG_SECONDARY, FLAG_UNMAPPED, Alignments
+from persona.agd.records import ABSENT_ROW, FLAG_SECONDARY, FLAG_UNMAPPED, Alignments
 from persona.errors import AlignerError
 
-#: Flag of the placeholder record in ``secondary<N>`` columns for a read with no N-th secondary.
+#: Flag ``persona.align.pairing`` gives the placeholder row of a read with no N-th
+#: secondary (``0x100 | 0x4``, never a real SAM record). Backends turn such rows
+#: into absent rows with :func:`placeholders_to_absent` before returning; it is
+#: never stored.
 NO_ALIGNMENT_FLAG = FLAG_SECONDARY | FLAG_UNMAPPED
+
+
+def placeholders_to_absent(al: Alignments) -> Alignments:
+    """``al`` with its :data:`NO_ALIGNMENT_FLAG` placeholder rows marked absent (fields ABSENT_ROW)."""
+    present = al.present & (al.fields["flag"] != NO_ALIGNMENT_FLAG)
+    if present.all():
+        return al
+    fields = al.fields.copy()
+    fields[~present] = ABSENT_ROW
+    return Alignments(fields, al.cigars, present)
 
 #: Aligner backends: name -> module. A backend module provides ``INDEX_SUFFIX``,
 #: ``build_index(fasta, out_path, preset)``, ``load_index(path, options) -> index``
@@ -106,7 +119,8 @@ class AlignResult:
 
         def cat(items: Sequence[Alignments]) -> Alignments:
             return Alignments(np.concatenate([a.fields for a in items]),
-                              RaggedArray.concat([a.cigars for a in items]))
+                              RaggedArray.concat([a.cigars for a in items]),
+                              np.concatenate([a.present for a in items]))
 
         n_sec = len(parts[0].secondary)
         return cls(cat([p.primary for p in parts]),

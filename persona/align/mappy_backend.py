@@ -38,7 +38,12 @@ from typing import Any
 
 from persona.agd.manifest import Contig
 from persona.agd.ragged import RaggedArray
-from persona.align.base import Aligner, AlignerOptions, AlignResult
+from persona.align.base import (
+    Aligner,
+    AlignerOptions,
+    AlignResult,
+    placeholders_to_absent,
+)
 from persona.align.minimap2 import (  # noqa: F401 - INDEX_FAMILY/INDEX_SUFFIX: this backend's contract
     CIGAR_OPS,
     INDEX_FAMILY,
@@ -169,7 +174,7 @@ class MappyAligner(Aligner):
             hits = self._hits(amap(seq, name=qnames[i], buf=buf), len(seq), False) if seq else []
             add_single(sink, hits)
         primary, secondary = sink.to_alignments()
-        return AlignResult(primary, secondary)
+        return AlignResult(primary, [placeholders_to_absent(s) for s in secondary])
 
     def align_paired(self, bases: RaggedArray, quals: RaggedArray | None = None,
                      names: RaggedArray | None = None) -> AlignResult:
@@ -232,6 +237,6 @@ class MappyAligner(Aligner):
                     h1.append(hit)
             add_pair(sink, h1, h2, max_gap)
         primary_cols, secondary = sink.to_alignments()
-        return AlignResult(primary_cols, secondary)
+        return AlignResult(primary_cols, [placeholders_to_absent(s) for s in secondary])
 
 ALIGNER = MappyAligner

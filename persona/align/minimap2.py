@@ -94,9 +94,11 @@ def load_index(path: str | Path, options: AlignerOptions) -> Any:
         raise AlignerError(f"minimap2 could not load the index {path}: {e}", key=str(path)) from None
 
 
-def _alignments(part: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Alignments:
-    fields, offsets, data = part
-    return Alignments(fields.view(ALIGNMENT_DTYPE), RaggedArray(offsets, data, validate=False))
+def _alignments(part: tuple[np.ndarray, ...]) -> Alignments:
+    """Kernel output ``(fields, cigar offsets, cigar data[, present])`` as Alignments."""
+    fields, offsets, data = part[:3]
+    present = part[3] if len(part) > 3 else None
+    return Alignments(fields.view(ALIGNMENT_DTYPE), RaggedArray(offsets, data, validate=False), present)
 
 
 class Minimap2Aligner(Aligner):

@@ -13,6 +13,9 @@ One feed per chunk flows through::
   work-item size are independent (§5.4.2).
 * The reference index is loaded once per process and shared
   (:func:`~persona.align.reference.acquire_reference`), held for the request.
+* ``secondary<N>`` columns hold one record per read: the read's (N+1)-th
+  secondary/supplementary alignment, or a zero-length record when it has none
+  (see :mod:`persona.agd.columns`).
 * The manifest gains ``results`` (+ ``secondary<N>``), ``reference`` (the
   reference's name) and ``reference_contigs`` only after every chunk file is
   written; if any chunk fails, the files this run wrote are deleted and the
