@@ -10,7 +10,6 @@
 Backends are imported lazily: importing this package loads neither the kernel nor mappy.
 """
 from persona.align.base import (
-    NO_ALIGNMENT_FLAG,
     Aligner,
     AlignerOptions,
     AlignResult,
@@ -35,7 +34,6 @@ from persona.align.reference import (
 
 __all__ = [
     "DEFAULT_WORK_ITEM_READS",
-    "NO_ALIGNMENT_FLAG",
     "AlignResult",
     "Aligner",
     "AlignerExecutor",

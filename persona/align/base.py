@@ -34,24 +34,8 @@ from typing import Any
 
 from persona.agd.manifest import Contig
 from persona.agd.ragged import RaggedArray
-from persona.agd.records import ABSENT_ROW, FLAG_SECONDARY, FLAG_UNMAPPED, Alignments
+from persona.agd.records import Alignments
 from persona.errors import AlignerError
-
-#: Flag ``persona.align.pairing`` gives the placeholder row of a read with no N-th
-#: secondary (``0x100 | 0x4``, never a real SAM record). Backends turn such rows
-#: into absent rows with :func:`placeholders_to_absent` before returning; it is
-#: never stored.
-NO_ALIGNMENT_FLAG = FLAG_SECONDARY | FLAG_UNMAPPED
-
-
-def placeholders_to_absent(al: Alignments) -> Alignments:
-    """``al`` with its :data:`NO_ALIGNMENT_FLAG` placeholder rows marked absent (fields ABSENT_ROW)."""
-    present = al.present & (al.fields["flag"] != NO_ALIGNMENT_FLAG)
-    if present.all():
-        return al
-    fields = al.fields.copy()
-    fields[~present] = ABSENT_ROW
-    return Alignments(fields, al.cigars, present)
 
 #: Aligner backends: name -> module. A backend module provides ``INDEX_SUFFIX``,
 #: ``build_index(fasta, out_path, preset)``, ``load_index(path, options) -> index``

@@ -42,7 +42,6 @@ from persona.align.base import (
     Aligner,
     AlignerOptions,
     AlignResult,
-    placeholders_to_absent,
 )
 from persona.align.minimap2 import (  # noqa: F401 - INDEX_FAMILY/INDEX_SUFFIX: this backend's contract
     CIGAR_OPS,
@@ -174,7 +173,7 @@ class MappyAligner(Aligner):
             hits = self._hits(amap(seq, name=qnames[i], buf=buf), len(seq), False) if seq else []
             add_single(sink, hits)
         primary, secondary = sink.to_alignments()
-        return AlignResult(primary, [placeholders_to_absent(s) for s in secondary])
+        return AlignResult(primary, secondary)
 
     def align_paired(self, bases: RaggedArray, quals: RaggedArray | None = None,
                      names: RaggedArray | None = None) -> AlignResult:
@@ -237,6 +236,6 @@ class MappyAligner(Aligner):
                     h1.append(hit)
             add_pair(sink, h1, h2, max_gap)
         primary_cols, secondary = sink.to_alignments()
-        return AlignResult(primary_cols, [placeholders_to_absent(s) for s in secondary])
+        return AlignResult(primary_cols, secondary)
 
 ALIGNER = MappyAligner

@@ -38,6 +38,7 @@ import numpy as np
 
 from persona.agd.ragged import RaggedArray
 from persona.agd.records import (
+    ABSENT_ROW,
     ALIGNMENT_DTYPE,
     FLAG_MATE_REVERSE,
     FLAG_MATE_UNMAPPED,
@@ -60,13 +61,12 @@ Hit = tuple[int, int, int, bool, int, bytes, bool, int]
 PE_BONUS = 33
 
 _UNMAPPED_ROW = (FLAG_UNMAPPED, 0, -1, -1, -1, -1, 0)
-_NO_SECONDARY_ROW = (FLAG_SECONDARY | FLAG_UNMAPPED, 0, -1, -1, -1, -1, 0)
 
 
 class RecordSink:
     """Rows being gathered for one block: primary column + ``n_secondary`` columns."""
 
-    __slots__ = ("cigars", "n_secondary", "rows", "sec_cigars", "sec_rows")
+    __slots__ = ("cigars", "n_secondary", "rows", "sec_cigars", "sec_present", "sec_rows")
 
     def __init__(self, n_secondary: int) -> None:
         self.n_secondary = n_secondary
@@ -74,18 +74,31 @@ class RecordSink:
         self.cigars: list[bytes] = []
         self.sec_rows: list[list[tuple[int, ...]]] = [[] for _ in range(n_secondary)]
         self.sec_cigars: list[list[bytes]] = [[] for _ in range(n_secondary)]
+        self.sec_present: list[list[bool]] = [[] for _ in range(n_secondary)]
+
+    def add_secondary(self, i: int, row: tuple[int, ...], cigar: bytes) -> None:
+        self.sec_rows[i].append(row)
+        self.sec_cigars[i].append(cigar)
+        self.sec_present[i].append(True)
+
+    def add_absent_secondary(self, i: int) -> None:
+        """The read has no ``i``-th secondary alignment: an absent row (see ``Alignments.present``)."""
+        self.sec_rows[i].append(ABSENT_ROW)
+        self.sec_cigars[i].append(b"")
+        self.sec_present[i].append(False)
 
     def to_alignments(self) -> tuple[Alignments, list[Alignments]]:
         return (_build(self.rows, self.cigars),
-                [_build(r, c) for r, c in zip(self.sec_rows, self.sec_cigars)])
+                [_build(r, c, np.array(p, dtype=bool))
+                 for r, c, p in zip(self.sec_rows, self.sec_cigars, self.sec_present)])
 
 
-def _build(rows: list[tuple[int, ...]], cigars: list[bytes]) -> Alignments:
+def _build(rows: list[tuple[int, ...]], cigars: list[bytes], present: np.ndarray | None = None) -> Alignments:
     fields = np.array(rows, dtype=ALIGNMENT_DTYPE) if rows else np.zeros(0, ALIGNMENT_DTYPE)
     offsets = np.zeros(len(cigars) + 1, dtype=np.uint64)
     np.cumsum(np.fromiter(map(len, cigars), dtype=np.uint64, count=len(cigars)), out=offsets[1:])
     data = np.frombuffer(b"".join(cigars), dtype=np.uint8)
-    return Alignments(fields, RaggedArray(offsets, data, validate=False))
+    return Alignments(fields, RaggedArray(offsets, data, validate=False), present)
 
 
 def is_proper(a: Hit, b: Hit, max_gap: int) -> bool:
@@ -135,11 +148,9 @@ def add_single(sink: RecordSink, hits: list[Hit]) -> None:
             if i < len(rest):
                 h = rest[i]
                 flag = (FLAG_SUPPLEMENTARY if h[6] else FLAG_SECONDARY) | (FLAG_REVERSE if h[3] else 0)
-                sink.sec_rows[i].append((flag, h[4], h[0], h[1], -1, -1, 0))
-                sink.sec_cigars[i].append(h[5])
+                sink.add_secondary(i, (flag, h[4], h[0], h[1], -1, -1, 0), h[5])
             else:
-                sink.sec_rows[i].append(_NO_SECONDARY_ROW)
-                sink.sec_cigars[i].append(b"")
+                sink.add_absent_secondary(i)
 
 
 def choose_primaries(hits1: list[Hit], hits2: list[Hit], max_gap: int,
@@ -205,11 +216,9 @@ def add_pair(sink: RecordSink, hits1: list[Hit], hits2: list[Hit], max_gap: int)
                         row = (flag, h[4], h[0], h[1], h[0], h[1], 0)
                     else:
                         row = (flag, h[4], h[0], h[1], m[0], m[1], template_length(h, m))
-                    sink.sec_rows[i].append(row)
-                    sink.sec_cigars[i].append(h[5])
+                    sink.add_secondary(i, row, h[5])
                 else:
-                    sink.sec_rows[i].append(_NO_SECONDARY_ROW)
-                    sink.sec_cigars[i].append(b"")
+                    sink.add_absent_secondary(i)
 
 
 def _add_simple_pair(sink: RecordSink, a: Hit, b: Hit, max_gap: int) -> None:
