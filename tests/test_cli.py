@@ -119,3 +119,16 @@ def test_demo_runs_the_whole_chain(tmp_path: Path, capsys) -> None:
     flagstat = subprocess.run(["samtools", "flagstat", str(bam)], capture_output=True, text=True).stdout
     mapped_line = next(line for line in flagstat.splitlines() if " mapped (" in line)
     assert int(mapped_line.split()[0]) > 4000  # ~75% of the sample is measles
+
+
+@pytest.mark.parametrize(("choice", "code"), [("none", 0), ("gzip", 2), ("zstd", 3)])
+def test_every_compression_choice_imports(tmp_path: Path, capsys, choice: str, code: int) -> None:
+    files = sample_files()
+    out = tmp_path / "ds"
+    rc, _, err = run(capsys, "import", str(files["r1"]), str(files["r2"]), "-o", str(out), "-n", "s",
+                     "--compression", choice)
+    assert rc == 0, err
+    header = (out / "s_0.qual").read_bytes()[:56]
+    assert header[3] == code  # compression_type byte of the AGD header
+    rc, _, _ = run(capsys, "verify", str(out))
+    assert rc == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pysam
 import pytest
+
 from conftest import require_tool
 
 from persona.agd import Dataset
@@ -33,6 +34,7 @@ from persona.agd.records import (
 from persona.align.base import AlignerOptions
 from persona.align.reference import add_reference
 from persona.apps.align import align_dataset
+from persona.apps.stats import alignment_stats
 from persona.apps.export_sam import export_sam, interleave_secondaries
 from persona.apps.import_fastq import import_fastq
 
@@ -163,6 +165,9 @@ def test_flagstat_counts_present_rows(aligned) -> None:
     assert stat["secondary"] == counts["secondary"]
     assert stat["supplementary"] == counts["supplementary"]
     assert stat["primary"] == 2 * N_PAIRS
+    ours = alignment_stats(str(aligned["ds"]))  # persona stats agrees with flagstat
+    assert (ours.secondary, ours.supplementary, ours.total) == (
+        stat["secondary"], stat["supplementary"], stat["primary"])
 
 
 def picard(sam_or_bam: Path) -> list[str]:

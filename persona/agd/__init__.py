@@ -26,10 +26,11 @@ from persona.agd.dataset import Dataset, DatasetWriter, encode_column_chunk, fin
 from persona.agd.format import HEADER_SIZE, ChunkHeader, CompressionType, RecordType
 from persona.agd.manifest import ChunkRef, Contig, Manifest, chunk_path, manifest_key
 from persona.agd.ragged import RaggedArray
-from persona.agd.records import ALIGNMENT_DTYPE, Alignments
+from persona.agd.records import ABSENT_ROW, ALIGNMENT_DTYPE, Alignments
 from persona.agd.verify import Problem, VerifyReport, repair_manifest, verify_dataset
 
 __all__ = [
+    "ABSENT_ROW",
     "ALIGNMENT_DTYPE",
     "Alignments",
     "BASE",

@@ -49,8 +49,12 @@ def secondary_column(i: int) -> str:
     return f"secondary{i}"
 
 
+def is_secondary_column(name: str) -> bool:
+    return _SECONDARY.fullmatch(name) is not None
+
+
 def is_alignment_column(name: str) -> bool:
-    return name == RESULTS or _SECONDARY.fullmatch(name) is not None
+    return name == RESULTS or is_secondary_column(name)
 
 
 def column_record_type(name: str) -> RecordType:
@@ -67,7 +71,7 @@ def column_sort_key(name: str) -> tuple[int, int, str]:
     fixed = {BASE: 0, QUAL: 1, METADATA: 2, RESULTS: 3}
     if name in fixed:
         return (fixed[name], 0, "")
-    if _SECONDARY.fullmatch(name):
+    if is_secondary_column(name):
         return (4, int(name[len("secondary") :]), "")
     return (5, 0, name)
 

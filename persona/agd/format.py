@@ -47,12 +47,13 @@ class CompressionType(enum.IntEnum):
 
     @classmethod
     def parse(cls, value: "CompressionType | str | int") -> "CompressionType":
-        """Accept a member, its value, or its name in any case (``"zstd"``)."""
+        """Accept a member, its value, or its name in any case (``"zstd"``; ``"none"`` = uncompressed)."""
         if isinstance(value, cls):
             return value
         try:
             if isinstance(value, str):
-                return cls[value.strip().upper()]
+                name = value.strip().upper()
+                return cls.UNCOMPRESSED if name == "NONE" else cls[name]
             return cls(value)
         except (KeyError, ValueError):
             names = ", ".join(m.name.lower() for m in cls)
@@ -60,8 +61,12 @@ class CompressionType(enum.IntEnum):
 
 
 def _encode_string_id(name: str) -> bytes:
-    """UTF-8, cut to 32 bytes on a character boundary (so it decodes cleanly)."""
-    raw = name.encode("utf-8")
+    """UTF-8, cut to 32 bytes on a character boundary (so it decodes cleanly).
+
+    The field is informational: characters UTF-8 cannot carry (lone surrogates,
+    e.g. from an undecodable file name) become '?' rather than failing the write.
+    """
+    raw = name.encode("utf-8", errors="replace")
     if len(raw) <= STRING_ID_SIZE:
         return raw
     cut = STRING_ID_SIZE

@@ -1,7 +1,9 @@
 """Alignment summary of a dataset (``persona stats``), counted like ``samtools flagstat``.
 
 AGD's ``results`` column holds one primary record per read, so the counts here
-equal flagstat's "primary" lines of the exported BAM. The counting is
+equal flagstat's "primary" lines of the exported BAM; ``secondary`` and
+``supplementary`` count the alignments present in the ``secondary<N>`` columns
+(flagstat's lines of those names). The counting is
 vectorised over each chunk's decoded records; memory is one chunk at a time.
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from persona.agd import Dataset
+from persona.agd.columns import is_secondary_column
 from persona.agd.records import (
     FLAG_DUPLICATE,
     FLAG_MATE_UNMAPPED,
@@ -56,6 +59,8 @@ class AlignmentStats:
     def format(self) -> str:
         rows = [
             (self.total, "reads (primary)"),
+            (self.secondary, "secondary"),
+            (self.supplementary, "supplementary"),
             (self.duplicates, "duplicates"),
             (self.mapped, f"mapped ({self.pct(self.mapped, self.total):.2f}%)"),
             (self.paired, "paired in sequencing"),
@@ -102,6 +107,12 @@ def alignment_stats(location: str) -> AlignmentStats:
     if "results" not in ds.manifest.columns:
         raise DatasetError("dataset has no results column: align it first", dataset=ds.name)
     stats = AlignmentStats()
+    secondary_columns = [c for c in ds.manifest.columns if is_secondary_column(c)]
     for i in range(len(ds.manifest.records)):
         count_flags(ds.read_column(i, "results").fields, stats)
+        for col in secondary_columns:
+            extra = ds.read_column(i, col)
+            flags = extra.fields["flag"][extra.present]
+            stats.secondary += int(((flags & FLAG_SECONDARY) != 0).sum())
+            stats.supplementary += int(((flags & FLAG_SUPPLEMENTARY) != 0).sum())
     return stats
