@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -24,9 +25,23 @@ SAM_SUFFIXES = (".sam", ".bam")
 
 
 def _config(args: argparse.Namespace):
-    from persona.config import load_config
+    """The effective configuration, loaded once per invocation."""
+    if getattr(args, "_cfg", None) is None:
+        from persona.config import load_config
 
-    return load_config(path=getattr(args, "config", None))
+        args._cfg = load_config(path=getattr(args, "config", None))
+    return args._cfg
+
+
+def _location(value: str, args: argparse.Namespace) -> str:
+    """A dataset location; a bare name ("yeast") resolves under ``storage.default_url``."""
+    base = _config(args).storage.default_url
+    if not base or "://" in value or "/" in value or os.sep in value or value in (".", "..") \
+            or value.startswith("~"):
+        return value
+    if "://" in base:
+        return f"{base.rstrip('/')}/{value}"
+    return os.path.join(os.path.expanduser(base), value)
 
 
 def _progress(total: int | None, label: str):
@@ -65,7 +80,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             raise PersonaError("SAM/BAM import takes exactly one input file")
         from persona.apps.import_sam import import_sam
 
-        summary = import_sam(args.inputs[0], out=args.output, name=args.name,
+        summary = import_sam(args.inputs[0], out=_location(args.output, args), name=args.name,
                              chunk_size=chunk_size, compression=compression)
         skipped = summary.skipped_secondary + summary.skipped_supplementary
         print(f"imported {summary.records} records into {summary.chunks} chunks: {summary.location} "
@@ -81,13 +96,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     r2 = args.inputs[1] if len(args.inputs) == 2 else None
     with _progress(None, "import") as bar:
-        manifest = import_fastq(args.inputs[0], r2, out=args.output, name=args.name,
+        manifest = import_fastq(args.inputs[0], r2, out=_location(args.output, args), name=args.name,
                                 chunk_size=chunk_size, compression=compression,
                                 level=args.level if args.level is not None else _config_level(cfg, compression),
                                 threads=args.threads or cfg.import_.threads,
+                                queue_depth=cfg.import_.queue_depth,
                                 progress=bar.update)
     n = sum(r.last - r.first for r in manifest.records)
-    print(f"imported {n} reads into {len(manifest.records)} chunks: {args.output} ({manifest.name})")
+    print(f"imported {n} reads into {len(manifest.records)} chunks: {_location(args.output, args)} ({manifest.name})")
     return 0
 
 
@@ -102,6 +118,7 @@ def _num_records(location: str) -> int | None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     fmt = args.format
+    args.dataset = _location(args.dataset, args)
     total = _num_records(args.dataset)
     if fmt is None:
         out = args.output.lower()
@@ -133,7 +150,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from persona.apps.info import dataset_info, format_info
 
-    info = dataset_info(args.dataset)
+    info = dataset_info(_location(args.dataset, args))
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -142,7 +159,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from persona.agd import Dataset
     from persona.agd.verify import verify_dataset
 
-    report = verify_dataset(Dataset.open(args.dataset))
+    report = verify_dataset(Dataset.open(_location(args.dataset, args)))
     print(report)
     return 0 if report.ok else 1
 
@@ -150,7 +167,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_repair_manifest(args: argparse.Namespace) -> int:
     from persona.agd.verify import repair_manifest
 
-    manifest = repair_manifest(args.location, name=args.name)
+    manifest = repair_manifest(_location(args.location, args), name=args.name)
     n = sum(r.last - r.first for r in manifest.records)
     print(f"rebuilt manifest for {manifest.name}: {len(manifest.records)} chunks, {n} records, "
           f"columns {', '.join(manifest.columns)}")
@@ -181,6 +198,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     from persona.apps.align import align_dataset
 
     cfg = _config(args)
+    args.dataset = _location(args.dataset, args)
     with _progress(_num_records(args.dataset), "align") as bar:
         manifest = align_dataset(args.dataset, args.reference, aligner=args.aligner or cfg.align.aligner,
                                  threads=args.threads or cfg.align.threads,
@@ -188,7 +206,7 @@ def cmd_align(args: argparse.Namespace) -> int:
                                  secondary=args.secondary,
                                  options={"preset": args.preset or cfg.align.preset},
                                  references_url=args.store or cfg.align.references_url,
-                                 progress=bar.update)
+                                 capacity=cfg.ptf.default_capacity, progress=bar.update)
     print(f"aligned {manifest.name} against {manifest.reference}")
     return 0
 
@@ -196,7 +214,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from persona.apps.stats import alignment_stats
 
-    stats = alignment_stats(args.dataset)
+    stats = alignment_stats(_location(args.dataset, args))
     print(json.dumps(stats.to_dict(), indent=2) if args.json else stats.format())
     return 0
 
@@ -298,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        logging.basicConfig(level=_config(args).logging.level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("persona: interrupted", file=sys.stderr)

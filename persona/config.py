@@ -42,7 +42,6 @@ __all__ = [
     "ImportConfig",
     "LoggingConfig",
     "PtfConfig",
-    "ServiceConfig",
     "StorageConfig",
     "get_config",
     "load_config",
@@ -69,7 +68,7 @@ class AgdConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    default_url: str = _key()
+    default_url: str | None = _key()
 
 
 @dataclass(frozen=True)
@@ -96,15 +95,6 @@ class AlignConfig:
 @dataclass(frozen=True)
 class PtfConfig:
     default_capacity: int = _key(min=1)
-    default_credits: int = _key(min=1)
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    host: str = _key()
-    port: int = _key(min=0, max=65535)
-    metrics_port: int | None = _key(min=0, max=65535)
-    token: str | None = _key()
 
 
 @dataclass(frozen=True)
@@ -122,7 +112,6 @@ class Config:
     export: ExportConfig = _key()
     align: AlignConfig = _key()
     ptf: PtfConfig = _key()
-    service: ServiceConfig = _key()
     logging: LoggingConfig = _key()
     # Which layers produced this config, for `persona config show`; not part of equality.
     sources: tuple[str, ...] = field(default=(), compare=False)

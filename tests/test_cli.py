@@ -132,3 +132,24 @@ def test_every_compression_choice_imports(tmp_path: Path, capsys, choice: str, c
     assert header[3] == code  # compression_type byte of the AGD header
     rc, _, _ = run(capsys, "verify", str(out))
     assert rc == 0
+
+
+def test_bare_dataset_names_resolve_under_storage_default_url(tmp_path: Path, capsys,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSONA_STORAGE__DEFAULT_URL", str(tmp_path / "store"))
+    files = sample_files()
+    rc, out, err = run(capsys, "import", str(files["r1"]), str(files["r2"]), "-o", "ds", "-n", "s")
+    assert rc == 0, err
+    assert (tmp_path / "store" / "ds" / "s_metadata.json").exists()
+    monkeypatch.chdir(tmp_path)  # a bare name is not taken relative to the working directory
+    rc, out, _ = run(capsys, "info", "ds", "--json")
+    assert rc == 0 and json.loads(out)["records"] == 8000
+    rc, _, err = run(capsys, "info", "./ds")  # an explicit path is taken as it is
+    assert rc == 1 and "ds" in err
+
+
+def test_bad_configuration_is_a_one_line_error(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSONA_AGD__ZSTD_LEVEL", "fast")
+    rc, _, err = run(capsys, "config", "show")
+    assert rc == 1
+    assert err.startswith("persona: error: agd.zstd_level") and err.count("\n") == 1

@@ -35,8 +35,8 @@ def test_defaults(home: dict[str, str]) -> None:
     assert cfg.import_.threads == 0 and cfg.align.aligner == "minimap2"
     assert cfg.align.work_item_reads == 5000 and cfg.align.preset == "sr"
     assert cfg.align.references_url == "~/.local/share/persona/references"
-    assert (cfg.service.host, cfg.service.port, cfg.service.metrics_port) == ("127.0.0.1", 50051, 9464)
-    assert cfg.service.token is None
+    assert cfg.storage.default_url is None and cfg.import_.queue_depth == 2
+    assert cfg.ptf.default_capacity == 2
     assert cfg.logging.level == "INFO"
     assert cfg.sources == ("defaults",)
 
@@ -61,25 +61,25 @@ def test_frozen(home: dict[str, str]) -> None:
 
 
 def test_user_file_overrides_defaults(tmp_path: Path, home: dict[str, str]) -> None:
-    user = write(tmp_path / "u.yaml", "agd:\n  compression: gzip\nservice:\n  port: 6000\n")
+    user = write(tmp_path / "u.yaml", "agd:\n  compression: gzip\nexport:\n  bgzf_level: 1\n")
     cfg = load_config(user, env=home)
-    assert cfg.agd.compression == "gzip" and cfg.service.port == 6000
+    assert cfg.agd.compression == "gzip" and cfg.export.bgzf_level == 1
     assert cfg.agd.zstd_level is None  # untouched keys keep their defaults
     assert cfg.sources == ("defaults", str(user))
 
 
 def test_user_file_from_env_and_default_location(tmp_path: Path, home: dict[str, str]) -> None:
-    default_user = write(user_config_path(home), "ptf:\n  default_credits: 7\n")
+    default_user = write(user_config_path(home), "ptf:\n  default_capacity: 7\n")
     assert default_user == Path(home["HOME"]) / ".config" / "persona" / "persona.yaml"
-    assert load_config(env=home).ptf.default_credits == 7
-    explicit = write(tmp_path / "e.yaml", "ptf:\n  default_credits: 9\n")
-    assert load_config(env={**home, "PERSONA_CONFIG": str(explicit)}).ptf.default_credits == 9
-    other = write(tmp_path / "o.yaml", "ptf:\n  default_credits: 11\n")
+    assert load_config(env=home).ptf.default_capacity == 7
+    explicit = write(tmp_path / "e.yaml", "ptf:\n  default_capacity: 9\n")
+    assert load_config(env={**home, "PERSONA_CONFIG": str(explicit)}).ptf.default_capacity == 9
+    other = write(tmp_path / "o.yaml", "ptf:\n  default_capacity: 11\n")
     # --config wins over PERSONA_CONFIG
-    assert load_config(other, env={**home, "PERSONA_CONFIG": str(explicit)}).ptf.default_credits == 11
+    assert load_config(other, env={**home, "PERSONA_CONFIG": str(explicit)}).ptf.default_capacity == 11
     xdg = {**home, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    write(tmp_path / "xdg" / "persona" / "persona.yaml", "ptf:\n  default_credits: 13\n")
-    assert load_config(env=xdg).ptf.default_credits == 13
+    write(tmp_path / "xdg" / "persona" / "persona.yaml", "ptf:\n  default_capacity: 13\n")
+    assert load_config(env=xdg).ptf.default_capacity == 13
 
 
 def test_missing_explicit_file(tmp_path: Path, home: dict[str, str]) -> None:
@@ -96,30 +96,30 @@ def test_env_overrides_file(tmp_path: Path, home: dict[str, str]) -> None:
         **home,
         "PERSONA_AGD__ZSTD_LEVEL": "9",
         "PERSONA_IMPORT__THREADS": "4",
-        "PERSONA_SERVICE__METRICS_PORT": "null",
+        "PERSONA_AGD__GZIP_LEVEL": "null",
         "PERSONA_LOGGING__LEVEL": "debug",
         "PERSONA_TEST_DATA": "/not/a/config/key",  # no "__": ignored
     }
     cfg = load_config(user, env=env)
     assert cfg.agd.zstd_level == 9
     assert cfg.import_.threads == 4
-    assert cfg.service.metrics_port is None
+    assert cfg.agd.gzip_level is None
     assert cfg.logging.level == "DEBUG"  # choices are matched case-insensitively, stored canonically
     assert cfg.sources == ("defaults", str(user), "env")
 
 
 def test_env_strings_keep_their_text(home: dict[str, str]) -> None:
-    env = {**home, "PERSONA_SERVICE__TOKEN": "0123", "PERSONA_STORAGE__DEFAULT_URL": "yes"}
+    env = {**home, "PERSONA_ALIGN__PRESET": "0123", "PERSONA_STORAGE__DEFAULT_URL": "yes"}
     cfg = load_config(env=env)
-    assert cfg.service.token == "0123"  # not YAML's octal 83
+    assert cfg.align.preset == "0123"  # not YAML's octal 83
     assert cfg.storage.default_url == "yes"  # not True
-    assert load_config(env={**home, "PERSONA_SERVICE__TOKEN": ""}).service.token is None
+    assert load_config(env={**home, "PERSONA_STORAGE__DEFAULT_URL": ""}).storage.default_url is None
 
 
 def test_overrides_win(home: dict[str, str]) -> None:
     env = {**home, "PERSONA_AGD__ZSTD_LEVEL": "9"}
-    cfg = load_config(env=env, overrides={"agd.zstd_level": 12, "service": {"port": 1234}})
-    assert cfg.agd.zstd_level == 12 and cfg.service.port == 1234
+    cfg = load_config(env=env, overrides={"agd.zstd_level": 12, "export": {"bgzf_level": 4}})
+    assert cfg.agd.zstd_level == 12 and cfg.export.bgzf_level == 4
     assert cfg.sources[-1] == "override"
     again = cfg.with_overrides({"agd": {"compression": "none"}})
     assert again.agd.compression == "none" and again.agd.zstd_level == 12
@@ -141,9 +141,9 @@ def test_overrides_win(home: dict[str, str]) -> None:
         ({}, {"agd.zstd_levl": 3}, "agd.zstd_levl: unknown key (known: chunk_size, compression, gzip_level, zstd_"),
         ({"PERSONA_NOPE__X": "1"}, None, "nope: unknown section"),
         ({}, {"agd": 3}, "agd: expected a mapping, got 3"),
-        ({}, {"service.port": 70000}, "service.port: must be between 0 and 65535"),
-        ({}, {"service.host": " "}, "service.host: must not be empty"),
-        ({}, {"service.token": 5}, "service.token: expected str or null, got 5"),
+        ({}, {"export.bgzf_level": 70000}, "export.bgzf_level: must be between 0 and 9"),
+        ({}, {"align.preset": " "}, "align.preset: must not be empty"),
+        ({}, {"storage.default_url": 5}, "storage.default_url: expected str or null, got 5"),
         ({}, {"align.aligner": None}, "align.aligner: expected str, got None"),
         ({"PERSONA_AGD____X": "1"}, None, "PERSONA_AGD____X: malformed config variable"),
     ],
@@ -183,10 +183,10 @@ def test_empty_user_file(tmp_path: Path, home: dict[str, str]) -> None:
 
 
 def test_to_dict_and_yaml_round_trip(tmp_path: Path, home: dict[str, str]) -> None:
-    cfg = load_config(env=home, overrides={"agd.compression": "gzip", "service.token": "s3cret"})
+    cfg = load_config(env=home, overrides={"agd.compression": "gzip", "storage.default_url": "/srv/data"})
     d = cfg.to_dict()
-    assert set(d) == {"agd", "storage", "import", "export", "align", "ptf", "service", "logging"}
-    assert d["import"] == {"threads": 0, "queue_depth": 8}
+    assert set(d) == {"agd", "storage", "import", "export", "align", "ptf", "logging"}
+    assert d["import"] == {"threads": 0, "queue_depth": 2}
     text = cfg.to_yaml()
     assert text.startswith("# sources: defaults, override\n")
     assert yaml.safe_load(text) == d
@@ -197,14 +197,14 @@ def test_to_dict_and_yaml_round_trip(tmp_path: Path, home: dict[str, str]) -> No
 
 def test_from_dict_requires_every_key(home: dict[str, str]) -> None:
     d = load_config(env=home).to_dict()
-    del d["ptf"]["default_credits"]
-    with pytest.raises(ConfigError, match="ptf.default_credits: missing"):
+    del d["ptf"]["default_capacity"]
+    with pytest.raises(ConfigError, match="ptf.default_capacity: missing"):
         Config.from_dict(d)
 
 
 def test_example_config_is_valid(home: dict[str, str]) -> None:
     cfg = load_config(REPO / "configs" / "persona.example.yaml", env=home)
-    assert cfg.service.token == "change-me" and cfg.agd.zstd_level == 5
+    assert cfg.storage.default_url == "/data/persona" and cfg.agd.zstd_level == 5
 
 
 def test_get_config_cached_and_settable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -207,14 +207,15 @@ def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, a
                   references_url: str | os.PathLike[str] | Store = DEFAULT_REFERENCES_URL,
                   name: str | None = None, replicas: Mapping[str, int] | None = None,
                   executor: AlignerExecutor | None = None, overwrite: bool = True,
-                  progress: Callable[[int], None] | None = None) -> Manifest:
+                  progress: Callable[[int], None] | None = None, capacity: int = 2) -> Manifest:
     """Align the reads of the dataset at ``location`` against ``reference``; returns the new manifest.
 
     ``threads`` sizes the process-wide aligner pool (0: one per core) unless an
     ``executor`` is given. ``options`` (an :class:`AlignerOptions` or its dict)
     sets the preset and backend options; ``secondary`` > 0 overrides its
     secondary count. ``overwrite=False`` refuses a dataset that already has
-    ``results``. ``progress(n)`` is called with each chunk's record count once
+    ``results``. ``capacity`` bounds each gate of the pipeline (chunks in
+    flight between two stages, hence memory). ``progress(n)`` is called with each chunk's record count once
     its columns are written (from a stage thread). Raises :class:`DatasetError` for unusable datasets,
     :class:`~persona.errors.ReferenceNotFoundError` for unknown references and
     :class:`~persona.errors.StageError` naming the failing chunk and stage.
@@ -228,7 +229,7 @@ def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, a
         opts = AlignerOptions(opts.preset, secondary, opts.use_names, opts.extra)
     out_columns = (RESULTS, *(f"secondary{i}" for i in range(opts.secondary)))
     ex = executor or shared_executor(threads)
-    spec = align_pipeline_spec(replicas)
+    spec = align_pipeline_spec(replicas, capacity=capacity)
     ref = acquire_reference(reference, references_url, aligner=aligner, options=opts)
     try:
         # qualities are read (and decoded) only for a backend that uses them; minimap2 does not
@@ -236,13 +237,18 @@ def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, a
                         + ((METADATA,) if opts.use_names and METADATA in ds.columns else ()))
         req = AlignRequest(ds, ref, ex, work_item_reads, read_columns, out_columns, paired, progress)
         stale = _retract(ds, out_columns)
+        failure: BaseException | None = None
         with Pipeline(spec) as pipeline:
             handle = pipeline.submit(ChunkFeed(req, i) for i in range(len(ds.chunks)))
             try:
                 handle.result()
-            except BaseException:
-                _delete_outputs(ds, out_columns)
-                raise
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after cleanup
+                failure = e
+        if failure is not None:
+            # Only now: feeds of the failed batch already inside a stage (e.g. a write)
+            # finish before the pipeline's stop() returns, so nothing is written after this.
+            _delete_outputs(ds, out_columns)
+            raise failure
         manifest = ds.commit_columns(list(out_columns), reference=reference,
                                      reference_contigs=ref.info.manifest_contigs())
         _delete_outputs(ds, tuple(stale))

@@ -221,6 +221,7 @@ def import_fastq(
     compression: str = "zstd",
     level: Level = None,
     threads: int = 0,
+    queue_depth: int = READ_AHEAD,
     progress: Progress | None = None,
 ) -> Manifest:
     """Import ``r1`` (and its mate file ``r2``) into a new dataset in store ``out``.
@@ -233,6 +234,8 @@ def import_fastq(
     mapping (None: :data:`IMPORT_ZSTD_LEVELS` for zstd, the codec default for
     gzip; zstd also takes ``zstandard.ZstdCompressionParameters``);
     ``threads`` (0 = all cores) convert and compress chunks in parallel;
+    ``queue_depth`` chunks per input are read ahead, so at most about
+    ``queue_depth * inputs + threads + 1`` chunks are in memory at once;
     ``progress(n)`` is called with the number of records of each chunk once it
     is stored. The manifest has ``sort: "queryname"`` (as the original
     writes after import) and ``paired: true`` for pairs. On error nothing of the
@@ -240,6 +243,8 @@ def import_fastq(
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if queue_depth <= 0:
+        raise ValueError(f"queue_depth must be positive, got {queue_depth}")
     paths = (r1,) if r2 is None else (r1, r2)
     for p in paths:
         if not os.path.isfile(p):
@@ -256,7 +261,7 @@ def import_fastq(
             raise ValueError(f"zstd parameters given for column {c!r} compressed with {compression}")
     writer = DatasetWriter(out, name, columns=READ_COLUMNS, compression=compression,
                            paired=True if paired else None)
-    readers = [ChunkReader(p, chunk_size) for p in paths]
+    readers = [ChunkReader(p, chunk_size, queue_depth) for p in paths]
     converters = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastq-convert")
     compressors = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastq-compress")
     inflight: deque[Future[ConvertedChunk]] = deque()
