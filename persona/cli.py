@@ -318,10 +318,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         logging.basicConfig(level=_config(args).logging.level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return rc
     except KeyboardInterrupt:
         print("persona: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`persona stats | head`): stop quietly, like other Unix tools,
+        # and keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (PersonaError, OSError, ValueError) as exc:
         if os.environ.get("PERSONA_DEBUG"):
             raise

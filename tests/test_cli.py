@@ -153,3 +153,14 @@ def test_bad_configuration_is_a_one_line_error(capsys, monkeypatch: pytest.Monke
     rc, _, err = run(capsys, "config", "show")
     assert rc == 1
     assert err.startswith("persona: error: agd.zstd_level") and err.count("\n") == 1
+
+
+def test_closed_pipe_ends_quietly(imported: Path) -> None:
+    """`persona info DS | head -1`: no error message, the status a SIGPIPE'd tool gives."""
+    proc = subprocess.Popen([sys.executable, "-m", "persona.cli", "info", str(imported)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before persona writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""
