@@ -266,3 +266,34 @@ class GateMachine(RuleBasedStateMachine):
 TestGateMachine = GateMachine.TestCase
 TestGateMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None,
                                     suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_occupancy_failed_batch_is_quiescent_after_last_slot_leaves() -> None:
+    from persona.errors import StageError
+    from persona.ptf.occupancy import FAILER, IDLE, Occupancy
+
+    occ = Occupancy()
+    a, b, c = (occ.add_slot(f"s/{i}") for i in range(3))
+    occ.slots[a] = occ.slots[b] = 7  # two calls on batch 7, one on batch 8
+    occ.slots[c] = 8
+    assert occ.inside(7) == 2 and occ.inside(8) == 1 and occ.inside(9) == 0
+    err = StageError("boom", batch=7)
+    occ.fail(7, err)
+    with pytest.raises(ValueError, match="twice"):
+        occ.fail(7, err)
+    assert occ.snapshot() == {7: ["(dropping)", "s/0", "s/1"]}
+    occ.check()
+    assert occ.leave(7, FAILER) is None  # gates dropped, calls still running
+    occ.slots[a] = IDLE
+    assert occ.leave(7, a) is None
+    assert occ.leave(7, c) is None  # slot c was not inside batch 7: no-op
+    assert occ.leave(7, a) is None  # idempotent
+    occ.slots[b] = IDLE
+    assert occ.leave(7, b) is err  # the last one out finishes the batch, exactly once
+    assert occ.leave(7, b) is None and occ.snapshot() == {}
+    occ.check()
+    occ.fail(8, err)  # slot c still on batch 8
+    assert occ.forget(8) is err and occ.forget(8) is None and occ.leave(8, c) is None
+    occ.fail(9, err)  # nothing inside: quiescent once the failer leaves
+    assert occ.leave(9, FAILER) is err
+    occ.check()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -162,13 +162,42 @@ def has_poison(x: Any) -> bool:
     return x == POISON
 
 
-def make_fn(step: Step, poison_tag: str | None) -> Any:
+def batch_of(x: Any) -> int:
+    """Input batch index of a payload: leaves are ``(b, i)`` or ``(POISON, b)``."""
+    while True:
+        if isinstance(x, tuple) and len(x) == 2 and x[0] == POISON:
+            return int(x[1])
+        if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], int):
+            return x[0]
+        x = x[1] if isinstance(x, tuple) and isinstance(x[0], str) else x[0]
+
+
+@dataclass
+class CallLog:
+    """Every stage call of a random pipeline as ``(input batch, "start" | "end")``; calls on
+    ``slow`` batches (those that fail) often take a while, so some outlast the failure."""
+    events: list[tuple[int, str]] = field(default_factory=list)
+    slow: set[int] = field(default_factory=set)
+
+
+def make_fn(step: Step, poison_tag: str | None, log: CallLog | None) -> Any:
     def fn(x: Any) -> Any:
-        if random.random() < 0.2:
-            time.sleep(0.0002)  # shuffle completion order across replicas
-        if step.tag == poison_tag and has_poison(x):
-            raise ValueError(f"poisoned in {step.tag}")
-        return (step.tag, tuple(x) if step.kind == "agg" else x)
+        b = -1
+        if log is not None:
+            b = batch_of(x)
+            log.events.append((b, "start"))
+        try:
+            if b in log.slow if log is not None else False:
+                if random.random() < 0.5:
+                    time.sleep(0.002)
+            elif random.random() < 0.2:
+                time.sleep(0.0002)  # shuffle completion order across replicas
+            if step.tag == poison_tag and has_poison(x):
+                raise ValueError(f"poisoned in {step.tag}")
+            return (step.tag, tuple(x) if step.kind == "agg" else x)
+        finally:
+            if log is not None:
+                log.events.append((b, "end"))
     return fn
 
 
@@ -191,7 +220,8 @@ def reference(steps: list[Step], items: list[Any], poison_tag: str | None) -> li
     return items
 
 
-def build(name: str, steps: list[Step], link: int | None, poison_tag: str | None) -> PipelineSpec:
+def build(name: str, steps: list[Step], link: int | None, poison_tag: str | None,
+          log: CallLog | None = None) -> PipelineSpec:
     gates = [GateSpec(f"{name}.g{i}", None if i == 0 or steps[i].kind != "plain"
                       else steps[i].capacity) for i in range(len(steps))]
     gates.append(GateSpec(f"{name}.g{len(steps)}"))
@@ -201,11 +231,12 @@ def build(name: str, steps: list[Step], link: int | None, poison_tag: str | None
         if s.kind == "local":
             assert s.inner is not None
             locals_.append(LocalPipelineSpec(s.tag, inp, out,
-                                             build(f"{s.tag}.in", s.inner, s.inner_link, poison_tag),
+                                             build(f"{s.tag}.in", s.inner, s.inner_link, poison_tag,
+                                                   log),
                                              partition_size=s.size, replicas=s.replicas,
                                              credits=s.credits))
         else:
-            stages.append(StageSpec(s.tag, make_fn(s, poison_tag), inp, out, s.replicas,
+            stages.append(StageSpec(s.tag, make_fn(s, poison_tag, log), inp, out, s.replicas,
                                     s.size if s.kind == "agg" else None))
     links = (CreditLinkSpec(gates[0].id, gates[-1].id, link),) if link else ()
     return PipelineSpec(name, gates[0].id, gates[-1].id, tuple(gates), tuple(stages), links,
@@ -247,9 +278,11 @@ def test_random_pipelines_match_sequential_reference(shape: tuple[list[Step], in
     steps, link = shape
     tags = [s.tag for s in steps] + [t.tag for s in steps for t in (s.inner or [])]
     poison_tag = tags[poison_stage % len(tags)] if poison else None
-    spec = build("r", steps, link, poison_tag)
-    inputs = [[POISON if (b, i) in poison else (b, i) for i in range(n)]
+    log = CallLog(slow={b for b, _ in poison} | set(cancel))
+    spec = build("r", steps, link, poison_tag, log)
+    inputs = [[(POISON, b) if (b, i) in poison else (b, i) for i in range(n)]
               for b, n in enumerate(batches)]
+    failed_at: dict[int, int] = {}  # failed batch -> len(log.events) when result() raised
     with Pipeline(spec) as p:
         handles = [p.submit(items) for items in inputs]
         cancelled = {b for b in cancel if b < len(handles) and handles[b].cancel()}
@@ -257,12 +290,14 @@ def test_random_pipelines_match_sequential_reference(shape: tuple[list[Step], in
             if b in cancelled:
                 with pytest.raises(BatchCancelled):
                     h.result(T)
+                failed_at[b] = len(log.events)
                 continue
             try:
                 want = reference(steps, items, poison_tag)
             except ValueError as e:
                 with pytest.raises(StageError) as got:
                     h.result(T)
+                failed_at[b] = len(log.events)
                 assert str(got.value.context["stage"]).endswith(str(e))
                 assert got.value.context["batch"] == h.id
                 continue
@@ -271,6 +306,10 @@ def test_random_pipelines_match_sequential_reference(shape: tuple[list[Step], in
         p.drain(T)
         p.check()
         stats = p.stats()
+    # quiescence: once a failed batch's result() raised, none of its stage calls starts or ends
+    for b, mark in failed_at.items():
+        assert b not in {lb for lb, _ in log.events[mark:]}, (b, log.events[mark:])
+    assert stats["batches_quiescing"] == {}
     by_id = {g["id"]: g for g in stats["gates"]}
     for g in by_id.values():
         assert g["depth"] == 0 and not g["batches"], g
@@ -357,6 +396,7 @@ def test_metric_samples_from_stats() -> None:
     assert by[("persona_ptf_stage_feeds_total", (("pipeline", "m"), ("stage", "inc")))] == 5
     assert by[("persona_ptf_gate_credits_available", (("gate", "m.g0"), ("pipeline", "m")))] == 3
     assert by[("persona_ptf_batches_done_total", (("pipeline", "m"),))] == 1
+    assert by[("persona_ptf_batches_quiescing", (("pipeline", "m"),))] == 0
 
 
 def test_gate_operations_for_a_global_gate_with_remote_consumers() -> None:
@@ -400,3 +440,144 @@ def test_gate_operations_for_a_global_gate_with_remote_consumers() -> None:
     source.close()
     with pytest.raises(GateClosed):
         source.partition_dequeue()
+
+
+# -- quiescence: a failed or cancelled batch finishes only when no stage call of it runs ---
+
+class Blocker:
+    """Stage calls that block on ``release`` and record their side effect when let go."""
+
+    def __init__(self, expect: int) -> None:
+        self.release = threading.Event()
+        self.all_inside = threading.Event()
+        self.expect = expect
+        self.inside = 0
+        self.effects: list[Any] = []
+        self.lock = threading.Lock()
+
+    def block(self, x: Any) -> Any:
+        with self.lock:
+            self.inside += 1
+            if self.inside == self.expect:
+                self.all_inside.set()
+        assert self.release.wait(T)
+        self.effects.append(x)  # e.g. a chunk file stored by a write stage
+        return x
+
+
+def quiescence_spec(layout: str, blocker: Blocker, check: Any, after: Any) -> PipelineSpec:
+    """``check`` then the blocking stage (3 replicas) then ``after``; ``layout`` puts the
+    blocking calls in a later stage, in the failing stage itself, or in a local pipeline."""
+    if layout == "later":
+        return PipelineSpec.chain("q", [StageSpec("check", check), StageSpec(
+            "write", blocker.block, replicas=3), StageSpec("after", after)])
+    if layout == "same":
+        def check_or_block(x: int) -> int:
+            return check(x) if x == 0 else blocker.block(x)
+        return PipelineSpec.chain("q", [StageSpec("write", check_or_block, replicas=3),
+                                        StageSpec("after", after)])
+    inner = PipelineSpec.chain("in", [StageSpec("write", blocker.block)], credits=None)
+    gates = tuple(GateSpec(f"q.g{i}", 2 if i == 2 else None) for i in range(4))
+    return PipelineSpec("q", "q.g0", "q.g3", gates,
+                        (StageSpec("check", check, "q.g0", "q.g1"),
+                         StageSpec("after", after, "q.g2", "q.g3")),
+                        (CreditLinkSpec("q.g0", "q.g3", 2),),
+                        (LocalPipelineSpec("loc", "q.g1", "q.g2", inner, partition_size=1,
+                                           replicas=3, credits=1),))
+
+
+@pytest.mark.parametrize("layout", ["later", "same", "local"])
+def test_failed_batch_finishes_only_when_its_stage_calls_are_over(layout: str) -> None:
+    bad = 3 if layout != "same" else 0  # the feed that raises, once the others are inside
+    blocker = Blocker(expect=3 if layout != "same" else 2)
+    checked: list[int] = []
+    after_calls: list[int] = []
+
+    def check(x: int) -> int:
+        checked.append(x)
+        if x == bad:
+            assert blocker.all_inside.wait(T)
+            raise ValueError("corrupt chunk")
+        return x
+
+    def after(x: Any) -> Any:
+        after_calls.append(x)
+        return x
+
+    with Pipeline(quiescence_spec(layout, blocker, check, after)) as p:
+        h = p.submit(range(8))
+        assert blocker.all_inside.wait(T)
+        with pytest.raises(TimeoutError):  # failed, but feeds are still inside a stage
+            h.result(timeout=0.3)
+        with pytest.raises(TimeoutError):
+            h.exception(timeout=0.05)
+        assert not h.done()
+        waiting = p.stats()["batches_quiescing"]
+        assert list(waiting) == [h.id] and len(waiting[h.id]) == blocker.expect, waiting
+        p.check()
+        blocker.release.set()
+        with pytest.raises(StageError, match="corrupt chunk") as e:
+            h.result(T)
+        effects_at_result = list(blocker.effects)  # every side effect happened before ...
+        assert e.value.context["batch"] == h.id
+        assert sorted(effects_at_result) == ([0, 1, 2] if layout != "same" else [1, 2])
+        good = p.submit(range(10, 14))  # the pipeline serves other batches on
+        want = [[x] for x in range(10, 14)] if layout == "local" else list(range(10, 14))
+        assert good.result(T) == want
+        p.drain(T)
+        assert p.stats()["batches_quiescing"] == {}
+    assert sorted(blocker.effects) == sorted(effects_at_result + list(range(10, 14)))  # none after
+    # feeds that finished the blocking stage after the failure were not enqueued downstream
+    assert sorted(after_calls) == want  # (replicas finish in any order)
+    if layout != "same":  # no stage call of the failed batch started after the failure
+        assert checked == [0, 1, 2, 3, 10, 11, 12, 13]
+
+
+def test_cancel_returns_at_once_but_result_waits_for_running_stage_calls() -> None:
+    blocker = Blocker(expect=2)
+    after_calls: list[Any] = []
+
+    def write(x: tuple[str, int]) -> tuple[str, int]:
+        return blocker.block(x) if x[0] == "a" else x
+
+    def after(x: Any) -> Any:
+        after_calls.append(x)
+        return x
+
+    spec = PipelineSpec.chain("qc", [StageSpec("write", write, replicas=3),
+                                     StageSpec("after", after)], credits=2)
+    with Pipeline(spec) as p:
+        a = p.submit([("a", 0), ("a", 1)])
+        assert blocker.all_inside.wait(T)
+        t0 = time.perf_counter()
+        assert a.cancel()
+        assert time.perf_counter() - t0 < 1.0  # cancel does not wait for the stage calls
+        assert not a.cancel()  # already failing
+        b = p.submit([("b", i) for i in range(5)])  # runs while a is still quiescing
+        assert b.result(T) == [("b", i) for i in range(5)]
+        with pytest.raises(TimeoutError):
+            a.result(timeout=0.3)
+        assert not a.done() and list(p.stats()["batches_quiescing"]) == [a.id]
+        blocker.release.set()
+        with pytest.raises(BatchCancelled):
+            a.result(T)
+        effects_at_result = list(blocker.effects)
+        assert sorted(effects_at_result) == [("a", 0), ("a", 1)]
+        p.drain(T)
+        stats = p.stats()
+    assert blocker.effects == effects_at_result
+    assert after_calls == [("b", i) for i in range(5)]  # a's feeds never went downstream
+    assert stats["batches_failed"] == 1 and stats["batches_done"] == 1
+    assert stats["gates"][0]["credits_available"] == 2
+
+
+def test_stop_finishes_a_quiescing_batch_with_its_own_error() -> None:
+    blocker = Blocker(expect=1)
+    p = Pipeline(PipelineSpec.chain("qs", [StageSpec("write", blocker.block)])).start()
+    h = p.submit([1])
+    assert blocker.all_inside.wait(T)
+    assert h.cancel()
+    p.stop(timeout=0.1)  # the call is still blocked: stop gives up on it after its timeout
+    with pytest.raises(BatchCancelled):
+        h.result(T)
+    blocker.release.set()

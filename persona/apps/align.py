@@ -237,18 +237,17 @@ def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, a
                         + ((METADATA,) if opts.use_names and METADATA in ds.columns else ()))
         req = AlignRequest(ds, ref, ex, work_item_reads, read_columns, out_columns, paired, progress)
         stale = _retract(ds, out_columns)
-        failure: BaseException | None = None
         with Pipeline(spec) as pipeline:
             handle = pipeline.submit(ChunkFeed(req, i) for i in range(len(ds.chunks)))
             try:
                 handle.result()
-            except BaseException as e:  # noqa: BLE001 - re-raised below, after cleanup
-                failure = e
-        if failure is not None:
-            # Only now: feeds of the failed batch already inside a stage (e.g. a write)
-            # finish before the pipeline's stop() returns, so nothing is written after this.
-            _delete_outputs(ds, out_columns)
-            raise failure
+            except BaseException:
+                # A failed batch is done only once quiescent: no write stage runs for it after
+                # result() raised. Interrupted while waiting (KeyboardInterrupt): cancel and wait.
+                handle.cancel()
+                handle.exception()
+                _delete_outputs(ds, out_columns)
+                raise
         manifest = ds.commit_columns(list(out_columns), reference=reference,
                                      reference_contigs=ref.info.manifest_contigs())
         _delete_outputs(ds, tuple(stale))

@@ -92,13 +92,26 @@ An exception in a stage fails that feed's user batch: its handle raises a
 :class:`persona.errors.StageError` naming stage, batch and feed; every gate
 drops the batch's buffered feeds and discards late arrivals; its credits
 return; other batches run on. ``BatchHandle.cancel()`` does the same with
-:class:`persona.errors.BatchCancelled`.
+:class:`persona.errors.BatchCancelled` (it returns at once).
+
+A failed batch finishes only once *quiescent*: its handle's ``result()`` /
+``exception()`` return only when no stage call (at any level, local pipelines
+included) is running on one of its feeds. From the failure on, no stage call
+of the batch starts, and a feed whose call ends after it is disposed of, never
+enqueued downstream. So a caller may undo the batch's side effects (delete
+the chunk files a write stage stored) as soon as ``result()`` raises, while
+the pipeline serves other batches. Each replica publishes the batch it works
+on in a slot of :class:`~persona.ptf.occupancy.Occupancy` (two list stores
+per call, no lock); the failer records the slots holding the batch and the
+last of them to leave finishes the handle.
 
 Design
 ------
 Bookkeeping is pure synchronous code tested deterministically:
 :class:`~persona.ptf.gate.GateState` (buffer, accounting, operations as
-non-blocking ``try_*`` methods) and :class:`~persona.ptf.credits.CreditLinkState`.
+non-blocking ``try_*`` methods), :class:`~persona.ptf.credits.CreditLinkState`
+and :class:`~persona.ptf.occupancy.Occupancy` (stage calls per batch, failed
+batches waiting to be quiescent).
 Threads live in :mod:`~persona.ptf.channel` (gate lock + conditions),
 :mod:`~persona.ptf.stage`, :mod:`~persona.ptf.local` and
 :mod:`~persona.ptf.pipeline`. No thread ever holds two gate locks.

@@ -38,4 +38,6 @@ def metric_samples(stats: dict[str, Any]) -> list[Sample]:
     out.append(("persona_ptf_batches_running", lab, float(len(stats["batches"]))))
     out.append(("persona_ptf_batches_done_total", lab, float(stats["batches_done"])))
     out.append(("persona_ptf_batches_failed_total", lab, float(stats["batches_failed"])))
+    quiescing = stats.get("batches_quiescing", {})  # failed, stage calls still running
+    out.append(("persona_ptf_batches_quiescing", lab, float(len(quiescing))))
     return out

@@ -7,6 +7,13 @@ for the submitted ones; ``stop()`` closes every gate, joins the threads and
 fails what is still pending. ``start``/``stop`` are idempotent and the
 pipeline is a context manager (``__exit__`` stops, draining first unless the
 block raised).
+
+A failed or cancelled batch finishes only once it is *quiescent*: no stage
+call (at any level, local pipelines included) is running on one of its feeds,
+so its handle's ``result()`` raises only after every side effect of its stage
+calls happened, and no stage call of it starts afterwards. The bookkeeping is
+:class:`~persona.ptf.occupancy.Occupancy`; the hot path adds two list stores
+per stage call.
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ from persona.ptf.credits import CreditLinkState
 from persona.ptf.gate import GateState
 from persona.ptf.local import LocalReplica
 from persona.ptf.metadata import new_batch_id
+from persona.ptf.occupancy import FAILER, Occupancy
+from persona.ptf.pool import dispose
 from persona.ptf.spec import LocalPipelineSpec, PipelineSpec, Plan, plan, resolve_callable
 from persona.ptf.stage import StageRunner
 
@@ -30,7 +39,12 @@ NEW, RUNNING, DRAINING, STOPPED = "new", "running", "draining", "stopped"
 class BatchHandle:
     """One submitted batch. ``result()`` gives the egress payloads ordered by position:
     element k is the result of input feed k (or, after an aggregate of S, of inputs
-    kS..kS+S-1; after a local pipeline, a list with one result per partition member)."""
+    kS..kS+S-1; after a local pipeline, a list with one result per partition member).
+
+    A failed or cancelled batch is *done* only once quiescent: when ``result()``
+    raises (or ``exception()`` returns) its error, no stage call on any of its feeds
+    is running and none will start, so the caller may clean up its side effects.
+    """
 
     def __init__(self, pipeline: Pipeline, bid: int, arity: int, expected: int) -> None:
         self._pipeline = pipeline
@@ -53,7 +67,8 @@ class BatchHandle:
 
     def result(self, timeout: float | None = None) -> list[Any]:
         """Wait for the batch; its results, or raise StageError / BatchCancelled /
-        PipelineError (the error names stage, batch and feed). TimeoutError on timeout."""
+        PipelineError (the error names stage, batch and feed) once the batch is quiescent.
+        TimeoutError on timeout."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"batch {self.id} not finished after {timeout} s")
         if self._error is not None:
@@ -62,13 +77,15 @@ class BatchHandle:
         return self._result
 
     def exception(self, timeout: float | None = None) -> PersonaError | None:
-        """Wait; the batch's error or None."""
+        """Wait (for quiescence if it failed); the batch's error or None."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"batch {self.id} not finished after {timeout} s")
         return self._error
 
     def cancel(self) -> bool:
-        """Cancel: drop its feeds at every gate; other batches go on. False if already done."""
+        """Cancel: drop its feeds at every gate; other batches go on. Returns at once (False if
+        the batch already finished or failed); ``result()`` raises BatchCancelled once the
+        stage calls already running on its feeds are over."""
         return self._pipeline._fail(self.id, BatchCancelled("batch cancelled", batch=self.id))
 
     def progress(self) -> tuple[int, int]:
@@ -117,7 +134,8 @@ class _Level:
                 self.stages.append(StageRunner(
                     prefix + c.id, fn, self.gates[c.input], self.gates[c.output],
                     replicas=c.replicas, aggregate=bool(c.aggregate), fail=pipeline._fail,
-                    dropped=pipeline._dropped))
+                    dropped=pipeline._dropped, occupancy=pipeline._occupancy,
+                    left=pipeline._left))
 
     def all_gates(self) -> list[Gate]:
         return [*self.gates.values(), *(g for lv in self.levels for g in lv.all_gates())]
@@ -136,6 +154,7 @@ class Pipeline:
         self.spec = spec
         self._plan = plan(spec)
         self._dropped: set[int] = set()
+        self._occupancy = Occupancy()  # guarded by _lock (except the replicas' own slots)
         self._handles: dict[int, BatchHandle] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -166,7 +185,8 @@ class Pipeline:
         return self
 
     def drain(self, timeout: float | None = None) -> None:
-        """Refuse new batches and wait until every submitted batch finished."""
+        """Refuse new batches and wait until every submitted batch finished (failed ones
+        included: they finish once quiescent)."""
         with self._lock:
             if self._state == RUNNING:
                 self._state = DRAINING
@@ -175,16 +195,16 @@ class Pipeline:
                                    f"still running after {timeout} s")
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Close every gate, join threads, fail pending batches. Idempotent."""
+        """Close every gate, join threads (up to ``timeout`` s in all), then finish pending
+        batches: failed ones with their error, the others with PipelineError. A stage call
+        still running after the timeout may outlive its batch's handle. Idempotent."""
         with self._lock:
             if self._state == STOPPED:
                 return
             self._state = STOPPED
-            pending = list(self._handles.values())
+            pending = [(h, self._occupancy.forget(h.id)) for h in self._handles.values()]
             self._handles.clear()
             self._idle.notify_all()
-        for h in pending:
-            h._finish(None, PipelineError("pipeline stopped", pipeline=self.spec.id, batch=h.id))
         for r in self._replicas:
             r.close()
         for g in self._gates:
@@ -194,6 +214,9 @@ class Pipeline:
             s.join(max(0.0, deadline - time.monotonic()))
         for r in self._replicas:
             r.join(max(0.0, deadline - time.monotonic()))
+        for h, error in pending:
+            h._finish(None, error or PipelineError("pipeline stopped", pipeline=self.spec.id,
+                                                   batch=h.id))
 
     def __enter__(self) -> Pipeline:
         return self.start()
@@ -232,28 +255,46 @@ class Pipeline:
         except PipelineError:  # dropped between completion and delivery: it was failed
             return
         with self._lock:
-            h = self._handles.pop(bid, None)
+            failed = bid in self._dropped  # failed meanwhile: it finishes when quiescent
+            h = None if failed else self._handles.pop(bid, None)
             self.batches_done += h is not None
             self._idle.notify_all()
+        if failed:
+            for f in feeds:
+                dispose(f.payload)
+            return
         if h is not None:
             h._finish([f.payload for f in feeds], None)
 
     def _fail(self, root: int, error: PersonaError) -> bool:
-        """Fail user batch ``root`` with ``error`` and drop its feeds everywhere.
-        Returns False if the batch had already finished. Other batches are untouched."""
+        """Fail user batch ``root`` with ``error`` and drop its feeds everywhere; its handle
+        finishes once no stage call runs on its feeds (see :meth:`_left`). Never blocks on
+        stage calls. Returns False if the batch had already finished or failed. Other
+        batches are untouched."""
         with self._lock:
-            h = self._handles.pop(root, None)
-            if h is None:
+            if root not in self._handles or root in self._dropped:
                 return False
-            self._dropped.add(root)
+            self._dropped.add(root)  # from here no stage call of root starts
             self.batches_failed += 1
-            self._idle.notify_all()
-        h._finish(None, error)
+            self._occupancy.fail(root, error)  # records the calls still running
         for g in reversed(self._gates):  # downstream first: a credit returns last
             g.drop(root)
         for r in self._replicas:
             r.credits.release_root(root)
+        self._left(root, FAILER)
         return True
+
+    def _left(self, root: int, slot: int) -> None:
+        """Stage slot ``slot`` (or the failer) is done with failed batch ``root``; finish its
+        handle if that made the batch quiescent."""
+        with self._lock:
+            error = self._occupancy.leave(root, slot)
+            if error is None:
+                return
+            h = self._handles.pop(root, None)
+            self._idle.notify_all()
+        if h is not None:
+            h._finish(None, error)
 
     # -- introspection ---------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -261,6 +302,7 @@ class Pipeline:
         feeds, per running batch progress. Plain data, cheap enough to read at scrape time."""
         with self._lock:
             handles = list(self._handles.values())
+            quiescing = self._occupancy.snapshot()
         return {
             "pipeline": self.spec.id,
             "state": self._state,
@@ -271,12 +313,15 @@ class Pipeline:
             "batches": {h.id: h.progress() for h in handles},
             "batches_done": self.batches_done,
             "batches_failed": self.batches_failed,
+            "batches_quiescing": quiescing,
         }
 
     def check(self) -> None:
         """Assert every gate's accounting invariants (tests)."""
         for g in self._gates:
             g.check()
+        with self._lock:
+            self._occupancy.check()
 
     @property
     def gates(self) -> list[Gate]:

@@ -5,6 +5,12 @@ A stage function sees only payloads, never metadata: ``fn(payload) -> payload``
 swaps the payload on the feed object and enqueues the same feed downstream.
 Kernels release the GIL, so replicas run on every core. An exception fails the
 feed's user batch (via ``fail``) and the runner carries on with other feeds.
+
+Each replica owns a slot of the pipeline's :class:`~persona.ptf.occupancy.Occupancy`
+and follows its protocol: a call on a feed of a failed batch never starts, and
+a feed whose batch failed during the call is disposed of (never enqueued
+downstream); the runner then reports leaving (``left``) so the batch can finish
+once no stage call of it is running.
 """
 from __future__ import annotations
 
@@ -16,9 +22,11 @@ from typing import Any
 from persona.errors import PersonaError, StageError
 from persona.ptf.channel import Gate, GateClosed
 from persona.ptf.metadata import Feed
+from persona.ptf.occupancy import IDLE, Occupancy
 from persona.ptf.pool import dispose
 
 FailFn = Callable[[int, PersonaError], object]
+LeftFn = Callable[[int, int], object]
 
 
 def describe_feed(feed: Feed) -> str:
@@ -30,7 +38,8 @@ class StageRunner:
     """The replica threads of one stage; counters are per replica (no shared writes)."""
 
     def __init__(self, label: str, fn: Callable[[Any], Any], inp: Gate, out: Gate, *,
-                 replicas: int, aggregate: bool, fail: FailFn, dropped: set[int]) -> None:
+                 replicas: int, aggregate: bool, fail: FailFn, dropped: set[int],
+                 occupancy: Occupancy, left: LeftFn) -> None:
         self.label = label
         self.fn = fn
         self.inp = inp
@@ -39,6 +48,9 @@ class StageRunner:
         self.aggregate = aggregate
         self._fail = fail
         self._dropped = dropped
+        self._slots = occupancy.slots
+        self._left = left
+        self.slot_ids = [occupancy.add_slot(f"{label}/{r}") for r in range(replicas)]
         self.busy = [0.0] * replicas
         self.feeds = [0] * replicas
         self.errors = 0
@@ -59,6 +71,8 @@ class StageRunner:
         enq = self.out.enqueue
         fn = self.fn
         dropped = self._dropped
+        slots = self._slots
+        k = self.slot_ids[r]
         clock = time.perf_counter
         busy = self.busy
         feeds = self.feeds
@@ -67,29 +81,39 @@ class StageRunner:
                 feed = deq()
             except GateClosed:
                 return
-            if dropped and feed.meta[0][0] in dropped:
+            root = feed.meta[0][0]
+            slots[k] = root  # before the dropped check: see persona.ptf.occupancy
+            if dropped and root in dropped:
+                slots[k] = IDLE
                 dispose(feed.payload)  # its batch failed or was cancelled: skip the work
+                self._left(root, k)
                 continue
             t0 = clock()
             try:
                 feed.payload = fn(feed.payload)
             except Exception as e:  # a stage must not kill its runner
+                slots[k] = IDLE
                 self.errors += 1
-                root = feed.meta[0][0]
                 err = StageError(f"stage raised {type(e).__name__}: {e}", stage=self.label,
                                  batch=root, feed=describe_feed(feed))
                 err.__cause__ = e
+                dispose(feed.payload)  # before the batch can finish: the caller sees it done
                 self._fail(root, err)
-                dispose(feed.payload)
+                self._left(root, k)  # the batch may have failed earlier, with us inside
                 continue
+            slots[k] = IDLE
             busy[r] += clock() - t0
             feeds[r] += 1
+            if dropped and root in dropped:  # failed during the call: not downstream
+                dispose(feed.payload)
+                self._left(root, k)
+                continue
             try:
                 enq(feed)
             except GateClosed:
                 return
             except PersonaError as e:  # accounting violation: fail the batch, keep running
-                self._fail(feed.meta[0][0], e)
+                self._fail(root, e)
 
     def stats(self) -> dict[str, Any]:
         return {"id": self.label, "replicas": self.replicas, "busy_seconds": sum(self.busy),
