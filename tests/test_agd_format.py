@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from agd_reference import ref_pack
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,19 +38,6 @@ COMPRESSIONS = [CompressionType.UNCOMPRESSED, CompressionType.GZIP, CompressionT
 
 
 # ---------------------------------------------------------------- references
-_CODE = {"A": 0, "C": 1, "T": 2, "G": 3, "N": 4}
-
-
-def ref_pack(seq: bytes) -> bytes:
-    """Independent pure-Python 3-bit packer (A,C,T,G,N = 0..4, END 7, 21 per LE uint64)."""
-    codes = [_CODE[chr(c).upper()] for c in seq] + [7]
-    words = []
-    for i in range(0, len(codes), 21):
-        w = 0
-        for j, c in enumerate(codes[i : i + 21]):
-            w |= c << (3 * j)
-        words.append(w)
-    return struct.pack(f"<{len(words)}Q", *words)
 
 
 @pytest.fixture(scope="session")

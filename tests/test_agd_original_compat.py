@@ -18,25 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from agd_reference import ref_pack
 
 from persona.agd import Alignments, Dataset, DatasetWriter, verify_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.native
 
-_CODE = {"A": 0, "C": 1, "T": 2, "G": 3, "N": 4}
-
-
-def ref_pack(seq: bytes) -> bytes:
-    """3-bit bases as the original's IntoBases: 21 per LE uint64, base i at bits [3i, 3i+3), END 7."""
-    codes = [_CODE[chr(c).upper()] for c in seq] + [7]
-    words = []
-    for i in range(0, len(codes), 21):
-        w = 0
-        for j, c in enumerate(codes[i : i + 21]):
-            w |= c << (3 * j)
-        words.append(w)
-    return struct.pack(f"<{len(words)}Q", *words)
 
 
 def original_chunk(records: list[bytes], record_type: int, first: int, name: str, gzip: bool = True) -> bytes:
