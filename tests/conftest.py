@@ -49,6 +49,16 @@ def measles(shared_data: Path) -> dict[str, Path]:
     return {"r1": d / "SRR7517498_R1.fastq.gz", "r2": d / "SRR7517498_R2.fastq.gz", "ref": d / "MH356245.1.fasta"}
 
 
+def fastq_head(src: Path, dst: Path, n: int) -> Path:
+    """The first ``n`` records of the FASTQ(.gz) ``src``, written as plain FASTQ to ``dst``."""
+    import gzip
+    import itertools
+
+    with gzip.open(src, "rt") as f:
+        dst.write_text("".join(itertools.chain.from_iterable(itertools.islice(zip(*[f] * 4), n))))
+    return dst
+
+
 def require_tool(name: str) -> str:
     """Path of an external reference tool; fails (not skips) when missing: CI installs them."""
     path = shutil.which(name)

@@ -1,8 +1,6 @@
 """The align application: pipeline, manifest, determinism, bad input, SAM validity."""
 from __future__ import annotations
 
-import gzip
-import itertools
 import shutil
 import subprocess
 import threading
@@ -10,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
+from conftest import fastq_head, require_tool
 from persona.agd import Dataset, DatasetWriter, RaggedArray
 from persona.align.reference import add_reference
 from persona.apps.align import align_dataset, align_pipeline_spec
@@ -21,18 +19,12 @@ N_PAIRS = 2000
 CHUNK_PAIRS = 300  # 7 chunks, the last one short
 
 
-def subset(src: Path, dst: Path, n: int) -> Path:
-    with gzip.open(src, "rt") as f:
-        dst.write_text("".join(itertools.chain.from_iterable(itertools.islice(zip(*[f] * 4), n))))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def env(human, tmp_path_factory) -> dict[str, Path]:
     """A 2,000-pair human dataset (7 chunks) and a reference store with its slice reference."""
     tmp = tmp_path_factory.mktemp("align_app")
-    r1 = subset(human["r1"], tmp / "r1.fq", N_PAIRS)
-    r2 = subset(human["r2"], tmp / "r2.fq", N_PAIRS)
+    r1 = fastq_head(human["r1"], tmp / "r1.fq", N_PAIRS)
+    r2 = fastq_head(human["r2"], tmp / "r2.fq", N_PAIRS)
     import_fastq(r1, r2, out=tmp / "template", name="na12878", chunk_size=CHUNK_PAIRS)
     add_reference("chr20slice", human["ref"], tmp / "refs")
     return {"tmp": tmp, "template": tmp / "template", "refs": tmp / "refs", "r1": r1, "r2": r2}

@@ -8,7 +8,6 @@ because the human slice has almost none.
 from __future__ import annotations
 
 import collections
-import gzip
 import itertools
 import re
 import shutil
@@ -19,7 +18,7 @@ import numpy as np
 import pysam
 import pytest
 
-from conftest import require_tool
+from conftest import fastq_head, require_tool
 
 from persona.agd import Dataset
 from persona.agd.columns import decode_column, encode_column
@@ -47,18 +46,12 @@ CHUNK_PAIRS = 1000
 MIN_AGREEMENT = 0.995
 
 
-def subset(src: Path, dst: Path, n: int) -> Path:
-    with gzip.open(src, "rt") as f:
-        dst.write_text("".join(itertools.chain.from_iterable(itertools.islice(zip(*[f] * 4), n))))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def aligned(yeast, tmp_path_factory) -> dict[str, Path]:
     """3,000 yeast pairs (3 chunks) aligned with two secondary columns, and its BAM export."""
     tmp = tmp_path_factory.mktemp("secondary")
-    r1 = subset(yeast["r1"], tmp / "r1.fq", N_PAIRS)
-    r2 = subset(yeast["r2"], tmp / "r2.fq", N_PAIRS)
+    r1 = fastq_head(yeast["r1"], tmp / "r1.fq", N_PAIRS)
+    r2 = fastq_head(yeast["r2"], tmp / "r2.fq", N_PAIRS)
     import_fastq(r1, r2, out=tmp / "ds", name="yeast", chunk_size=CHUNK_PAIRS)
     add_reference("sacCer3", yeast["ref"], tmp / "refs")
     align_dataset(tmp / "ds", "sacCer3", references_url=tmp / "refs", secondary=2)

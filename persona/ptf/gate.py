@@ -176,9 +176,7 @@ class GateState:
         if got is None:
             return None
         rec, g, members = got
-        first = members[0]
-        meta = first.meta[:-1] + ((rec.bid, aggregate_arity(rec.arity, self.size)),)
-        return Feed(meta, first.pos[:-1] + (g,), [m.payload for m in members])
+        return Feed(*self._group_meta(rec, g, members[0]), [m.payload for m in members])
 
     def try_partition(self) -> Partition | None:
         """Partition dequeue (global-gate side): the next group as a :class:`Partition`."""
@@ -186,9 +184,12 @@ class GateState:
         if got is None:
             return None
         rec, g, members = got
-        first = members[0]
+        return Partition(*self._group_meta(rec, g, members[0]), tuple(m.payload for m in members))
+
+    def _group_meta(self, rec, g: int, first: Feed) -> tuple[tuple, tuple]:
+        """Metadata and position of group ``g``: its innermost row now has arity ceil(A/S)."""
         meta = first.meta[:-1] + ((rec.bid, aggregate_arity(rec.arity, self.size)),)
-        return Partition(meta, first.pos[:-1] + (g,), tuple(m.payload for m in members))
+        return meta, first.pos[:-1] + (g,)
 
     def _take(self, rec: BatchRecord) -> list[Feed]:
         items = rec.items
