@@ -26,6 +26,13 @@ Usage
     # or YAML: PipelineSpec.from_yaml(path), stages named "package.module:function"
     pipeline.stats()                             # gates, credits, stage busy time, progress
 
+    # streaming ingress: the arity is known only when the source ends
+    stream = pipeline.open_batch()               # -> StreamingBatch
+    for chunk in source:
+        stream.put(chunk)                        # flows through the stages at once
+    handle = stream.close()                      # declares the arity; -> BatchHandle
+    handle.add_done_callback(fn)                 # fn(handle) from the finishing thread
+
 A stage function takes a payload (``aggregate=S``: the list of S payloads of
 positions kS..kS+S-1) and returns one payload. Per-request parameters travel
 inside the payloads. Buffers come from a bounded :class:`ResourcePool`; a
@@ -45,8 +52,13 @@ Gate semantics
   feeds at positions kS..kS+S-1 (the last group short); the aggregate feed has
   arity ceil(A/S) and position k. Deterministic grouping keeps results equal
   to a sequential run and keeps the feed -> result mapping explicit.
-* Ingress: batch enqueue (returns the id). Egress: batch dequeue by id, done
-  by the pipeline as soon as the batch is whole; it resolves the BatchHandle.
+* Ingress: batch enqueue (returns the id), or streaming: one feed at a time
+  with the arity open (``None`` in the metadata row) until the source ends and
+  the pipeline *declares* it at every gate (downstream first). While a batch's
+  arity is open an aggregate group completes only when full, the last (short)
+  group and a batch dequeue only once the arity is declared; an empty stream
+  finishes with ``[]``. Egress: batch dequeue by id, done by the pipeline as
+  soon as the batch is whole; it resolves the BatchHandle.
 * Partition dequeue (a gate feeding a local pipeline) = aggregate dequeue of P
   returning a :class:`Partition`; partition enqueue pushes a ``(partition id,
   n)`` row at the local pipeline's first gate; the last gate's partition
@@ -105,30 +117,45 @@ on in a slot of :class:`~persona.ptf.occupancy.Occupancy` (two list stores
 per call, no lock); the failer records the slots holding the batch and the
 last of them to leave finishes the handle.
 
-Design
-------
-Bookkeeping is pure synchronous code tested deterministically:
-:class:`~persona.ptf.gate.GateState` (buffer, accounting, operations as
-non-blocking ``try_*`` methods), :class:`~persona.ptf.credits.CreditLinkState`
-and :class:`~persona.ptf.occupancy.Occupancy` (stage calls per batch, failed
-batches waiting to be quiescent).
-Threads live in :mod:`~persona.ptf.channel` (gate lock + conditions),
-:mod:`~persona.ptf.stage`, :mod:`~persona.ptf.local` and
-:mod:`~persona.ptf.pipeline`. No thread ever holds two gate locks.
+A long-running pipeline stays flat: a finished batch leaves no state behind.
+Gate records close with their batch, credits come back, and a failed batch's
+id is forgotten by every gate the moment it is quiescent (from then on no feed
+of it can arrive anywhere). :meth:`Pipeline.state_entries` counts what is left
+(0 when idle); ``bench/bench_ptf.py`` soaks 10,000 batches through one pipeline.
+
+Design (thesis names -> modules)
+--------------------------------
+Bookkeeping is pure synchronous code tested deterministically with Hypothesis:
+:class:`~persona.ptf.gate_state.GateState` (buffer, accounting, operations as
+non-blocking ``try_*`` methods), :class:`~persona.ptf.credits.CreditLink` (one
+class for gate links, local pipelines and, later, global gates),
+:class:`~persona.ptf.batches.BatchTable` (the pipeline's batches: submitted,
+streaming, failed, finished) and its :class:`~persona.ptf.occupancy.Occupancy`
+(which thread holds a feed of which batch). Threads and locks wrap them:
+
+* feed, metadata, partition: :mod:`persona.ptf.feed` (``metadata`` re-exports it)
+* gate: :class:`~persona.ptf.gate.Gate` in :mod:`persona.ptf.gate` (lock +
+  conditions around a GateState; ``channel`` re-exports it)
+* stage: :mod:`~persona.ptf.stage`; local pipeline: :mod:`~persona.ptf.local`
+* credit link: :mod:`~persona.ptf.credits`; pipeline, batch handle, streaming
+  batch: :mod:`~persona.ptf.pipeline`
+
+No thread ever holds two gate locks.
 """
-from persona.ptf.channel import Gate, GateClosed, GateTimeout
-from persona.ptf.credits import CreditLinkState
-from persona.ptf.gate import GateState
+from persona.ptf.batches import BatchTable
+from persona.ptf.credits import CreditLink, CreditLinkState
+from persona.ptf.feed import Feed, Partition
+from persona.ptf.gate import Gate, GateClosed, GateTimeout
+from persona.ptf.gate_state import GateState
 from persona.ptf.introspection import metric_samples
-from persona.ptf.metadata import Feed, Partition
-from persona.ptf.pipeline import BatchHandle, Pipeline
+from persona.ptf.pipeline import BatchHandle, Pipeline, StreamingBatch
 from persona.ptf.pool import Buffer, PooledResource, ResourcePool, buffer_pool
 from persona.ptf.spec import (CreditLinkSpec, GateSpec, LocalPipelineSpec, PipelineSpec,
                               StageSpec, plan)
 
 __all__ = [
-    "BatchHandle", "Buffer", "CreditLinkSpec", "CreditLinkState", "Feed", "Gate",
-    "GateClosed", "GateSpec", "GateState", "GateTimeout", "LocalPipelineSpec", "Partition",
-    "Pipeline", "PipelineSpec", "PooledResource", "ResourcePool", "StageSpec", "buffer_pool",
-    "metric_samples", "plan",
+    "BatchHandle", "BatchTable", "Buffer", "CreditLink", "CreditLinkSpec", "CreditLinkState",
+    "Feed", "Gate", "GateClosed", "GateSpec", "GateState", "GateTimeout", "LocalPipelineSpec",
+    "Partition", "Pipeline", "PipelineSpec", "PooledResource", "ResourcePool", "StageSpec",
+    "StreamingBatch", "buffer_pool", "metric_samples", "plan",
 ]

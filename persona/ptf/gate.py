@@ -1,263 +1,259 @@
-"""Gate bookkeeping (thesis §4.3.2–4.3.3), as pure synchronous state.
+"""Gates (thesis §4.3.2–4.3.3): the threaded :class:`Gate`.
 
-:class:`GateState` holds a gate's feed buffer and per-batch accounting and
-implements every gate operation as a *non-blocking* method that either does
-the operation and returns its result or returns ``None`` ("cannot proceed
-now"). The threaded :class:`persona.ptf.channel.Gate` wraps it with one lock
-and condition variables; tests drive this class directly and deterministically.
+A gate is its pure bookkeeping, :class:`~persona.ptf.gate_state.GateState`
+(buffer, per-batch accounting, every operation as a non-blocking ``try_*``
+method; re-exported here), behind one lock and two conditions.
 
-A gate serves exactly one kind of consumer, fixed at construction (``mode``):
+Operations are served under one lock, so they are first-come-first-served in
+lock order (CPython's lock is not strictly fair; Condition waiters are woken
+FIFO). Every blocking call takes an optional timeout and raises
+:class:`GateClosed` once the gate is closed, so no thread outlives
+:meth:`Pipeline.stop`. Events that touch another gate (a closed batch returns
+a credit upstream) are delivered after the lock is released: no thread ever
+holds two gate locks, so gates cannot deadlock on each other's locks.
 
-``plain``      dequeue one feed; the gate may have a capacity.
-``aggregate``  dequeue a group of ``size`` feeds of one batch: group k holds the
-               feeds at positions kS .. kS+S-1 (the last group may be short),
-               the result has arity ceil(A/S) and position k. Also serves
-               partition dequeue (a global gate's operation, §4.5.2).
-``batch``      dequeue a whole batch (egress batch dequeue by id, local
-               pipeline partition dequeue); the batch must be complete.
+Lock order: a pipeline may call into a gate while holding its own lock (the
+ingress enqueue of a streaming put, declarations, forgetting a dropped batch);
+a gate never calls out while holding its lock, except to release pooled
+buffers (whose locks are leaves).
 
-Dequeues prefer the oldest open batch; within a batch ``plain`` is FIFO and
-``aggregate`` takes the lowest complete group. If the gate is the upstream end
-of a credit link, a batch must be *admitted* (spend one credit) before its
-first feed leaves the gate.
+A dequeue may *publish* its taker: with ``hold=(slots, k)`` the root id of what
+it returns is stored in ``slots[k]`` under the gate lock, atomically with the
+dequeue, so a failer that has dropped a batch at this gate and then scans the
+slots sees every thread still holding one of the batch's feeds (see
+:mod:`persona.ptf.occupancy`).
 """
 from __future__ import annotations
 
-import heapq
-from collections import deque
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from persona.errors import PipelineError
-from persona.ptf.credits import CreditLinkState
-from persona.ptf.metadata import Feed, Partition, aggregate_arity, group_size
+from persona.ptf.credits import CreditLink
+from persona.ptf.feed import Feed, Partition, new_batch_id, push_partition
+from persona.ptf.gate_state import (AGGREGATE, BATCH, COMPLETE, DISCARDED, ENQUEUED, MODES, PLAIN,
+                                    BatchRecord, GateState)
+from persona.ptf.pool import dispose
 
-PLAIN, AGGREGATE, BATCH = "plain", "aggregate", "batch"
-MODES = (PLAIN, AGGREGATE, BATCH)
+__all__ = ["AGGREGATE", "BATCH", "COMPLETE", "DISCARDED", "ENQUEUED", "MODES", "PLAIN",
+           "BatchRecord", "Gate", "GateClosed", "GateState", "GateTimeout", "Hold"]
 
-ENQUEUED, COMPLETE, DISCARDED = 0, 1, -1
-"""Results of :meth:`GateState.enqueue`."""
-
-
-class BatchRecord:
-    """Accounting of one open batch at one gate: arity, dequeued, buffered."""
-
-    __slots__ = ("bid", "root", "arity", "dequeued", "buffered", "enqueued", "items",
-                 "admitted", "counts", "ready")
-
-    def __init__(self, bid: int, root: int, arity: int, keyed: bool) -> None:
-        self.bid = bid
-        self.root = root
-        self.arity = arity
-        self.dequeued = 0
-        self.buffered = 0
-        self.enqueued = 0
-        self.items: Any = {} if keyed else deque()
-        self.admitted = False
-        self.counts: dict[int, int] = {}  # aggregate: feeds present per incomplete group
-        self.ready: list[int] = []  # aggregate: heap of complete group indexes
+Hold = tuple[list[int], int]
+"""``(slots, k)``: where a dequeue publishes the root id of what it took."""
 
 
-class GateState:
-    """Feed buffer + batch accounting of one gate. Not thread-safe: the owner locks."""
+class GateClosed(PipelineError):
+    """The gate was closed (pipeline stopping) while an operation waited."""
 
-    def __init__(self, gate_id: str, mode: str = PLAIN, *, size: int | None = None,
-                 capacity: int | None = None, link: CreditLinkState | None = None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"gate {gate_id!r}: unknown mode {mode!r}")
-        if mode == AGGREGATE and (size is None or size < 1):
-            raise ValueError(f"gate {gate_id!r}: aggregate mode needs size >= 1")
-        if capacity is not None and (mode != PLAIN or capacity < 1):
-            # §4.4.3: a bounded buffer in front of a grouping dequeue can deadlock.
-            raise ValueError(f"gate {gate_id!r}: capacity needs plain mode and >= 1")
-        self.gate_id = gate_id
-        self.mode = mode
-        self.size = size or 1
-        self.capacity = capacity
-        self.link = link
-        self.open: dict[int, BatchRecord] = {}  # insertion order = opening order
-        self.buffered = 0
-        self.closed_batches: list[int] = []  # ids closed since the owner last looked
-        self.dropped_roots: set[int] = set()
-        self.garbage: list[Feed] = []  # feeds dropped here; the owner disposes of them
-        self.enqueued_total = 0
-        self.dequeued_total = 0
-        self.discarded_total = 0
-        self.high_water = 0
-        self.max_open = 0  # most batches open at once (tests: <= credits inside a link)
 
-    # -- enqueue -------------------------------------------------------------
-    def full(self) -> bool:
-        """True if a plain enqueue must wait for space."""
-        return self.capacity is not None and self.buffered >= self.capacity
+class GateTimeout(PipelineError, TimeoutError):
+    """A blocking gate operation did not complete within its timeout."""
 
-    def enqueue(self, feed: Feed) -> int:
-        """Buffer ``feed``. Returns ENQUEUED, COMPLETE (batch mode: batch now whole) or
-        DISCARDED (its user batch was dropped). Does not check capacity: the caller waits."""
-        meta = feed.meta
-        if self.dropped_roots and meta[0][0] in self.dropped_roots:
-            self.discarded_total += 1
-            return DISCARDED
-        bid, arity = meta[-1]
-        rec = self.open.get(bid)
-        if rec is None:
-            rec = self.open[bid] = BatchRecord(bid, meta[0][0], arity, self.mode != PLAIN)
-            if len(self.open) > self.max_open:
-                self.max_open = len(self.open)
-        rec.enqueued += 1
-        if rec.enqueued > arity or rec.arity != arity:
-            raise PipelineError("feed duplicated or metadata inconsistent at gate",
-                                gate=self.gate_id, batch=bid, feed=feed.pos)
-        if self.mode == PLAIN:
-            rec.items.append(feed)
+
+class Gate:
+    """A thread-safe gate. ``on_closed(ids)`` is called (outside the lock) with the ids of
+    batches this gate closed; ``on_complete(bid)`` when a batch-mode gate holds a whole batch."""
+
+    def __init__(self, state: GateState) -> None:
+        self.state = state
+        self.id = state.gate_id
+        self._lock = threading.Lock()
+        self._readable = threading.Condition(self._lock)
+        self._writable = threading.Condition(self._lock)
+        self._closed = False
+        self.on_closed: Callable[[list[int]], None] | None = None
+        self.on_complete: Callable[[int], None] | None = None
+
+    # -- producer side -------------------------------------------------------
+    def enqueue(self, feed: Feed, timeout: float | None = None) -> None:
+        """Insert one feed, waiting for space if the gate has a capacity."""
+        with self._lock:
+            st = self.state
+            if st.capacity is not None and st.buffered >= st.capacity:
+                self._wait(self._writable, st.full, timeout)
+            res = st.enqueue(feed)
+            self._readable.notify()
+        if res:
+            if res == COMPLETE and self.on_complete is not None:
+                self.on_complete(feed.meta[-1][0])
+            elif res == DISCARDED:
+                dispose(feed.payload)
+
+    def enqueue_many(self, feeds: list[Feed]) -> None:
+        """Insert a whole batch at once (batch / partition enqueue); never waits:
+        such gates have no capacity (the builder enforces it)."""
+        complete: list[int] = []
+        with self._lock:
+            st = self.state
+            for f in feeds:
+                res = st.enqueue(f)
+                if res == COMPLETE:
+                    complete.append(f.meta[-1][0])
+                elif res == DISCARDED:
+                    dispose(f.payload)  # pool locks are leaves: safe under the gate lock
+            self._readable.notify_all()
+        if self.on_complete is not None:
+            for bid in complete:
+                self.on_complete(bid)
+
+    def batch_enqueue(self, payloads: list[Any], bid: int | None = None) -> int:
+        """Ingress batch enqueue: one feed per payload, metadata ``((bid, len),)``; returns
+        the batch id (a fresh one unless given). An empty batch enqueues nothing."""
+        bid = new_batch_id() if bid is None else bid
+        meta = ((bid, len(payloads)),)
+        self.enqueue_many([Feed(meta, (i,), p) for i, p in enumerate(payloads)])
+        return bid
+
+    def partition_enqueue(self, part: Partition, pid: int | None = None) -> int:
+        """Local pipeline partition enqueue: push a ``(pid, n)`` row; returns ``pid``."""
+        pid = new_batch_id() if pid is None else pid
+        self.enqueue_many(push_partition(part, pid))
+        return pid
+
+    # -- consumer side -------------------------------------------------------
+    def _wait(self, cond: threading.Condition, blocked: Callable[[], bool],
+              timeout: float | None) -> None:
+        # Called with the lock held; returns with it held and ``blocked()`` False.
+        if timeout is None:
+            while blocked():
+                if self._closed:
+                    raise GateClosed("gate closed", gate=self.id)
+                cond.wait()
         else:
-            p = feed.pos[-1]
-            if p in rec.items or not 0 <= p < arity:
-                raise PipelineError("feed position duplicated or out of range at gate",
-                                    gate=self.gate_id, batch=bid, feed=feed.pos)
-            rec.items[p] = feed
-            if self.mode == AGGREGATE:
-                g = p // self.size
-                c = rec.counts.get(g, 0) + 1
-                if c == group_size(arity, self.size, g):
-                    rec.counts.pop(g, None)
-                    heapq.heappush(rec.ready, g)
-                else:
-                    rec.counts[g] = c
-        rec.buffered += 1
-        self.buffered += 1
-        self.enqueued_total += 1
-        if self.buffered > self.high_water:
-            self.high_water = self.buffered
-        if self.mode == BATCH and rec.buffered == arity:
-            return COMPLETE
-        return ENQUEUED
+            if not cond.wait_for(lambda: self._closed or not blocked(), timeout):
+                raise GateTimeout("gate operation timed out", gate=self.id)
+            if blocked():
+                raise GateClosed("gate closed", gate=self.id)
 
-    # -- dequeue -------------------------------------------------------------
-    def _admit(self, rec: BatchRecord) -> bool:
-        if rec.admitted:
-            return True
-        if self.link is None or self.link.try_admit(rec.bid, rec.root):
-            rec.admitted = True
-            return True
-        return False
+    def _dequeue_with(self, op: Callable[[], Any], timeout: float | None,
+                      hold: Hold | None = None, many: bool = False) -> Any:
+        with self._lock:
+            got = op()
+            if got is None:
+                box: list[Any] = []
 
-    def _took(self, rec: BatchRecord, n: int) -> None:
-        rec.buffered -= n
-        rec.dequeued += n
-        self.buffered -= n
-        self.dequeued_total += n
-        if rec.dequeued == rec.arity:
-            del self.open[rec.bid]
-            self.closed_batches.append(rec.bid)
+                def blocked() -> bool:
+                    r = op()
+                    if r is None:
+                        return True
+                    box.append(r)
+                    return False
 
-    def try_dequeue(self) -> Feed | None:
-        """Plain dequeue: next feed of the oldest admissible batch, or None."""
-        for rec in self.open.values():
-            if rec.buffered and (rec.admitted or self._admit(rec)):
-                feed = rec.items.popleft()
-                self._took(rec, 1)
-                return feed
-        return None
+                self._wait(self._readable, blocked, timeout)
+                got = box[0]
+            if hold is not None:  # under the lock: see the module docstring
+                hold[0][hold[1]] = (got[0] if many else got).meta[0][0]
+            if self.state.capacity is not None:
+                self._writable.notify()
+            closed = self.state.take_closed() if self.state.closed_batches else None
+        if closed and self.on_closed is not None:
+            self.on_closed(closed)
+        return got
 
-    def _try_group(self) -> tuple[BatchRecord, int, list[Feed]] | None:
-        for rec in self.open.values():
-            if rec.ready and (rec.admitted or self._admit(rec)):
-                g = heapq.heappop(rec.ready)
-                base = g * self.size
-                n = group_size(rec.arity, self.size, g)
-                members = [rec.items.pop(base + i) for i in range(n)]
-                self._took(rec, n)
-                return rec, g, members
-        return None
+    def _mode(self, mode: str, op: str) -> None:
+        if self.state.mode != mode:
+            raise PipelineError(f"{op} on a gate serving {self.state.mode} dequeues",
+                                gate=self.id)
 
-    def try_aggregate(self) -> Feed | None:
-        """Aggregate dequeue: a feed whose payload is the list of a group's payloads."""
-        got = self._try_group()
-        if got is None:
-            return None
-        rec, g, members = got
-        return Feed(*self._group_meta(rec, g, members[0]), [m.payload for m in members])
+    def dequeue(self, timeout: float | None = None, hold: Hold | None = None) -> Feed:
+        """Plain dequeue (blocks until a feed of an admissible batch is buffered)."""
+        if self.state.mode != PLAIN:
+            self._mode(PLAIN, "plain dequeue")
+        return self._dequeue_with(self.state.try_dequeue, timeout, hold)
 
-    def try_partition(self) -> Partition | None:
-        """Partition dequeue (global-gate side): the next group as a :class:`Partition`."""
-        got = self._try_group()
-        if got is None:
-            return None
-        rec, g, members = got
-        return Partition(*self._group_meta(rec, g, members[0]), tuple(m.payload for m in members))
+    def aggregate_dequeue(self, timeout: float | None = None, hold: Hold | None = None) -> Feed:
+        """Aggregate dequeue of the gate's configured size."""
+        self._mode(AGGREGATE, "aggregate dequeue")
+        return self._dequeue_with(self.state.try_aggregate, timeout, hold)
 
-    def _group_meta(self, rec, g: int, first: Feed) -> tuple[tuple, tuple]:
-        """Metadata and position of group ``g``: its innermost row now has arity ceil(A/S)."""
-        meta = first.meta[:-1] + ((rec.bid, aggregate_arity(rec.arity, self.size)),)
-        return meta, first.pos[:-1] + (g,)
+    def partition_dequeue(self, timeout: float | None = None,
+                          hold: Hold | None = None) -> Partition:
+        """Partition dequeue: the next group of this (global-side) gate as a Partition."""
+        self._mode(AGGREGATE, "partition dequeue")
+        return self._dequeue_with(self.state.try_partition, timeout, hold)
 
-    def _take(self, rec: BatchRecord) -> list[Feed]:
-        items = rec.items
-        feeds = [items[i] for i in range(rec.arity)]
-        items.clear()
-        self._took(rec, rec.arity)
-        return feeds
+    def batch_dequeue(self, bid: int, timeout: float | None = None) -> list[Feed]:
+        """Egress batch dequeue by id: every feed of batch ``bid`` in position order."""
+        self._mode(BATCH, "batch dequeue")
+        return self._dequeue_with(lambda: self.state.try_take(bid), timeout)
 
-    def try_take(self, bid: int) -> list[Feed] | None:
-        """Batch dequeue by id: all feeds of batch ``bid`` in position order, once complete."""
-        rec = self.open.get(bid)
-        if rec is None or rec.buffered != rec.arity:
-            return None
-        return self._take(rec)
+    def batch_dequeue_any(self, timeout: float | None = None,
+                          hold: Hold | None = None) -> list[Feed]:
+        """Dequeue the oldest complete batch (local pipeline partition dequeue)."""
+        self._mode(BATCH, "batch dequeue")
+        return self._dequeue_with(self.state.try_take_any, timeout, hold, many=True)
 
-    def try_take_any(self) -> list[Feed] | None:
-        """Batch dequeue of the oldest complete batch (local pipeline partition dequeue)."""
-        for rec in self.open.values():
-            if rec.buffered == rec.arity:
-                return self._take(rec)
-        return None
+    # -- control -------------------------------------------------------------
+    def release_credits(self, bids: list[int]) -> None:
+        """A downstream gate closed these batches: return their credits (this gate is U)."""
+        link = self.state.link
+        if link is None:
+            return
+        with self._lock:
+            n = sum(1 for b in bids if link.release(b))
+            if n:
+                self._readable.notify_all()
 
-    # -- failure / introspection --------------------------------------------
     def drop(self, root: int) -> list[int]:
-        """Drop every buffered feed of user batch ``root`` now and discard later arrivals.
-        Returns the dropped batch ids; credits the link lent them come back."""
-        self.dropped_roots.add(root)
-        ids = [bid for bid, rec in self.open.items() if rec.root == root]
-        for bid in ids:
-            rec = self.open.pop(bid)
-            self.buffered -= rec.buffered
-            self.garbage.extend(rec.items.values() if isinstance(rec.items, dict) else rec.items)
-        if self.link is not None:
-            self.link.release_root(root)
+        """Drop user batch ``root`` here (failure or cancel); wakes waiters."""
+        with self._lock:
+            ids = self.state.drop(root)
+            closed = self.state.take_closed() if self.state.closed_batches else None
+            garbage, self.state.garbage = self.state.garbage, []
+            self._readable.notify_all()
+            self._writable.notify_all()
+        for f in garbage:
+            dispose(f.payload)
+        if closed and self.on_closed is not None:
+            self.on_closed(closed)
         return ids
 
-    def take_closed(self) -> list[int]:
-        """Ids of batches closed since the last call (to return credits downstream->upstream)."""
-        closed, self.closed_batches = self.closed_batches, []
-        return closed
+    def declare(self, bid: int, arity: int, root: int | None = None) -> bool:
+        """Declare the arity of open (streaming) batch ``bid`` here: completes its short last
+        group, closes it if all its feeds already left (``on_closed``), wakes waiters.
+        Returns True if this batch-mode gate now holds the whole batch; the caller then does
+        what ``on_complete`` would (it is not called: the caller may hold locks it takes).
+        Declare downstream gates first (see :mod:`persona.ptf.gate_state`)."""
+        with self._lock:
+            res = self.state.declare(bid, arity, root)
+            self._readable.notify_all()
+            closed = self.state.take_closed() if self.state.closed_batches else None
+        if closed and self.on_closed is not None:
+            self.on_closed(closed)
+        return res == COMPLETE
 
-    def batch_progress(self, bid: int) -> tuple[int, int] | None:
-        """``(feeds arrived, arity)`` of an open batch, or None."""
-        rec = self.open.get(bid)
-        return None if rec is None else (rec.dequeued + rec.buffered, rec.arity)
+    def forget(self, root: int) -> None:
+        """No feed of dropped user batch ``root`` can arrive any more: drop its last trace."""
+        with self._lock:
+            self.state.forget(root)
+
+    def state_entries(self) -> int:
+        """Per-batch entries held here (0 when idle: nothing leaks)."""
+        with self._lock:
+            return self.state.state_entries()
+
+    def close(self) -> None:
+        """Wake every waiter with GateClosed; later blocking calls fail too. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._readable.notify_all()
+            self._writable.notify_all()
 
     def snapshot(self) -> dict[str, Any]:
-        """Plain-data view for metrics."""
-        return {
-            "depth": self.buffered,
-            "capacity": self.capacity,
-            "high_water": self.high_water,
-            "open_batches": len(self.open),
-            "max_open_batches": self.max_open,
-            "credits_available": None if self.link is None else self.link.available,
-            "enqueued": self.enqueued_total,
-            "dequeued": self.dequeued_total,
-            "discarded": self.discarded_total,
-            "batches": {b: {"arity": r.arity, "dequeued": r.dequeued, "buffered": r.buffered}
-                        for b, r in self.open.items()},
-        }
+        with self._lock:
+            snap = self.state.snapshot()
+        snap["id"] = self.id
+        return snap
+
+    def batch_progress(self, bid: int) -> tuple[int, int | None] | None:
+        with self._lock:
+            return self.state.batch_progress(bid)
 
     def check(self) -> None:
-        """Assert the accounting invariants (tests call this after every step)."""
-        assert self.buffered == sum(r.buffered for r in self.open.values())
-        assert self.capacity is None or self.buffered <= self.capacity
-        for r in self.open.values():
-            assert 0 <= r.dequeued + r.buffered <= r.arity
-            assert len(r.items) == r.buffered
-        if self.link is not None:
-            self.link.check()
+        with self._lock:
+            self.state.check()
+
+    @property
+    def link(self) -> CreditLink | None:
+        return self.state.link

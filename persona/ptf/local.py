@@ -6,7 +6,8 @@ the outer input gate and a partition enqueue (push a ``(partition id, n)``
 metadata row) on the replica's first gate. *Transfer-out* does a partition
 dequeue (whole local batch, row popped) on the replica's last gate and
 enqueues one outer feed holding the ordered results into the outer output
-gate. The credit returns when the last gate closes the partition.
+gate. The credit returns when the last gate closes the partition. The
+credits are one :class:`~persona.ptf.credits.CreditLink`, the class gate links use.
 
 The outer input gate is exactly what a global gate will be: a gate whose
 partition-dequeue consumers are (here) threads and (later) remote workers.
@@ -17,74 +18,45 @@ import threading
 from collections.abc import Callable
 
 from persona.errors import PersonaError
-from persona.ptf.channel import Gate, GateClosed
-from persona.ptf.credits import CreditLinkState
-from persona.ptf.metadata import new_batch_id, pop_partition
+from persona.ptf.credits import CreditLink
+from persona.ptf.feed import new_batch_id, pop_partition
+from persona.ptf.gate import Gate, GateClosed
+from persona.ptf.occupancy import IDLE, Occupancy
 from persona.ptf.pool import dispose
 
 FailFn = Callable[[int, PersonaError], object]
-
-
-class PartitionCredits:
-    """Bounds the partitions in flight in one replica (a credit link last gate -> transfer-in)."""
-
-    def __init__(self, credits: int) -> None:
-        self.state = CreditLinkState(credits)
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def wait_available(self) -> None:
-        """Block until a credit is free (only the replica's one transfer-in thread takes
-        credits, so it is still free when :meth:`admit` follows)."""
-        with self._cond:
-            while self.state.available == 0:
-                if self._closed:
-                    raise GateClosed("partition credits closed")
-                self._cond.wait()
-            if self._closed:
-                raise GateClosed("partition credits closed")
-
-    def admit(self, pid: int, root: int) -> None:
-        """Lend a credit to partition ``pid`` of user batch ``root``."""
-        with self._cond:
-            if not self.state.try_admit(pid, root):
-                raise AssertionError("partition credit taken by another thread")
-
-    def release(self, pids: list[int]) -> None:
-        with self._cond:
-            if sum(1 for p in pids if self.state.release(p)):
-                self._cond.notify_all()
-
-    def release_root(self, root: int) -> None:
-        with self._cond:
-            if self.state.release_root(root):
-                self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def available(self) -> int:
-        return self.state.available
+LeftFn = Callable[[int, int], object]
 
 
 class LocalReplica:
-    """Transfer threads of one replica; its gates and stages are built by the pipeline."""
+    """Transfer threads of one replica; its gates and stages are built by the pipeline.
+
+    ``credits`` is the replica's :class:`CreditLink` (last gate -> transfer-in: one
+    credit = one partition in flight), guarded by this replica's condition. Both
+    transfer threads own an occupancy slot (see :mod:`persona.ptf.occupancy`): a
+    partition taken from a gate is published there until it is in the next gate.
+    """
 
     def __init__(self, label: str, source: Gate, first: Gate, last: Gate, sink: Gate,
-                 credits: int, fail: FailFn, dropped: set[int]) -> None:
+                 credits: int, fail: FailFn, dropped: set[int],
+                 occupancy: Occupancy | None = None, left: LeftFn | None = None) -> None:
         self.label = label
         self.source, self.first, self.last, self.sink = source, first, last, sink
-        self.credits = PartitionCredits(credits)
+        self.credits = CreditLink(credits)
+        self._cond = threading.Condition()
+        self._closed = False
         self._fail = fail
         self._dropped = dropped
+        occupancy = occupancy if occupancy is not None else Occupancy()
+        self._slots = occupancy.slots
+        self._slot_in = occupancy.add_slot(f"{label}/in")
+        self._slot_out = occupancy.add_slot(f"{label}/out")
+        self._left: LeftFn = left if left is not None else (lambda root, slot: None)
         self.partitions = 0
         prev = last.on_closed
 
         def closed(ids: list[int]) -> None:
-            self.credits.release(ids)
+            self.release(ids)
             if prev is not None:
                 prev(ids)
 
@@ -94,34 +66,81 @@ class LocalReplica:
             threading.Thread(target=self._transfer_out, daemon=True, name=f"ptf-out-{label}"),
         ]
 
+    # -- credits (under self._cond) --------------------------------------------
+    def _wait_credit(self) -> None:
+        """Block until a credit is free (only this replica's transfer-in takes credits, so
+        it is still free when the admission follows)."""
+        with self._cond:
+            while self.credits.available == 0 and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                raise GateClosed("partition credits closed", gate=self.label)
+
+    def release(self, pids: list[int]) -> None:
+        """The last gate closed these partitions: their credits come back."""
+        with self._cond:
+            if sum(1 for p in pids if self.credits.release(p)):
+                self._cond.notify_all()
+
+    def release_root(self, root: int) -> None:
+        """User batch ``root`` was dropped: the credits of its partitions come back."""
+        with self._cond:
+            if self.credits.release_root(root):
+                self._cond.notify_all()
+
+    def state_entries(self) -> int:
+        with self._cond:
+            return self.credits.state_entries()
+
+    # -- transfer threads ------------------------------------------------------
     def _transfer_in(self) -> None:
+        slots, k = self._slots, self._slot_in
+        hold = (slots, k)
+        dropped = self._dropped
         try:
             while True:
-                self.credits.wait_available()
-                part = self.source.partition_dequeue()
+                self._wait_credit()
+                part = self.source.partition_dequeue(None, hold)
+                root = part.meta[0][0]
                 pid = new_batch_id()
-                self.credits.admit(pid, part.root)
-                if part.root in self._dropped:  # dropped while we held it
-                    self.credits.release([pid])
+                with self._cond:
+                    if not self.credits.try_admit(pid, root):
+                        raise AssertionError("partition credit taken by another thread")
+                if root in dropped:  # dropped while we held it
+                    self.release([pid])
                     dispose(part.payloads)
+                    slots[k] = IDLE
+                    self._left(root, k)
                     continue
                 self.first.partition_enqueue(part, pid)
+                slots[k] = IDLE
+                if dropped and root in dropped:
+                    self._left(root, k)
         except GateClosed:
+            slots[k] = IDLE
             return
 
     def _transfer_out(self) -> None:
+        slots, k = self._slots, self._slot_out
+        hold = (slots, k)
+        dropped = self._dropped
         try:
             while True:
-                feeds = self.last.batch_dequeue_any()
+                feeds = self.last.batch_dequeue_any(None, hold)
                 f0 = feeds[0]
+                root = f0.meta[0][0]
                 self.partitions += 1
                 try:
                     self.sink.enqueue(pop_partition(f0.meta, f0.pos, [f.payload for f in feeds]))
                 except GateClosed:
                     raise
                 except PersonaError as e:
-                    self._fail(f0.meta[0][0], e)
+                    self._fail(root, e)
+                slots[k] = IDLE
+                if dropped and root in dropped:
+                    self._left(root, k)
         except GateClosed:
+            slots[k] = IDLE
             return
 
     def start(self) -> None:
@@ -129,7 +148,9 @@ class LocalReplica:
             t.start()
 
     def close(self) -> None:
-        self.credits.close()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def join(self, timeout: float | None = None) -> None:
         for t in self.threads:

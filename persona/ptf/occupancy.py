@@ -1,28 +1,40 @@
-"""Which batch each stage replica is working on, and failed batches waiting to be quiescent.
+"""Which batch each gate consumer holds a feed of, and failed batches waiting to be quiescent.
 
 A failed or cancelled batch may still have feeds *inside* stages (a replica is
 running the stage function on them, possibly in a local pipeline), and those
 calls can have side effects (a write stage stores a chunk file). The batch's
 handle must not finish before they are over, or a caller cleaning up after the
 error races with them. :class:`Occupancy` is the pure, synchronous bookkeeping
-for that; :class:`persona.ptf.pipeline.Pipeline` owns it behind its lock.
+for that; :class:`persona.ptf.batches.BatchTable` owns it (behind the pipeline's lock).
 
-Hot path without a lock: every stage replica owns one *slot* and writes the
-root id of the feed it runs the stage function on before the call and ``0``
-after it (two list stores per call; each thread writes only its own slot). The
-runtime's protocol, with ``dropped`` the set of failed roots:
+Hot path without a lock: every thread that takes feeds out of a gate (stage
+replicas, a local replica's transfer threads) owns one *slot*. Its dequeue
+stores the root id of what it took in the slot *under the gate lock*
+(``Gate.dequeue(hold=(slots, k))``), and the thread stores ``0`` once the feed
+is back in a gate downstream or disposed of (one list store per feed outside
+the lock; each thread writes only its own slot). The runtime's protocol, with
+``dropped`` the set of failed roots:
 
-1. replica: ``slots[k] = root``; then, if ``root in dropped``, skip the call;
+1. holder: dequeue (slot = root); then, if ``root in dropped``, skip the call;
 2. failer (under the lock): ``dropped.add(root)``, then :meth:`Occupancy.fail`
-   records every slot holding ``root`` (plus :data:`FAILER`, its own token,
-   released by :meth:`leave` once it has dropped the batch at every gate);
-3. replica after the call: ``slots[k] = 0``; then, if ``root in dropped``, it
-   disposes of the feed instead of enqueueing it and calls :meth:`leave`.
+   records every slot holding ``root`` plus :data:`FAILER`, its own token;
+3. failer: drops ``root`` at every gate, then (under the lock) :meth:`record`
+   records the slots holding ``root`` *now*, and leaves with :data:`FAILER`;
+4. holder, after the call: if ``root in dropped`` it disposes of the feed
+   instead of enqueueing it; after the enqueue (or disposal) ``slots[k] = 0``;
+   then, if ``root in dropped``, it calls :meth:`leave`.
 
-A call that started before step 2 is either over (slot cleared) or recorded; a
-call that would start after it sees ``root in dropped`` and is skipped. The
-last :meth:`leave` of a failed batch returns its error: the batch is quiescent
-and its handle may finish. Python's memory model (the GIL, or per-object
+A call that started before step 2 is either over or recorded; a call that would
+start after it sees ``root in dropped`` and is skipped. Step 3 closes the last
+gap: a thread that dequeued a feed of ``root`` before the drop at that gate
+published its slot under that gate's lock, so :meth:`record` sees it; after the
+drops no thread can take a feed of ``root``, and gates discard late arrivals.
+So when the last :meth:`leave` returns the batch's error, no stage call of it
+runs *and no feed of it exists outside the gates*: its handle may finish and
+every gate may :meth:`~persona.ptf.gate_state.GateState.forget` it (a
+long-running pipeline keeps no state of finished batches). Producers (submit,
+streaming puts and close) hold the pipeline's lock across the ingress enqueue,
+so they are ordered with step 2. Python's memory model (the GIL, or per-object
 locks in free-threaded builds) makes the list stores and set reads atomic.
 """
 from __future__ import annotations
@@ -70,6 +82,13 @@ class Occupancy:
         self.pending[root] = held
         self.errors[root] = error
 
+    def record(self, root: int) -> None:
+        """Step 3: the failer dropped ``root`` at every gate; record the slots holding it now.
+        No-op if ``root`` is not waiting (already quiescent or never failed)."""
+        held = self.pending.get(root)
+        if held is not None:
+            held.update(k for k, r in enumerate(self.slots) if r == root)
+
     def leave(self, root: int, slot: int) -> PersonaError | None:
         """Slot ``slot`` (or :data:`FAILER`) is done with failed batch ``root``. Returns the
         batch's error when this made it quiescent (exactly once per batch), else None.
@@ -87,6 +106,10 @@ class Occupancy:
         """Stop waiting for ``root`` (pipeline stopping); its error if it was failed."""
         self.pending.pop(root, None)
         return self.errors.pop(root, None)
+
+    def state_entries(self) -> int:
+        """Per-batch entries held (failed batches still waiting)."""
+        return len(self.pending) + len(self.errors)
 
     def snapshot(self) -> dict[int, list[str]]:
         """Failed batches still waiting -> the stage replicas still inside them."""

@@ -19,8 +19,8 @@ from typing import Any, Union
 import yaml
 
 from persona.errors import ConfigError
-from persona.ptf.gate import AGGREGATE, BATCH, PLAIN
-from persona.ptf.metadata import aggregate_arity
+from persona.ptf.feed import aggregate_arity
+from persona.ptf.gate_state import AGGREGATE, BATCH, PLAIN
 
 
 @dataclass(frozen=True)

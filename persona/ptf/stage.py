@@ -7,10 +7,12 @@ Kernels release the GIL, so replicas run on every core. An exception fails the
 feed's user batch (via ``fail``) and the runner carries on with other feeds.
 
 Each replica owns a slot of the pipeline's :class:`~persona.ptf.occupancy.Occupancy`
-and follows its protocol: a call on a feed of a failed batch never starts, and
-a feed whose batch failed during the call is disposed of (never enqueued
-downstream); the runner then reports leaving (``left``) so the batch can finish
-once no stage call of it is running.
+and follows its protocol: the dequeue publishes the feed's batch in the slot
+(under the gate lock) and the slot is cleared once the feed is in the next
+gate; a call on a feed of a failed batch never starts, and a feed whose batch
+failed during the call is disposed of (never enqueued downstream); the runner
+then reports leaving (``left``) so the batch can finish once no stage call of
+it is running and no feed of it is held outside the gates.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from persona.errors import PersonaError, StageError
-from persona.ptf.channel import Gate, GateClosed
-from persona.ptf.metadata import Feed
+from persona.ptf.feed import Feed
+from persona.ptf.gate import Gate, GateClosed
 from persona.ptf.occupancy import IDLE, Occupancy
 from persona.ptf.pool import dispose
 
@@ -73,47 +75,52 @@ class StageRunner:
         dropped = self._dropped
         slots = self._slots
         k = self.slot_ids[r]
+        hold = (slots, k)
+        left = self._left
         clock = time.perf_counter
         busy = self.busy
         feeds = self.feeds
         while True:
             try:
-                feed = deq()
+                feed = deq(None, hold)  # slots[k] = root, under the gate lock
             except GateClosed:
                 return
             root = feed.meta[0][0]
-            slots[k] = root  # before the dropped check: see persona.ptf.occupancy
             if dropped and root in dropped:
-                slots[k] = IDLE
                 dispose(feed.payload)  # its batch failed or was cancelled: skip the work
-                self._left(root, k)
+                slots[k] = IDLE
+                left(root, k)
                 continue
             t0 = clock()
             try:
                 feed.payload = fn(feed.payload)
             except Exception as e:  # a stage must not kill its runner
-                slots[k] = IDLE
                 self.errors += 1
                 err = StageError(f"stage raised {type(e).__name__}: {e}", stage=self.label,
                                  batch=root, feed=describe_feed(feed))
                 err.__cause__ = e
                 dispose(feed.payload)  # before the batch can finish: the caller sees it done
+                slots[k] = IDLE
                 self._fail(root, err)
-                self._left(root, k)  # the batch may have failed earlier, with us inside
+                left(root, k)  # the batch may have failed earlier, with us inside
                 continue
-            slots[k] = IDLE
             busy[r] += clock() - t0
             feeds[r] += 1
             if dropped and root in dropped:  # failed during the call: not downstream
                 dispose(feed.payload)
-                self._left(root, k)
+                slots[k] = IDLE
+                left(root, k)
                 continue
             try:
                 enq(feed)
             except GateClosed:
+                slots[k] = IDLE
                 return
             except PersonaError as e:  # accounting violation: fail the batch, keep running
                 self._fail(root, e)
+            slots[k] = IDLE  # the feed is in the next gate (or discarded there)
+            if dropped and root in dropped:
+                left(root, k)
 
     def stats(self) -> dict[str, Any]:
         return {"id": self.label, "replicas": self.replicas, "busy_seconds": sum(self.busy),
