@@ -7,6 +7,10 @@
    same work (goal >= 0.97x the pool's throughput).
 3. Pipelining: throughput and p50/p99 batch latency with 1, 2, 4, 8 batches in
    flight when one stage waits on I/O latency.
+4. Soak: 10,000 small batches (1-4 feeds; a third streamed, some failing, some
+   cancelled) through ONE long-lived pipeline; resident memory (VmRSS) after a
+   warm-up and at the end, and the per-batch state entries left after the drain
+   (goal: 0, and flat memory). ``--quick`` runs 2,000 (the JSON says how many).
 
 Usage: ``python bench/bench_ptf.py [--quick]``; the last line is one JSON object.
 """
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from persona.ptf import Pipeline, PipelineSpec, StageSpec
+from persona.ptf import Pipeline, PipelineSpec, StageSpec, testing
 
 
 def noop(x: Any) -> Any:
@@ -158,6 +162,40 @@ def pipelining(batches: int, feeds: int, io_ms: float) -> list[dict[str, float]]
     return rows
 
 
+def rss_mb() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process in MB."""
+    vals = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":")
+                vals[k] = int(v.split()[0]) / 1024
+    return vals.get("VmRSS", 0.0), vals.get("VmHWM", 0.0)
+
+
+def soak(batches: int, warmup: int = 500) -> dict[str, Any]:
+    import gc
+
+    with Pipeline(testing.soak_spec(credits=8)) as p:
+        testing.soak(p, warmup)
+        gc.collect()
+        start, _ = rss_mb()
+        entries_start = p.state_entries()
+        t0 = time.perf_counter()
+        counts = testing.soak(p, batches)
+        dt = time.perf_counter() - t0
+        p.drain(60)
+        entries_end = p.state_entries()
+        gc.collect()
+        end, peak = rss_mb()
+    return {"batches": batches, "warmup_batches": warmup, "done": counts["done"],
+            "failed": counts["failed"], "cancelled": counts["cancelled"],
+            "streamed": counts["streamed"], "seconds": dt, "batches_per_s": batches / dt,
+            "rss_mb_start": round(start, 1), "rss_mb_end": round(end, 1),
+            "rss_peak_mb": round(peak, 1), "gate_state_entries_start": entries_start,
+            "gate_state_entries_end": entries_end}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
@@ -176,8 +214,14 @@ def main() -> None:
     print(f"{'in flight':>9} {'feeds/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for r in rows:
         print(f"{r['inflight']:>9} {r['feeds_per_s']:>10.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
+    s = soak(2_000 if q else 10_000)
+    print(f"soak ({s['batches']} batches through one pipeline{', quick' if q else ''}: "
+          f"{s['done']} done, {s['failed']} failed, {s['cancelled']} cancelled, "
+          f"{s['streamed']} streamed): {s['batches_per_s']:,.0f} batches/s | RSS "
+          f"{s['rss_mb_start']:.1f} MB after warm-up -> {s['rss_mb_end']:.1f} MB at end | "
+          f"state entries left {s['gate_state_entries_end']} (goal 0)")
     print(json.dumps({"bench": "ptf", "quick": q, "gate_overhead": g,
-                      "framework_overhead": f, "pipelining": rows}))
+                      "framework_overhead": f, "pipelining": rows, "soak": s}))
 
 
 if __name__ == "__main__":

@@ -306,6 +306,7 @@ def test_random_pipelines_match_sequential_reference(shape: tuple[list[Step], in
         p.drain(T)
         p.check()
         stats = p.stats()
+        assert p.state_entries() == 0 and not p._dropped, stats  # nothing outlives a batch
     # quiescence: once a failed batch's result() raised, none of its stage calls starts or ends
     for b, mark in failed_at.items():
         assert b not in {lb for lb, _ in log.events[mark:]}, (b, log.events[mark:])

@@ -234,27 +234,32 @@ def test_asyncio_awaits_a_batch_without_a_thread() -> None:
 @given(shape=steps_st(), batches=st.lists(st.integers(0, 10), min_size=1, max_size=4),
        poison=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 9)), max_size=1),
        poison_stage=st.integers(0, 8), streamed=st.lists(st.booleans(), min_size=4, max_size=4),
-       seed=st.integers(0, 2**16))
+       abort=st.lists(st.integers(0, 3), max_size=1), seed=st.integers(0, 2**16))
 def test_random_streams_match_sequential_reference(shape: tuple[list[Step], int | None],
                                                    batches: list[int],
                                                    poison: list[tuple[int, int]],
                                                    poison_stage: int, streamed: list[bool],
-                                                   seed: int) -> None:
+                                                   abort: list[int], seed: int) -> None:
     steps, link = shape
     tags = [s.tag for s in steps] + [t.tag for s in steps for t in (s.inner or [])]
     poison_tag = tags[poison_stage % len(tags)] if poison else None
-    spec = build("r", steps, link, poison_tag, CallLog())
+    log = CallLog(slow={b for b, _ in poison} | set(abort))
+    spec = build("r", steps, link, poison_tag, log)
     inputs = [[(POISON, b) if (b, i) in poison else (b, i) for i in range(n)]
               for b, n in enumerate(batches)]
     handles: dict[int, Any] = {}
+    aborted: set[int] = set()
 
     def produce(b: int, items: list[Any], p: Pipeline) -> None:
         rng = random.Random(seed + b)
         s = p.open_batch()
         handles[b] = s.handle
-        for x in items:
+        for i, x in enumerate(items):
             if rng.random() < 0.3:
                 time.sleep(rng.random() * 0.003)  # random put timing
+            if b in abort and i == len(items) // 2:
+                if s.abort():  # the producer gives up half way
+                    aborted.add(b)
             try:
                 s.put(x)
             except PipelineError:  # failed: stop producing
@@ -263,10 +268,11 @@ def test_random_streams_match_sequential_reference(shape: tuple[list[Step], int 
             time.sleep(0.002)
         s.close()
 
+    failed_at: dict[int, int] = {}
     with Pipeline(spec) as p:
         threads = []
         for b, items in enumerate(inputs):
-            if streamed[b % len(streamed)]:
+            if streamed[b % len(streamed)] or b in abort:
                 threads.append(threading.Thread(target=produce, args=(b, items, p)))
                 threads[-1].start()
             else:
@@ -275,11 +281,16 @@ def test_random_streams_match_sequential_reference(shape: tuple[list[Step], int 
             t.join(T)
         for b, items in enumerate(inputs):
             h = handles[b]
+            if b in aborted:
+                assert isinstance(h.exception(T), BatchCancelled)
+                failed_at[b] = len(log.events)
+                continue
             try:
                 want = reference(steps, items, poison_tag)
             except ValueError as e:
                 with pytest.raises(StageError) as got:
                     h.result(T)
+                failed_at[b] = len(log.events)
                 assert str(got.value.context["stage"]).endswith(str(e))
                 continue
             assert h.result(T) == want
@@ -288,6 +299,9 @@ def test_random_streams_match_sequential_reference(shape: tuple[list[Step], int 
         p.check()
         assert p.state_entries() == 0, p.stats()
         assert not p._dropped
+    # quiescence: once a failed batch's result() raised, none of its stage calls starts or ends
+    for b, mark in failed_at.items():
+        assert b not in {lb for lb, _ in log.events[mark:]}, (b, log.events[mark:])
 
 
 # -- a long-running pipeline stays flat ---------------------------------------------------
