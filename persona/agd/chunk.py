@@ -4,7 +4,10 @@ A chunk file is the 56-byte header (:mod:`persona.agd.format`) followed by the
 payload: a relative index of N ``uint32`` record lengths, then the N records
 back to back. The payload is stored raw, as ONE gzip member (zlib level -1,
 window 15 + gzip wrapper, memLevel 9: exactly what the original writes and
-reads), or as one zstd frame (our extension, the default for new datasets).
+reads), or as one zstd frame (our extension, the default for new datasets). zstd
+frames are written with their content checksum (XXH64 of the payload), so a
+damaged zstd chunk fails to decode just as a damaged gzip chunk fails its CRC;
+frames without a checksum (datasets written before) still decode.
 
 Decoding never trusts the file: every size is checked against the bytes that
 are really there, and any problem raises :class:`ChunkFormatError` naming the
@@ -28,6 +31,8 @@ _INDEX_DTYPE = np.dtype("<u4")
 # A sanity bound on a declared decompressed size, so a corrupt frame header cannot
 # make us allocate terabytes (a chunk is normally a few MB to a few hundred MB).
 _MAX_PAYLOAD = 1 << 36
+# Declared sizes up to this are allocated at once; larger ones are decoded incrementally.
+_ONE_SHOT_MAX = 1 << 28
 
 Buffer = bytes | bytearray | memoryview
 
@@ -74,14 +79,36 @@ def encode_chunk(
     if isinstance(level, zstandard.ZstdCompressionParameters) and compression is not CompressionType.ZSTD:
         raise ValueError(f"zstd compression parameters given for {compression.name} compression")
     if compression is CompressionType.ZSTD:
-        if isinstance(level, zstandard.ZstdCompressionParameters):
-            cctx = zstandard.ZstdCompressor(compression_params=level)
-        else:
-            cctx = zstandard.ZstdCompressor(level=DEFAULT_ZSTD_LEVEL if level is None else level)
+        cctx = zstd_compressor(level)
         # Stating the content size lets the reader decompress in one allocation.
         zobj = cctx.compressobj(size=index.nbytes + data.nbytes)
         return b"".join((header, zobj.compress(index.data), zobj.compress(data.data), zobj.flush()))
     raise ValueError(f"compression {compression.name} is not supported")
+
+
+_PARAM_FIELDS = (
+    "format", "compression_level", "window_log", "hash_log", "chain_log", "search_log", "min_match",
+    "target_length", "strategy", "write_content_size", "write_dict_id", "job_size", "overlap_log",
+    "force_max_window", "enable_ldm", "ldm_hash_log", "ldm_min_match", "ldm_bucket_size_log",
+    "ldm_hash_rate_log", "threads",
+)
+
+
+def with_checksum(params: zstandard.ZstdCompressionParameters) -> zstandard.ZstdCompressionParameters:
+    """``params`` with the frame content checksum switched on (every other setting kept)."""
+    if params.write_checksum:
+        return params
+    kwargs = {f: getattr(params, f) for f in _PARAM_FIELDS if hasattr(params, f)}
+    return zstandard.ZstdCompressionParameters(write_checksum=1, **kwargs)
+
+
+def zstd_compressor(level: int | zstandard.ZstdCompressionParameters | None = None) -> zstandard.ZstdCompressor:
+    """The compressor for chunk payloads: ``level`` (None: the default) or full parameters,
+    always writing the frame's content checksum (XXH64), so a flipped bit in a stored chunk
+    is detected when it is decoded, as gzip's CRC does for gzip chunks."""
+    if isinstance(level, zstandard.ZstdCompressionParameters):
+        return zstandard.ZstdCompressor(compression_params=with_checksum(level))
+    return zstandard.ZstdCompressor(level=DEFAULT_ZSTD_LEVEL if level is None else level, write_checksum=True)
 
 
 def decode_header(buf: Buffer, key: str | None = None) -> ChunkHeader:
@@ -128,6 +155,9 @@ def _gunzip(payload: Buffer, key: str | None) -> bytes:
 
 
 def _unzstd(payload: Buffer, key: str | None) -> bytes:
+    """One zstd frame, decoded and checked: its content checksum when it has one (every frame
+    we write since checksums came in; older frames without one are still accepted), its
+    declared size, nothing after it. Any problem is a ChunkFormatError naming ``key``."""
     dctx = zstandard.ZstdDecompressor()
     try:
         params = zstandard.get_frame_parameters(payload)
@@ -137,17 +167,22 @@ def _unzstd(payload: Buffer, key: str | None) -> bytes:
     if size != zstandard.CONTENTSIZE_UNKNOWN and size > _MAX_PAYLOAD:
         raise ChunkFormatError(f"zstd frame claims an implausible size of {size} bytes", key=key)
     try:
-        if size != zstandard.CONTENTSIZE_UNKNOWN:
+        if size != zstandard.CONTENTSIZE_UNKNOWN and size <= _ONE_SHOT_MAX:
             return dctx.decompress(payload, allow_extra_data=False)
-        # A frame written without its size (streaming writers): decompress incrementally.
+        # A frame written without its size (streaming writers), or claiming a size too large to
+        # allocate on trust: decompress incrementally (zstd checks the declared size at the end).
         dobj = dctx.decompressobj()
         out = dobj.decompress(payload)
     except zstandard.ZstdError as e:
         raise ChunkFormatError(f"corrupt or truncated zstd payload: {e}", key=key) from None
+    except MemoryError:
+        raise ChunkFormatError(f"zstd frame claims {size} bytes, more than can be allocated", key=key) from None
     if not dobj.eof:
         raise ChunkFormatError("truncated zstd payload (frame ends early)", key=key)
     if dobj.unused_data:
         raise ChunkFormatError(f"{len(dobj.unused_data)} stray bytes after the zstd frame", key=key)
+    if size != zstandard.CONTENTSIZE_UNKNOWN and len(out) != size:
+        raise ChunkFormatError(f"zstd frame declares {size} bytes but holds {len(out)}", key=key)
     return out
 
 

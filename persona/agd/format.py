@@ -75,6 +75,11 @@ def _encode_string_id(name: str) -> bytes:
     return raw[:cut]
 
 
+def string_id_for(name: str) -> str:
+    """The ``string_id`` a header written for dataset ``name`` reads back as (cut to 32 bytes)."""
+    return _encode_string_id(name).decode("utf-8", errors="replace")
+
+
 @dataclass(frozen=True)
 class ChunkHeader:
     """A decoded chunk header. ``string_id`` is stored truncated to 32 UTF-8 bytes."""

@@ -200,3 +200,102 @@ def _as_contig(c: Contig | Mapping[str, Any] | tuple[str, int, int]) -> Contig:
         return Contig(str(c["name"]), int(c["length"]), int(c["index"]))
     name, length, index = c
     return Contig(str(name), int(length), int(index))
+
+
+def _checksum_form_ok(value: object) -> bool:
+    """``<algorithm>:<hex digits>``, e.g. ``crc32:0a1b2c3d`` (lower case)."""
+    if not isinstance(value, str):
+        return False
+    algo, sep, digits = value.partition(":")
+    return (bool(sep) and bool(algo) and bool(digits)
+            and all(ch in "abcdefghijklmnopqrstuvwxyz0123456789" for ch in algo)
+            and all(ch in "0123456789abcdef" for ch in digits))
+
+
+def manifest_problems(manifest: Manifest) -> list[str]:
+    """Every problem :func:`validate_manifest` would refuse ``manifest`` for, in order (empty
+    when it is well formed). For ``verify``, which reports them all."""
+    return _manifest_problems(manifest)
+
+
+def validate_manifest(manifest: Manifest, key: str | None = None) -> None:
+    """Check that ``manifest`` describes a well-formed dataset; raise :class:`ManifestError` at
+    the first problem, naming ``key`` (default: the manifest's own key) and what is wrong.
+
+    Refused: an empty name; a column listed twice or unnamed; chunks out of order,
+    overlapping, or leaving records out (they must cover ``[0, N)`` exactly, in order); a
+    chunk holding no records (the original never writes one, and its ``<name>_<first>`` path
+    would be the next chunk's); two chunks with one path, or two chunk files with one key;
+    ``files`` or ``checksums`` naming a column the manifest does not list, or a checksum not
+    of the form ``<algorithm>:<hex>``; a paired dataset with a chunk of an odd number of
+    records (it would split a pair); reference contigs with a repeated name or index, or a
+    length < 1. Pure: reads nothing but ``manifest``.
+    """
+    for problem in _manifest_problems(manifest):
+        raise ManifestError(problem, key=key if key is not None else manifest_key(manifest.name))
+
+
+def _manifest_problems(manifest: Manifest) -> list[str]:
+    out: list[str] = []
+    if not manifest.name:
+        out.append("manifest 'name' is empty")
+    seen_cols: set[str] = set()
+    for c in manifest.columns:
+        if not isinstance(c, str) or not c:
+            out.append(f"manifest 'columns' holds {c!r}, not a column name")
+        elif c in seen_cols:
+            out.append(f"manifest 'columns' lists column {c!r} twice: {list(manifest.columns)}")
+        seen_cols.add(c)
+    expect = 0
+    prev: ChunkRef | None = None
+    paths: dict[str, int] = {}
+    file_keys: dict[str, str] = {}
+    for i, ref in enumerate(manifest.records):
+        where = f"chunk {ref.path!r} (records[{i}], [{ref.first}, {ref.last}))"
+        if ref.first < 0 or ref.last < ref.first:
+            out.append(f"{where} has an invalid range")
+            continue
+        if ref.first > expect:
+            after = f"after chunk {prev.path!r}" if prev is not None else "at the start"
+            out.append(f"records [{expect}, {ref.first}) are in no chunk: a gap {after}, before {where}")
+        elif ref.first < expect and prev is not None:
+            out.append(f"{where} overlaps or comes before chunk {prev.path!r} [{prev.first}, {prev.last})")
+        if ref.last == ref.first:
+            out.append(f"{where} holds no records")
+        elif manifest.paired and ref.num_records % 2:
+            out.append(f"{where} holds an odd number of records, but the dataset is paired (mates interleaved)")
+        if not ref.path:
+            out.append(f"records[{i}] has an empty path")
+        elif ref.path in paths:
+            out.append(f"{where} has the same path as records[{paths[ref.path]}]")
+        else:
+            paths[ref.path] = i
+        files = getattr(ref, "files", None) or {}
+        checksums = getattr(ref, "checksums", None) or {}
+        for what, mapping in (("files", files), ("checksums", checksums)):
+            for c in mapping:
+                if c not in seen_cols:
+                    out.append(f"{where}: '{what}' names column {c!r}, which the manifest does not list")
+        for c, cs in checksums.items():
+            if not _checksum_form_ok(cs):
+                out.append(f"{where}: checksum of column {c!r} is {cs!r}, not '<algorithm>:<hex>'")
+        for c in dict.fromkeys(manifest.columns):
+            fkey = ref.key(c)
+            if fkey in file_keys:
+                out.append(f"{where}: file {fkey!r} of column {c!r} is also the file of {file_keys[fkey]}")
+            else:
+                file_keys[fkey] = f"column {c!r} of chunk {ref.path!r}"
+        expect = max(expect, ref.last)
+        prev = ref
+    names: set[str] = set()
+    indices: set[int] = set()
+    for contig in manifest.reference_contigs:
+        if contig.name in names:
+            out.append(f"reference contig {contig.name!r} is listed twice")
+        if contig.index in indices:
+            out.append(f"reference contig index {contig.index} is used twice (contig {contig.name!r})")
+        if contig.length < 1:
+            out.append(f"reference contig {contig.name!r} has length {contig.length}")
+        names.add(contig.name)
+        indices.add(contig.index)
+    return out

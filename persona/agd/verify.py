@@ -14,18 +14,27 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from persona.agd.chunk import decode_chunk
 from persona.agd.columns import (
     BASE,
     METADATA,
-    column_record_type,
+    QUAL,
+    RESULTS,
+    ColumnValue,
     column_sort_key,
     decode_column,
     encode_column,
+    is_alignment_column,
 )
 from persona.agd.dataset import Dataset
 from persona.agd.format import HEADER_SIZE, ChunkHeader, RecordType
-from persona.agd.manifest import ChunkRef, Manifest, manifest_key
+from persona.agd.integrity import check_chunk_header
+from persona.agd.manifest import ChunkRef, Manifest, manifest_key, manifest_problems
+from persona.agd.pairing_detect import names_look_paired
+from persona.agd.ragged import RaggedArray
+from persona.agd.records import FLAG_SECONDARY, FLAG_SUPPLEMENTARY, FLAG_UNMAPPED, Alignments
 from persona.errors import ChunkFormatError, DatasetError, PersonaError
 from persona.storage import Store, open_store
 
@@ -67,43 +76,54 @@ class VerifyReport:
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
 
 
+def _open_for_verify(location: Store | str | os.PathLike[str]) -> Dataset:
+    """The dataset at ``location`` without refusing a malformed manifest (verify reports it)."""
+    try:
+        return Dataset.open(location, validate=False)  # type: ignore[call-arg]
+    except TypeError:  # a Dataset.open without the switch: it does not validate either
+        return Dataset.open(location)
+
+
+def _read_file(ds: Dataset, chunk_idx: int, column: str, key: str) -> bytes:
+    """One chunk file's bytes, checked against the manifest's checksum where the reader does."""
+    read_file = getattr(ds, "read_file", None)
+    if read_file is not None:
+        return read_file(chunk_idx, column)
+    return ds.store.get(key)
+
+
 def verify_dataset(
-    ds: Dataset | Store | str | os.PathLike[str], columns: list[str] | None = None
+    ds: Dataset | Store | str | os.PathLike[str], columns: list[str] | None = None, *, deep: bool = False
 ) -> VerifyReport:
     """Decode every chunk file of every column (or of ``columns``) and check it against
-    the manifest: ordinals in the header, record type, clean decoding, equal record
-    counts across columns, chunks contiguous from record 0. ``ds`` may also be a
-    location for :meth:`Dataset.open` (a missing or bad manifest then raises)."""
+    the manifest: the manifest itself (gaps, overlaps, empty or duplicate chunks, ...), each
+    file's checksum where the manifest records one, header ordinals, dataset name and record
+    type, clean decoding, record counts. Every problem is reported (it does not stop at the
+    first), each naming the key.
+
+    ``deep`` adds per-record checks across the columns of each chunk (:func:`deep_problems`):
+    base and quality lengths agree, qualities are Phred+33, alignments are consistent with the
+    reads and the reference, mates of a paired dataset have one name. ``ds`` may also be a
+    location; the manifest is then read without :meth:`Dataset.open`'s strictness, so that its
+    problems are reported here instead of refused.
+    """
     if not isinstance(ds, Dataset):
-        ds = Dataset.open(ds)
+        ds = _open_for_verify(ds)
     report = VerifyReport(ds.name)
     mkey = manifest_key(ds.name)
-    expect = 0
-    for ref in ds.chunks:
-        if ref.first != expect:
-            report.problems.append(Problem(mkey, f"chunk {ref.path} starts at {ref.first}, expected {expect}"))
-        expect = ref.last
+    for problem in manifest_problems(ds.manifest):
+        report.problems.append(Problem(mkey, problem))
     for i, ref in enumerate(ds.chunks):
         report.chunks_checked += 1
         report.records += ref.num_records
+        values: dict[str, ColumnValue] = {}
         for column in columns or ds.columns:
             key = ds.chunk_key(i, column)
             report.files_checked += 1
             try:
-                buf = ds.store.get(key)
+                buf = _read_file(ds, i, column, key)
                 header, records = decode_chunk(buf, key)
-                if (header.first_ordinal, header.last_ordinal) != (ref.first, ref.last):
-                    raise ChunkFormatError(
-                        f"header holds records [{header.first_ordinal}, {header.last_ordinal}) "
-                        f"but the manifest says [{ref.first}, {ref.last})"
-                    )
-                expected_type = column_record_type(column)
-                if header.record_type != expected_type and not (
-                    column == BASE and header.record_type is RecordType.TEXT
-                ):
-                    raise ChunkFormatError(
-                        f"record type {header.record_type.name}, expected {expected_type.name} for {column!r}"
-                    )
+                check_chunk_header(header, ref, column, ds.name, key)
                 value = decode_column(column, records, key=key, record_type=header.record_type)
                 if column == BASE and header.record_type is RecordType.TEXT:
                     try:  # text bases (the original's base_decompression output) must still be bases
@@ -112,9 +132,134 @@ def verify_dataset(
                         raise ChunkFormatError(str(e)) from None
                 if len(value) != ref.num_records:
                     raise ChunkFormatError(f"{len(value)} records, manifest says {ref.num_records}")
+                values[column] = value
             except PersonaError as e:
                 report.problems.append(Problem(key, e.message))
+        if deep and values:
+            report.problems.extend(deep_problems(ds, i, values))
     return report
+
+
+# -- verify --deep: per-record checks across one chunk's columns ---------------------------------
+#: at most this many records are named per (file, check); the rest are counted
+MAX_NAMED_RECORDS = 5
+_CIGAR_OP = re.compile(rb"(\d+)([MIDNSHP=X])")
+_CIGAR = re.compile(rb"(?:\d+[MIDNSHP=X])+")
+_QUERY_OPS = frozenset(b"MIS=X")
+_REF_OPS = frozenset(b"MDN=X")
+
+
+def _named(key: str, what: str, bad: list[int], first: int) -> Problem:
+    shown = ", ".join(f"{j} (ordinal {first + j})" for j in bad[:MAX_NAMED_RECORDS])
+    more = f" and {len(bad) - MAX_NAMED_RECORDS} more" if len(bad) > MAX_NAMED_RECORDS else ""
+    return Problem(key, f"{what}: record {shown}{more}")
+
+
+def _cigar_spans(cigar: bytes) -> tuple[int, int] | None:
+    """(query length, reference length) of a CIGAR; None when it is malformed."""
+    if not _CIGAR.fullmatch(cigar):
+        return None
+    q = r = 0
+    for n, op in _CIGAR_OP.findall(cigar):
+        if op[0] in _QUERY_OPS:
+            q += int(n)
+        if op[0] in _REF_OPS:
+            r += int(n)
+    return q, r
+
+
+def _alignment_problems(ds: Dataset, key: str, first: int, column: str, aln: Alignments,
+                        base_lengths: np.ndarray | None) -> list[Problem]:
+    contigs = {c.index: c.length for c in ds.manifest.reference_contigs}
+    fields = aln.fields
+    present = aln.present if aln.present is not None else np.ones(len(fields), dtype=bool)
+    secondary = column != RESULTS
+    bad: dict[str, list[int]] = defaultdict(list)
+    for j in range(len(fields)):
+        if not present[j]:
+            continue
+        row = fields[j]
+        flag, mapq, rid, pos = int(row["flag"]), int(row["mapq"]), int(row["ref_index"]), int(row["position"])
+        nrid = int(row["next_ref_index"])
+        cigar = bytes(aln.cigars[j])
+        if not 0 <= mapq <= 255:
+            bad["MAPQ outside 0..255"].append(j)
+        if secondary and not flag & (FLAG_SECONDARY | FLAG_SUPPLEMENTARY):
+            bad["a secondary-column record flagged neither secondary (0x100) nor supplementary (0x800)"].append(j)
+        if not secondary and flag & (FLAG_SECONDARY | FLAG_SUPPLEMENTARY):
+            bad["the primary record flagged secondary or supplementary"].append(j)
+        if contigs and not (rid == -1 or rid in contigs):
+            bad["reference index not in the manifest's reference_contigs"].append(j)
+        if contigs and not (nrid == -1 or nrid in contigs):
+            bad["mate reference index not in the manifest's reference_contigs"].append(j)
+        if flag & FLAG_UNMAPPED:
+            if cigar:
+                bad["an unmapped record with a CIGAR"].append(j)
+            continue
+        if rid < 0 or pos < 0:
+            bad["a mapped record without reference index or position"].append(j)
+            continue
+        if not cigar:
+            bad["a mapped record without CIGAR"].append(j)
+            continue
+        spans = _cigar_spans(cigar)
+        if spans is None:
+            bad["malformed CIGAR"].append(j)
+            continue
+        qlen, rlen = spans
+        if base_lengths is not None and base_lengths[j] and qlen != base_lengths[j]:
+            bad["CIGAR query length differs from the read's length"].append(j)
+        if rid in contigs and pos + rlen > contigs[rid]:
+            bad["alignment runs past the end of its reference contig"].append(j)
+    return [_named(key, what, js, first) for what, js in bad.items()]
+
+
+def deep_problems(ds: Dataset, chunk_idx: int, values: dict[str, ColumnValue]) -> list[Problem]:
+    """Per-record problems of one chunk, from its decoded column ``values`` (those that decoded):
+    base and qual lengths equal per read (empty qualities allowed: a SAM record without QUAL);
+    qualities Phred+33 (``!``..``~``); read names without line breaks; for a paired dataset,
+    records 2i and 2i+1 named as mates; alignments (``results``, ``secondary<N>``) with MAPQ
+    0..255, reference indices in the manifest's contigs, a well-formed CIGAR on every mapped
+    record whose query length is the read's length and which ends inside its contig, and no
+    CIGAR on unmapped ones. Each problem names the file's key and up to
+    :data:`MAX_NAMED_RECORDS` records (index in the chunk and ordinal)."""
+    ref = ds.chunks[chunk_idx]
+    out: list[Problem] = []
+    base = values.get(BASE)
+    qual = values.get(QUAL)
+    names = values.get(METADATA)
+    base_lengths = np.diff(base.offsets).astype(np.int64) if isinstance(base, RaggedArray) else None
+    if isinstance(qual, RaggedArray):
+        qkey = ds.chunk_key(chunk_idx, QUAL)
+        qlens = np.diff(qual.offsets).astype(np.int64)
+        if base_lengths is not None:
+            bad = np.flatnonzero((qlens != base_lengths) & (qlens != 0))
+            if bad.size:
+                out.append(_named(qkey, "quality string length differs from the read's length",
+                                  bad.tolist(), ref.first))
+        data = np.asarray(qual.data)
+        wrong = (data < 33) | (data > 126)
+        if wrong.any():
+            recs = np.unique(np.searchsorted(qual.offsets[1:], np.flatnonzero(wrong), side="right"))
+            out.append(_named(qkey, "quality characters outside Phred+33 ('!'..'~')", recs.tolist(), ref.first))
+    if isinstance(names, RaggedArray):
+        nkey = ds.chunk_key(chunk_idx, METADATA)
+        data = np.asarray(names.data)
+        wrong = (data == 10) | (data == 13)
+        if wrong.any():
+            recs = np.unique(np.searchsorted(names.offsets[1:], np.flatnonzero(wrong), side="right"))
+            out.append(_named(nkey, "read name holds a line break", recs.tolist(), ref.first))
+        if ds.manifest.paired and len(names) % 2 == 0:
+            bad_pairs = [j for j in range(0, len(names) - 1, 2)
+                         if not names_look_paired([bytes(names[j]), bytes(names[j + 1])])]
+            if bad_pairs:
+                out.append(_named(nkey, "paired dataset, but records 2i and 2i+1 are not named as mates",
+                                  bad_pairs, ref.first))
+    for column, value in values.items():
+        if isinstance(value, Alignments) and is_alignment_column(column):
+            out.extend(_alignment_problems(ds, ds.chunk_key(chunk_idx, column), ref.first, column, value,
+                                           base_lengths))
+    return out
 
 
 def _read_headers(store: Store, name: str) -> dict[str, dict[int, ChunkHeader]]:
@@ -138,15 +283,10 @@ def _guess_paired(store: Store, first_key: str) -> bool | None:
         _, names = decode_chunk(store.get(first_key), first_key)
     except PersonaError:
         return None
-    if len(names) == 0 or len(names) % 2:
-        return False if len(names) else None
-
-    def base(n: bytes) -> bytes:
-        n = n.split()[0] if n.strip() else n
-        return n[:-2] if n[-2:] in (b"/1", b"/2") else n
-
-    sample = min(len(names), 2000)
-    return all(base(names[i]) == base(names[i + 1]) for i in range(0, sample - 1, 2))
+    if len(names) == 0:
+        return None
+    sample = min(len(names), 4000)
+    return names_look_paired([bytes(names[i]) for i in range(sample - sample % 2)]) and len(names) % 2 == 0
 
 
 def repair_manifest(store_or_url: Store | str | os.PathLike[str], name: str | None = None) -> Manifest:

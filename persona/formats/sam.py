@@ -8,6 +8,8 @@ AGD columns of one chunk through the Cython kernel
 """
 from __future__ import annotations
 
+import gzip
+import os
 import re
 import shlex
 import sys
@@ -20,7 +22,7 @@ import numpy as np
 from persona._native import bam as _kernel
 from persona.agd.ragged import RaggedArray
 from persona.agd.records import Alignments
-from persona.errors import ConfigError
+from persona.errors import ConfigError, InputFormatError
 
 SAM_VERSION = "1.6"
 #: Manifest ``sort`` values and the @HD SO value each one becomes.
@@ -155,3 +157,136 @@ def format_records(
         names.data, names.offsets,
         read_group_id.encode(),
     )
+
+
+# -- checking SAM text, line by line ---------------------------------------------------------
+_CIGAR_TOKEN = re.compile(rb"(\d+)([MIDNSHP=X])")
+_CIGAR_FULL = re.compile(rb"(?:\d+[MIDNSHP=X])+")
+_TAG = re.compile(rb"[A-Za-z][A-Za-z0-9]:[AcCsSiIfdZHB]:")
+_INT = re.compile(rb"[-+]?\d+")
+_QUERY_OPS = frozenset(b"MIS=X")
+_HEADER_TAG = re.compile(rb"@[A-Za-z][A-Za-z]")
+_MANDATORY = ("QNAME", "FLAG", "RNAME", "POS", "MAPQ", "CIGAR", "RNEXT", "PNEXT", "TLEN", "SEQ", "QUAL")
+
+
+def _int_field(value: bytes, name: str, lo: int, hi: int) -> str | None:
+    if not _INT.fullmatch(value):
+        return f"{name} {value.decode(errors='replace')!r} is not a number"
+    v = int(value)
+    if not lo <= v <= hi:
+        return f"{name} {v} is out of range [{lo}, {hi}]"
+    return None
+
+
+def check_sam_header_line(line: bytes) -> str | None:
+    """What is wrong with one ``@`` header line (no newline), or None."""
+    if line.startswith(b"@CO"):
+        return None
+    if not _HEADER_TAG.match(line):
+        return f"header line starts with {line[:3].decode(errors='replace')!r}, not @ and a two-letter type"
+    fields = line.split(b"\t")
+    if len(fields) > 1 and fields[0] == b"@SQ":
+        tags = {f[:2]: f[3:] for f in fields[1:] if len(f) >= 3 and f[2:3] == b":"}
+        if b"SN" not in tags or not tags[b"SN"]:
+            return "@SQ line without SN (the contig name)"
+        ln = tags.get(b"LN")
+        if ln is None:
+            return f"@SQ line for {tags[b'SN'].decode(errors='replace')!r} without LN (the contig length)"
+        return _int_field(ln, "@SQ LN", 1, (1 << 31) - 1)
+    return None
+
+
+def check_sam_record_line(line: bytes) -> str | None:
+    """What is wrong with one SAM alignment line (no newline), or None when it is well formed.
+
+    Checks what htslib refuses (so the line named is the one it stopped at): the 11 mandatory
+    columns, FLAG/POS/MAPQ/PNEXT/TLEN numbers in range, a well-formed CIGAR whose query length
+    equals the SEQ length, a QUAL of printable characters as long as SEQ (none without SEQ),
+    optional fields of the form ``TAG:TYPE:VALUE``. What htslib lets through (odd SEQ letters,
+    unparsable tag values, empty names) is not reported.
+    """
+    fields = line.split(b"\t")
+    if len(fields) < 11:
+        return (f"{len(fields)} tab-separated columns; a SAM record has at least 11 "
+                f"({', '.join(_MANDATORY)})")
+    _qname, flag, _rname, pos, mapq, cigar, _rnext, pnext, tlen, seq, qual = fields[:11]
+    for value, name, lo, hi in ((flag, "FLAG", 0, 0xFFFF), (pos, "POS", 0, (1 << 31) - 1),
+                                (mapq, "MAPQ", 0, 255), (pnext, "PNEXT", 0, (1 << 31) - 1),
+                                (tlen, "TLEN", -(1 << 31) + 1, (1 << 31) - 1)):
+        err = _int_field(value, name, lo, hi)
+        if err:
+            return err
+    if cigar != b"*" and not _CIGAR_FULL.fullmatch(cigar):
+        return f"CIGAR {cigar.decode(errors='replace')!r} is malformed"
+    if qual != b"*":
+        if any(c < 33 or c > 126 for c in qual):
+            return "QUAL holds characters outside '!'..'~'"
+        if seq == b"*":
+            return "QUAL is given but SEQ is *"
+        if len(qual) != len(seq):
+            return f"QUAL has {len(qual)} characters but SEQ has {len(seq)}"
+    if cigar != b"*" and seq != b"*":
+        qlen = sum(int(n) for n, op in _CIGAR_TOKEN.findall(cigar) if op[0] in _QUERY_OPS)
+        if qlen != len(seq):
+            return f"CIGAR {cigar.decode(errors='replace')} covers {qlen} query bases but SEQ has {len(seq)}"
+    for i, opt in enumerate(fields[11:], start=12):
+        if not _TAG.match(opt):
+            return f"optional field {i} {opt[:20].decode(errors='replace')!r} is not TAG:TYPE:VALUE"
+    return None
+
+
+def _open_sam_text(path: str | bytes | Any) -> Any:
+    """A binary line reader over SAM text (plain, gzip or BGZF); None for BAM or unreadable files."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return None
+    head = f.read(2)
+    f.seek(0)
+    if head == b"\x1f\x8b":
+        g = gzip.GzipFile(fileobj=f, mode="rb")
+        try:
+            magic = g.peek(4)[:4]
+        except (OSError, EOFError):
+            f.close()
+            return None
+        if magic == b"BAM\x01":
+            f.close()
+            return None
+        return g
+    return f
+
+
+def locate_sam_error(path: Any, max_lines: int | None = None) -> InputFormatError | None:
+    """The first malformed line of the SAM text file ``path`` as an :class:`InputFormatError`
+    naming the file, the 1-based line number and what is wrong; None when every line checked is
+    well formed, or ``path`` is BAM (binary) or cannot be read.
+
+    For callers whose parser (htslib) failed without saying where: ``import_sam`` calls it when
+    reading fails, so the user is told the line rather than a record count.
+    """
+    reader = _open_sam_text(path)
+    if reader is None:
+        return None
+    in_header = True
+    n = 0
+    try:
+        with reader:
+            for n, raw in enumerate(reader, start=1):
+                if max_lines is not None and n > max_lines:
+                    return None
+                line = raw.rstrip(b"\n")
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if line.startswith(b"@") and in_header:
+                    err = check_sam_header_line(line)
+                    what = "header line"
+                else:
+                    in_header = False
+                    err = "empty line" if not line else check_sam_record_line(line)
+                    what = "SAM record"
+                if err:
+                    return InputFormatError(f"malformed {what}: {err}", file=os.fspath(path), line=n)
+    except (OSError, EOFError) as e:  # a damaged gzip stream: say where it stopped
+        return InputFormatError(f"cannot read SAM input after line {n}: {e}", file=os.fspath(path))
+    return None
