@@ -398,6 +398,7 @@ def test_metric_samples_from_stats() -> None:
     assert by[("persona_ptf_gate_credits_available", (("gate", "m.g0"), ("pipeline", "m")))] == 3
     assert by[("persona_ptf_batches_done_total", (("pipeline", "m"),))] == 1
     assert by[("persona_ptf_batches_quiescing", (("pipeline", "m"),))] == 0
+    assert by[("persona_ptf_state_entries", (("pipeline", "m"),))] == 0
 
 
 def test_gate_operations_for_a_global_gate_with_remote_consumers() -> None:

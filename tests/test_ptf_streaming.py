@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from test_ptf_pipeline import POISON, CallLog, Step, build, reference, steps_st
 
 from persona.errors import BatchCancelled, PipelineError, StageError
-from persona.ptf import (LocalPipelineSpec, Pipeline, PipelineSpec, StageSpec, StreamingBatch,
-                         testing)
+from persona.ptf import (GateSpec, LocalPipelineSpec, Pipeline, PipelineSpec, StageSpec,
+                         StreamingBatch, testing)
 
 T = 20.0
 pytestmark = pytest.mark.timeout(180)
@@ -80,9 +80,7 @@ def test_empty_stream_finishes_with_no_results() -> None:
 
 def test_stream_through_a_local_pipeline() -> None:
     inner = PipelineSpec.chain("in", [StageSpec("inc", inc)], credits=None)
-    gates = ("o.g0", "o.g1")
-    from persona.ptf import GateSpec
-    spec = PipelineSpec("o", "o.g0", "o.g1", tuple(GateSpec(g) for g in gates), (), (),
+    spec = PipelineSpec("o", "o.g0", "o.g1", (GateSpec("o.g0"), GateSpec("o.g1")), (), (),
                         (LocalPipelineSpec("loc", "o.g0", "o.g1", inner, partition_size=3,
                                            replicas=2, credits=1),))
     with Pipeline(spec) as p:

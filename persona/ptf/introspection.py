@@ -40,4 +40,6 @@ def metric_samples(stats: dict[str, Any]) -> list[Sample]:
     out.append(("persona_ptf_batches_failed_total", lab, float(stats["batches_failed"])))
     quiescing = stats.get("batches_quiescing", {})  # failed, stage calls still running
     out.append(("persona_ptf_batches_quiescing", lab, float(len(quiescing))))
+    if "state_entries" in stats:  # per-batch bookkeeping held: flat in a healthy service
+        out.append(("persona_ptf_state_entries", lab, float(stats["state_entries"])))
     return out
