@@ -90,3 +90,11 @@ class BatchCancelled(PersonaError, RuntimeError):
 
 class AlignerError(PersonaError, RuntimeError):
     """The aligner could not run (bad options, unusable index)."""
+
+
+class DatasetBusyError(DatasetError):
+    """Another writer holds the dataset (its claim names the holder)."""
+
+
+class ConcurrentWriteError(DatasetError):
+    """The dataset changed under a writer (its claim was broken, or another commit landed first)."""

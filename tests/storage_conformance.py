@@ -328,3 +328,46 @@ class StoreTests:
         assert len(keys) == n_threads * per_thread + 1
         assert store.get("t3/k007") == b"3:7"
         assert store.get("contended") in payloads
+
+    # ------------------------------------------------- exclusive create and copy
+    def test_put_if_absent(self, store: Store) -> None:
+        assert store.put_if_absent("claim", b"first") is True
+        assert store.put_if_absent("claim", b"second") is False
+        assert store.get("claim") == b"first"
+        store.delete("claim")
+        assert store.put_if_absent("claim", b"third") is True
+        assert store.get("claim") == b"third"
+        assert store.put_if_absent("d/nested", b"x") is True
+
+    @pytest.mark.timeout(60)
+    def test_put_if_absent_race_has_one_winner(self, store: Store) -> None:
+        """Many threads racing to create one key: exactly one wins, and its value stays."""
+        n = 8
+        wins: list[int] = []
+        start = threading.Barrier(n)
+
+        def racer(t: int) -> None:
+            start.wait()
+            if store.put_if_absent("race", f"{t}".encode()):
+                wins.append(t)
+
+        threads = [threading.Thread(target=racer, args=(t,)) for t in range(n)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert len(wins) == 1
+        assert store.get("race") == f"{wins[0]}".encode()
+        assert list(store.list("race")) == ["race"]
+
+    def test_copy(self, store: Store) -> None:
+        store.put("src", b"payload")
+        store.put("dst", b"old")
+        store.copy("src", "dst")
+        assert store.get("dst") == b"payload"
+        store.copy("src", "sub/dst2")
+        store.delete("src")  # the copies are independent keys
+        assert store.get("dst") == b"payload"
+        assert store.get("sub/dst2") == b"payload"
+        with pytest.raises(StoreKeyError):
+            store.copy("missing", "x")

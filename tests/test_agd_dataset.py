@@ -130,7 +130,11 @@ def test_manifest_is_written_last(tmp_path: Path) -> None:
 
     store.put = put  # type: ignore[method-assign]
     write_dataset(store, sizes=(2, 2))
-    assert order[-1] == "ds_metadata.json" and order.count("ds_metadata.json") == 1
+    # every chunk file is stored before the first manifest write; the second one only renames
+    first = order.index("ds_metadata.json")
+    assert order[-1] == "ds_metadata.json" and all(k.endswith("_metadata.json") or k.endswith("_writer.json")
+                                                   for k in order[first:])
+    assert len([k for k in order[:first] if "~" in k]) == 6  # 2 chunks x 3 columns, attempt-unique keys
 
 
 def test_abort_deletes_chunks(tmp_path: Path) -> None:
@@ -225,9 +229,23 @@ def test_read_record_random_access(tmp_path: Path, comp: str) -> None:
         ds.chunk_of(25)
 
 
+def _drop_checksums(path: Path, name: str = "ds") -> None:
+    """Remove the manifest's checksums (as in datasets written by the original), so that the
+    checks behind them are reached."""
+    f = path / f"{name}_metadata.json"
+    m = json.loads(f.read_text())
+    for r in m["records"]:
+        r.pop("checksums", None)
+    f.write_text(json.dumps(m))
+
+
 def test_header_ordinals_must_match_manifest(tmp_path: Path) -> None:
     write_dataset(tmp_path)
     (tmp_path / "ds_10.qual").write_bytes((tmp_path / "ds_0.qual").read_bytes())
+    ds = Dataset.open(tmp_path)
+    with pytest.raises(ChunkFormatError, match=r"checksum mismatch.*ds_10\.qual"):
+        ds.read_column(1, "qual")
+    _drop_checksums(tmp_path)
     ds = Dataset.open(tmp_path)
     with pytest.raises(ChunkFormatError, match=r"header holds records \[0, 10\) but the manifest says \[10, 20\)") as e:
         ds.read_column(1, "qual")
@@ -315,6 +333,10 @@ def test_verify_clean_and_broken(tmp_path: Path) -> None:
     (tmp_path / "ds_0.metadata").write_bytes((tmp_path / "ds_0.base").read_bytes())  # wrong record type
     (tmp_path / "ds_0.base").write_bytes((tmp_path / "ds_0.qual").read_bytes())  # qualities as text bases
     report = verify_dataset(ds)
+    assert not report.ok and any("checksum mismatch" in p.message for p in report.problems)
+    _drop_checksums(tmp_path)
+    ds = Dataset.open(tmp_path)
+    report = verify_dataset(ds)
     assert not report.ok
     by_key = {p.key: p.message for p in report.problems}
     assert set(by_key) == {"ds_10.qual", "ds_20.metadata", "ds_0.base", "ds_0.metadata"}
@@ -330,6 +352,7 @@ def test_verify_catches_bad_bases(tmp_path: Path) -> None:
     write_dataset(tmp_path, sizes=(2,))
     bad = RaggedArray.from_list([(5 | 7 << 3).to_bytes(8, "little"), (7).to_bytes(8, "little")])  # code 5
     (tmp_path / "ds_0.base").write_bytes(encode_chunk(bad, record_type=2, first_ordinal=0, name="ds"))
+    _drop_checksums(tmp_path)
     report = verify_dataset(Dataset.open(tmp_path))
     assert [(p.key, "invalid base code 5" in p.message) for p in report.problems] == [("ds_0.base", True)]
 

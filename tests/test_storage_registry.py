@@ -48,6 +48,12 @@ class RecordingStore(Store):
     def _put(self, key: str, data: memoryview) -> None:
         self.data[key] = data.tobytes()
 
+    def _put_if_absent(self, key: str, data: memoryview) -> bool:
+        if key in self.data:
+            return False
+        self.data[key] = data.tobytes()
+        return True
+
     def _exists(self, key: str) -> bool:
         return key in self.data
 

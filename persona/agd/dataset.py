@@ -33,7 +33,15 @@ from persona.agd.columns import (
 from persona.agd.format import HEADER_SIZE, ChunkHeader, CompressionType
 from persona.agd.manifest import MANIFEST_SUFFIX, ChunkRef, Manifest, chunk_path, manifest_key
 from persona.agd.ragged import RaggedArray
-from persona.errors import ChunkFormatError, DatasetError, ManifestError, StoreKeyError
+from persona.agd.transaction import Transaction, check_checksum
+from persona.errors import (
+    ChunkFormatError,
+    ConcurrentWriteError,
+    DatasetBusyError,
+    DatasetError,
+    ManifestError,
+    StoreKeyError,
+)
 from persona.storage import Store, open_store
 
 _RAW_CACHE_SIZE = 4  # decoded chunks kept for read_record
@@ -105,6 +113,7 @@ class Dataset:
         self._level = level
         self._lock = threading.Lock()
         self._raw_cache: OrderedDict[tuple[int, str], RaggedArray] = OrderedDict()
+        self._txn: Transaction | None = None
 
     @classmethod
     def open(cls, location: str | os.PathLike[str] | Store, name: str | None = None, **kwargs: Any) -> "Dataset":
@@ -161,9 +170,7 @@ class Dataset:
 
     def chunk_key(self, chunk_idx: int, column: str) -> str:
         """Store key of one column of one chunk. Absolute paths (old manifests) keep their file name."""
-        ref = self.chunks[chunk_idx]
-        path = ref.path.rsplit("/", 1)[-1] if ref.path.startswith("/") else ref.path
-        return f"{path}.{column}"
+        return self.chunks[chunk_idx].key(column)
 
     def chunk_of(self, ordinal: int) -> int:
         """Index of the chunk holding record ``ordinal``."""
@@ -187,6 +194,22 @@ class Dataset:
                 key=key,
             )
 
+    def read_file(self, chunk_idx: int, column: str) -> bytes:
+        """The bytes of one chunk file, checked against the checksum the manifest records."""
+        self._check_column(column)
+        ref = self.chunks[chunk_idx]
+        key = ref.key(column)
+        buf = self.store.get(key)  # StoreKeyError names the key when the file is missing
+        check_checksum(buf, ref.checksums.get(column), key)
+        return buf
+
+    def decode_file(self, chunk_idx: int, column: str, buf: bytes) -> ColumnValue:
+        """Decode the bytes of one chunk file read with :meth:`read_file` (checks the header)."""
+        key = self.chunk_key(chunk_idx, column)
+        header, records = decode_chunk(buf, key)
+        self._check_header(header, chunk_idx, column, key)
+        return decode_column(column, records, key=key, record_type=header.record_type)
+
     def read_header(self, chunk_idx: int, column: str) -> ChunkHeader:
         """The header of one chunk file (a 56-byte ranged read), checked against the manifest."""
         self._check_column(column)
@@ -197,9 +220,8 @@ class Dataset:
 
     def read_raw(self, chunk_idx: int, column: str) -> tuple[ChunkHeader, RaggedArray]:
         """Header and still-encoded records of one chunk file, checked against the manifest."""
-        self._check_column(column)
         key = self.chunk_key(chunk_idx, column)
-        buf = self.store.get(key)
+        buf = self.read_file(chunk_idx, column)
         header, records = decode_chunk(buf, key)
         self._check_header(header, chunk_idx, column, key)
         return header, records
@@ -275,11 +297,17 @@ class Dataset:
             self._compression = comp
         return self._compression
 
-    def write_column_chunk(self, chunk_idx: int, column: str, value: ColumnValue | Iterable[bytes]) -> str:
-        """Write one chunk of a (new or rewritten) column; returns its key.
+    def begin_columns(self, *, app: str = "columns", attempt: str | None = None,
+                      request_id: str | None = None) -> Transaction:
+        """A column transaction on this dataset (claims it; see :mod:`persona.agd.transaction`)."""
+        txn = Transaction(self.store, self.name, app=app, new=False, attempt=attempt, request_id=request_id)
+        txn.begin()
+        if txn.base is not None and txn.base.generation != self.manifest.generation:
+            self.manifest = txn.base  # someone committed since we opened: work on what is committed
+        return txn
 
-        The column becomes visible to readers only after :meth:`commit_columns`.
-        """
+    def encode_column_file(self, chunk_idx: int, column: str, value: ColumnValue | Iterable[bytes]) -> bytes:
+        """The file bytes of ``column`` for chunk ``chunk_idx`` (record count checked)."""
         ref = self.chunks[chunk_idx]
         n = len(value)  # type: ignore[arg-type]
         if n != ref.num_records:
@@ -287,42 +315,67 @@ class Dataset:
                 f"column {column!r} value has {n} records but chunk {ref.path} holds {ref.num_records}",
                 key=self.chunk_key(chunk_idx, column),
             )
-        data = encode_column_chunk(
-            column, value, first_ordinal=ref.first, name=self.name, compression=self.compression, level=self._level
-        )
-        key = self.chunk_key(chunk_idx, column)
-        self.store.put(key, data)
-        return key
+        return encode_column_chunk(column, value, first_ordinal=ref.first, name=self.name,
+                                   compression=self.compression, level=self._level)
+
+    def write_column_chunk(self, chunk_idx: int, column: str, value: ColumnValue | Iterable[bytes]) -> str:
+        """Write one chunk of a (new or rewritten) column in this dataset's open column
+        transaction (begun on first use); returns its key. The column becomes visible to
+        readers only after :meth:`commit_columns`; :meth:`abort_columns` drops it."""
+        data = self.encode_column_file(chunk_idx, column, value)
+        with self._lock:
+            if self._txn is None:
+                self._txn = self.begin_columns()
+            txn = self._txn
+        return txn.put_column_file(chunk_idx, column, data)
 
     def commit_columns(self, new_columns: Sequence[str], **manifest_updates: Any) -> Manifest:
-        """Add columns (every chunk file must exist) and apply manifest updates; rewrites the
-        manifest last. Unknown update names raise TypeError; pass ``extra={...}`` for
-        extension keys. Returns the new manifest."""
-        keys = [self.chunk_key(i, c) for c in new_columns for i in range(len(self.chunks))]
-        missing = [k for k in keys if not self.store.exists(k)]
-        if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise DatasetError(
-                f"cannot commit columns: {len(missing)} chunk files missing: {shown}", store=self.store.url
-            )
-        columns = list(self.columns) + [c for c in new_columns if c not in self.columns]
-        if "extra" in manifest_updates:
-            manifest_updates["extra"] = {**self.manifest.extra, **manifest_updates["extra"]}
-        manifest = self.manifest.with_updates(columns=columns, **manifest_updates)
-        self.store.put(manifest_key(manifest.name), manifest.to_json())
+        """Commit the columns written with :meth:`write_column_chunk` and apply manifest
+        updates (sort, reference, reference_contigs, paired, extra, provenance,
+        drop_columns); one atomic manifest replacement. Returns the new manifest."""
+        with self._lock:
+            txn, self._txn = self._txn, None
+        if txn is None:
+            if new_columns:
+                raise DatasetError(f"cannot commit columns {list(new_columns)}: none of their chunk files "
+                                   "was written", store=self.store.url)
+            txn = self.begin_columns()
+        try:
+            manifest = txn.commit(list(new_columns), **manifest_updates)
+        except (ConcurrentWriteError, DatasetBusyError):
+            txn.abort()
+            raise
+        except (DatasetError, TypeError):
+            if txn.state == "open":  # refused before anything changed (files missing, bad field)
+                with self._lock:
+                    self._txn = txn
+            raise
+        except BaseException:
+            if txn.state == "open":
+                txn.abort()
+            raise
         self.manifest = manifest
         with self._lock:
             self._raw_cache.clear()
         return manifest
 
+    def abort_columns(self) -> None:
+        """Drop the columns written since the last commit (idempotent)."""
+        with self._lock:
+            txn, self._txn = self._txn, None
+        if txn is not None:
+            txn.abort()
+
 
 class DatasetWriter:
-    """Writes a new dataset chunk by chunk, then its manifest (:meth:`commit`), or
-    removes what it wrote (:meth:`abort`).
+    """Writes a new dataset chunk by chunk in one :class:`Transaction`, then commits its
+    manifest (:meth:`commit`), or removes what it wrote (:meth:`abort`).
 
     Chunks may be written in any order and from several threads; at commit they
     must cover records ``[0, N)`` without gaps. Used as a context manager, leaving
-    the block without :meth:`commit` (normally or by an exception) aborts.
+    the block without :meth:`commit` (normally or by an exception) aborts. The
+    dataset is claimed from construction to commit/abort: a second writer of the
+    same name fails at once with :class:`~persona.errors.DatasetBusyError`.
     """
 
     def __init__(
@@ -335,6 +388,9 @@ class DatasetWriter:
         *,
         level: int | None = None,
         overwrite: bool = False,
+        app: str = "write",
+        attempt: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         if not name or "/" in name:
             raise DatasetError(f"bad dataset name {name!r}: non-empty, no '/'")
@@ -346,21 +402,16 @@ class DatasetWriter:
         self.compression = CompressionType.parse(compression)
         self.level = level
         self.paired = paired
-        if not overwrite and self.store.exists(manifest_key(name)):
-            raise DatasetError(f"dataset {name!r} already exists (pass overwrite=True to replace it)",
-                               store=self.store.url)
-        self._lock = threading.Lock()
-        self._chunks: dict[int, ChunkRef] = {}
-        self._written: list[str] = []
-        self._state = "open"
+        self.txn = Transaction(self.store, name, app=app, new=True, overwrite=overwrite, attempt=attempt,
+                               request_id=request_id)
+        self.txn.begin()
 
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise DatasetError(f"dataset writer for {self.name!r} is already {self._state}")
+    @property
+    def attempt(self) -> str:
+        return self.txn.attempt
 
     def write_chunk(self, first_ordinal: int, values: Mapping[str, ColumnValue | Iterable[bytes]]) -> ChunkRef:
         """Encode, compress and store one chunk (every column); returns its manifest entry."""
-        self._check_open()
         if set(values) != set(self.columns):
             raise DatasetError(f"chunk {first_ordinal} has columns {sorted(values)}, expected {self.columns}")
         sizes = {c: len(v) for c, v in values.items()}  # type: ignore[arg-type]
@@ -381,58 +432,31 @@ class DatasetWriter:
 
     def write_encoded(self, first_ordinal: int, num_records: int, files: Mapping[str, bytes]) -> ChunkRef:
         """Store one chunk whose column files are already encoded (see :func:`encode_column_chunk`)."""
-        self._check_open()
         if set(files) != set(self.columns):
             raise DatasetError(f"chunk {first_ordinal} has columns {sorted(files)}, expected {self.columns}")
-        ref = ChunkRef(first_ordinal, first_ordinal + num_records, chunk_path(self.name, first_ordinal))
-        with self._lock:
-            if first_ordinal in self._chunks:
-                raise DatasetError(f"chunk {first_ordinal} of {self.name!r} written twice")
-            self._chunks[first_ordinal] = ref
-            keys = [ref.key(c) for c in self.columns]
-            self._written.extend(keys)  # before the puts, so abort removes partial writes too
-        for c, key in zip(self.columns, keys):
-            self.store.put(key, files[c])
-        return ref
+        return self.txn.write_encoded(first_ordinal, num_records, files)
 
     @property
     def chunks(self) -> list[ChunkRef]:
-        with self._lock:
-            return sorted(self._chunks.values(), key=lambda r: r.first)
+        return self.txn.chunks
+
+    @property
+    def _state(self) -> str:
+        return self.txn.state
 
     def commit(self, **manifest_fields: Any) -> Manifest:
         """Write the manifest (last) and return it. ``manifest_fields``: sort, reference,
-        reference_contigs, paired, extra. Chunks must cover ``[0, N)`` exactly."""
-        self._check_open()
-        chunks = self.chunks
-        expect = 0
-        for ref in chunks:
-            if ref.first != expect:
-                what = "gap" if ref.first > expect else "overlap"
-                raise DatasetError(f"chunks of {self.name!r} have a {what} at record {expect} (next chunk {ref.path})")
-            expect = ref.last
+        reference_contigs, paired, extra, provenance. Chunks must cover ``[0, N)`` exactly."""
         manifest_fields.setdefault("paired", self.paired)
-        manifest = Manifest(name=self.name, columns=list(self.columns), records=chunks).with_updates(**manifest_fields)
-        self.store.put(manifest_key(self.name), manifest.to_json())
-        self._state = "committed"
-        return manifest
+        return self.txn.commit(self.columns, **manifest_fields)
 
     def abort(self) -> None:
         """Delete every chunk file written so far; idempotent. No manifest is written."""
-        if self._state == "committed":
-            raise DatasetError(f"dataset {self.name!r} is already committed; cannot abort")
-        self._state = "aborted"
-        with self._lock:
-            keys, self._written = self._written, []
-        for key in keys:
-            try:
-                self.store.delete(key)
-            except StoreKeyError:
-                pass
+        self.txn.abort()
 
     def __enter__(self) -> "DatasetWriter":
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._state == "open":
+        if self.txn.state == "open":
             self.abort()

@@ -23,7 +23,8 @@ from typing import Any
 from persona.errors import ManifestError
 
 MANIFEST_SUFFIX = "_metadata.json"
-_KNOWN = ("name", "version", "records", "columns", "sort", "reference", "reference_contigs", "paired")
+_KNOWN = ("name", "version", "records", "columns", "sort", "reference", "reference_contigs", "paired",
+          "generation", "provenance")
 
 
 def manifest_key(name: str) -> str:
@@ -38,18 +39,40 @@ def chunk_path(name: str, first_ordinal: int) -> str:
 
 @dataclass(frozen=True)
 class ChunkRef:
-    """One chunk: records ``[first, last)``; its column files are ``<path>.<column>``."""
+    """One chunk: records ``[first, last)``; its column files are ``<path>.<column>``.
+
+    Our extensions (optional in the JSON, ignored by the original's readers):
+    ``files`` maps a column to the key of its file when that is not
+    ``<path>.<column>`` (a column rewritten by a transaction whose files keep their
+    attempt-unique keys), and ``checksums`` maps a column to the checksum of its
+    file (``crc32:<8 hex>``), checked on every read.
+    """
 
     first: int
     last: int
     path: str
+    files: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    checksums: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def num_records(self) -> int:
         return self.last - self.first
 
     def key(self, column: str) -> str:
-        return f"{self.path}.{column}"
+        """Store key of this chunk's ``column`` file. Absolute paths (the original's manifests
+        sometimes hold them) keep only their file name: the key is relative to the store."""
+        if column in self.files:
+            return self.files[column]
+        path = self.path.rsplit("/", 1)[-1] if self.path.startswith("/") else self.path
+        return f"{path}.{column}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"first": self.first, "last": self.last, "path": self.path}
+        if self.files:
+            d["files"] = dict(sorted(self.files.items()))
+        if self.checksums:
+            d["checksums"] = dict(sorted(self.checksums.items()))
+        return d
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,10 @@ class Manifest:
     reference: str | None = None
     reference_contigs: list[Contig] = field(default_factory=list)
     paired: bool | None = None
+    #: bumped by every commit; a writer commits only over the generation it started from
+    generation: int = 0
+    #: one entry per app run that wrote this dataset (app, versions, parameters, inputs, times)
+    provenance: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -90,7 +117,7 @@ class Manifest:
         d: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
-            "records": [{"first": r.first, "last": r.last, "path": r.path} for r in self.records],
+            "records": [r.to_dict() for r in self.records],
             "columns": list(self.columns),
         }
         if self.sort is not None:
@@ -103,6 +130,10 @@ class Manifest:
             ]
         if self.paired is not None:
             d["paired"] = self.paired
+        if self.generation:
+            d["generation"] = self.generation
+        if self.provenance:
+            d["provenance"] = self.provenance
         for k, v in self.extra.items():
             d.setdefault(k, v)
         return d
@@ -150,7 +181,13 @@ class Manifest:
             path = need("path", str, r, ctx)
             if first < 0 or last < first:
                 raise ManifestError(f"manifest records[{i}] has an invalid range [{first}, {last})", key=key)
-            records.append(ChunkRef(first, last, path))
+            files = r.get("files") or {}
+            checksums = r.get("checksums") or {}
+            for what, m in (("files", files), ("checksums", checksums)):
+                if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                                      for k, v in m.items()):
+                    raise ManifestError(f"manifest {ctx}{what} must map column names to strings", key=key)
+            records.append(ChunkRef(first, last, path, dict(files), dict(checksums)))
         records.sort(key=lambda r: r.first)
         for a, b in zip(records, records[1:]):
             if b.first < a.last:
@@ -179,8 +216,16 @@ class Manifest:
         paired = obj.get("paired")
         if paired is not None and not isinstance(paired, bool):
             raise ManifestError("manifest 'paired' must be true or false", key=key)
+        generation = obj.get("generation", 0)
+        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+            raise ManifestError("manifest 'generation' must be a non-negative integer", key=key)
+        provenance = obj.get("provenance") or []
+        if not isinstance(provenance, list) or not all(isinstance(p, dict) for p in provenance):
+            raise ManifestError("manifest 'provenance' must be a list of objects", key=key)
         extra = {k: v for k, v in obj.items() if k not in _KNOWN}
         return cls(
+            generation=generation,
+            provenance=list(provenance),
             name=name,
             columns=list(columns),
             records=records,

@@ -122,6 +122,7 @@ class Store(ABC):
     supports_deletes: bool = True
     supports_listing: bool = True
     supports_partial_reads: bool = True  # get_range reads only the range, not the whole object
+    cheap_copy: bool = False  # copy() moves no bytes (hard link, shared buffer)
 
     _closed: bool = False
 
@@ -175,6 +176,31 @@ class Store(ABC):
         buf = as_buffer(data)
         with self._translate(key, writing=True):
             self._put(key, buf)
+
+    def put_if_absent(self, key: str, data: Buffer) -> bool:
+        """Store ``data`` under ``key`` only if no object is there (an atomic exclusive create).
+
+        Returns True if this call created the object, False if one already existed
+        (which is left untouched). Writer claims and manifest generations are built on it.
+        """
+        self._check_open()
+        validate_key(key)
+        if not self.supports_writes:
+            raise StoreUsageError("store is read-only", key=key, store=self.url)
+        buf = as_buffer(data)
+        with self._translate(key, writing=True):
+            return self._put_if_absent(key, buf)
+
+    def copy(self, src: str, dst: str) -> None:
+        """Make ``dst`` an object with the content of ``src`` (replacing ``dst``); backends
+        may do it without moving the bytes (a hard link, a server-side copy)."""
+        self._check_open()
+        validate_key(src)
+        validate_key(dst)
+        if not self.supports_writes:
+            raise StoreUsageError("store is read-only", key=dst, store=self.url)
+        with self._translate(src):
+            self._copy(src, dst)
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
@@ -272,6 +298,12 @@ class Store(ABC):
     def _put(self, key: str, data: memoryview) -> None: ...
 
     @abstractmethod
+    def _put_if_absent(self, key: str, data: memoryview) -> bool: ...
+
+    def _copy(self, src: str, dst: str) -> None:
+        self._put(dst, memoryview(self._get(src)))
+
+    @abstractmethod
     def _exists(self, key: str) -> bool: ...
 
     @abstractmethod
@@ -342,6 +374,7 @@ class PrefixStore(Store):
         self.supports_deletes = parent.supports_deletes
         self.supports_listing = parent.supports_listing
         self.supports_partial_reads = parent.supports_partial_reads
+        self.cheap_copy = parent.cheap_copy
 
     @property
     def url(self) -> str:
@@ -360,6 +393,12 @@ class PrefixStore(Store):
 
     def _put(self, key: str, data: memoryview) -> None:
         self.parent.put(self._full(key), data)
+
+    def _put_if_absent(self, key: str, data: memoryview) -> bool:
+        return self.parent.put_if_absent(self._full(key), data)
+
+    def _copy(self, src: str, dst: str) -> None:
+        self.parent.copy(self._full(src), self._full(dst))
 
     def _exists(self, key: str) -> bool:
         return self.parent.exists(self._full(key))

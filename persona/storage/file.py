@@ -33,6 +33,8 @@ class FileStore(Store):
     data only. ``read_only=True`` refuses puts and deletes.
     """
 
+    cheap_copy = True
+
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, read_only: bool = False) -> None:
         self.root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
         self.fsync = fsync
@@ -173,6 +175,68 @@ class FileStore(Store):
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+
+    def _write_tmp(self, path: Path, data: memoryview) -> Path:
+        directory = path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return tmp
+
+    def _sync_dir(self, directory: Path) -> None:
+        if self.fsync:
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def _put_if_absent(self, key: str, data: memoryview) -> bool:
+        # The whole object is written to a temporary file first, then hard-linked to the key:
+        # link(2) fails with EEXIST when the key exists, so the create is atomic and exclusive
+        # and no reader ever sees a partial object (also on NFS, unlike O_EXCL on old servers).
+        path = self._resolve(key)
+        tmp = self._write_tmp(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self._sync_dir(path.parent)
+        return True
+
+    def _copy(self, src: str, dst: str) -> None:
+        # A hard link to a temporary name, renamed over dst: no bytes move, dst is replaced
+        # atomically, and src and dst stay independent keys (objects are never modified in place).
+        spath, dpath = self._resolve(src), self._resolve(dst)
+        if not spath.is_file():
+            raise FileNotFoundError(str(spath))
+        dpath.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dpath.parent / f"{_TMP_PREFIX}{dpath.name}.{uuid.uuid4().hex}"
+        try:
+            os.link(spath, tmp)
+        except OSError:  # no hard links here (another file system, some FUSE mounts): copy
+            self._put(dst, memoryview(self._get(src)))
+            return
+        try:
+            os.replace(tmp, dpath)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._sync_dir(dpath.parent)
 
     def _delete(self, key: str) -> None:
         path = self._resolve(key)

@@ -39,6 +39,8 @@ class MemoryStore(Store):
     selects a child store instead).
     """
 
+    cheap_copy = True
+
     def __init__(self, name: str | None = None, *, read_only: bool = False) -> None:
         if name is None:
             self.name = f"anonymous-{next(_anonymous)}"
@@ -87,6 +89,18 @@ class MemoryStore(Store):
         copy = data.tobytes()  # the caller may reuse its buffer; copy outside the lock
         with self._bucket.lock:
             self._bucket.objects[key] = copy
+
+    def _put_if_absent(self, key: str, data: memoryview) -> bool:
+        copy = data.tobytes()
+        with self._bucket.lock:
+            if key in self._bucket.objects:
+                return False
+            self._bucket.objects[key] = copy
+            return True
+
+    def _copy(self, src: str, dst: str) -> None:
+        with self._bucket.lock:
+            self._bucket.objects[dst] = self._bucket.objects[src]
 
     def _exists(self, key: str) -> bool:
         with self._bucket.lock:
