@@ -295,8 +295,13 @@ def test_random_streams_match_sequential_reference(shape: tuple[list[Step], int 
             assert h.progress() == (len(want), len(want))
         p.drain(T)
         p.check()
-        assert p.state_entries() == 0, p.stats()
+        stats = p.stats()
+        assert p.state_entries() == 0, stats
         assert not p._dropped
+    by_id = {g["id"]: g for g in stats["gates"]}
+    if link:  # open streams hold credits like any batch: the bound holds
+        for i in range(1, len(steps) + 1):
+            assert by_id[f"r.g{i}"]["max_open_batches"] <= link, by_id[f"r.g{i}"]
     # quiescence: once a failed batch's result() raised, none of its stage calls starts or ends
     for b, mark in failed_at.items():
         assert b not in {lb for lb, _ in log.events[mark:]}, (b, log.events[mark:])

@@ -112,10 +112,13 @@ included) is running on one of its feeds. From the failure on, no stage call
 of the batch starts, and a feed whose call ends after it is disposed of, never
 enqueued downstream. So a caller may undo the batch's side effects (delete
 the chunk files a write stage stored) as soon as ``result()`` raises, while
-the pipeline serves other batches. Each replica publishes the batch it works
-on in a slot of :class:`~persona.ptf.occupancy.Occupancy` (two list stores
-per call, no lock); the failer records the slots holding the batch and the
-last of them to leave finishes the handle.
+the pipeline serves other batches. Each replica publishes the batch of the
+feed it holds in a slot of :class:`~persona.ptf.occupancy.Occupancy` (stored
+by the dequeue under the gate lock, cleared once the feed is in the next
+gate); the failer drops the batch at every gate, records the slots holding it
+and the last of them to leave finishes the handle. At that moment no feed of
+the batch exists outside the gates, so every gate forgets it. A streaming
+batch's producer stops on the PipelineError its next ``put`` raises.
 
 A long-running pipeline stays flat: a finished batch leaves no state behind.
 Gate records close with their batch, credits come back, and a failed batch's

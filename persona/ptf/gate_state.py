@@ -56,7 +56,7 @@ class BatchRecord:
     buffered; ``top`` is one past the highest position seen while the arity was open."""
 
     __slots__ = ("bid", "root", "arity", "dequeued", "buffered", "enqueued", "items",
-                 "admitted", "counts", "ready", "top")
+                 "admitted", "counts", "ready", "top", "early")
 
     def __init__(self, bid: int, root: int, arity: int | None, keyed: bool) -> None:
         self.bid = bid
@@ -70,6 +70,7 @@ class BatchRecord:
         self.counts: dict[int, int] = {}  # aggregate: feeds present per incomplete group
         self.ready: list[int] = []  # aggregate: heap of complete group indexes
         self.top = 0
+        self.early = False  # declared before its first feed arrived
 
 
 class GateState:
@@ -99,6 +100,7 @@ class GateState:
         self.discarded_total = 0
         self.high_water = 0
         self.max_open = 0  # most batches open at once (tests: <= credits inside a link)
+        self.early = 0  # open records declared before their first feed (not counted above)
 
     # -- enqueue -------------------------------------------------------------
     def full(self) -> bool:
@@ -117,8 +119,8 @@ class GateState:
         rec = self.open.get(bid)
         if rec is None:
             rec = self.open[bid] = BatchRecord(bid, meta[0][0], arity, self.mode != PLAIN)
-            if len(self.open) > self.max_open:
-                self.max_open = len(self.open)
+            if len(self.open) - self.early > self.max_open:
+                self.max_open = len(self.open) - self.early
         rec.enqueued += 1
         ra = rec.arity
         learn = False
@@ -126,6 +128,11 @@ class GateState:
             if rec.enqueued > ra or (arity is not None and arity != ra):
                 raise PipelineError("feed duplicated or metadata inconsistent at gate",
                                     gate=self.gate_id, batch=bid, feed=feed.pos)
+            if rec.early:  # the first feed of a batch declared before it: now it counts
+                rec.early = False
+                self.early -= 1
+                if len(self.open) - self.early > self.max_open:
+                    self.max_open = len(self.open) - self.early
         elif arity is not None:
             learn = True  # an upstream gate knew the arity first
         if self.mode == PLAIN:
@@ -168,10 +175,10 @@ class GateState:
             return DISCARDED
         rec = self.open.get(bid)
         if rec is None:
-            if arity > 0:
-                self.open[bid] = BatchRecord(bid, root, arity, self.mode != PLAIN)
-                if len(self.open) > self.max_open:
-                    self.max_open = len(self.open)
+            if arity > 0:  # remember the arity until the feeds come
+                rec = self.open[bid] = BatchRecord(bid, root, arity, self.mode != PLAIN)
+                rec.early = True
+                self.early += 1
             return ENQUEUED
         if rec.arity is not None:
             if rec.arity != arity:
@@ -286,6 +293,7 @@ class GateState:
         ids = [bid for bid, rec in self.open.items() if rec.root == root]
         for bid in ids:
             rec = self.open.pop(bid)
+            self.early -= rec.early
             self.buffered -= rec.buffered
             self.garbage.extend(rec.items.values() if isinstance(rec.items, dict) else rec.items)
         if self.link is not None:
@@ -331,6 +339,8 @@ class GateState:
     def check(self) -> None:
         """Assert the accounting invariants (tests call this after every step)."""
         assert self.buffered == sum(r.buffered for r in self.open.values())
+        assert self.early == sum(r.early for r in self.open.values())
+        assert self.max_open >= len(self.open) - self.early
         assert self.capacity is None or self.buffered <= self.capacity
         for r in self.open.values():
             assert 0 <= r.dequeued + r.buffered <= (r.enqueued if r.arity is None else r.arity)
