@@ -2,7 +2,10 @@
 # Set up (if needed) and run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash deploy/setup.sh
+# The reference tools the tests compare against or use (samtools, Picard, minimap2, ...), and the
+# test extras (pytest, hypothesis, protobuf, mappy).
+TEST_APT="samtools picard-tools minimap2 art-nextgen-simulation-tools bwa seqtk tabix"
+bash deploy/setup.sh --extras test,mappy --apt "$TEST_APT"
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
