@@ -17,6 +17,7 @@ Usage: ``python bench/bench_ptf.py [--quick]``; the last line is one JSON object
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import queue
 import statistics
@@ -174,8 +175,9 @@ def rss_mb() -> tuple[float, float]:
 
 
 def soak(batches: int, warmup: int = 500) -> dict[str, Any]:
-    import gc
-
+    """``batches`` small batches through one long-lived pipeline (see
+    :func:`persona.ptf.testing.soak`): VmRSS after ``warmup`` batches and at the end,
+    and the per-batch state entries left after the drain."""
     with Pipeline(testing.soak_spec(credits=8)) as p:
         testing.soak(p, warmup)
         gc.collect()
@@ -188,8 +190,8 @@ def soak(batches: int, warmup: int = 500) -> dict[str, Any]:
         entries_end = p.state_entries()
         gc.collect()
         end, peak = rss_mb()
-    return {"batches": batches, "warmup_batches": warmup, "done": counts["done"],
-            "failed": counts["failed"], "cancelled": counts["cancelled"],
+    return {"batches": batches, "full_run_batches": 10_000, "warmup_batches": warmup,
+            "done": counts["done"], "failed": counts["failed"], "cancelled": counts["cancelled"],
             "streamed": counts["streamed"], "seconds": dt, "batches_per_s": batches / dt,
             "rss_mb_start": round(start, 1), "rss_mb_end": round(end, 1),
             "rss_peak_mb": round(peak, 1), "gate_state_entries_start": entries_start,

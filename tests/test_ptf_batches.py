@@ -225,3 +225,20 @@ class BatchMachine(RuleBasedStateMachine):
 TestBatchMachine = BatchMachine.TestCase
 TestBatchMachine.settings = settings(max_examples=200, stateful_step_count=50, deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_occupancy_record_after_the_drops_sees_late_takers() -> None:
+    from persona.ptf.occupancy import Occupancy
+
+    occ = Occupancy()
+    a, b = occ.add_slot("s/0"), occ.add_slot("s/1")
+    err = StageError("boom", batch=3)
+    occ.fail(3, err)  # nothing inside yet
+    occ.slots[a] = 3  # took a feed of 3 from a gate not dropped yet
+    occ.record(3)  # every gate dropped 3: slot a is recorded now
+    assert occ.leave(3, FAILER) is None
+    occ.slots[a] = IDLE
+    assert occ.leave(3, a) is err and occ.state_entries() == 0
+    occ.slots[b] = 4
+    occ.record(4)  # not failed: no-op
+    assert occ.state_entries() == 0

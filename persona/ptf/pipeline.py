@@ -405,6 +405,7 @@ class Pipeline:
     def _close(self, h: BatchHandle) -> None:
         bid = h.id
         complete = False
+        error: PipelineError | None = None
         with self._lock:
             arity = self._table.close(bid)
             if arity is None:  # failed, finished or closed before
@@ -417,10 +418,15 @@ class Pipeline:
             else:
                 # Downstream first: a feed carrying a known arity then only meets gates
                 # that know it already (see persona.ptf.gate_state).
-                for gate, a in zip(reversed(self._outer), reversed(arities)):
-                    complete = gate.declare(bid, a) or complete
+                try:
+                    for gate, a in zip(reversed(self._outer), reversed(arities)):
+                        complete = gate.declare(bid, a) or complete
+                except PipelineError as e:  # accounting violation: fail this batch only
+                    error = e
         if arity == 0:
             h._finish([], None)
+        elif error is not None:
+            self._fail(bid, error)
         elif complete:
             self._deliver(bid)
 
