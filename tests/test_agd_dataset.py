@@ -399,6 +399,7 @@ def _fastq(path: Path, n: int) -> list[tuple[bytes, bytes, bytes]]:
     return out
 
 
+@pytest.mark.small_data
 def test_real_measles_reads_round_trip(tmp_path: Path, measles: dict[str, Path]) -> None:
     r1, r2 = _fastq(measles["r1"], 1500), _fastq(measles["r2"], 1500)
     recs = [r for pair in zip(r1, r2) for r in pair]  # interleaved, as paired import writes them

@@ -44,6 +44,7 @@ def results_bytes(location: Path) -> list[bytes]:
             if c == "results" or c.startswith("secondary")]
 
 
+@pytest.mark.small_data
 def test_align_updates_manifest(env) -> None:
     loc = fresh(env, "basic")
     m = align_dataset(loc, "chr20slice", references_url=env["refs"], work_item_reads=128)
@@ -59,6 +60,7 @@ def test_align_updates_manifest(env) -> None:
     assert sum(1 for f in flags if f & 0x2) / len(flags) > 0.9
 
 
+@pytest.mark.small_data
 def test_results_identical_whatever_threads_replicas_items_and_concurrency(env) -> None:
     base = fresh(env, "det0")
     align_dataset(base, "chr20slice", references_url=env["refs"], threads=1, work_item_reads=10_000,
@@ -89,6 +91,7 @@ def test_results_identical_whatever_threads_replicas_items_and_concurrency(env) 
     assert all(results_bytes(loc) == expected for loc in locs)
 
 
+@pytest.mark.small_data
 def test_secondary_columns(env) -> None:
     loc = fresh(env, "sec")
     m = align_dataset(loc, "chr20slice", references_url=env["refs"], secondary=2)
@@ -102,6 +105,7 @@ def test_secondary_columns(env) -> None:
     assert not list(loc.glob("*.secondary*"))  # their files are gone too
 
 
+@pytest.mark.small_data
 def test_missing_reference_leaves_dataset_untouched(env) -> None:
     loc = fresh(env, "noref")
     before = Dataset.open(loc).manifest
@@ -110,6 +114,7 @@ def test_missing_reference_leaves_dataset_untouched(env) -> None:
     assert Dataset.open(loc).manifest == before
 
 
+@pytest.mark.small_data
 def test_dataset_without_qual_is_refused(env, tmp_path: Path) -> None:
     w = DatasetWriter(tmp_path / "ds", "noqual", columns=["base", "metadata"])
     w.write_chunk(0, {"base": RaggedArray.from_list([b"ACGT"]), "metadata": RaggedArray.from_list([b"r"])})
@@ -118,6 +123,7 @@ def test_dataset_without_qual_is_refused(env, tmp_path: Path) -> None:
         align_dataset(tmp_path / "ds", "chr20slice", references_url=env["refs"])
 
 
+@pytest.mark.small_data
 def test_corrupt_chunk_fails_request_names_chunk_and_cleans_up(env) -> None:
     loc = fresh(env, "corrupt")
     before = Dataset.open(loc).manifest
@@ -130,6 +136,7 @@ def test_corrupt_chunk_fails_request_names_chunk_and_cleans_up(env) -> None:
     assert not list(loc.glob("*.results"))
 
 
+@pytest.mark.small_data
 def test_overwrite_false_and_bad_replicas(env) -> None:
     loc = fresh(env, "twice")
     align_dataset(loc, "chr20slice", references_url=env["refs"])
@@ -140,6 +147,7 @@ def test_overwrite_false_and_bad_replicas(env) -> None:
 
 
 @pytest.mark.tools
+@pytest.mark.small_data
 def test_exported_bam_passes_picard_and_matches_flagstat(env) -> None:
     from persona.apps.export_sam import export_sam
     from persona.apps.stats import alignment_stats

@@ -37,6 +37,7 @@ def same(a: AlignResult, b: AlignResult) -> bool:
         x == y for x, y in zip(a.secondary, b.secondary))
 
 
+@pytest.mark.small_data
 def test_results_independent_of_threads_and_work_items(measles_block) -> None:
     al, bases, names = measles_block
     reference = al.align(bases, None, names, paired=True)  # one block, calling thread
@@ -50,6 +51,7 @@ def test_results_independent_of_threads_and_work_items(measles_block) -> None:
         assert len(got.primary) == len(bases)
 
 
+@pytest.mark.small_data
 def test_concurrent_chunks_share_one_pool(measles_block) -> None:
     al, bases, names = measles_block
     ex = AlignerExecutor(2)
@@ -99,6 +101,7 @@ def test_failing_work_item_fails_only_its_chunk() -> None:
         ex.submit(al, RaggedArray.from_list([b"A"]))
 
 
+@pytest.mark.small_data
 def test_pairs_never_split_and_bad_arguments(measles_block) -> None:
     al, bases, names = measles_block
     ex = AlignerExecutor(1)

@@ -74,6 +74,7 @@ def compare(res, recs: list[pysam.AlignedSegment]) -> dict[str, float]:
 
 @pytest.mark.tools
 @pytest.mark.parametrize("dataset", ["yeast", "human"])
+@pytest.mark.small_data
 def test_paired_concordance_with_minimap2_binary(dataset: str, request, tmp_path: Path) -> None:
     files = request.getfixturevalue(dataset)
     r1, r2 = head_fastq(files["r1"], N_PAIRS), head_fastq(files["r2"], N_PAIRS)
@@ -93,6 +94,7 @@ def test_paired_concordance_with_minimap2_binary(dataset: str, request, tmp_path
 
 
 @pytest.mark.tools
+@pytest.mark.small_data
 def test_single_end_concordance(measles, tmp_path: Path) -> None:
     r1 = head_fastq(measles["r1"], 3000)
     write_fastq(tmp_path / "r1.fq", r1)
@@ -103,6 +105,7 @@ def test_single_end_concordance(measles, tmp_path: Path) -> None:
     assert not (res.primary.fields["flag"] & FLAG_PAIRED).any()
 
 
+@pytest.mark.small_data
 def test_odd_reads_come_back_unmapped(measles, tmp_path: Path) -> None:
     al = aligner_for(measles["ref"], tmp_path)
     good = head_fastq(measles["r1"], 1)[0][1]
@@ -120,6 +123,7 @@ def test_odd_reads_come_back_unmapped(measles, tmp_path: Path) -> None:
     assert (pres["ref_index"][1], pres["position"][1]) == (pres["ref_index"][0], pres["position"][0])
 
 
+@pytest.mark.small_data
 def test_paired_block_must_be_even(measles, tmp_path: Path) -> None:
     al = aligner_for(measles["ref"], tmp_path)
     with pytest.raises(AlignerError, match="odd number"):
@@ -128,6 +132,7 @@ def test_paired_block_must_be_even(measles, tmp_path: Path) -> None:
         al.align(RaggedArray.from_list([b"ACGT"] * 2), RaggedArray.from_list([b"IIII"]))
 
 
+@pytest.mark.small_data
 def test_secondary_columns_and_options(human, tmp_path: Path) -> None:
     recs = head_fastq(human["r1"], 2000)
     al = aligner_for(human["ref"], tmp_path, AlignerOptions(secondary=2))
@@ -148,6 +153,7 @@ def test_secondary_columns_and_options(human, tmp_path: Path) -> None:
     assert (strict.align(RaggedArray.from_list([recs[0][1]])).primary.fields["flag"] & 4).all()
 
 
+@pytest.mark.small_data
 def test_contig_table_must_match_index(measles, human, tmp_path: Path) -> None:
     mmi = tmp_path / "m.mmi"
     build_index(measles["ref"], mmi)

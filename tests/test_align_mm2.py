@@ -76,6 +76,7 @@ def identical_share(res, recs: list[pysam.AlignedSegment]) -> float:
 
 @pytest.mark.tools
 @pytest.mark.parametrize("dataset,n_pairs", [("human", 25_839), ("yeast", 30_000)])
+@pytest.mark.small_data
 def test_kernel_matches_minimap2_binary(dataset: str, n_pairs: int, request, tmp_path: Path) -> None:
     files = request.getfixturevalue(dataset)
     pairs = read_pairs(files["r1"], files["r2"], n_pairs)
@@ -91,6 +92,7 @@ def test_kernel_matches_minimap2_binary(dataset: str, n_pairs: int, request, tmp
 
 
 @pytest.mark.parametrize("secondary", [0, 2])
+@pytest.mark.small_data
 def test_kernel_agrees_with_mappy_backend(human, tmp_path: Path, secondary: int) -> None:
     pairs = read_pairs(human["r1"], human["r2"], 4000)
     mmi = index_of(human["ref"], tmp_path)  # one .mmi file read by both backends
@@ -147,6 +149,7 @@ def test_mapping_releases_the_gil(yeast, tmp_path: Path) -> None:
     assert gaps.max() < 0.5 * (end - start), (gaps.max(), end - start)
 
 
+@pytest.mark.small_data
 def test_index_build_load_and_contigs(human, measles, tmp_path: Path) -> None:
     mmi = tmp_path / "h.mmi"
     built = mm2.Index.build(str(human["ref"]), "sr", str(mmi))
@@ -166,6 +169,7 @@ def test_index_build_load_and_contigs(human, measles, tmp_path: Path) -> None:
         mm2.Index.build(str(tmp_path / "missing.fa"))
 
 
+@pytest.mark.small_data
 def test_mapper_contracts(measles, tmp_path: Path) -> None:
     idx = mm2.Index.load(str(index_of(measles["ref"], tmp_path)))
     m = idx.mapper()
@@ -192,6 +196,7 @@ def test_mapper_contracts(measles, tmp_path: Path) -> None:
     assert len(f4) == 0 and list(co4) == [0] and len(cd4) == 0 and [len(s[0]) for s in sec4] == [0, 0]
 
 
+@pytest.mark.small_data
 def test_one_mapper_is_one_thread_at_a_time(yeast, tmp_path: Path) -> None:
     idx = mm2.Index.load(str(index_of(yeast["ref"], tmp_path)))
     bases, names = blocks(read_pairs(yeast["r1"], yeast["r2"], 40_000))
@@ -216,6 +221,7 @@ def test_one_mapper_is_one_thread_at_a_time(yeast, tmp_path: Path) -> None:
     assert errors and "one thread at a time" in str(errors[0])
 
 
+@pytest.mark.small_data
 def test_secondary_records(human, tmp_path: Path) -> None:
     opts = AlignerOptions(secondary=2)
     al = make_aligner("minimap2", load_index(index_of(human["ref"], tmp_path), opts),
@@ -237,6 +243,7 @@ def test_secondary_records(human, tmp_path: Path) -> None:
         assert (f["next_ref_index"][sel] == p["ref_index"][mate][sel]).all()
 
 
+@pytest.mark.small_data
 def test_mappy_backend_shares_the_stored_index(measles, tmp_path: Path) -> None:
     from persona.align.reference import add_reference, reference_info, use_reference
 

@@ -21,6 +21,7 @@ def store(tmp_path: Path):
     return open_store(str(tmp_path / "refs"))
 
 
+@pytest.mark.small_data
 def test_add_and_describe(measles, store) -> None:
     info = add_reference("measles", measles["ref"], store)
     assert [c.name for c in info.contigs] == ["MH356245.1"] and info.contigs[0].length == 15_894  # samtools faidx agrees
@@ -33,6 +34,7 @@ def test_add_and_describe(measles, store) -> None:
     add_reference("measles", measles["ref"], store)
 
 
+@pytest.mark.small_data
 def test_other_fasta_same_name_refused(measles, human, store) -> None:
     add_reference("r", measles["ref"], store)
     with pytest.raises(ReferenceNotFoundError, match="already exists with a different FASTA"):
@@ -41,6 +43,7 @@ def test_other_fasta_same_name_refused(measles, human, store) -> None:
     assert info.contigs[0].name == "chr20_9995001_11095000"
 
 
+@pytest.mark.small_data
 def test_unknown_reference_and_bad_names(measles, store) -> None:
     with pytest.raises(ReferenceNotFoundError, match="does not exist.*persona reference add"):
         acquire_reference("nope", store)
@@ -64,6 +67,7 @@ def test_bad_fasta_is_refused_before_indexing(tmp_path: Path, store) -> None:
     assert list_references(store) == []
 
 
+@pytest.mark.small_data
 def test_loaded_once_shared_and_released(measles, human, store) -> None:
     add_reference("measles", measles["ref"], store)
     before = refmod.load_count
@@ -99,6 +103,7 @@ def test_loaded_once_shared_and_released(measles, human, store) -> None:
         assert ref.contigs[0].name == "chr20_9995001_11095000"
 
 
+@pytest.mark.small_data
 def test_corrupt_index_is_refused(measles, store) -> None:
     add_reference("measles", measles["ref"], store)
     data = bytearray(store.get("measles/minimap2-sr.mmi"))
@@ -112,6 +117,7 @@ def test_corrupt_index_is_refused(measles, store) -> None:
     assert desc["indexes"]["minimap2-sr"]["size"] == len(data)
 
 
+@pytest.mark.small_data
 def test_non_file_store_loads_through_a_copy(measles, tmp_path: Path) -> None:
     mem = open_store("memory://align-ref-test")
     add_reference("m", measles["ref"], mem)

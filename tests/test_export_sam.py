@@ -119,6 +119,7 @@ def test_bam_round_trip_is_record_identical(human_export, human):
 
 
 @pytest.mark.tools
+@pytest.mark.small_data
 def test_picard_reports_only_what_the_input_has(human_export, human):
     """Picard's findings on our BAM equal those on the input (orphan mates, mate mismatches
     left by the region extraction), line by line, apart from the NM tags we cannot carry."""
@@ -139,6 +140,7 @@ def test_sam_text_equals_samtools_view_of_our_bam(human_agd, human_export, tmp_p
     assert sam.read_text() == sh("samtools", "view", "-h", "--no-PG", str(bam))
 
 
+@pytest.mark.small_data
 def test_threads_and_levels(human_agd, human_export, tmp_path):
     _, bam = human_export
     again = tmp_path / "t0.bam"
@@ -151,6 +153,7 @@ def test_threads_and_levels(human_agd, human_export, tmp_path):
     assert gzip.decompress(fast.read_bytes()) == gzip.decompress(bam.read_bytes())
 
 
+@pytest.mark.small_data
 def test_reimport_gives_the_same_dataset(human_agd, human_export, tmp_path):
     _, bam = human_export
     import_sam(bam, out=tmp_path / "again", name="again", chunk_size=16_000)
@@ -163,6 +166,7 @@ def test_reimport_gives_the_same_dataset(human_agd, human_export, tmp_path):
 
 @pytest.mark.tools
 @pytest.mark.parametrize("paired", [True, False])
+@pytest.mark.small_data
 def test_unaligned_export_flags_and_picard_clean(human, tmp_path, paired):
     root = unaligned_dataset(tmp_path / "ds", human["r1"], human["r2"] if paired else None, 1000, "reads")
     out = tmp_path / "reads.bam"
@@ -183,6 +187,7 @@ def test_unaligned_export_flags_and_picard_clean(human, tmp_path, paired):
 
 
 @pytest.mark.tools
+@pytest.mark.small_data
 def test_unaligned_unsorted_names_are_not_labelled_queryname(yeast, tmp_path):
     root = unaligned_dataset(tmp_path / "ds", yeast["r1"], yeast["r2"], 1500, "yeast")
     assert Dataset.open(root).manifest.sort == "queryname"
@@ -194,6 +199,7 @@ def test_unaligned_unsorted_names_are_not_labelled_queryname(yeast, tmp_path):
 
 
 @pytest.mark.tools
+@pytest.mark.small_data
 def test_default_read_group_lacks_only_platform(human, tmp_path):
     """Without PL, Picard (2.27) flags the read group and nothing else; PL cannot be guessed."""
     root = unaligned_dataset(tmp_path / "ds", human["r1"], human["r2"], 200, "reads")
@@ -203,6 +209,7 @@ def test_default_read_group_lacks_only_platform(human, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("ERROR::MISSING_PLATFORM_VALUE")
 
 
+@pytest.mark.small_data
 def test_read_group_options(human, tmp_path):
     root = unaligned_dataset(tmp_path / "ds", human["r1"], None, 10, "reads")
     sam = tmp_path / "x.sam"

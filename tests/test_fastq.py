@@ -49,7 +49,7 @@ def _fastq(records: list[tuple[bytes, bytes, bytes]], eol: bytes = b"\n") -> byt
 
 # -- well-formed input ---------------------------------------------------------
 
-@pytest.mark.parametrize("dataset", ["yeast", "measles", "human"])
+@pytest.mark.parametrize("dataset", [pytest.param("yeast", marks=pytest.mark.small_data), "measles", "human"])
 def test_real_reads_match_reference_parser_and_round_trip(dataset, request):
     paths = request.getfixturevalue(dataset)
     text = _head(paths["r1"], 3000)
@@ -126,6 +126,7 @@ def _chunks_of(text: bytes, per_chunk: int):
         yield from iter_text_chunks(f.name, per_chunk, block_size=13)
 
 
+@pytest.mark.small_data
 def test_iter_text_chunks_gzip_lines_and_boundaries(tmp_path, yeast):
     text = _head(yeast["r1"], 2500)
     path = tmp_path / "x.fastq.gz"
@@ -140,6 +141,7 @@ def test_iter_text_chunks_gzip_lines_and_boundaries(tmp_path, yeast):
     assert len(exact) == 6 and exact[-1].text == b"" and exact[-1].final
 
 
+@pytest.mark.small_data
 def test_read_fastq_plain_and_gzip_agree(tmp_path, measles):
     text = _head(measles["r2"], 500)
     (tmp_path / "a.fq").write_bytes(text)
@@ -180,6 +182,7 @@ def test_error_line_counts_from_chunk_first_line():
         parse_chunk(_chunk(b"@r\nAXGT\n+\nIIII\n", first_line=4002), "big.fq")
 
 
+@pytest.mark.small_data
 def test_corrupt_gzip_names_file(tmp_path, yeast):
     data = yeast["r1"].read_bytes()
     path = tmp_path / "cut.fastq.gz"
@@ -222,6 +225,7 @@ def test_pair_count_mismatch_names_file_and_line():
         parse_pair(_chunk(r2), _chunk(r1), "R2.fq", "R1.fq")
 
 
+@pytest.mark.small_data
 def test_real_pairs_match(yeast):
     r1, r2 = _head(yeast["r1"], 2000), _head(yeast["r2"], 2000)
     cols = parse_pair(_chunk(r1), _chunk(r2), "R1", "R2")
@@ -256,6 +260,7 @@ def test_default_name(fname, want):
     assert default_name(fname) == want
 
 
+@pytest.mark.small_data
 def test_gather_field_matches_gather_columns(measles):
     r1, r2 = _head(measles["r1"], 300), _head(measles["r2"], 300)
     p1, _ = k.scan_fastq(r1, "r1")
@@ -268,6 +273,7 @@ def test_gather_field_matches_gather_columns(measles):
         k.gather_field(0, r1, p1, r2, p2[:10])
 
 
+@pytest.mark.small_data
 def test_zlib_fallback_without_isal(tmp_path, monkeypatch, yeast):
     import persona.formats.fastq as fq
 

@@ -55,6 +55,7 @@ def test_yeast_pairs_round_trip_byte_identical(tmp_path, yeast):
     assert (tmp_path / "o2.fq").read_bytes() == _text(yeast["r2"])
 
 
+@pytest.mark.small_data
 def test_interleaving_order_and_packed_bases(tmp_path, human):
     r1 = _head_file(human["r1"], tmp_path / "h_R1.fastq.gz", 700)
     r2 = _head_file(human["r2"], tmp_path / "h_R2.fastq.gz", 700)
@@ -84,6 +85,7 @@ def test_single_end_measles_gzip_export(tmp_path, measles):
     assert _text(tmp_path / "out.fq.gz") == _text(measles["r1"])
 
 
+@pytest.mark.small_data
 def test_paired_export_to_one_file_interleaves(tmp_path, measles):
     r1 = _head_file(measles["r1"], tmp_path / "m_R1.fq.gz", 50)
     r2 = _head_file(measles["r2"], tmp_path / "m_R2.fq.gz", 50)
@@ -94,6 +96,7 @@ def test_paired_export_to_one_file_interleaves(tmp_path, measles):
     assert lines[0:4] == l1[0:4] and lines[4:8] == l2[0:4] and lines[8:12] == l1[4:8]
 
 
+@pytest.mark.small_data
 def test_thread_counts_give_identical_datasets(tmp_path, yeast):
     r1 = _head_file(yeast["r1"], tmp_path / "y_R1.fq.gz", 5000)
     for t in (1, 3):
@@ -163,6 +166,7 @@ def test_truncated_record_at_eof_aborts(tmp_path):
     assert _leftovers(tmp_path / "s") == []
 
 
+@pytest.mark.small_data
 def test_truncated_gzip_aborts(tmp_path, yeast):
     data = yeast["r1"].read_bytes()
     path = tmp_path / "cut_R1.fastq.gz"
