@@ -34,6 +34,8 @@ import numpy as np
 
 
 cdef extern from "minimap.h" nogil:
+    const char *MM_VERSION
+
     ctypedef struct mm_idxopt_t:
         short k, w, flag, bucket_bits
         int64_t mini_batch_size
@@ -595,6 +597,10 @@ cdef class Mapper:
             free(sout)
             free(soff)
             free(spres)
+
+
+#: the version of the minimap2 library compiled into this module
+MINIMAP2_VERSION = MM_VERSION.decode()
 
 
 cdef void *_ptr(object arr) except NULL:

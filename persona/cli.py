@@ -1,10 +1,13 @@
-"""The ``persona`` command: a thin layer over the library.
+"""The ``persona`` command: turns arguments into requests and prints their summaries.
 
-Every sub-command parses its arguments, calls one library function and prints
-a short result. Failures print one line (``persona: error: ...``) and return a
-non-zero status; ``PERSONA_DEBUG=1`` shows the traceback instead. Operational
-flags default from the layered configuration (``persona config show``), so each
-has an environment twin ``PERSONA_<SECTION>__<KEY>`` for systemd units.
+Every sub-command builds one request (:mod:`persona.apps`; the same request the
+service builds from a gRPC message), runs it on a process :class:`~persona.runtime.Runtime`
+and prints the summary. Standard output carries data only (``-`` as an output
+means standard output); summaries, progress and errors go to standard error.
+Failures print one line (``persona: error: ...``) and return a non-zero status;
+``PERSONA_DEBUG=1`` shows the traceback instead. Operational flags default from
+the layered configuration (``persona config show``), so each has an environment
+twin ``PERSONA_<SECTION>__<KEY>`` for systemd units.
 """
 from __future__ import annotations
 
@@ -14,51 +17,140 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from persona import __version__
 from persona.errors import PersonaError
 
 Handler = Callable[[argparse.Namespace], int]
 
-FASTQ_SUFFIXES = (".fastq", ".fq", ".fastq.gz", ".fq.gz")
-SAM_SUFFIXES = (".sam", ".bam")
+
+# -- argument types ------------------------------------------------------------
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
 
 
-def _config(args: argparse.Namespace):
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _level(text: str) -> int:
+    v = _non_negative(text)
+    if v > 22:
+        raise argparse.ArgumentTypeError(f"compression level must be at most 22, got {v}")
+    return v
+
+
+def parse_read_group(text: str) -> dict[str, str]:
+    """``@RG\\tID:x\\tSM:y`` (tabs as real tabs or ``\\t``, as bwa and minimap2 take it) -> tags."""
+    line = text.replace("\\t", "\t")
+    fields = line.split("\t")
+    if fields[0] != "@RG":
+        raise argparse.ArgumentTypeError(f"a read group starts with @RG, got {text!r}")
+    tags: dict[str, str] = {}
+    for f in fields[1:]:
+        if not f:
+            continue
+        if len(f) < 4 or f[2] != ":":
+            raise argparse.ArgumentTypeError(f"read group field {f!r} is not TAG:VALUE")
+        tags[f[:2]] = f[3:]
+    if "ID" not in tags:
+        raise argparse.ArgumentTypeError("a read group needs an ID (@RG\\tID:...)")
+    return tags
+
+
+# -- shared state ------------------------------------------------------------------
+def _config(args: argparse.Namespace) -> Any:
     """The effective configuration, loaded once per invocation."""
     if getattr(args, "_cfg", None) is None:
-        from persona.config import load_config
+        from persona.config import load_config, set_config
 
         args._cfg = load_config(path=getattr(args, "config", None))
+        set_config(args._cfg)
     return args._cfg
 
 
+def _runtime(args: argparse.Namespace, threads: int | None = None) -> Any:
+    if getattr(args, "_rt", None) is None:
+        from persona.runtime import Runtime
+
+        args._rt = Runtime(_config(args), threads=threads or None)
+    return args._rt
+
+
 def _location(value: str, args: argparse.Namespace) -> str:
-    """A dataset location; a bare name ("yeast") resolves under ``storage.default_url``."""
-    base = _config(args).storage.default_url
-    if not base or "://" in value or "/" in value or os.sep in value or value in (".", "..") \
-            or value.startswith("~"):
-        return value
-    if "://" in base:
-        return f"{base.rstrip('/')}/{value}"
-    return os.path.join(os.path.expanduser(base), value)
+    from persona.apps.locations import resolve_location
+
+    return resolve_location(value, _config(args))
 
 
-def _progress(total: int | None, label: str):
+def _say(args: argparse.Namespace, text: str) -> None:
+    """A summary line: standard error, unless --quiet."""
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr)
+
+
+def _progress(args: argparse.Namespace, total: int | None, label: str) -> Any:
     from persona.progress import Progress
 
+    if getattr(args, "quiet", False):
+        return Progress(total=total, desc=label, unit="records", enabled=False)
     return Progress(total=total, desc=label, unit="records")
 
 
-# -- commands ---------------------------------------------------------------
-def cmd_version(args: argparse.Namespace) -> int:
+def _num_records(location: str, name: str | None = None) -> int | None:
+    from persona.agd import Dataset
+
+    try:
+        return Dataset.open(location, name).num_records
+    except PersonaError:
+        return None  # the command itself reports the problem
+
+
+def _run(args: argparse.Namespace, request: Any, total: int | None, label: str, threads: int | None = None) -> Any:
+    rt = _runtime(args, threads)
+    with _progress(args, total, label) as bar:
+        return rt.run(request, progress=bar.update)
+
+
+# -- commands ------------------------------------------------------------------------
+def _version_text() -> str:
     import numpy
     import zstandard
 
     from persona import _native  # noqa: F401  (fails loudly if the kernels are not built)
 
-    print(f"persona {__version__} (numpy {numpy.__version__}, zstandard {zstandard.__version__})")
+    from persona.apps.align import aligner_version
+
+    mm2_version = aligner_version("minimap2") or "?"
+    return (f"persona {__version__} (minimap2 {mm2_version}, numpy {numpy.__version__}, "
+            f"zstandard {zstandard.__version__})")
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(_version_text())
     return 0
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *a: Any, **kw: Any) -> None:
+        print(_version_text())
+        parser.exit(0)
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -66,91 +158,50 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_level(cfg, compression: str) -> int | None:
-    return {"zstd": cfg.agd.zstd_level, "gzip": cfg.agd.gzip_level}.get(compression)
-
-
 def cmd_import(args: argparse.Namespace) -> int:
+    from persona.apps.importer import ImportRequest
+
     cfg = _config(args)
-    first = str(args.inputs[0]).lower()
-    compression = args.compression or cfg.agd.compression
-    chunk_size = args.chunk_size or cfg.agd.chunk_size
-    if first.endswith(SAM_SUFFIXES):
-        if len(args.inputs) != 1:
-            raise PersonaError("SAM/BAM import takes exactly one input file")
-        from persona.apps.import_sam import import_sam
-
-        summary = import_sam(args.inputs[0], out=_location(args.output, args), name=args.name,
-                             chunk_size=chunk_size, compression=compression)
-        skipped = summary.skipped_secondary + summary.skipped_supplementary
-        print(f"imported {summary.records} records into {summary.chunks} chunks: {summary.location} "
-              f"({summary.name}, sort {summary.sort})"
-              + (f"; skipped {skipped} secondary/supplementary records" if skipped else ""))
-        return 0
-    if not first.endswith(FASTQ_SUFFIXES):
-        raise PersonaError(f"cannot tell the format of {args.inputs[0]}: expected "
-                           f"{', '.join(FASTQ_SUFFIXES + SAM_SUFFIXES)}")
-    if len(args.inputs) > 2:
-        raise PersonaError("FASTQ import takes one file (single-end) or two (paired)")
-    from persona.apps.import_fastq import import_fastq
-
-    r2 = args.inputs[1] if len(args.inputs) == 2 else None
-    with _progress(None, "import") as bar:
-        manifest = import_fastq(args.inputs[0], r2, out=_location(args.output, args), name=args.name,
-                                chunk_size=chunk_size, compression=compression,
-                                level=args.level if args.level is not None else _config_level(cfg, compression),
-                                threads=args.threads or cfg.import_.threads,
-                                queue_depth=cfg.import_.queue_depth,
-                                progress=bar.update)
-    n = sum(r.last - r.first for r in manifest.records)
-    print(f"imported {n} reads into {len(manifest.records)} chunks: {_location(args.output, args)} ({manifest.name})")
+    req = ImportRequest(inputs=tuple(args.inputs), output=_location(args.output, args), name=args.name,
+                        format=args.format, chunk_size=args.chunk_size, compression=args.compression,
+                        level=args.level, interleaved=args.interleaved, overwrite=args.overwrite,
+                        exclusive_location=not args.allow_several,
+                        read_group=args.read_group or {}, threads=args.threads)
+    s = _run(args, req, None, "import", args.threads or cfg.import_.threads or None)
+    skipped = s.skipped_secondary + s.skipped_supplementary
+    _say(args, f"imported {s.records} records into {s.chunks} chunks: {s.location} ({s.name}"
+               + (f", sort {s.sort}" if s.sort else "") + ")"
+               + (f"; skipped {skipped} secondary/supplementary records" if skipped else ""))
     return 0
 
 
-def _num_records(location: str) -> int | None:
-    from persona.agd import Dataset
-
-    try:
-        return Dataset.open(location).num_records
-    except PersonaError:
-        return None  # the export itself reports the problem
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    fmt = args.format
-    args.dataset = _location(args.dataset, args)
-    total = _num_records(args.dataset)
-    if fmt is None:
-        out = args.output.lower()
-        fmt = "bam" if out.endswith(".bam") else "sam" if out.endswith(".sam") else "fastq"
-    if fmt == "fastq":
-        from persona.apps.export_fastq import export_fastq
+    from persona.apps.export import ExportRequest
 
-        with _progress(total, "export") as bar:
-            n = export_fastq(args.dataset, args.output, args.output2, gzip=args.output.endswith(".gz"),
-                             progress=bar.update)
-        print(f"exported {n} records to {args.output}" + (f" and {args.output2}" if args.output2 else ""))
-        return 0
     cfg = _config(args)
-    from persona.apps.export_sam import export_sam
-
-    read_group = {k: v for k, v in (("ID", args.rg_id), ("SM", args.rg_sample),
-                                    ("LB", args.rg_library), ("PL", args.rg_platform)) if v}
-    with _progress(total, "export") as bar:
-        summary = export_sam(args.dataset, args.output, fmt=fmt, threads=args.threads or cfg.export.threads,
-                             level=cfg.export.bgzf_level, read_group=read_group or None,
-                             command_line=" ".join(["persona", *sys.argv[1:]]), progress=bar.update,
-                             secondary=not args.no_secondary, secondary_seq=args.secondary_seq)
-    sec = f", {summary.secondary_records} secondary" if summary.secondary_records else ""
-    print(f"exported {summary.records} records{sec} ({summary.chunks} chunks, {summary.bytes_written:,} bytes, "
-          f"SO:{summary.sort_order}) to {summary.path} in {summary.seconds:.2f} s")
+    dataset = _location(args.dataset, args)
+    read_group = dict(args.read_group or {})
+    for tag, value in (("ID", args.rg_id), ("SM", args.rg_sample), ("LB", args.rg_library),
+                       ("PL", args.rg_platform)):
+        if value:
+            read_group[tag] = value
+    req = ExportRequest(dataset=dataset, output=args.output, output2=args.output2, format=args.format,
+                        name=args.name, level=args.level, read_group=read_group,
+                        secondary=not args.no_secondary, secondary_seq=args.secondary_seq,
+                        command_line=" ".join(["persona", *sys.argv[1:]]))
+    s = _run(args, req, _num_records(dataset, args.name), "export", args.threads or cfg.export.threads or None)
+    sec = f", {s.secondary_records} secondary" if s.secondary_records else ""
+    where = "standard output" if s.path == "-" else " and ".join(s.paths)
+    so = f", SO:{s.sort_order}" if s.sort_order else ""
+    _say(args, f"exported {s.records} records{sec} ({s.chunks} chunks, {s.bytes_written:,} bytes{so}) "
+               f"to {where} in {s.seconds:.2f} s")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from persona.apps.info import dataset_info, format_info
 
-    info = dataset_info(_location(args.dataset, args))
+    info = dataset_info(_location(args.dataset, args), args.name)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -159,7 +210,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from persona.agd import Dataset
     from persona.agd.verify import verify_dataset
 
-    report = verify_dataset(Dataset.open(_location(args.dataset, args)))
+    ds = Dataset.open(_location(args.dataset, args), args.name)
+    report = verify_dataset(ds, deep=True) if args.deep else verify_dataset(ds)
     print(report)
     return 0 if report.ok else 1
 
@@ -169,8 +221,28 @@ def cmd_repair_manifest(args: argparse.Namespace) -> int:
 
     manifest = repair_manifest(_location(args.location, args), name=args.name)
     n = sum(r.last - r.first for r in manifest.records)
-    print(f"rebuilt manifest for {manifest.name}: {len(manifest.records)} chunks, {n} records, "
-          f"columns {', '.join(manifest.columns)}")
+    _say(args, f"rebuilt manifest for {manifest.name}: {len(manifest.records)} chunks, {n} records, "
+               f"columns {', '.join(manifest.columns)}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from persona.agd.dataset import find_manifests
+    from persona.agd.transaction import collect_garbage
+    from persona.storage import open_store
+
+    store = open_store(_location(args.location, args))
+    names = [args.name] if args.name else find_manifests(store)
+    if not names:
+        raise PersonaError(f"no dataset in {store.url}; pass --name for the leftovers of one that never "
+                           "committed")
+    total = 0
+    for name in names:
+        removed = collect_garbage(store, name)
+        total += len(removed)
+        for key in removed if args.verbose else []:
+            print(key, file=sys.stderr)
+    _say(args, f"removed {total} leftover chunk files of {', '.join(names)}")
     return 0
 
 
@@ -181,7 +253,7 @@ def cmd_reference_add(args: argparse.Namespace) -> int:
     ref = add_reference(args.name, args.fasta, store_url=args.store or cfg.align.references_url,
                         aligner=args.aligner, preset=args.preset or cfg.align.preset,
                         overwrite=args.overwrite)
-    print(f"reference {ref.name}: {len(ref.contigs)} contigs, {sum(c.length for c in ref.contigs)} bp")
+    _say(args, f"reference {ref.name}: {len(ref.contigs)} contigs, {sum(c.length for c in ref.contigs)} bp")
     return 0
 
 
@@ -194,48 +266,119 @@ def cmd_reference_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_align(args: argparse.Namespace) -> int:
-    from persona.apps.align import align_dataset
+def _reference_name(value: str, args: argparse.Namespace) -> str:
+    """A registered reference name, or a FASTA path (registered on first use under its file name)."""
+    from persona.align.reference import add_reference, list_references
 
     cfg = _config(args)
-    args.dataset = _location(args.dataset, args)
-    with _progress(_num_records(args.dataset), "align") as bar:
-        manifest = align_dataset(args.dataset, args.reference, aligner=args.aligner or cfg.align.aligner,
-                                 threads=args.threads or cfg.align.threads,
-                                 work_item_reads=args.work_item_reads or cfg.align.work_item_reads,
-                                 secondary=args.secondary,
-                                 options={"preset": args.preset or cfg.align.preset},
-                                 references_url=args.store or cfg.align.references_url,
-                                 capacity=cfg.ptf.default_capacity, progress=bar.update)
-    print(f"aligned {manifest.name} against {manifest.reference}")
+    store = args.store or cfg.align.references_url
+    if not os.path.isfile(value):
+        return value
+    base = os.path.basename(value)
+    for ext in (".gz", ".fasta", ".fa", ".fna"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in base) or "reference"
+    if name not in list_references(store):
+        _say(args, f"registering reference {name} from {value}")
+        add_reference(name, value, store_url=store, aligner=args.aligner or cfg.align.aligner,
+                      preset=args.preset or cfg.align.preset)
+    return name
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from persona.apps.align import AlignRequest
+
+    dataset = _location(args.dataset, args)
+    paired = True if args.paired else False if args.single else None
+    req = AlignRequest(dataset=dataset, reference=_reference_name(args.reference, args), name=args.name,
+                       aligner=args.aligner, preset=args.preset, secondary=args.secondary,
+                       work_item_reads=args.work_item_reads, references_url=args.store, paired=paired)
+    s = _run(args, req, _num_records(dataset, args.name), "align", args.threads or None)
+    _say(args, f"aligned {s.name}: {s.records} records against {s.reference} in {s.seconds:.2f} s")
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from persona.apps.stats import alignment_stats
+    from persona.apps.stats import StatsRequest
 
-    stats = alignment_stats(_location(args.dataset, args))
-    print(json.dumps(stats.to_dict(), indent=2) if args.json else stats.format())
+    s = _runtime(args).run(StatsRequest(dataset=_location(args.dataset, args), name=args.name))
+    print(json.dumps(s.stats.to_dict(), indent=2) if args.json else s.stats.format())
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from persona.apps.demo import run_demo
 
-    return run_demo(workdir=args.workdir)
+    return run_demo(workdir=args.workdir, runtime=_runtime(args))
 
 
-# -- parser -----------------------------------------------------------------
+# -- parser ---------------------------------------------------------------------------
+EXAMPLES = {
+    "import": """examples:
+  persona import reads_R1.fq.gz reads_R2.fq.gz -o /data/agd            paired FASTQ
+  persona import sample.bam -o /data/agd -n sample                     SAM/BAM (pairing, RG kept)
+  zcat reads.fq.gz | persona import - -f fastq -o /data/agd -n reads  standard input
+  persona import inter.fq --interleaved -o /data/agd -R '@RG\\tID:r1\\tSM:NA12878\\tPL:ILLUMINA'""",
+    "export": """examples:
+  persona export /data/agd/yeast out.bam                 BAM (format from the suffix)
+  persona export /data/agd/yeast - | samtools sort -o s.bam -    to a pipe (SAM unless -f bam)
+  persona export /data/agd/yeast - -f bam | samtools view -c -
+  persona export /data/agd/yeast r1.fq.gz r2.fq.gz      paired FASTQ""",
+    "align": """examples:
+  persona reference add sacCer3 sacCer3.fa
+  persona align /data/agd/yeast -r sacCer3 -t 8
+  persona align /data/agd/yeast -r sacCer3.fa          a FASTA path registers it on first use""",
+    "info": """examples:
+  persona info /data/agd/yeast
+  persona info /data/agd --name yeast --json""",
+    "verify": """examples:
+  persona verify /data/agd/yeast           checksums and headers of every chunk
+  persona verify /data/agd/yeast --deep    also decode every record""",
+    "stats": """examples:
+  persona stats /data/agd/yeast            like samtools flagstat
+  persona stats /data/agd/yeast --json""",
+    "gc": """examples:
+  persona gc /data/agd                      remove leftovers of interrupted writes
+  persona gc /data/agd --name yeast -v""",
+    "repair-manifest": """examples:
+  persona repair-manifest /data/agd --name yeast""",
+    "reference": """examples:
+  persona reference add sacCer3 sacCer3.fa
+  persona reference list""",
+    "demo": """examples:
+  persona demo
+  persona demo --workdir /tmp/demo""",
+    "config": """examples:
+  persona config show
+  PERSONA_ALIGN__THREADS=8 persona config show""",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="persona", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="persona", description=__doc__.splitlines()[0],
+        epilog="examples:\n  persona demo\n  persona import R1.fq.gz R2.fq.gz -o ds && persona align ds -r ref "
+               "&& persona export ds out.bam\n\n'persona COMMAND --help' shows each command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action=_VersionAction, help="print the version and exit")
     p.add_argument("--config", default=os.environ.get("PERSONA_CONFIG"),
                    help="YAML config file layered over the defaults (env PERSONA_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no summary or progress on standard error")
+    common.add_argument("-v", "--verbose", action="store_true", help="more detail on standard error (debug log)")
+
     def add(name: str, fn: Handler, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        sp = sub.add_parser(name, help=help, description=help, parents=[common], epilog=EXAMPLES.get(name),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(func=fn)
         return sp
+
+    def threads(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("-t", "-@", "--threads", dest="threads", type=_non_negative, default=0,
+                        help=f"{what} (0 = the cores this process may use: CPU affinity and cgroup quota)")
 
     add("version", cmd_version, "print the version")
 
@@ -243,22 +386,35 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     cfg_sub.add_parser("show", help="print the effective configuration").set_defaults(func=cmd_config_show)
 
-    sp = add("import", cmd_import, "import FASTQ(.gz) (one file, or two for pairs) or SAM/BAM into AGD")
-    sp.add_argument("inputs", nargs="+", help="R1 [R2] FASTQ(.gz), or one SAM/BAM")
+    sp = add("import", cmd_import, "import FASTQ(.gz) (one file, two for pairs, or interleaved) or SAM/BAM into AGD")
+    sp.add_argument("inputs", nargs="+", help="R1 [R2] FASTQ(.gz), or one SAM/BAM; - reads standard input")
     sp.add_argument("-o", "--output", required=True, help="dataset location (directory or store URL)")
     sp.add_argument("-n", "--name", help="dataset name (default: from the input file name)")
-    sp.add_argument("-c", "--chunk-size", type=int, help="records (pairs) per chunk (default 100000)")
+    sp.add_argument("-f", "--format", choices=["fastq", "sam", "bam"],
+                    help="input format (default: from the name or content; needed for -)")
+    sp.add_argument("-c", "--chunk-size", type=_positive, help="records (pairs) per chunk (default agd.chunk_size)")
     sp.add_argument("--compression", choices=["zstd", "gzip", "none"],
                     help="chunk compression; gzip for datasets the original Persona must read")
-    sp.add_argument("--level", type=int, help="compression level")
-    sp.add_argument("-t", "--threads", type=int, default=0, help="worker threads (0 = all cores)")
+    sp.add_argument("--level", type=_level, help="compression level")
+    sp.add_argument("--interleaved", action="store_true", help="one FASTQ holding both mates, alternating")
+    sp.add_argument("-R", "--read-group", type=parse_read_group,
+                    help="read group line, e.g. '@RG\\tID:run1\\tSM:NA12878\\tPL:ILLUMINA'")
+    sp.add_argument("--overwrite", action="store_true", help="replace a dataset of the same name")
+    sp.add_argument("--allow-several", action="store_true",
+                    help="allow a second dataset in a location that already holds one (then pass --name)")
+    threads(sp, "threads")
 
     sp = add("export", cmd_export, "export a dataset to BAM, SAM or FASTQ")
     sp.add_argument("dataset", help="dataset location or manifest path")
-    sp.add_argument("output", help="output file (.bam, .sam, .fastq[.gz]; R1 for pairs)")
+    sp.add_argument("output", help="output file (.bam, .sam, .fastq[.gz]; R1 for pairs); - is standard output")
     sp.add_argument("output2", nargs="?", help="FASTQ output for read 2 of pairs")
-    sp.add_argument("-f", "--format", choices=["bam", "sam", "fastq"], help="default: from the suffix")
-    sp.add_argument("-t", "--threads", type=int, default=0, help="compression threads (0 = all cores)")
+    sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
+    sp.add_argument("-f", "--format", choices=["bam", "sam", "fastq"],
+                    help="default: from the suffix (SAM for -)")
+    sp.add_argument("--level", type=_non_negative, help="BGZF deflate level 0-9 (default export.bgzf_level)")
+    threads(sp, "threads")
+    sp.add_argument("-R", "--read-group", type=parse_read_group,
+                    help="read group line, e.g. '@RG\\tID:run1\\tSM:NA12878\\tPL:ILLUMINA'")
     sp.add_argument("--rg-id", help="@RG ID (default: the dataset name)")
     sp.add_argument("--rg-sample", help="@RG SM (default: the dataset name)")
     sp.add_argument("--rg-library", help="@RG LB")
@@ -268,20 +424,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--secondary-seq", action="store_true",
                     help="SAM/BAM: give secondary records SEQ and QUAL (default '*', as minimap2 writes them)")
 
-    sp = add("info", cmd_info, "show a dataset's columns, records, chunks, sizes and sort order")
+    sp = add("info", cmd_info, "show a dataset's columns, records, chunks, sizes, sort order and provenance")
     sp.add_argument("dataset")
+    sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
     sp.add_argument("--json", action="store_true", help="print JSON")
 
     sp = add("verify", cmd_verify, "check every chunk of a dataset")
     sp.add_argument("dataset")
+    sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
+    sp.add_argument("--deep", action="store_true", help="also decode every record of every column")
 
     sp = add("repair-manifest", cmd_repair_manifest, "rebuild a lost manifest from the chunk headers")
     sp.add_argument("location", help="directory or store URL holding the chunks")
     sp.add_argument("-n", "--name", help="dataset name (needed when chunks of several datasets share the location)")
 
+    sp = add("gc", cmd_gc, "remove the chunk files of interrupted or superseded writes")
+    sp.add_argument("location", help="directory or store URL")
+    sp.add_argument("-n", "--name", help="only this dataset")
+
     ref = add("reference", lambda a: (ref.print_help(), 2)[1], "manage reference genomes")
     ref_sub = ref.add_subparsers(dest="reference_command", metavar="SUBCOMMAND")
-    sp = ref_sub.add_parser("add", help="index a FASTA for an aligner and store it")
+    sp = ref_sub.add_parser("add", help="index a FASTA for an aligner and store it", parents=[common])
     sp.set_defaults(func=cmd_reference_add)
     sp.add_argument("name")
     sp.add_argument("fasta")
@@ -289,25 +452,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", help="aligner preset to index for (default: align.preset, 'sr')")
     sp.add_argument("--overwrite", action="store_true", help="replace a reference of the same name")
     sp.add_argument("--store", help="reference store URL (default: align.references_url)")
-    sp = ref_sub.add_parser("list", help="list stored references")
+    sp = ref_sub.add_parser("list", help="list stored references", parents=[common])
     sp.set_defaults(func=cmd_reference_list)
     sp.add_argument("--store", help="reference store URL (default: align.references_url)")
 
     sp = add("align", cmd_align, "align a dataset's reads; adds the results column")
     sp.add_argument("dataset")
-    sp.add_argument("-r", "--reference", required=True, help="reference name (see 'persona reference list')")
-    sp.add_argument("--aligner", help="aligner backend (default: align.aligner)")
-    sp.add_argument("-t", "--threads", type=int, default=0, help="aligner threads (0 = all cores)")
-    sp.add_argument("--work-item-reads", type=int, help="reads per aligner work item")
-    sp.add_argument("--secondary", type=int, default=0, help="secondary alignment columns to write")
+    sp.add_argument("-r", "--reference", required=True,
+                    help="reference name (see 'persona reference list') or a FASTA path")
+    sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
+    sp.add_argument("--aligner", choices=["minimap2", "mappy"], help="aligner backend (default: align.aligner)")
+    threads(sp, "aligner threads")
+    sp.add_argument("--work-item-reads", type=_positive, help="reads per aligner work item")
+    sp.add_argument("--secondary", type=_non_negative, default=0, help="secondary alignment columns to write")
     sp.add_argument("--preset", help="aligner preset (default: align.preset, 'sr')")
     sp.add_argument("--store", help="reference store URL (default: align.references_url)")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--paired", action="store_true", help="treat the reads as interleaved pairs")
+    g.add_argument("--single", action="store_true", help="treat the reads as single-end")
 
     sp = add("stats", cmd_stats, "alignment summary of a dataset (like samtools flagstat)")
     sp.add_argument("dataset")
+    sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
     sp.add_argument("--json", action="store_true")
 
-    sp = add("demo", cmd_demo, "the embedded default job on the bundled sample: import, align, export BAM, summary")
+    sp = add("demo", cmd_demo,
+             "the embedded default job on the bundled sample: import, align, export BAM, summary")
     sp.add_argument("--workdir", help="where to put the outputs (default: a new temporary directory)")
     return p
 
@@ -315,10 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    rt = None
     try:
-        logging.basicConfig(level=_config(args).logging.level,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        level = "DEBUG" if getattr(args, "verbose", False) else \
+            "ERROR" if getattr(args, "quiet", False) else _config(args).logging.level
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            stream=sys.stderr)
+        from persona.apps.job import set_command_line
+
+        set_command_line(["persona", *(sys.argv[1:] if argv is None else list(argv))])
         rc = int(args.func(args) or 0)
+        rt = getattr(args, "_rt", None)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return rc
     except KeyboardInterrupt:
@@ -332,9 +509,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PersonaError, OSError, ValueError) as exc:
         if os.environ.get("PERSONA_DEBUG"):
             raise
+        if _broken_pipe(exc):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"persona: error: {msg}", file=sys.stderr)
         return 1
+    finally:
+        rt = rt or getattr(args, "_rt", None)
+        if rt is not None:
+            rt.stop()
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    """A stage error whose cause is a closed output pipe (``persona export ds - | head``)."""
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 10:
+        if isinstance(e, BrokenPipeError):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
 
 
 if __name__ == "__main__":  # pragma: no cover

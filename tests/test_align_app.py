@@ -131,7 +131,9 @@ def test_corrupt_chunk_fails_request_names_chunk_and_cleans_up(env) -> None:
     victim.write_bytes(victim.read_bytes()[:70])
     with pytest.raises(StageError) as ei:
         align_dataset(loc, "chr20slice", references_url=env["refs"])
-    assert f"{before.records[3].path}.base" in str(ei.value) and "stage=decode" in str(ei.value)
+    # the manifest's checksum catches it as the chunk is read, before decoding
+    assert f"{before.records[3].path}.base" in str(ei.value) and "stage=read" in str(ei.value)
+    assert "checksum mismatch" in str(ei.value)
     assert Dataset.open(loc).manifest == before
     assert not list(loc.glob("*.results"))
 

@@ -23,10 +23,10 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def imported(tmp_path: Path, capsys) -> Path:
     files = sample_files()
     out = tmp_path / "ds"
-    rc, stdout, _ = run(capsys, "import", str(files["r1"]), str(files["r2"]), "-o", str(out),
-                        "-n", "sample", "-c", "1500")
-    assert rc == 0, stdout
-    assert "8000 reads" in stdout
+    rc, stdout, stderr = run(capsys, "import", str(files["r1"]), str(files["r2"]), "-o", str(out),
+                             "-n", "sample", "-c", "1500")
+    assert rc == 0, stderr
+    assert "imported 8000 records" in stderr and stdout == ""  # summaries on stderr: stdout is for data
     return out
 
 

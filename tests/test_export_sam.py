@@ -102,7 +102,10 @@ def test_summary_and_header(human_export):
     assert h["HD"] == {"VN": "1.6", "SO": "unknown"}  # the input had no @HD
     assert len(h["SQ"]) == 25 and h["SQ"][20] == {"SN": "chr20", "LN": 63_025_520}
     assert h["RG"] == [{"ID": "NA12878", "SM": "NA12878"}]
-    assert h["PG"] == [{"ID": "persona", "PN": "persona", "VN": "0.1.0", "CL": "persona export test"}]
+    # the @PG chain: the import that made the dataset, then this export, linked by PP
+    assert h["PG"][-1] == {"ID": "persona", "PN": "persona", "PP": "persona-import", "VN": "0.1.0",
+                           "CL": "persona export test"}
+    assert h["PG"][0]["ID"] == "persona-import"
 
 
 @pytest.mark.tools

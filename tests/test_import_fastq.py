@@ -1,6 +1,8 @@
 """FASTQ import into AGD and export back (persona.apps.import_fastq / export_fastq)."""
 from __future__ import annotations
 
+import json
+
 import gzip
 import itertools
 from pathlib import Path
@@ -102,6 +104,11 @@ def test_thread_counts_give_identical_datasets(tmp_path, yeast):
     for t in (1, 3):
         import_fastq(r1, out=tmp_path / f"t{t}", chunk_size=1000, threads=t)
     for f in sorted((tmp_path / "t1").iterdir()):
+        if f.name.endswith("_metadata.json"):  # identical but for the provenance (request id, times)
+            a, b = (json.loads(p.read_text()) for p in (f, tmp_path / "t3" / f.name))
+            assert {k: v for k, v in a.items() if k != "provenance"} == \
+                {k: v for k, v in b.items() if k != "provenance"}
+            continue
         assert f.read_bytes() == (tmp_path / "t3" / f.name).read_bytes()
 
 
@@ -256,19 +263,42 @@ def test_empty_input_gives_empty_dataset(tmp_path):
     assert (tmp_path / "o.fq").read_bytes() == b""
 
 
-def test_reader_stage_is_bounded_and_stoppable(tmp_path):
+def test_source_is_bounded_and_stoppable(tmp_path, monkeypatch):
+    """The source never runs more than its window of chunks ahead of the writer, whatever the
+    input size, and a cancel stops it."""
+    import threading
     import time
 
-    from persona.apps.import_fastq import ChunkReader
+    from persona.apps import importer
+    from persona.runtime import Runtime
 
-    r1 = _write_fastq(tmp_path / "a.fq", [f"r{i}" for i in range(200)])
-    reader = ChunkReader(r1, 5, depth=2)
-    reader.start()
-    deadline = time.monotonic() + 5
-    while reader._queue.qsize() < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
-    assert reader._queue.qsize() == 2 and reader.is_alive()  # 40 chunks, only 2 read ahead
-    reader.stop()
-    reader.join(timeout=5)
-    assert not reader.is_alive()
+    r1 = _write_fastq(tmp_path / "a.fq", [f"r{i}" for i in range(400)])
+    put, written, ahead = [0], [0], []
+    real_write, real_works = importer.ImportJob.stage_write, importer.ImportFastqJob._works
+    gate = threading.Event()
+
+    def works(self):
+        for w in real_works(self):
+            put[0] += 1
+            ahead.append(put[0] - written[0])
+            yield w
+
+    def slow_write(self, w):
+        gate.wait(10)  # the writer is stuck: the source must stop at the window
+        written[0] += 1
+        return real_write(self, w)
+
+    monkeypatch.setattr(importer.ImportFastqJob, "_works", works)
+    monkeypatch.setattr(importer.ImportJob, "stage_write", slow_write)
+    with Runtime(threads=1) as rt:
+        h = rt.submit(importer.ImportRequest(inputs=(str(r1),), output=str(tmp_path / "s"), chunk_size=5,
+                                             queue_depth=2))
+        time.sleep(1.0)
+        window = 2 + rt.threads + 1
+        assert put[0] <= window + 1 and not h.done()  # 80 chunks, only the window read ahead
+        h.cancel()
+        gate.set()
+        with pytest.raises(Exception):
+            h.result(timeout=30)
+    assert max(ahead) <= window + 1
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").glob("*_metadata.json"))

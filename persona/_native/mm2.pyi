@@ -5,6 +5,8 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+#: the version of the minimap2 library compiled into this module (e.g. "2.31-r1302")
+MINIMAP2_VERSION: str
 #: mapping options accepted as overrides (mappy.Aligner keyword names)
 OPTION_NAMES: tuple[str, ...]
 #: ALIGNMENT_DTYPE's fields (persona.agd.records)

@@ -181,12 +181,9 @@ class LoadedReference:
         return self.info.contigs
 
 
-_cache: dict[tuple[Any, ...], LoadedReference] = {}
-_idle: OrderedDict[tuple[Any, ...], None] = OrderedDict()
-_cache_lock = threading.Lock()
-_load_locks: dict[tuple[Any, ...], threading.Lock] = {}
-#: number of index loads this process did (tests check sharing with it)
+#: number of index loads this process did, over every cache (tests check sharing with it)
 load_count = 0
+_count_lock = threading.Lock()
 
 
 def _cache_key(st: Store, info: ReferenceInfo, aligner: str, options: AlignerOptions) -> tuple[Any, ...]:
@@ -196,50 +193,88 @@ def _cache_key(st: Store, info: ReferenceInfo, aligner: str, options: AlignerOpt
             tuple(sorted((k, repr(v)) for k, v in options.extra.items())))
 
 
+class ReferenceCache:
+    """Loaded indexes shared by every holder, reference-counted; up to ``max_idle`` unused
+    ones stay loaded for the next request. A :class:`~persona.runtime.Runtime` owns one; the
+    module functions use the process default."""
+
+    def __init__(self, max_idle: int = MAX_IDLE) -> None:
+        self.max_idle = max_idle
+        self._cache: dict[tuple[Any, ...], LoadedReference] = {}
+        self._idle: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._load_locks: dict[tuple[Any, ...], threading.Lock] = {}
+
+    def acquire(self, name: str, store: Store | str | os.PathLike[str], *, aligner: str = "minimap2",
+                options: AlignerOptions | None = None) -> LoadedReference:
+        """Load (or share the loaded) ``aligner`` index of ``name``; pair with :meth:`release`.
+
+        The returned object's aligner carries ``options`` (secondary count etc.);
+        the index itself is shared with every holder that loaded the same preset
+        and pass-through options.
+        """
+        global load_count
+        st = _store(store)
+        options = options or AlignerOptions()
+        info = reference_info(name, st)  # small JSON read per request: notices a re-added reference
+        key = _cache_key(st, info, aligner, options)
+        with self._lock:
+            lock = self._load_locks.setdefault(key, threading.Lock())
+        with lock:  # one loader per key; others wait and share
+            with self._lock:
+                entry = self._cache.get(key)
+                if entry is not None:
+                    entry.refs += 1
+                    self._idle.pop(key, None)
+            if entry is None:
+                index = _load_index(st, info, aligner, options)
+                with _count_lock:
+                    load_count += 1
+                entry = LoadedReference(key, info, make_aligner(aligner, index, info.contigs, options), refs=1)
+                with self._lock:
+                    self._cache[key] = entry
+        if entry.aligner.options != options:  # same index, other per-request options (e.g. secondary)
+            return LoadedReference(key, entry.info, entry.aligner.with_options(options))
+        return entry
+
+    def release(self, ref: LoadedReference) -> None:
+        """Drop one hold on a loaded reference; unused ones beyond ``max_idle`` are unloaded."""
+        with self._lock:
+            entry = self._cache.get(ref.key)
+            if entry is None or entry.refs <= 0:
+                return
+            entry.refs -= 1
+            if entry.refs == 0:
+                self._idle[ref.key] = None
+                while len(self._idle) > self.max_idle:
+                    old, _ = self._idle.popitem(last=False)
+                    self._cache.pop(old, None)
+                    self._load_locks.pop(old, None)
+
+    def loaded(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+    def clear(self) -> None:
+        """Unload every idle index."""
+        with self._lock:
+            for k in list(self._idle):
+                self._cache.pop(k, None)
+            self._idle.clear()
+
+
+_default_cache = ReferenceCache()
+
+
 def acquire_reference(name: str, store: Store | str | os.PathLike[str], *, aligner: str = "minimap2",
                       options: AlignerOptions | None = None) -> LoadedReference:
-    """Load (or share the loaded) ``aligner`` index of ``name``; pair every call with :func:`release_reference`.
-
-    The returned object's aligner carries ``options`` (secondary count etc.);
-    the index itself is shared with every holder that loaded the same preset
-    and pass-through options.
-    """
-    global load_count
-    st = _store(store)
-    options = options or AlignerOptions()
-    info = reference_info(name, st)  # small JSON read per request: notices a re-added reference
-    key = _cache_key(st, info, aligner, options)
-    with _cache_lock:
-        lock = _load_locks.setdefault(key, threading.Lock())
-    with lock:  # one loader per key; others wait and share
-        with _cache_lock:
-            entry = _cache.get(key)
-            if entry is not None:
-                entry.refs += 1
-                _idle.pop(key, None)
-        if entry is None:
-            index = _load_index(st, info, aligner, options)
-            load_count += 1
-            entry = LoadedReference(key, info, make_aligner(aligner, index, info.contigs, options), refs=1)
-            with _cache_lock:
-                _cache[key] = entry
-    if entry.aligner.options != options:  # same index, other per-request options (e.g. secondary)
-        return LoadedReference(key, entry.info, entry.aligner.with_options(options))
-    return entry
+    """:meth:`ReferenceCache.acquire` on the process default cache."""
+    return _default_cache.acquire(name, store, aligner=aligner, options=options)
 
 
 def release_reference(ref: LoadedReference) -> None:
-    """Drop one hold on a loaded reference; unused ones beyond ``MAX_IDLE`` are unloaded."""
-    with _cache_lock:
-        entry = _cache.get(ref.key)
-        if entry is None or entry.refs <= 0:
-            return
-        entry.refs -= 1
-        if entry.refs == 0:
-            _idle[ref.key] = None
-            while len(_idle) > MAX_IDLE:
-                old, _ = _idle.popitem(last=False)
-                _cache.pop(old, None)
+    """:meth:`ReferenceCache.release` on the process default cache."""
+    _default_cache.release(ref)
 
 
 @contextmanager

@@ -1,6 +1,9 @@
 """The align application (thesis §5.5, Figure 5.5) as a PTF pipeline.
 
-One feed per chunk flows through::
+A request (:class:`AlignRequest`, plain data) is planned into an
+:class:`AlignJob`; every align request of a process is a batch in the one
+long-lived align pipeline of its :class:`~persona.runtime.Runtime`. One feed per
+chunk flows through::
 
     read  ->  decode  ->  align  ->  encode  ->  write
     store.get of the    decompress,   hand the chunk to the     Alignments ->    store.put of
@@ -16,11 +19,13 @@ One feed per chunk flows through::
 * ``secondary<N>`` columns hold one record per read: the read's (N+1)-th
   secondary/supplementary alignment, or a zero-length record when it has none
   (see :mod:`persona.agd.columns`).
-* The manifest gains ``results`` (+ ``secondary<N>``), ``reference`` (the
-  reference's name) and ``reference_contigs`` only after every chunk file is
-  written; if any chunk fails, the files this run wrote are deleted and the
-  manifest is untouched (re-aligning first retracts the old columns from the
-  manifest, so it never lists half-rewritten columns).
+* The output columns are written in one column transaction
+  (:mod:`persona.agd.transaction`): under attempt-unique keys, committed with
+  ``reference``, ``reference_contigs`` and a provenance entry in one atomic
+  manifest replacement after every chunk file is written. Re-aligning an
+  aligned dataset keeps the old ``results`` readable until that commit, so an
+  interrupted or failed re-align (Ctrl-C, SIGKILL, a bad chunk) leaves the
+  previous alignment intact; the old files go only after the commit.
 * Paired datasets (manifest ``paired``) are aligned as interleaved pairs; each
   chunk must hold whole pairs.
 * Read names (the ``metadata`` column, when present) are passed to the aligner
@@ -32,237 +37,275 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from persona.agd import (
-    BASE,
-    METADATA,
-    QUAL,
-    RESULTS,
-    Dataset,
-    Manifest,
-    decode_chunk,
-    decode_column,
-)
-from persona.agd.dataset import encode_column_chunk
-from persona.agd.manifest import manifest_key
+from persona.agd import BASE, METADATA, QUAL, RESULTS, Dataset, Manifest
 from persona.agd.ragged import RaggedArray
 from persona.agd.records import Alignments
-from persona.align.base import AlignerOptions, AlignResult
-from persona.align.executor import (
-    DEFAULT_WORK_ITEM_READS,
-    AlignerExecutor,
-    shared_executor,
-)
-from persona.align.reference import (
-    LoadedReference,
-    acquire_reference,
-    release_reference,
-)
-from persona.errors import DatasetError, StoreKeyError
-from persona.ptf import Pipeline, PipelineSpec, StageSpec
+from persona.agd.transaction import Transaction
+from persona.align.base import AlignerOptions
+from persona.align.reference import LoadedReference
+from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
+from persona.errors import DatasetError
+from persona.ptf import PipelineSpec, StageSpec
 from persona.storage import Store
 
-DEFAULT_REFERENCES_URL = "~/.local/share/persona/references"
+if TYPE_CHECKING:
+    from persona.config import Config
+    from persona.runtime import Runtime
+
 #: stage replicas unless told otherwise: align replicas only wait on the executor
 DEFAULT_REPLICAS = {"read": 1, "decode": 1, "align": 2, "encode": 1, "write": 1}
 
 
-@dataclass
-class AlignRequest:
-    """What every feed of one align request shares."""
-
-    dataset: Dataset
-    reference: LoadedReference
-    executor: AlignerExecutor
-    work_item_reads: int
-    read_columns: tuple[str, ...]
-    out_columns: tuple[str, ...]
-    paired: bool
-    progress: Callable[[int], None] | None = None
+def _location(location: str | os.PathLike[str] | Store) -> str:
+    return location.url if isinstance(location, Store) else os.fspath(location)
 
 
 @dataclass
-class ChunkFeed:
-    """The payload of one feed: a chunk on its way through the pipeline."""
+class AlignRequest(Request):
+    """Align the reads of ``dataset`` against the registered ``reference``. ``None`` fields take
+    the configuration's ``align.*`` values."""
 
-    req: AlignRequest
-    index: int
-    raw: dict[str, bytes] = field(default_factory=dict)
-    columns: dict[str, RaggedArray] = field(default_factory=dict)
-    result: AlignResult | None = None
-    files: dict[str, bytes] = field(default_factory=dict)
-    written: tuple[str, ...] = ()
+    kind: ClassVar[str] = "align"
 
+    dataset: str
+    reference: str
+    name: str | None = None
+    aligner: str | None = None
+    preset: str | None = None
+    secondary: int = 0
+    work_item_reads: int | None = None
+    references_url: str | None = None
+    overwrite: bool = True
+    #: True/False: treat the dataset as pairs / single reads whatever its manifest says
+    paired: bool | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)
+    capacity: int | None = None
 
-# -- stages (plain functions over one payload) ---------------------------------------------
-def read_stage(feed: ChunkFeed) -> ChunkFeed:
-    ds = feed.req.dataset
-    for col in feed.req.read_columns:
-        key = ds.chunk_key(feed.index, col)
-        try:
-            feed.raw[col] = ds.store.get(key)
-        except StoreKeyError:
-            raise DatasetError(f"chunk file of column {col!r} is missing", key=key) from None
-    return feed
+    def resolved(self, config: "Config") -> "AlignRequest":
+        a = config.align
+        r = replace(self,
+                    aligner=self.aligner or a.aligner,
+                    preset=self.preset or self.options.get("preset") or a.preset,
+                    work_item_reads=self.work_item_reads or a.work_item_reads,
+                    references_url=self.references_url or a.references_url,
+                    capacity=self.capacity or config.ptf.default_capacity)
+        r.validate()
+        return r
 
+    def validate(self) -> None:
+        if self.secondary < 0:
+            raise DatasetError(f"secondary must be >= 0, got {self.secondary}")
+        if self.work_item_reads is not None and self.work_item_reads <= 0:
+            raise DatasetError(f"work_item_reads must be positive, got {self.work_item_reads}")
+        if self.capacity is not None and self.capacity <= 0:
+            raise DatasetError(f"capacity must be positive, got {self.capacity}")
+        unknown = set(self.replicas) - set(DEFAULT_REPLICAS)
+        if unknown:
+            raise DatasetError(f"unknown align stage(s) {sorted(unknown)}; stages: {list(DEFAULT_REPLICAS)}")
+        for k, v in self.replicas.items():
+            if int(v) < 1:
+                raise DatasetError(f"stage {k!r} needs at least one replica, got {v}")
 
-def decode_stage(feed: ChunkFeed) -> ChunkFeed:
-    ds = feed.req.dataset
-    ref = ds.chunks[feed.index]
-    for col, buf in feed.raw.items():
-        key = ds.chunk_key(feed.index, col)
-        header, records = decode_chunk(buf, key)
-        if (header.first_ordinal, header.last_ordinal) != (ref.first, ref.last):
-            raise DatasetError(f"chunk header holds records [{header.first_ordinal}, {header.last_ordinal}) "
-                               f"but the manifest says [{ref.first}, {ref.last})", key=key)
-        value = decode_column(col, records, key=key, record_type=header.record_type)
-        assert isinstance(value, RaggedArray)
-        feed.columns[col] = value
-    feed.raw = {}
-    return feed
-
-
-def align_stage(feed: ChunkFeed) -> ChunkFeed:
-    req = feed.req
-    cols = feed.columns
-    key = req.dataset.chunk_key(feed.index, BASE)
-    feed.result = req.executor.align(req.reference.aligner, cols[BASE], cols.get(QUAL), cols.get(METADATA),
-                                     paired=req.paired, work_item_reads=req.work_item_reads, key=key)
-    feed.columns = {}
-    return feed
-
-
-def encode_stage(feed: ChunkFeed) -> ChunkFeed:
-    req = feed.req
-    ds = req.dataset
-    ref = ds.chunks[feed.index]
-    assert feed.result is not None
-    values: list[Alignments] = [feed.result.primary, *feed.result.secondary]
-    for col, value in zip(req.out_columns, values):
-        feed.files[col] = encode_column_chunk(col, value, first_ordinal=ref.first, name=ds.name,
-                                              compression=ds.compression)
-    feed.result = None
-    return feed
+    def plan(self, runtime: "Runtime", request_id: str) -> "AlignJob":
+        return AlignJob(self, request_id, runtime)
 
 
-def write_stage(feed: ChunkFeed) -> ChunkFeed:
-    ds = feed.req.dataset
-    written = []
-    for col, data in feed.files.items():
-        key = ds.chunk_key(feed.index, col)
-        ds.store.put(key, data)
-        written.append(key)
-    feed.files = {}
-    feed.written = tuple(written)
-    if feed.req.progress is not None:
-        feed.req.progress(ds.chunks[feed.index].num_records)
-    return feed
+@dataclass
+class AlignSummary(Summary):
+    dataset: str = ""
+    name: str = ""
+    reference: str = ""
+    records: int = 0
+    chunks: int = 0
+    columns: list[str] = field(default_factory=list)
+    manifest: Manifest | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in super().to_dict().items() if k != "manifest"}
+        return d
+
+
+class AlignJob(Job):
+    """One align request: a column transaction on its dataset, fed chunk by chunk."""
+
+    kind: ClassVar[str] = "align"
+    stages = tuple(StagePlan(s, n) for s, n in DEFAULT_REPLICAS.items())
+
+    request: AlignRequest
+
+    def __init__(self, request: AlignRequest, request_id: str, runtime: "Runtime") -> None:
+        super().__init__(request, request_id, runtime)
+        r = request
+        self.ds = Dataset.open(r.dataset, r.name)
+        self.paired = self._check_dataset(self.ds, r.paired)
+        if RESULTS in self.ds.columns and not r.overwrite:
+            raise DatasetError(f"dataset {self.ds.name!r} is already aligned (against {self.ds.manifest.reference!r})")
+        opts = AlignerOptions.from_dict({**r.options, "preset": r.preset})
+        if r.secondary:
+            opts = AlignerOptions(opts.preset, r.secondary, opts.use_names, opts.extra)
+        self.opts = opts
+        self.out_columns = (RESULTS, *(f"secondary{i}" for i in range(opts.secondary)))
+        self.reference: LoadedReference | None = None
+        self.txn: Transaction | None = None
+        self.read_columns: tuple[str, ...] = ()
+        self.kind_key = (self.kind, tuple(sorted(r.replicas.items())), r.capacity)
+
+    @staticmethod
+    def _check_dataset(ds: Dataset, paired: bool | None) -> bool:
+        missing = [c for c in (BASE, QUAL) if c not in ds.columns]
+        if missing:
+            raise DatasetError(f"dataset {ds.name!r} cannot be aligned: it has no "
+                               f"{' or '.join(map(repr, missing))} column (it has {ds.columns})", store=ds.store.url)
+        paired = ds.paired if paired is None else paired
+        if paired:
+            for ref in ds.chunks:
+                if ref.first % 2 or ref.num_records % 2:
+                    raise DatasetError(f"paired dataset {ds.name!r}: chunk [{ref.first}, {ref.last}) splits a pair",
+                                       key=ref.path)
+        return bool(paired)
+
+    # -- planning --------------------------------------------------------------------------
+    def begin(self) -> None:
+        r = self.request
+        assert r.references_url is not None and r.aligner is not None
+        self.reference = self.runtime.references.acquire(r.reference, r.references_url, aligner=r.aligner,
+                                                         options=self.opts)
+        # qualities are read (and decoded) only for a backend that uses them; minimap2 does not
+        self.read_columns = ((BASE,) + ((QUAL,) if self.reference.aligner.uses_quals else ())
+                             + ((METADATA,) if self.opts.use_names and METADATA in self.ds.columns else ()))
+        self.txn = self.ds.begin_columns(app="align", attempt=self.attempt, request_id=self.request_id)
+        self.ds = Dataset(self.ds.store, self.txn.base or self.ds.manifest)  # what is committed now
+        self._check_dataset(self.ds, self.request.paired)
+
+    def feeds(self) -> list[FeedDescriptor]:
+        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, self.read_columns)
+                for i in range(len(self.ds.chunks))]
+
+    # -- stages ----------------------------------------------------------------------------
+    def stage_read(self, w: Work) -> Work:
+        w.data = {c: self.ds.read_file(w.desc.chunk, c) for c in w.desc.columns}
+        return w
+
+    def stage_decode(self, w: Work) -> Work:
+        w.data = {c: self.ds.decode_file(w.desc.chunk, c, buf) for c, buf in w.data.items()}
+        return w
+
+    def stage_align(self, w: Work) -> Work:
+        cols: dict[str, RaggedArray] = w.data
+        assert self.reference is not None and self.request.work_item_reads is not None
+        w.data = self.runtime.executor.align(
+            self.reference.aligner, cols[BASE], cols.get(QUAL), cols.get(METADATA), paired=self.paired,
+            work_item_reads=self.request.work_item_reads, key=self.ds.chunk_key(w.desc.chunk, BASE))
+        return w
+
+    def stage_encode(self, w: Work) -> Work:
+        values: list[Alignments] = [w.data.primary, *w.data.secondary]
+        w.data = {c: self.ds.encode_column_file(w.desc.chunk, c, v) for c, v in zip(self.out_columns, values)}
+        return w
+
+    def stage_write(self, w: Work) -> Work:
+        assert self.txn is not None
+        for c, data in w.data.items():
+            self.txn.put_column_file(w.desc.chunk, c, data)
+        w.data = None
+        n = self.ds.chunks[w.desc.chunk].num_records
+        w.n = n
+        self.advance(n)
+        return w
+
+    # -- ending ----------------------------------------------------------------------------
+    def commit(self, outputs: list[Any]) -> AlignSummary:
+        assert self.txn is not None and self.reference is not None
+        stale = [c for c in self.ds.columns if c.startswith("secondary") and c not in self.out_columns]
+        info = self.reference.info
+        manifest = self.txn.commit(
+            list(self.out_columns), drop_columns=stale, reference=self.request.reference,
+            reference_contigs=info.manifest_contigs(),
+            provenance=self.provenance(
+                aligner=self.request.aligner, aligner_options=self.opts.to_dict(),
+                aligner_version=aligner_version(self.request.aligner or ""),
+                reference={"name": info.name, "checksum": getattr(info, "sha256", None) or
+                           getattr(info, "fasta_sha256", None)},
+                inputs=[{"dataset": self.ds.store.url, "name": self.ds.name,
+                         "generation": self.ds.manifest.generation}]))
+        self._release()
+        return AlignSummary(**self.summary_base(), dataset=self.ds.store.url, name=manifest.name,
+                            reference=self.request.reference, records=manifest.num_records,
+                            chunks=len(manifest.records), columns=list(self.out_columns), manifest=manifest)
+
+    def abort(self, error: BaseException | None) -> None:
+        if self.txn is not None and self.txn.state in ("open", "new"):
+            self.txn.abort()
+        self._release()
+
+    def _release(self) -> None:
+        if self.reference is not None:
+            self.runtime.references.release(self.reference)
+            self.reference = None
+
+
+def aligner_version(aligner: str) -> str | None:
+    """The version of an aligner backend's library (for provenance and ``@PG VN``)."""
+    try:
+        if aligner == "minimap2":
+            from persona._native import mm2
+
+            return str(mm2.MINIMAP2_VERSION)
+        if aligner == "mappy":
+            from importlib.metadata import version
+
+            return f"mappy {version('mappy')}"
+    except Exception:  # noqa: BLE001 - provenance is best effort
+        return None
+    return None
 
 
 def align_pipeline_spec(replicas: Mapping[str, int] | None = None, *, capacity: int = 2) -> PipelineSpec:
-    """The align pipeline of Figure 5.5; ``replicas`` overrides :data:`DEFAULT_REPLICAS` per stage."""
+    """The align pipeline of Figure 5.5 (as a Runtime builds it); ``replicas`` overrides
+    :data:`DEFAULT_REPLICAS` per stage."""
+    from persona.apps.job import dispatch
+
     reps = {**DEFAULT_REPLICAS, **(replicas or {})}
     unknown = set(reps) - set(DEFAULT_REPLICAS)
     if unknown:
         raise DatasetError(f"unknown align stage(s) {sorted(unknown)}; stages: {list(DEFAULT_REPLICAS)}")
-    fns = {"read": read_stage, "decode": decode_stage, "align": align_stage, "encode": encode_stage,
-           "write": write_stage}
-    return PipelineSpec.chain("align", [StageSpec(s, fns[s], replicas=int(reps[s])) for s in DEFAULT_REPLICAS],
+    return PipelineSpec.chain("align", [StageSpec(s, dispatch(s), replicas=int(reps[s])) for s in DEFAULT_REPLICAS],
                               capacity=capacity, credits=None)
 
 
-# -- the application ---------------------------------------------------------------------
-def _check_dataset(ds: Dataset) -> bool:
-    missing = [c for c in (BASE, QUAL) if c not in ds.columns]
-    if missing:
-        raise DatasetError(f"dataset {ds.name!r} cannot be aligned: it has no {' or '.join(map(repr, missing))} "
-                           f"column (it has {ds.columns})", store=ds.store.url)
-    if ds.paired:
-        for ref in ds.chunks:
-            if ref.first % 2 or ref.num_records % 2:
-                raise DatasetError(f"paired dataset {ds.name!r}: chunk [{ref.first}, {ref.last}) splits a pair",
-                                   key=ref.path)
-    return ds.paired
-
-
-def _retract(ds: Dataset, columns: tuple[str, ...]) -> list[str]:
-    """Remove alignment columns from the manifest before rewriting them (see module docstring).
-
-    Returns the retracted columns that this run does not rewrite (their files go after the commit).
-    """
-    old = [c for c in ds.columns if c in columns or c.startswith("secondary")]
-    if not old:
-        return []
-    manifest = ds.manifest.with_updates(columns=[c for c in ds.columns if c not in old])
-    ds.store.put(manifest_key(manifest.name), manifest.to_json())
-    ds.manifest = manifest
-    return [c for c in old if c not in columns]
-
-
-def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, aligner: str = "minimap2",
-                  threads: int = 0, work_item_reads: int = DEFAULT_WORK_ITEM_READS, secondary: int = 0,
+def align_dataset(location: str | os.PathLike[str] | Store, reference: str, *, aligner: str | None = None,
+                  threads: int = 0, work_item_reads: int | None = None, secondary: int = 0,
                   options: AlignerOptions | Mapping[str, Any] | None = None,
-                  references_url: str | os.PathLike[str] | Store = DEFAULT_REFERENCES_URL,
+                  references_url: str | os.PathLike[str] | None = None,
                   name: str | None = None, replicas: Mapping[str, int] | None = None,
-                  executor: AlignerExecutor | None = None, overwrite: bool = True,
-                  progress: Callable[[int], None] | None = None, capacity: int = 2) -> Manifest:
+                  overwrite: bool = True, paired: bool | None = None,
+                  progress: Callable[[int], None] | None = None, capacity: int | None = None,
+                  runtime: "Runtime | None" = None) -> Manifest:
     """Align the reads of the dataset at ``location`` against ``reference``; returns the new manifest.
 
-    ``threads`` sizes the process-wide aligner pool (0: one per core) unless an
-    ``executor`` is given. ``options`` (an :class:`AlignerOptions` or its dict)
-    sets the preset and backend options; ``secondary`` > 0 overrides its
-    secondary count. ``overwrite=False`` refuses a dataset that already has
-    ``results``. ``capacity`` bounds each gate of the pipeline (chunks in
-    flight between two stages, hence memory). ``progress(n)`` is called with each chunk's record count once
-    its columns are written (from a stage thread). Raises :class:`DatasetError` for unusable datasets,
+    A convenience over :class:`AlignRequest` on a :class:`~persona.runtime.Runtime`:
+    ``runtime`` if given, else a runtime of ``threads`` aligner threads (0: the
+    process's shared runtime, sized to its CPU budget). ``None`` arguments take
+    the configured defaults. ``capacity`` bounds each gate of the pipeline (chunks
+    in flight between two stages, hence memory). ``progress(n)`` is called with
+    each chunk's record count once its columns are written (from a stage thread).
+    Raises :class:`DatasetError` for unusable datasets,
     :class:`~persona.errors.ReferenceNotFoundError` for unknown references and
     :class:`~persona.errors.StageError` naming the failing chunk and stage.
     """
-    ds = Dataset.open(location, name)
-    paired = _check_dataset(ds)
-    if RESULTS in ds.columns and not overwrite:
-        raise DatasetError(f"dataset {ds.name!r} is already aligned (against {ds.manifest.reference!r})")
-    opts = options if isinstance(options, AlignerOptions) else AlignerOptions.from_dict(options or {})
-    if secondary:
-        opts = AlignerOptions(opts.preset, secondary, opts.use_names, opts.extra)
-    out_columns = (RESULTS, *(f"secondary{i}" for i in range(opts.secondary)))
-    ex = executor or shared_executor(threads)
-    spec = align_pipeline_spec(replicas, capacity=capacity)
-    ref = acquire_reference(reference, references_url, aligner=aligner, options=opts)
-    try:
-        # qualities are read (and decoded) only for a backend that uses them; minimap2 does not
-        read_columns = ((BASE,) + ((QUAL,) if ref.aligner.uses_quals else ())
-                        + ((METADATA,) if opts.use_names and METADATA in ds.columns else ()))
-        req = AlignRequest(ds, ref, ex, work_item_reads, read_columns, out_columns, paired, progress)
-        stale = _retract(ds, out_columns)
-        with Pipeline(spec) as pipeline:
-            handle = pipeline.submit(ChunkFeed(req, i) for i in range(len(ds.chunks)))
-            try:
-                handle.result()
-            except BaseException:
-                # A failed batch is done only once quiescent: no write stage runs for it after
-                # result() raised. Interrupted while waiting (KeyboardInterrupt): cancel and wait.
-                handle.cancel()
-                handle.exception()
-                _delete_outputs(ds, out_columns)
-                raise
-        manifest = ds.commit_columns(list(out_columns), reference=reference,
-                                     reference_contigs=ref.info.manifest_contigs())
-        _delete_outputs(ds, tuple(stale))
-        return manifest
-    finally:
-        release_reference(ref)
+    from persona.runtime import run_request
 
-
-def _delete_outputs(ds: Dataset, columns: tuple[str, ...]) -> None:
-    """Best-effort removal of the chunk files of ``columns`` (not in the manifest any more)."""
-    for i in range(len(ds.chunks)):
-        for col in columns:
-            key = ds.chunk_key(i, col)
-            try:
-                if ds.store.exists(key):
-                    ds.store.delete(key)
-            except Exception:  # noqa: BLE001 - cleanup must not hide the real error
-                pass
+    opts = options.to_dict() if isinstance(options, AlignerOptions) else dict(options or {})
+    req = AlignRequest(dataset=_location(location), reference=reference, name=name, aligner=aligner,
+                       preset=opts.pop("preset", None), secondary=secondary or int(opts.pop("secondary", 0) or 0),
+                       work_item_reads=work_item_reads,
+                       references_url=None if references_url is None else _location(references_url),
+                       overwrite=overwrite, paired=paired, options=opts, replicas=dict(replicas or {}),
+                       capacity=capacity)
+    summary = run_request(req, threads=threads, runtime=runtime, progress=progress)
+    assert isinstance(summary, AlignSummary) and summary.manifest is not None
+    return summary.manifest

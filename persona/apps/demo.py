@@ -26,7 +26,7 @@ def sample_files() -> dict[str, Path]:
     return files
 
 
-def run_demo(workdir: str | None = None, *, out=print) -> int:
+def run_demo(workdir: str | None = None, *, out=print, runtime=None) -> int:
     from persona.align.reference import add_reference
     from persona.apps.align import align_dataset
     from persona.apps.export_sam import export_sam
@@ -49,12 +49,13 @@ def run_demo(workdir: str | None = None, *, out=print) -> int:
         return result
 
     out(f"persona demo: working in {base}")
-    step("import", import_fastq, files["r1"], files["r2"], out=dataset, name="sample", chunk_size=1000)
+    step("import", import_fastq, files["r1"], files["r2"], out=dataset, name="sample", chunk_size=1000,
+         runtime=runtime)
     step("reference", add_reference, "measles", files["reference"], store_url=refs)
-    step("align", align_dataset, dataset, "measles", references_url=refs)
-    step("export", export_sam, dataset, bam, fmt="bam")
+    step("align", align_dataset, dataset, "measles", references_url=refs, runtime=runtime)
+    step("export", export_sam, dataset, bam, fmt="bam", read_group={"PL": "ILLUMINA"}, runtime=runtime)
     info = dataset_info(dataset)
-    stats = alignment_stats(dataset)
+    stats = alignment_stats(dataset, runtime=runtime)
 
     out("")
     out(f"{'step':<10} {'seconds':>8}")

@@ -24,25 +24,19 @@ reverse-complemented and QUAL reversed on the way out.
   datasets straight from import are labelled ``queryname`` but keep input order,
   and Picard rejects a false SO:queryname. Unsorted names give ``SO:unsorted``.
 
-Pipeline: reader threads read and decode chunks i+1, i+2 while the calling
-thread encodes chunk i (one Cython call, GIL released) and ``threads`` BGZF
-workers compress. The output appears atomically: it is written to
-``<out>.partial`` and renamed at the end; on error nothing is left behind.
+The export runs as a job in the runtime's ``export`` pipeline (see
+:mod:`persona.apps.export`); this module keeps the per-chunk record logic and
+the :func:`export_sam` convenience function.
 """
 from __future__ import annotations
 
-import collections
 import os
-import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import persona
 from persona._native import bam as bam_kernel
 from persona.agd.columns import column_sort_key, is_alignment_column
 from persona.agd.dataset import Dataset
@@ -59,19 +53,11 @@ from persona.agd.records import (
     Alignments,
 )
 from persona.errors import ConfigError, DatasetError
-from persona.formats.bam import BamWriter, encode_records
-from persona.formats.sam import (
-    ReadGroup,
-    build_header,
-    contig_names,
-    contig_pairs,
-    format_records,
-)
+from persona.formats.sam import ReadGroup
 from persona.storage import Store
 
 UNMAPPED_READ1 = FLAG_PAIRED | FLAG_UNMAPPED | FLAG_MATE_UNMAPPED | FLAG_READ1  # 77
 UNMAPPED_READ2 = FLAG_PAIRED | FLAG_UNMAPPED | FLAG_MATE_UNMAPPED | FLAG_READ2  # 141
-READ_AHEAD = 2  # chunks read and decoded ahead of the encoder (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -193,25 +179,11 @@ def _queryname_sorted(ds: Dataset) -> bool:
     return True
 
 
-def _sort_order(ds: Dataset) -> str:
+def sort_order(ds: Dataset) -> str:
     sort = ds.manifest.sort or "unknown"
     if sort == "queryname" and not _queryname_sorted(ds):
         return "unsorted"
     return sort
-
-
-def _chunks(ds: Dataset, columns: list[str], read_ahead: int = READ_AHEAD) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Decoded chunks in order; the next ``read_ahead`` chunks are read and decoded on helper
-    threads (decompression and base unpacking release the GIL) while the caller encodes."""
-    n = len(ds.chunks)
-    with ThreadPoolExecutor(read_ahead, thread_name_prefix="export-read") as pool:
-        ahead: collections.deque[Future[dict[str, Any]]] = collections.deque(
-            pool.submit(ds.read_chunk, i, columns) for i in range(min(read_ahead, n)))
-        for i in range(n):
-            values = ahead.popleft().result()
-            if i + read_ahead < n:
-                ahead.append(pool.submit(ds.read_chunk, i + read_ahead, columns))
-            yield i, values
 
 
 def export_sam(
@@ -227,11 +199,12 @@ def export_sam(
     progress: Callable[[int], None] | None = None,
     secondary: bool = True,
     secondary_seq: bool = False,
+    runtime: Any = None,
 ) -> ExportSummary:
-    """Write dataset ``dataset_location`` (``name`` if the location holds several) to ``out_path``.
+    """Write dataset ``dataset_location`` (``name`` if the location holds several) to ``out_path``
+    (``-``: standard output).
 
-    ``fmt`` is ``"bam"`` or ``"sam"``; ``threads`` BGZF compression threads
-    (samtools ``-@`` semantics) and ``level`` the deflate level, for BAM.
+    ``fmt`` is ``"bam"`` or ``"sam"``; ``level`` the BGZF deflate level.
     ``read_group`` overrides ID/SM/LB/PL (see :class:`ReadGroup`).
     ``command_line`` goes in ``@PG CL`` (default: this process's argv).
     ``progress(n)`` is called with the number of reads of each chunk written.
@@ -241,116 +214,20 @@ def export_sam(
     Raises :class:`DatasetError` for a dataset that cannot be exported (missing
     columns, bad records: the message names the chunk and record).
     """
+    from persona.apps.export import ExportRequest, export_dataset
+
     if fmt not in ("bam", "sam"):
         raise ConfigError(f"export format must be 'bam' or 'sam', got {fmt!r}", key="fmt")
-    t0 = time.perf_counter()
-    ds = Dataset.open(dataset_location, name)
-    missing = [c for c in ("base", "qual", "metadata") if c not in ds.columns]
-    if missing:
-        raise DatasetError(f"dataset {ds.name!r} lacks column(s) {missing} needed for SAM/BAM export",
-                           store=ds.store.url)
-    aligned = "results" in ds.columns
-    contigs = contig_pairs(ds.manifest.reference_contigs)
-    if aligned and not contigs:
-        raise DatasetError(f"dataset {ds.name!r} has results but no reference_contigs in its manifest",
-                           store=ds.store.url)
-    if not aligned and ds.paired and ds.num_records % 2:
-        raise DatasetError(f"paired dataset {ds.name!r} has an odd number of records ({ds.num_records})",
-                           store=ds.store.url)
-    rg = ReadGroup.for_dataset(ds.name, read_group)
-    sec_columns = sorted((c for c in ds.columns if is_alignment_column(c) and c != "results"),
-                         key=column_sort_key) if aligned and secondary else []
-    sort = _sort_order(ds)
-    if sec_columns and sort == "coordinate":
-        sort = "unsorted"  # secondaries follow their primaries, not their own coordinates
-    header = build_header(contigs=contigs, sort=sort, read_group=rg, version=persona.__version__,
-                          command_line=command_line)
-    columns = ["base", "qual", "metadata"] + (["results"] if aligned else []) + sec_columns
-    out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".partial")
-    job = _Job(ds, aligned, sec_columns, len(contigs), rg, progress, secondary_seq)
-    try:
-        if fmt == "bam":
-            _write_bam(job, tmp, header, contigs, columns, level, threads)
-        else:
-            _write_sam(job, tmp, header, contigs, columns)
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return ExportSummary(
-        path=str(out_path),
-        format=fmt,
-        records=job.records,
-        chunks=len(ds.chunks),
-        bytes_written=out_path.stat().st_size,
-        seconds=time.perf_counter() - t0,
-        sort_order=sort,
-        secondary_records=job.secondary_records,
-    )
-
-
-class _Job:
-    """One export's settings and running counts, shared by the SAM and BAM writers."""
-
-    def __init__(self, ds: Dataset, aligned: bool, sec_columns: list[str], n_contigs: int, rg: ReadGroup,
-                 progress: Callable[[int], None] | None, secondary_seq: bool) -> None:
-        self.ds, self.aligned, self.sec_columns, self.n_contigs = ds, aligned, sec_columns, n_contigs
-        self.rg, self.progress, self.secondary_seq = rg, progress, secondary_seq
-        self.records = self.secondary_records = 0
-
-    def chunk_columns(self, i: int, values: Mapping[str, Any],
-                      ) -> tuple[RaggedArray, RaggedArray, RaggedArray, Alignments]:
-        """The records to write for chunk ``i``: metadata, bases, quals, alignments (secondaries placed)."""
-        meta, bases, quals = values["metadata"], values["base"], values["qual"]
-        if not self.aligned:
-            return meta, bases, quals, unmapped_alignments(self.ds.chunks[i], self.ds.paired)
-        primary = values["results"]
-        n_sec = 0
-        if self.sec_columns:
-            secs = [values[c] for c in self.sec_columns]
-            for c, s in zip(self.sec_columns, secs):
-                if len(s) != len(primary):
-                    raise DatasetError(f"column {c!r} has {len(s)} records but results has {len(primary)}",
-                                       key=self.ds.chunk_key(i, c), store=self.ds.store.url)
-            meta, bases, quals, primary, n_sec = interleave_secondaries(
-                meta, bases, quals, primary, secs, secondary_seq=self.secondary_seq)
-        self.secondary_records += n_sec
-        return meta, bases, quals, primary
-
-    def done(self, n_reads: int, n_records: int) -> None:
-        self.records += n_records
-        if self.progress is not None:
-            self.progress(n_reads)
-
-    def bad_chunk(self, i: int, e: ValueError) -> DatasetError:
-        where = " (record numbers count secondary records)" if self.sec_columns else ""
-        return DatasetError(f"cannot export: {e}{where}", key=self.ds.chunk_key(i, "results"),
-                            store=self.ds.store.url)
-
-
-def _write_bam(job: _Job, path: Path, header: str, contigs: list[tuple[str, int]], columns: list[str],
-               level: int, threads: int) -> None:
-    with BamWriter(path, header, contigs, level=level, threads=threads) as writer:
-        for i, values in _chunks(job.ds, columns):
-            meta, bases, quals, al = job.chunk_columns(i, values)
-            try:
-                data, _ = encode_records(meta, bases, quals, al, job.n_contigs, job.rg.id)
-            except ValueError as e:
-                raise job.bad_chunk(i, e) from None
-            writer.write_encoded(data, len(meta))
-            job.done(len(values["metadata"]), len(meta))
-
-
-def _write_sam(job: _Job, path: Path, header: str, contigs: list[tuple[str, int]], columns: list[str]) -> None:
-    names: RaggedArray = contig_names(contigs)
-    with open(path, "wb") as f:
-        f.write(header.encode())
-        for i, values in _chunks(job.ds, columns):
-            meta, bases, quals, al = job.chunk_columns(i, values)
-            try:
-                text = format_records(meta, bases, quals, al, names, job.rg.id)
-            except ValueError as e:
-                raise job.bad_chunk(i, e) from None
-            f.write(text)
-            job.done(len(values["metadata"]), len(meta))
+    if isinstance(read_group, ReadGroup):
+        rg = {k: v for k, v in (("ID", read_group.id), ("SM", read_group.sample), ("LB", read_group.library),
+                                ("PL", read_group.platform)) if v}
+    else:
+        rg = dict(read_group or {})
+    loc = dataset_location.url if isinstance(dataset_location, Store) else os.fspath(dataset_location)
+    req = ExportRequest(dataset=loc, output=os.fspath(out_path), format=fmt, name=name, level=level,
+                        read_group=rg, secondary=secondary, secondary_seq=secondary_seq,
+                        command_line=command_line)
+    s = export_dataset(req, runtime=runtime, progress=progress, threads=threads)
+    return ExportSummary(path=s.path, format=s.format, records=s.records, chunks=s.chunks,
+                         bytes_written=s.bytes_written, seconds=s.seconds, sort_order=s.sort_order,
+                         secondary_records=s.secondary_records)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,6 @@ import numpy as np
 import pysam
 
 from persona._native import bases as bases_kernel
-from persona.agd.dataset import DatasetWriter
 from persona.agd.manifest import Contig
 from persona.agd.ragged import RaggedArray
 from persona.agd.records import (
@@ -89,7 +88,7 @@ class ImportSummary:
     bases_replaced: int
 
 
-def _dataset_name(path: Path) -> str:
+def dataset_name(path: Path) -> str:
     stem = path.name
     for ext in (".gz", ".bam", ".sam", ".cram"):
         if stem.endswith(ext):
@@ -198,6 +197,123 @@ def _header_fields(af: pysam.AlignmentFile, path: Path) -> dict[str, Any]:
     return fields
 
 
+class SamSource:
+    """Reads one SAM/BAM (``-``: standard input) into chunks of column values, in file order.
+
+    :meth:`open` reads the header, :meth:`chunks` yields ``(first ordinal, values)``
+    per chunk (parsing and the per-chunk column building run in the caller's
+    thread), :meth:`manifest_fields` is known once the input ended (pairing is
+    decided over every record). Errors raise :class:`InputFormatError` naming the
+    file and record.
+    """
+
+    def __init__(self, path: str, *, chunk_size: int = 100_000) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.path = Path(path) if path != "-" else Path("-")
+        self.label = "<stdin>" if path == "-" else str(path)
+        self.chunk_size = chunk_size + chunk_size % 2
+        self.counts = {"secondary": 0, "supplementary": 0, "empty": 0, "noqual": 0, "replaced": 0}
+        self._pairs = _PairCheck()
+        self._af: pysam.AlignmentFile | None = None
+        self._fields: dict[str, Any] = {}
+        self.aligned = False
+        self.records = 0
+        if path != "-":
+            # the header tells which columns there are: read it now (cheap), again at open
+            af = _open(self.path)
+            try:
+                self._fields = _header_fields(af, self.path)
+            finally:
+                _close(af)
+            self.aligned = "reference_contigs" in self._fields
+
+    @property
+    def columns(self) -> list[str]:
+        return ["base", "qual", "metadata"] + (["results"] if self.aligned else [])
+
+    def open(self) -> None:
+        if self._af is None:
+            self._af = _open(self.path) if str(self.path) != "-" else _open_stdin()
+            self._fields = _header_fields(self._af, self.path)
+            self.aligned = "reference_contigs" in self._fields
+
+    def close(self) -> None:
+        if self._af is not None:
+            _close(self._af)
+            self._af = None
+
+    def chunks(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        self.open()
+        assert self._af is not None
+        counts = self.counts
+        pairs = self._pairs
+        aligned = self.aligned
+        chunk = _ChunkBuilder(aligned)
+        first = 0
+        n_read = 0
+        try:
+            for rec in self._af.fetch(until_eof=True):
+                n_read += 1
+                flag = rec.flag
+                if flag & FLAG_SECONDARY:
+                    counts["secondary"] += 1
+                    continue
+                if flag & FLAG_SUPPLEMENTARY:
+                    counts["supplementary"] += 1
+                    continue
+                qname = rec.query_name or ""
+                seq = rec.query_sequence
+                qual = rec.query_qualities_str if seq else None
+                if not seq:
+                    counts["empty"] += 1
+                elif qual is None:
+                    counts["noqual"] += 1
+                pairs.add(flag, qname)
+                chunk.names.append(qname.encode())
+                chunk.seqs.append(seq.encode() if seq else b"")
+                chunk.quals.append(qual.encode() if qual else b"")
+                if aligned:
+                    chunk.rows.append((flag, rec.mapping_quality, rec.reference_id, rec.reference_start,
+                                       rec.next_reference_id, rec.next_reference_start, rec.template_length))
+                    chunk.cigars.append((rec.cigarstring or "").encode())
+                else:
+                    chunk.rows.append((flag, 0, -1, -1, -1, -1, 0))
+                if len(chunk) == self.chunk_size:
+                    values, replaced = chunk.columns()
+                    counts["replaced"] += replaced
+                    yield first, values
+                    first += len(chunk)
+                    chunk = _ChunkBuilder(aligned)
+        except (OSError, ValueError) as e:
+            raise InputFormatError(
+                f"cannot read SAM/BAM input (truncated or corrupt): {e}", file=self.label, record=n_read + 1
+            ) from None
+        if len(chunk):
+            values, replaced = chunk.columns()
+            counts["replaced"] += replaced
+            yield first, values
+            first += len(chunk)
+        self.records = first
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {**self._fields, "paired": self._pairs.paired}
+
+
+def _close(af: pysam.AlignmentFile) -> None:
+    try:
+        af.close()
+    except OSError:  # pysam may report a stale errno when closing after a read error
+        pass
+
+
+def _open_stdin() -> pysam.AlignmentFile:
+    try:
+        return pysam.AlignmentFile("-", "r", check_sq=False)
+    except (OSError, ValueError) as e:
+        raise InputFormatError(f"cannot read SAM/BAM input: {e}", file="<stdin>") from None
+
+
 def import_sam(
     path: str | os.PathLike[str],
     *,
@@ -205,6 +321,7 @@ def import_sam(
     name: str | None = None,
     chunk_size: int = 100_000,
     compression: str = "zstd",
+    runtime: Any = None,
 ) -> ImportSummary:
     """Import ``path`` (SAM or BAM, detected from content) as dataset ``name`` in store ``out``
     (a path, store URL or :class:`~persona.storage.Store`); ``name`` defaults to the file name
@@ -214,99 +331,14 @@ def import_sam(
     :class:`~persona.errors.InputFormatError` for unreadable input (no dataset
     is left behind) and :class:`~persona.errors.DatasetError` if the dataset exists.
     """
-    path = Path(path)
+    from persona.apps.importer import ImportRequest, import_files
+
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    chunk_size += chunk_size % 2
-    name = name or _dataset_name(path)
-    af = _open(path)
-    try:
-        manifest_fields = _header_fields(af, path)
-        aligned = "reference_contigs" in manifest_fields
-        columns = ["base", "qual", "metadata"] + (["results"] if aligned else [])
-        writer = DatasetWriter(out, name, columns=columns, compression=compression)
-        with writer, ThreadPoolExecutor(1, thread_name_prefix="import-sam-write") as pool:
-            # One chunk is compressed and stored in the background while the next is parsed.
-            pending: Future[Any] | None = None
-            counts = {"secondary": 0, "supplementary": 0, "empty": 0, "noqual": 0, "replaced": 0}
-            pairs = _PairCheck()
-            chunk = _ChunkBuilder(aligned)
-            first = 0
-            n_read = 0
-            try:
-                for rec in af.fetch(until_eof=True):
-                    n_read += 1
-                    flag = rec.flag
-                    if flag & FLAG_SECONDARY:
-                        counts["secondary"] += 1
-                        continue
-                    if flag & FLAG_SUPPLEMENTARY:
-                        counts["supplementary"] += 1
-                        continue
-                    qname = rec.query_name or ""
-                    seq = rec.query_sequence
-                    qual = rec.query_qualities_str if seq else None
-                    if not seq:
-                        counts["empty"] += 1
-                    elif qual is None:
-                        counts["noqual"] += 1
-                    pairs.add(flag, qname)
-                    chunk.names.append(qname.encode())
-                    chunk.seqs.append(seq.encode() if seq else b"")
-                    chunk.quals.append(qual.encode() if qual else b"")
-                    if aligned:
-                        chunk.rows.append((flag, rec.mapping_quality, rec.reference_id, rec.reference_start,
-                                           rec.next_reference_id, rec.next_reference_start, rec.template_length))
-                        chunk.cigars.append((rec.cigarstring or "").encode())
-                    else:
-                        chunk.rows.append((flag, 0, -1, -1, -1, -1, 0))
-                    if len(chunk) == chunk_size:
-                        pending = _flush(writer, pool, pending, chunk, first, counts)
-                        first += len(chunk)
-                        chunk = _ChunkBuilder(aligned)
-            except (OSError, ValueError) as e:
-                if pending is not None:
-                    pending.cancel()
-                raise InputFormatError(
-                    f"cannot read SAM/BAM input (truncated or corrupt): {e}", file=str(path), record=n_read + 1
-                ) from None
-            if len(chunk):
-                pending = _flush(writer, pool, pending, chunk, first, counts)
-                first += len(chunk)
-            if pending is not None:
-                pending.result()
-            manifest = writer.commit(paired=pairs.paired, **manifest_fields)
-    finally:
-        try:
-            af.close()
-        except OSError:  # pysam may report a stale errno when closing after a read error
-            pass
-    return ImportSummary(
-        name=name,
-        location=writer.store.url,
-        records=first,
-        chunks=len(manifest.records),
-        columns=tuple(columns),
-        paired=pairs.paired,
-        sort=manifest_fields["sort"],
-        skipped_secondary=counts["secondary"],
-        skipped_supplementary=counts["supplementary"],
-        empty_sequence=counts["empty"],
-        missing_quality=counts["noqual"],
-        bases_replaced=counts["replaced"],
-    )
-
-
-def _flush(
-    writer: DatasetWriter,
-    pool: ThreadPoolExecutor,
-    pending: Future[Any] | None,
-    chunk: _ChunkBuilder,
-    first: int,
-    counts: dict[str, int],
-) -> Future[Any]:
-    values, replaced = chunk.columns()
-    counts["replaced"] += replaced
-    if pending is not None:
-        pending.result()  # at most one chunk in flight: bounded memory, errors surface early
-    return pool.submit(writer.write_chunk, first, values)
+    loc = out.url if isinstance(out, Store) else os.fspath(out)
+    s = import_files(ImportRequest(inputs=(os.fspath(path),), output=loc, name=name, format="sam",
+                                   chunk_size=chunk_size, compression=compression), runtime=runtime)
+    return ImportSummary(name=s.name, location=s.location, records=s.records, chunks=s.chunks,
+                         columns=s.columns, paired=s.paired, sort=s.sort, skipped_secondary=s.skipped_secondary,
+                         skipped_supplementary=s.skipped_supplementary, empty_sequence=s.empty_sequence,
+                         missing_quality=s.missing_quality, bases_replaced=s.bases_replaced)

@@ -10,13 +10,13 @@ from typing import Any
 from persona.agd import Dataset
 
 
-def dataset_info(location: str) -> dict[str, Any]:
-    """Columns, record and chunk counts, bytes per column and sort order of a dataset."""
-    ds = Dataset.open(location)
+def dataset_info(location: str, name: str | None = None) -> dict[str, Any]:
+    """Columns, record and chunk counts, bytes per column, sort order and provenance of a dataset."""
+    ds = Dataset.open(location, name)
     m = ds.manifest
     sizes: dict[str, int] = {}
     for col in m.columns:
-        sizes[col] = sum(ds.store.size(f"{ref.path}.{col}") for ref in m.records)
+        sizes[col] = sum(ds.store.size(ref.key(col)) for ref in m.records)
     chunk_records = [r.last - r.first for r in m.records]
     return {
         "name": m.name,
@@ -32,6 +32,10 @@ def dataset_info(location: str) -> dict[str, Any]:
         "reference_contigs": len(m.reference_contigs or []),
         "bytes_per_column": sizes,
         "bytes_total": sum(sizes.values()),
+        "generation": m.generation,
+        "checksums": all(c in r.checksums for r in m.records for c in m.columns) if m.records else True,
+        "read_group": (m.extra.get("read_group") or None),
+        "provenance": m.provenance,
     }
 
 
@@ -57,4 +61,11 @@ def format_info(info: dict[str, Any]) -> str:
     for col, size in info["bytes_per_column"].items():
         lines.append(f"  {col:<12} {_human(size):>11}  {size / per_record:7.2f} B/record")
     lines.append(f"  {'total':<12} {_human(info['bytes_total']):>11}")
+    if info.get("provenance"):
+        lines.append("provenance")
+        for p in info["provenance"]:
+            what = p.get("app", "?")
+            detail = p.get("command_line") or ""
+            lines.append(f"  {p.get('finished', '?')}  {what:<8} persona {p.get('persona_version', '?')}"
+                         + (f"  {detail}" if detail else ""))
     return "\n".join(lines)

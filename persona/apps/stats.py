@@ -8,7 +8,8 @@ vectorised over each chunk's decoded records; memory is one chunk at a time.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -26,7 +27,11 @@ from persona.agd.records import (
     FLAG_SUPPLEMENTARY,
     FLAG_UNMAPPED,
 )
+from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
 from persona.errors import DatasetError
+
+if TYPE_CHECKING:
+    from persona.runtime import Runtime
 
 
 @dataclass
@@ -102,17 +107,75 @@ def count_flags(fields: np.ndarray, stats: AlignmentStats) -> None:
     stats.mate_other_contig_mapq5 += int((other & (fields["mapq"] >= 5)).sum())
 
 
-def alignment_stats(location: str) -> AlignmentStats:
-    ds = Dataset.open(location)
-    if "results" not in ds.manifest.columns:
-        raise DatasetError("dataset has no results column: align it first", dataset=ds.name)
-    stats = AlignmentStats()
-    secondary_columns = [c for c in ds.manifest.columns if is_secondary_column(c)]
-    for i in range(len(ds.manifest.records)):
-        count_flags(ds.read_column(i, "results").fields, stats)
-        for col in secondary_columns:
-            extra = ds.read_column(i, col)
+@dataclass
+class StatsRequest(Request):
+    """Count the alignments of ``dataset`` (``name`` where the location holds several)."""
+
+    kind: ClassVar[str] = "stats"
+
+    dataset: str
+    name: str | None = None
+
+    def plan(self, runtime: "Runtime", request_id: str) -> "StatsJob":
+        return StatsJob(self, request_id, runtime)
+
+
+@dataclass
+class StatsSummary(Summary):
+    stats: AlignmentStats = field(default_factory=AlignmentStats)
+
+
+class StatsJob(Job):
+    """read -> decode -> count, one feed per chunk; the counts are added up at the end."""
+
+    kind: ClassVar[str] = "stats"
+    stages = (StagePlan("read", 1), StagePlan("decode", 2), StagePlan("count", 1))
+    request: StatsRequest
+
+    def __init__(self, request: StatsRequest, request_id: str, runtime: "Runtime") -> None:
+        super().__init__(request, request_id, runtime)
+        self.ds = Dataset.open(request.dataset, request.name)
+        if "results" not in self.ds.columns:
+            raise DatasetError("dataset has no results column: align it first", dataset=self.ds.name)
+        self.columns = ("results", *(c for c in self.ds.columns if is_secondary_column(c)))
+
+    def feeds(self) -> list[FeedDescriptor]:
+        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, self.columns)
+                for i in range(len(self.ds.chunks))]
+
+    def stage_read(self, w: Work) -> Work:
+        w.data = {c: self.ds.read_file(w.desc.chunk, c) for c in w.desc.columns}
+        return w
+
+    def stage_decode(self, w: Work) -> Work:
+        w.data = {c: self.ds.decode_file(w.desc.chunk, c, buf) for c, buf in w.data.items()}
+        return w
+
+    def stage_count(self, w: Work) -> Work:
+        stats = AlignmentStats()
+        count_flags(w.data["results"].fields, stats)
+        for col in w.desc.columns[1:]:
+            extra = w.data[col]
             flags = extra.fields["flag"][extra.present]
             stats.secondary += int(((flags & FLAG_SECONDARY) != 0).sum())
             stats.supplementary += int(((flags & FLAG_SUPPLEMENTARY) != 0).sum())
-    return stats
+        w.data = None
+        w.out = stats
+        self.advance(self.ds.chunks[w.desc.chunk].num_records)
+        return w
+
+    def commit(self, outputs: list[Any]) -> StatsSummary:
+        total = AlignmentStats()
+        for part in outputs:
+            for k, v in asdict(part).items():
+                setattr(total, k, getattr(total, k) + v)
+        return StatsSummary(**self.summary_base(), stats=total)
+
+
+def alignment_stats(location: str, name: str | None = None, *, runtime: "Runtime | None" = None) -> AlignmentStats:
+    """The flagstat-like counts of the dataset at ``location``."""
+    from persona.runtime import run_request
+
+    summary = run_request(StatsRequest(dataset=str(location), name=name), runtime=runtime)
+    assert isinstance(summary, StatsSummary)
+    return summary.stats

@@ -141,6 +141,14 @@ def compress_block(data: bytes, level: int = 6, backend: str | None = None) -> b
     return b"".join((header, cdata, _TRAILER.pack(crc, len(data))))
 
 
+def compress_blocks(data: bytes | bytearray | memoryview, level: int = 6, backend: str | None = None) -> bytes:
+    """``data`` as consecutive BGZF blocks (cut every :data:`BLOCK_INPUT_SIZE` bytes; the last one
+    short); no EOF marker. Releases the GIL while deflating, so several threads use several cores."""
+    mv = memoryview(data).cast("B")
+    return b"".join([compress_block(bytes(mv[i : i + BLOCK_INPUT_SIZE]), level, backend)
+                     for i in range(0, len(mv), BLOCK_INPUT_SIZE)])
+
+
 def _compress_blocks(blocks: list[bytes], level: int, backend: str) -> bytes:
     return b"".join([compress_block(b, level, backend) for b in blocks])
 

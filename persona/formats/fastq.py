@@ -19,12 +19,13 @@ times faster than zlib; the standard gzip module is the fallback.
 from __future__ import annotations
 
 import gzip as _gzip
+import io
 import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -55,8 +56,42 @@ def is_gzip(path: PathLike) -> bool:
         return f.read(2) == GZIP_MAGIC
 
 
-def open_input(path: PathLike) -> BinaryIO:
-    """Open a FASTQ file for binary reading, decompressing gzip/BGZF transparently."""
+class _PeekedStream(io.RawIOBase):
+    """A non-seekable binary stream (standard input, a pipe) with its first bytes read back in."""
+
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        self._head = head
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._raw.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:  # the caller's stream stays open (never close stdin)
+        super().close()
+
+
+def open_input(path: PathLike | BinaryIO) -> BinaryIO:
+    """Open a FASTQ file for binary reading, decompressing gzip/BGZF transparently. A binary
+    stream (``sys.stdin.buffer``, a pipe) is read as it is, gzip detected from its first bytes."""
+    if hasattr(path, "read"):
+        raw: BinaryIO = path  # type: ignore[assignment]
+        head = raw.read(2)
+        stream: BinaryIO = io.BufferedReader(_PeekedStream(head, raw), buffer_size=1 << 20)  # type: ignore[arg-type]
+        if head == GZIP_MAGIC:
+            if _igzip is not None:
+                return _igzip.open(stream, "rb")  # type: ignore[return-value]
+            return _gzip.open(stream, "rb")  # type: ignore[return-value]
+        return stream
     if is_gzip(path):
         if _igzip is not None:
             return _igzip.open(path, "rb")  # type: ignore[return-value]
@@ -83,7 +118,7 @@ class TextChunk:
         return len(self.text)
 
 
-def iter_text_chunks(path: PathLike, records: int, *, block_size: int = BLOCK_SIZE) -> Iterator[TextChunk]:
+def iter_text_chunks(path: PathLike | BinaryIO, records: int, *, block_size: int = BLOCK_SIZE) -> Iterator[TextChunk]:
     """Cut the (decompressed) text of ``path`` into chunks of ``records`` records.
 
     Yields every non-final chunk with exactly ``4 * records`` lines, then one
@@ -92,7 +127,7 @@ def iter_text_chunks(path: PathLike, records: int, *, block_size: int = BLOCK_SI
     """
     if records <= 0:
         raise ValueError(f"records per chunk must be positive, got {records}")
-    source = os.fspath(path)
+    source = "<stdin>" if hasattr(path, "read") else os.fspath(path)  # type: ignore[arg-type]
     lines_per_chunk = 4 * records
     # The chunk being assembled is a list of pieces (views of decompressed
     # blocks) joined once when complete: one copy per byte in all.
@@ -206,6 +241,31 @@ def check_pair(chunk1: TextChunk, pos1: np.ndarray, chunk2: TextChunk, pos2: np.
             f"{pairs_before + s_n} records (line {s_chunk.first_line + 4 * s_n - 1})"
         )
         err.file, err.line = long_, line  # type: ignore[attr-defined]
+        raise err
+
+
+def check_interleaved(chunk: TextChunk, pos: np.ndarray, source: str, pairs_before: int = 0) -> None:
+    """Raise :class:`InputFormatError` unless the records of an interleaved chunk pair up:
+    an even count, and records 2i and 2i+1 with the same name (as :func:`check_pair`)."""
+    if len(pos) % 2:
+        line = chunk.first_line + 4 * (len(pos) - 1)
+        err = InputFormatError(f"{source}:{line}: interleaved FASTQ has an odd number of records: "
+                               f"the last read (record {2 * pairs_before + len(pos)}) has no mate")
+        err.file, err.line = source, line  # type: ignore[attr-defined]
+        raise err
+    bad = _k.first_name_mismatch(chunk.text, np.ascontiguousarray(pos[0::2]), chunk.text,
+                                 np.ascontiguousarray(pos[1::2]))
+    if bad >= 0:
+        line1 = chunk.first_line + 8 * bad
+        line2 = line1 + 4
+        n1 = bytes(chunk.text[pos[2 * bad, 0] : pos[2 * bad, 1]])
+        n2 = bytes(chunk.text[pos[2 * bad + 1, 0] : pos[2 * bad + 1, 1]])
+        err = InputFormatError(
+            f"{source}:{line2}: read name {_k.read_name(n2).decode(errors='replace')!r} does not match "
+            f"its mate {_k.read_name(n1).decode(errors='replace')!r} at line {line1} "
+            f"(pair {pairs_before + bad + 1}; interleaved input has mates in consecutive records)"
+        )
+        err.file, err.line = source, line2  # type: ignore[attr-defined]
         raise err
 
 

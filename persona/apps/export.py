@@ -1,0 +1,383 @@
+"""Export as a job: AGD -> BAM / SAM / FASTQ(.gz), to files or standard output.
+
+Every export request is a batch in the runtime's one ``export`` pipeline::
+
+    read      ->  decode      ->  encode              ->  compress            ->  write
+    chunk files   decompress,     BAM records / SAM /     BGZF blocks (BAM),      in chunk order
+    (checksums    unpack bases    FASTQ text (Cython,     gzip member (.gz),      to the output(s)
+    checked)                      GIL released)           or as is
+
+* ``write`` has one replica and keeps a small reorder buffer, so the output is
+  in dataset order whatever the replica counts upstream; the bounded gates
+  bound that buffer, hence memory.
+* BGZF blocks are cut per chunk (each chunk's records start a new block), which
+  every BGZF reader accepts; the header is its own block, as samtools writes it.
+* Outputs go through :func:`persona.formats.output.open_output`: ``-`` is
+  standard output, a regular file appears complete (temporary file + rename) or
+  not at all, a FIFO, device or symbolic link is written in place.
+* The header's ``@PG`` lines are the dataset's provenance chain (one per app run
+  that wrote it, ``PP`` linking each to the one before) and this export.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, IO, Any, ClassVar
+
+import numpy as np
+
+import persona
+from persona.agd import BASE, METADATA, QUAL, Dataset
+from persona.agd.columns import column_sort_key, is_alignment_column
+from persona.agd.ragged import RaggedArray
+from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
+from persona.errors import ConfigError, DatasetError
+from persona.formats import bgzf
+from persona.formats.bam import encode_records, header_block
+from persona.formats.fastq import format_records as fastq_records
+from persona.formats.output import open_output
+from persona.formats.sam import ReadGroup, build_header, contig_names, contig_pairs
+from persona.formats.sam import format_records as sam_records
+
+if TYPE_CHECKING:
+    from persona.config import Config
+    from persona.runtime import Runtime
+
+FORMATS = ("bam", "sam", "fastq")
+
+
+def format_for(output: str, fmt: str | None) -> str:
+    """The export format: ``fmt``, else from the output's suffix (``-`` needs ``fmt``... or SAM)."""
+    if fmt is not None:
+        f = fmt.lower()
+        if f not in FORMATS:
+            raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}", key="format")
+        return f
+    out = output.lower()
+    if out == "-":
+        return "sam"
+    if out.endswith(".bam"):
+        return "bam"
+    if out.endswith(".sam"):
+        return "sam"
+    if out.endswith((".fastq", ".fq", ".fastq.gz", ".fq.gz")):
+        return "fastq"
+    raise ConfigError(f"cannot tell the export format of {output!r} from its name: pass a format "
+                      f"({', '.join(FORMATS)})", key="format")
+
+
+@dataclass
+class ExportRequest(Request):
+    """Export ``dataset`` to ``output`` (``-``: standard output) and, for paired FASTQ, ``output2``."""
+
+    kind: ClassVar[str] = "export"
+
+    dataset: str
+    output: str
+    output2: str | None = None
+    format: str | None = None
+    name: str | None = None
+    #: FASTQ: gzip the output (None: when the output name ends in .gz)
+    gzip: bool | None = None
+    level: int | None = None
+    read_group: dict[str, str] = field(default_factory=dict)
+    secondary: bool = True
+    secondary_seq: bool = False
+    command_line: str | None = None
+    threads: int | None = None
+
+    def resolved(self, config: "Config") -> "ExportRequest":
+        fmt = format_for(self.output, self.format)
+        gz = self.gzip if self.gzip is not None else (fmt == "fastq" and self.output.endswith(".gz"))
+        level = self.level if self.level is not None else config.export.bgzf_level
+        if not 0 <= level <= 9:
+            raise ConfigError(f"compression level must be 0..9, got {level}", key="level")
+        if self.output2 is not None and fmt != "fastq":
+            raise ConfigError("a second output file is only for paired FASTQ", key="output2")
+        if self.output2 is not None and self.output2 == self.output:
+            raise ConfigError("the two FASTQ outputs must differ", key="output2")
+        return replace(self, format=fmt, gzip=gz, level=level)
+
+    def plan(self, runtime: "Runtime", request_id: str) -> "ExportJob":
+        return ExportJob(self, request_id, runtime)
+
+
+@dataclass
+class ExportSummary(Summary):
+    """What an export wrote."""
+
+    path: str = ""
+    format: str = ""
+    records: int = 0
+    chunks: int = 0
+    bytes_written: int = 0
+    sort_order: str = ""
+    #: of ``records``, how many came from ``secondary<N>`` columns
+    secondary_records: int = 0
+    paths: list[str] = field(default_factory=list)
+
+
+class ExportJob(Job):
+    kind: ClassVar[str] = "export"
+    stages = (StagePlan("read", 1), StagePlan("decode", 2), StagePlan("encode", 2), StagePlan("compress", 2),
+              StagePlan("write", 1))
+    capacity: ClassVar[int] = 3
+    request: ExportRequest
+
+    def __init__(self, request: ExportRequest, request_id: str, runtime: "Runtime") -> None:
+        super().__init__(request, request_id, runtime)
+        r = request
+        self.ds = ds = Dataset.open(r.dataset, r.name)
+        self.fmt = r.format or "sam"
+        needed = [BASE, QUAL, METADATA]
+        missing = [c for c in needed if c not in ds.columns]
+        if missing:
+            what = "FASTQ" if self.fmt == "fastq" else "SAM/BAM"
+            raise DatasetError(f"dataset {ds.name!r} lacks column(s) {missing} needed for {what} export",
+                               store=ds.store.url)
+        self.paired = ds.paired
+        self.aligned = "results" in ds.columns and self.fmt != "fastq"
+        self.sec_columns: list[str] = []
+        self.contigs: list[tuple[str, int]] = []
+        self.sort = ds.manifest.sort or "unknown"
+        if self.fmt == "fastq":
+            if r.output2 is not None and not self.paired:
+                raise DatasetError(f"dataset {ds.name!r} is not paired; cannot write a second FASTQ file")
+            self.outputs = [r.output] + ([r.output2] if r.output2 is not None else [])
+        else:
+            self.outputs = [r.output]
+            self.contigs = contig_pairs(ds.manifest.reference_contigs)
+            if self.aligned and not self.contigs:
+                raise DatasetError(f"dataset {ds.name!r} has results but no reference_contigs in its manifest",
+                                   store=ds.store.url)
+            if not self.aligned and self.paired and ds.num_records % 2:
+                raise DatasetError(f"paired dataset {ds.name!r} has an odd number of records ({ds.num_records})",
+                                   store=ds.store.url)
+            self.rg = ReadGroup.for_dataset(ds.name, r.read_group or None)
+            if self.aligned and r.secondary:
+                self.sec_columns = sorted((c for c in ds.columns if is_alignment_column(c) and c != "results"),
+                                          key=column_sort_key)
+            self.names: RaggedArray = contig_names(self.contigs)
+        self.columns = [BASE, QUAL, METADATA] + (["results"] if self.aligned else []) + self.sec_columns
+        self._stack = contextlib.ExitStack()
+        self._files: list[IO[bytes]] = []
+        self._next = 0
+        self._pending: dict[int, list[bytes]] = {}
+        self.records = 0
+        self.secondary_records = 0
+        self.bytes_written = 0
+
+    # -- planning --------------------------------------------------------------------------
+    def _header(self) -> bytes:
+        from persona.apps.export_sam import sort_order
+
+        sort = sort_order(self.ds)
+        if self.sec_columns and sort == "coordinate":
+            sort = "unsorted"  # secondaries follow their primaries, not their own coordinates
+        self.sort = sort
+        text = build_header(contigs=self.contigs, sort=sort, read_group=self.rg, version=persona.__version__,
+                            command_line=self.request.command_line)
+        text = replace_pg_lines(text, self.ds.manifest.provenance, self.request.command_line)
+        if self.fmt == "sam":
+            return text.encode()
+        block = header_block(text, self.contigs)
+        return bgzf.compress_blocks(block, self.request.level or 6)
+
+    def begin(self) -> None:
+        try:
+            for out in self.outputs:
+                self._files.append(self._stack.enter_context(open_output(out, "wb")))
+            if self.fmt != "fastq":
+                self._write(0, self._header())
+        except BaseException:
+            self._close(sys.exc_info()[1])
+            raise
+
+    def feeds(self) -> list[FeedDescriptor]:
+        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, tuple(self.columns))
+                for i in range(len(self.ds.chunks))]
+
+    # -- stages ----------------------------------------------------------------------------
+    def stage_read(self, w: Work) -> Work:
+        w.data = {c: self.ds.read_file(w.desc.chunk, c) for c in w.desc.columns}
+        return w
+
+    def stage_decode(self, w: Work) -> Work:
+        w.data = {c: self.ds.decode_file(w.desc.chunk, c, buf) for c, buf in w.data.items()}
+        return w
+
+    def stage_encode(self, w: Work) -> Work:
+        i = w.desc.chunk
+        values = w.data
+        meta, bases, quals = values[METADATA], values[BASE], values[QUAL]
+        w.n = len(meta)
+        if self.fmt == "fastq":
+            if self.paired and len(meta) % 2:
+                raise DatasetError(f"paired dataset chunk {self.ds.chunks[i].path} holds an odd number of "
+                                   f"records ({len(meta)})", key=self.ds.chunk_key(i, METADATA))
+            try:
+                if len(self.outputs) == 1:
+                    w.data = [fastq_records(meta, bases, quals).data]
+                else:
+                    w.data = [fastq_records(meta, bases, quals, 0, 2).data,
+                              fastq_records(meta, bases, quals, 1, 2).data]
+            except ValueError as e:
+                raise DatasetError(f"chunk {self.ds.chunks[i].path}: {e}", key=self.ds.chunk_key(i, QUAL)) from None
+            w.out = (len(meta), 0)
+            return w
+        from persona.apps.export_sam import interleave_secondaries, unmapped_alignments
+
+        n_sec = 0
+        if not self.aligned:
+            al = unmapped_alignments(self.ds.chunks[i], self.paired)
+        else:
+            al = values["results"]
+            if self.sec_columns:
+                secs = [values[c] for c in self.sec_columns]
+                for c, s in zip(self.sec_columns, secs):
+                    if len(s) != len(al):
+                        raise DatasetError(f"column {c!r} has {len(s)} records but results has {len(al)}",
+                                           key=self.ds.chunk_key(i, c), store=self.ds.store.url)
+                meta, bases, quals, al, n_sec = interleave_secondaries(
+                    meta, bases, quals, al, secs, secondary_seq=self.request.secondary_seq)
+        try:
+            if self.fmt == "bam":
+                data, _ = encode_records(meta, bases, quals, al, len(self.contigs), self.rg.id)
+            else:
+                data = sam_records(meta, bases, quals, al, self.names, self.rg.id)
+        except ValueError as e:
+            where = " (record numbers count secondary records)" if self.sec_columns else ""
+            raise DatasetError(f"cannot export: {e}{where}", key=self.ds.chunk_key(i, "results"),
+                               store=self.ds.store.url) from None
+        w.data = [data]
+        w.out = (w.n, n_sec)
+        return w
+
+    def stage_compress(self, w: Work) -> Work:
+        if self.fmt == "bam":
+            w.data = [bgzf.compress_blocks(d, self.request.level or 6) for d in w.data]
+        elif self.request.gzip:
+            from persona.apps.export_fastq import gzip_member
+
+            w.data = [gzip_member(d) for d in w.data]
+        else:
+            w.data = [bytes(d) if not isinstance(d, bytes) else d for d in w.data]
+        return w
+
+    def stage_write(self, w: Work) -> Work:
+        """One replica: write chunks in order, holding early ones (bounded by the gates)."""
+        self._pending[w.desc.chunk] = w.data
+        w.data = None
+        while self._next in self._pending:
+            i = self._next
+            for k, data in enumerate(self._pending.pop(i)):
+                self._write(k, data)
+            self._next += 1
+            self.advance(self.ds.chunks[i].num_records)
+        return w
+
+    def _write(self, k: int, data: bytes | memoryview) -> None:
+        self._files[k].write(data)
+        self.bytes_written += len(data)
+
+    # -- ending ----------------------------------------------------------------------------
+    def commit(self, outputs: list[Any]) -> ExportSummary:
+        if self._pending:
+            raise DatasetError(f"export lost chunks {sorted(self._pending)}")  # never: all feeds passed write
+        for n, n_sec in outputs:
+            self.records += n + n_sec
+            self.secondary_records += n_sec
+        if self.fmt == "bam":
+            self._write(0, bgzf.EOF_BLOCK)
+        self._close(None)
+        return ExportSummary(**self.summary_base(), path=self.outputs[0], format=self.fmt, records=self.records,
+                             chunks=len(self.ds.chunks), bytes_written=self.bytes_written,
+                             sort_order=self.sort if self.fmt != "fastq" else "",
+                             secondary_records=self.secondary_records, paths=list(self.outputs))
+
+    def _close(self, error: BaseException | None) -> None:
+        stack, self._stack = self._stack, contextlib.ExitStack()
+        if error is None:
+            stack.close()
+        else:
+            with contextlib.suppress(BaseException):
+                stack.__exit__(type(error), error, error.__traceback__)
+
+    def abort(self, error: BaseException | None) -> None:
+        self._close(error or RuntimeError("export aborted"))
+
+
+def replace_pg_lines(header: str, provenance: list[dict[str, Any]], command_line: str | None) -> str:
+    """``header`` with its ``@PG`` lines replaced by the provenance chain plus this export's line."""
+    lines = [ln for ln in header.rstrip("\n").split("\n") if not ln.startswith("@PG")]
+    pgs = pg_lines(provenance, command_line)
+    return "\n".join(lines + pgs) + "\n"
+
+
+def _clean(value: Any) -> str:
+    return " ".join(str(value).replace("\t", " ").split())
+
+
+def pg_lines(provenance: list[dict[str, Any]], command_line: str | None) -> list[str]:
+    """``@PG`` lines: one per provenance entry (``ID``, ``PN``, ``VN``, ``CL``; ``PP`` the previous one),
+    aligner runs also naming the aligner, then this export."""
+    from persona.formats.sam import default_command_line
+
+    out: list[str] = []
+    used: set[str] = set()
+    prev: str | None = None
+
+    def add(pid: str, pn: str, vn: str | None, cl: str | None, extra: str = "") -> None:
+        nonlocal prev
+        base, k = pid, 1
+        while pid in used:
+            k += 1
+            pid = f"{base}.{k}"
+        used.add(pid)
+        parts = [f"@PG\tID:{pid}\tPN:{pn}"]
+        if prev is not None:
+            parts.append(f"PP:{prev}")
+        if vn:
+            parts.append(f"VN:{_clean(vn)}")
+        if cl:
+            parts.append(f"CL:{_clean(cl)}")
+        if extra:
+            parts.append(extra)
+        out.append("\t".join(parts))
+        prev = pid
+
+    for entry in provenance:
+        if entry.get("imported_pg"):  # @PG lines carried from an imported SAM/BAM, as they were
+            for pg in entry["imported_pg"]:
+                add(str(pg.get("ID", "pg")), str(pg.get("PN", pg.get("ID", "unknown"))), pg.get("VN"), pg.get("CL"))
+            continue
+        app = str(entry.get("app", "persona"))
+        if app == "align" and entry.get("aligner"):
+            add(str(entry["aligner"]), str(entry["aligner"]), entry.get("aligner_version"), None)
+        add(f"persona-{app}", "persona", entry.get("persona_version"),
+            entry.get("command_line") or f"persona {app}")
+    add("persona", "persona", persona.__version__,
+        command_line if command_line is not None else default_command_line())
+    return out
+
+
+def export_dataset(request: ExportRequest, *, runtime: "Runtime | None" = None, progress: Any = None,
+                   threads: int = 0) -> ExportSummary:
+    from persona.runtime import run_request
+
+    summary = run_request(request, threads=threads, runtime=runtime, progress=progress)
+    assert isinstance(summary, ExportSummary)
+    return summary
+
+
+def output_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size if path != "-" else 0
+    except OSError:
+        return 0
+
+
+_ = (np, time)

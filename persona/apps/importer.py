@@ -1,0 +1,454 @@
+"""Import as jobs: FASTQ(.gz) (single, paired, interleaved, or standard input) and SAM/BAM -> a new dataset.
+
+Both are *streaming* jobs: the number of chunks is known only when the input
+ends, so the request's thread reads the input and puts one feed per chunk into
+the runtime's ``import`` pipeline while earlier chunks are already being
+converted and written (PTF streaming ingress; the arity is declared at the end)::
+
+    source (request thread)   ->  check       ->  base     ->  qual     ->  metadata  ->  write
+    decompress, cut on record     mate names      gather,      gather,      gather,       store the
+    boundaries, scan (validate)   and counts      pack 3-bit,  compress     compress      chunk files
+    the records (GIL-free)                        compress                                (transaction)
+
+* Each column has its own stage, so the three columns of consecutive chunks are
+  compressed in parallel (zstd and deflate release the GIL).
+* The source never runs more than a window of chunks ahead of the writer
+  (``import.queue_depth`` + threads + 1 chunks), so memory is bounded whatever
+  the input size.
+* The dataset is written in one transaction (:mod:`persona.agd.transaction`):
+  claimed first (a second import of the same name fails at once), chunk files
+  under attempt-unique keys, the manifest (with a provenance entry) written last.
+  A failure or interrupt removes what this attempt wrote; an existing dataset of
+  the same name is replaced only with ``overwrite`` and only at commit.
+* Errors name the file and line (FASTQ) or record (SAM/BAM); the first error in
+  file order is the one reported.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import zstandard
+
+from persona.agd import READ_COLUMNS, CompressionType, Manifest, encode_column_chunk
+from persona.agd.transaction import Transaction
+from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work, file_fingerprint
+from persona.errors import ConfigError, DatasetError, InputFormatError
+from persona.storage import Store, open_store
+
+if TYPE_CHECKING:
+    from persona.config import Config
+    from persona.runtime import Runtime
+
+FASTQ_SUFFIXES = (".fastq", ".fq", ".fastq.gz", ".fq.gz", ".fastq.bgz", ".fq.bgz")
+SAM_SUFFIXES = (".sam", ".bam", ".sam.gz")
+FORMATS = ("fastq", "sam", "bam")
+
+
+def detect_format(inputs: list[str], fmt: str | None) -> str:
+    """``fastq`` or ``sam`` (SAM and BAM are read alike) from ``fmt`` or the first input's name/content."""
+    if fmt is not None:
+        f = fmt.lower()
+        if f not in FORMATS:
+            raise ConfigError(f"input format must be one of {', '.join(FORMATS)}, got {fmt!r}", key="format")
+        return "sam" if f in ("sam", "bam") else "fastq"
+    first = inputs[0]
+    low = first.lower()
+    if low.endswith(SAM_SUFFIXES):
+        return "sam"
+    if low.endswith(FASTQ_SUFFIXES):
+        return "fastq"
+    if first == "-":
+        raise ConfigError("reading standard input needs a format: -f fastq, sam or bam", key="format")
+    # By content: BAM/BGZF magic, '@' of FASTQ, '@HD'/'@SQ' or a SAM line
+    try:
+        with open(first, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise InputFormatError(f"cannot read {first}: {e.strerror or e}", file=first) from None
+    if head[:2] == b"\x1f\x8b":
+        import gzip
+
+        try:
+            with gzip.open(first, "rb") as g:
+                head = g.read(4)
+        except OSError:
+            head = b""
+    if head[:4] == b"BAM\x01" or head[:3] in (b"@HD", b"@SQ", b"@RG", b"@PG", b"@CO"):
+        return "sam"
+    if head[:1] == b"@":
+        return "fastq"
+    raise ConfigError(f"cannot tell the format of {first}: expected FASTQ(.gz), SAM or BAM "
+                      f"({', '.join(FASTQ_SUFFIXES + SAM_SUFFIXES)}); pass -f", key="format")
+
+
+def _split_output(output: str, name: str | None) -> tuple[str, str | None]:
+    return output, name
+
+
+@dataclass
+class ImportRequest(Request):
+    """Import ``inputs`` (R1 [R2] FASTQ, an interleaved FASTQ, one SAM/BAM; ``-`` is standard input)
+    into a new dataset ``name`` at ``output`` (a directory or store URL). ``None``: configured defaults."""
+
+    kind: ClassVar[str] = "import"
+
+    inputs: tuple[str, ...]
+    output: str
+    name: str | None = None
+    format: str | None = None
+    chunk_size: int | None = None
+    compression: str | None = None
+    level: int | None = None
+    #: FASTQ: one input holding both mates, alternating (as ``bwa mem -p`` reads)
+    interleaved: bool = False
+    overwrite: bool = False
+    #: refuse to add a dataset to a location that already holds another one
+    exclusive_location: bool = False
+    read_group: dict[str, str] = field(default_factory=dict)
+    threads: int | None = None
+    queue_depth: int | None = None
+
+    def resolved(self, config: "Config") -> "ImportRequest":
+        if not self.inputs:
+            raise ConfigError("import needs at least one input", key="inputs")
+        inputs = tuple(os.fspath(i) for i in self.inputs)
+        fmt = detect_format(list(inputs), self.format)
+        compression = (self.compression or config.agd.compression).lower()
+        try:
+            CompressionType.parse(compression)
+        except Exception:  # noqa: BLE001
+            raise ConfigError(f"unknown compression {compression!r} (zstd, gzip, none)", key="compression") from None
+        chunk_size = self.chunk_size if self.chunk_size is not None else config.agd.chunk_size
+        if chunk_size <= 0:
+            raise ConfigError(f"chunk size must be positive, got {chunk_size}", key="chunk_size")
+        level = self.level
+        if level is None:
+            level = {"zstd": config.agd.zstd_level, "gzip": config.agd.gzip_level}.get(compression)
+        threads = self.threads if self.threads is not None else config.import_.threads
+        if threads < 0:
+            raise ConfigError(f"threads must be >= 0, got {threads}", key="threads")
+        depth = self.queue_depth if self.queue_depth is not None else config.import_.queue_depth
+        if depth <= 0:
+            raise ConfigError(f"queue depth must be positive, got {depth}", key="queue_depth")
+        if fmt == "sam" and len(inputs) != 1:
+            raise ConfigError("SAM/BAM import takes exactly one input file", key="inputs")
+        if fmt == "fastq" and len(inputs) > 2:
+            raise ConfigError("FASTQ import takes one file (single-end or --interleaved) or two (paired)",
+                              key="inputs")
+        if self.interleaved and len(inputs) != 1:
+            raise ConfigError("--interleaved takes one FASTQ input", key="inputs")
+        for p in inputs:
+            if p != "-" and not os.path.isfile(p) and not Path(p).is_fifo():
+                what = "FASTQ" if fmt == "fastq" else "SAM/BAM"
+                raise FileNotFoundError(f"{what} file not found: {p}")
+        if inputs.count("-") > 1:
+            raise ConfigError("standard input can be read only once", key="inputs")
+        return replace(self, inputs=inputs, format=fmt, compression=compression, chunk_size=chunk_size,
+                       level=level, threads=threads, queue_depth=depth, name=self.name or default_name(inputs, fmt))
+
+    def plan(self, runtime: "Runtime", request_id: str) -> "ImportJob":
+        return (ImportSamJob if self.format == "sam" else ImportFastqJob)(self, request_id, runtime)
+
+
+def default_name(inputs: tuple[str, ...], fmt: str) -> str:
+    if inputs[0] == "-":
+        return "stdin"
+    if fmt == "sam":
+        from persona.apps.import_sam import dataset_name
+
+        return dataset_name(Path(inputs[0]))
+    from persona.formats.fastq import default_name as fq_name
+
+    return fq_name(inputs[0])
+
+
+@dataclass
+class ImportSummary(Summary):
+    """What an import stored (and, for SAM/BAM, what it left out)."""
+
+    name: str = ""
+    location: str = ""
+    records: int = 0
+    chunks: int = 0
+    columns: tuple[str, ...] = ()
+    paired: bool = False
+    sort: str = ""
+    skipped_secondary: int = 0
+    skipped_supplementary: int = 0
+    empty_sequence: int = 0
+    missing_quality: int = 0
+    bases_replaced: int = 0
+    manifest: Manifest | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_dict().items() if k != "manifest"}
+
+
+class ImportJob(Job):
+    """What both imports share: the transaction, the column stages, the write stage."""
+
+    kind: ClassVar[str] = "import"
+    streaming: ClassVar[bool] = True
+    stages = (StagePlan("check", 1), StagePlan("base", 1), StagePlan("qual", 1), StagePlan("metadata", 1),
+              StagePlan("write", 1))
+    capacity: ClassVar[int] = 2
+    request: ImportRequest
+    columns: tuple[str, ...] = READ_COLUMNS
+
+    def __init__(self, request: ImportRequest, request_id: str, runtime: "Runtime") -> None:
+        super().__init__(request, request_id, runtime)
+        self.store: Store = runtime.store(request.output) if "://" in request.output else open_store(request.output)
+        assert request.name is not None
+        self.name = request.name
+        if "/" in self.name or not self.name:
+            raise DatasetError(f"bad dataset name {self.name!r}: non-empty, no '/'")
+        if request.exclusive_location:
+            from persona.agd.dataset import find_manifests
+
+            others = [n for n in find_manifests(self.store) if n != self.name]
+            if others:
+                raise DatasetError(f"{request.output} already holds dataset(s) {', '.join(others)}; importing "
+                                   f"{self.name!r} there would make the location ambiguous (choose another "
+                                   "location, or allow several datasets per location)", store=self.store.url)
+        self.txn: Transaction | None = None
+        self.window = threading.BoundedSemaphore((request.queue_depth or 2) + runtime.threads + 1)
+        self.records = 0
+        self.chunks = 0
+        self.paired = False
+        self.fields: dict[str, Any] = {}
+
+    def begin(self) -> None:
+        self.txn = Transaction(self.store, self.name, app="import", new=True, overwrite=self.request.overwrite,
+                               attempt=self.attempt, request_id=self.request_id)
+        self.txn.begin()
+
+    def descriptor(self, index: int) -> FeedDescriptor:
+        return FeedDescriptor(self.request_id, self.store.url, self.name, index, self.columns)
+
+    def level_of(self, column: str) -> Any:
+        from persona.apps.import_fastq import column_level
+
+        return column_level(self.request.level, column, self.request.compression or "zstd")
+
+    def _encode(self, w: Work, column: str, value: Any) -> None:
+        w.out_files[column] = encode_column_chunk(column, value, first_ordinal=w.first, name=self.name,
+                                                  compression=self.request.compression or "zstd",
+                                                  level=self.level_of(column))
+
+    def stage_write(self, w: Work) -> Work:
+        assert self.txn is not None
+        try:
+            if w.n:
+                self.txn.write_encoded(w.first, w.n, w.out_files)
+            w.out = w.n
+            w.out_files = {}
+            self.advance(w.n)
+        finally:
+            self.window.release()
+        return w
+
+    def produce_into(self, put: Callable[[Work], None], items: Iterator[Work]) -> None:
+        """Put the source's works, never more than the window ahead of the writer."""
+        for w in items:
+            while not self.window.acquire(timeout=0.5):
+                if self.cancelled():
+                    return
+            put(w)
+
+    def cancelled(self) -> bool:
+        h = self.runtime.handle_of(self.request_id)
+        return h is not None and (h.cancelled or (h._batch is not None and h._batch.done()))
+
+    def commit(self, outputs: list[Any]) -> ImportSummary:
+        assert self.txn is not None
+        self.records = sum(outputs)
+        manifest = self.txn.commit(list(self.columns), provenance=self.provenance(
+            inputs=[file_fingerprint(p) if p != "-" else {"path": "-"} for p in self.request.inputs]),
+            **self.fields)
+        return ImportSummary(**self.summary_base(), name=self.name, location=self.store.url,
+                             records=manifest.num_records, chunks=len(manifest.records),
+                             columns=tuple(manifest.columns), paired=bool(manifest.paired),
+                             sort=manifest.sort or "", manifest=manifest, **self.extra_summary())
+
+    def extra_summary(self) -> dict[str, Any]:
+        return {}
+
+    def abort(self, error: BaseException | None) -> None:
+        if self.txn is not None and self.txn.state in ("open", "new"):
+            self.txn.abort()
+
+
+class ImportWork(Work):
+    """An import feed: the chunk's first ordinal, record count and its column files so far."""
+
+    __slots__ = ("first", "out_files", "text", "positions")
+
+    def __init__(self, desc: FeedDescriptor, first: int) -> None:
+        super().__init__(desc)
+        self.first = first
+        self.out_files: dict[str, bytes] = {}
+        self.text: tuple[Any, ...] = ()
+        self.positions: tuple[Any, ...] = ()
+
+
+class ImportFastqJob(ImportJob):
+    """FASTQ: the source cuts and scans; the stages check mates and gather + compress each column."""
+
+    def __init__(self, request: ImportRequest, request_id: str, runtime: "Runtime") -> None:
+        super().__init__(request, request_id, runtime)
+        r = request
+        self.sources = tuple("<stdin>" if p == "-" else p for p in r.inputs)
+        self.paired = len(r.inputs) == 2 or r.interleaved
+        self.fields = {"sort": "queryname", "paired": True if self.paired else None}
+        if r.read_group:
+            self.fields["extra"] = {"read_group": dict(r.read_group)}
+
+    def produce(self, put: Callable[[Work], None]) -> None:
+        self.produce_into(put, self._works())
+
+    def _works(self) -> Iterator[Work]:
+        from persona.formats.fastq import iter_text_chunks, scan_chunk
+
+        r = self.request
+        assert r.chunk_size is not None
+        size = r.chunk_size * (2 if r.interleaved else 1)
+        iters = [iter_text_chunks(_input(p), size) for p in r.inputs]
+        per_chunk = r.chunk_size * (2 if self.paired else 1)
+        index = 0
+        try:
+            while True:
+                chunks = [next(it) for it in iters]
+                positions = tuple(scan_chunk(c, s) for c, s in zip(chunks, self.sources))
+                w = ImportWork(self.descriptor(index), index * per_chunk)
+                w.text, w.positions = tuple(chunks), positions
+                w.n = sum(len(p) for p in positions)
+                if w.n:
+                    yield w
+                if any(c.final for c in chunks):
+                    return  # the other file may go on: the check stage reports that
+                index += 1
+        finally:
+            for it in iters:
+                it.close()  # type: ignore[attr-defined]
+
+    def stage_check(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
+        from persona.formats.fastq import check_pair, check_interleaved
+
+        r = self.request
+        assert r.chunk_size is not None
+        if len(w.text) == 2:
+            check_pair(w.text[0], w.positions[0], w.text[1], w.positions[1], self.sources[0], self.sources[1],
+                       w.desc.chunk * r.chunk_size)
+        elif r.interleaved:
+            check_interleaved(w.text[0], w.positions[0], self.sources[0], w.desc.chunk * r.chunk_size)
+        return w
+
+    def _gather(self, w: ImportWork, column: str) -> Any:
+        from persona.formats.fastq import gather_field
+
+        if len(w.text) == 2:
+            return gather_field(column, w.text[0], w.positions[0], w.text[1], w.positions[1])
+        return gather_field(column, w.text[0], w.positions[0])
+
+    def _column_stage(self, w: ImportWork, column: str) -> ImportWork:
+        if w.n:
+            self._encode(w, column, self._gather(w, column))
+        if column == "metadata":
+            w.text = w.positions = ()
+        return w
+
+    def stage_base(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
+        return self._column_stage(w, "base")
+
+    def stage_qual(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
+        return self._column_stage(w, "qual")
+
+    def stage_metadata(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
+        return self._column_stage(w, "metadata")
+
+
+def _input(path: str) -> Any:
+    """A path, or standard input's binary stream for ``-``."""
+    if path == "-":
+        import sys
+
+        return sys.stdin.buffer
+    return path
+
+
+class ImportSamJob(ImportJob):
+    """SAM/BAM through pysam: the source parses records into chunks; stages compress the columns."""
+
+    def __init__(self, request: ImportRequest, request_id: str, runtime: "Runtime") -> None:
+        super().__init__(request, request_id, runtime)
+        from persona.apps.import_sam import SamSource
+
+        self.source = SamSource(request.inputs[0], chunk_size=request.chunk_size or 100_000)
+        self.columns = tuple(self.source.columns)
+
+    def begin(self) -> None:
+        self.source.open()
+        try:
+            super().begin()
+        except BaseException:
+            self.source.close()
+            raise
+
+    def produce(self, put: Callable[[Work], None]) -> None:
+        try:
+            self.produce_into(put, self._works())
+        finally:
+            self.source.close()
+
+    def _works(self) -> Iterator[Work]:
+        for index, (first, values) in enumerate(self.source.chunks()):
+            w = ImportWork(self.descriptor(index), first)
+            w.data = values
+            w.n = len(values["metadata"])
+            yield w
+
+    def stage_check(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
+        return w
+
+    def _column_stage(self, w: ImportWork, columns: tuple[str, ...]) -> ImportWork:
+        for c in columns:
+            if c in w.data:
+                self._encode(w, c, w.data[c])
+        return w
+
+    def stage_base(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
+        return self._column_stage(w, ("base",))
+
+    def stage_qual(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
+        return self._column_stage(w, ("qual",))
+
+    def stage_metadata(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
+        w = self._column_stage(w, tuple(c for c in w.data if c not in ("base", "qual")))
+        w.data = None
+        return w
+
+    def commit(self, outputs: list[Any]) -> ImportSummary:
+        self.fields = self.source.manifest_fields()
+        return super().commit(outputs)
+
+    def extra_summary(self) -> dict[str, Any]:
+        c = self.source.counts
+        return {"skipped_secondary": c["secondary"], "skipped_supplementary": c["supplementary"],
+                "empty_sequence": c["empty"], "missing_quality": c["noqual"], "bases_replaced": c["replaced"]}
+
+
+def import_files(request: ImportRequest, *, runtime: "Runtime | None" = None, progress: Any = None,
+                 threads: int = 0) -> ImportSummary:
+    from persona.runtime import run_request
+
+    summary = run_request(request, threads=threads, runtime=runtime, progress=progress)
+    assert isinstance(summary, ImportSummary)
+    return summary
+
+
+_ = (zstandard,)

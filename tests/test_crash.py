@@ -1,0 +1,155 @@
+"""Crash consistency: SIGKILL ``persona import``, ``align`` and ``export`` at random moments.
+
+After each kill the dataset (or output file) must be exactly the old committed state or the
+new one, verify, and the next run must succeed with identical output. Leftover attempt files
+are removed by the next writer. Bounded: ``PERSONA_CRASH_KILLS`` kills per app (default 30).
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from persona.agd import Dataset
+from persona.agd.transaction import unreferenced_keys
+from persona.agd.verify import verify_dataset
+from persona.align.reference import add_reference
+from persona.apps.demo import sample_files
+from persona.errors import ManifestError
+
+KILLS = int(os.environ.get("PERSONA_CRASH_KILLS", "30"))
+SEED = int(os.environ.get("PERSONA_CRASH_SEED", "1234"))
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "persona.cli", *args]
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _kill_after(args: list[str], env: dict[str, str], delay: float) -> int:
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        p.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    return p.returncode
+
+
+def _state(loc: Path) -> dict[str, bytes] | None:
+    """Every committed chunk file (checksums checked), or None when there is no dataset."""
+    try:
+        ds = Dataset.open(loc)
+    except ManifestError:
+        return None
+    return {f"{ds.chunks[i].first}.{c}": ds.read_file(i, c) for i in range(len(ds.chunks)) for c in ds.columns}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, object]:
+    tmp = tmp_path_factory.mktemp("crash")
+    files = sample_files()
+    refs = tmp / "refs"
+    add_reference("measles", files["reference"], refs)
+    env = {**os.environ, "PERSONA_ALIGN__REFERENCES_URL": str(refs), "PYTHONUNBUFFERED": "1"}
+    base = tmp / "base"
+    r = _run(_cli("import", str(files["r1"]), str(files["r2"]), "-o", str(base), "-n", "s", "-c", "300", "-q"), env)
+    assert r.returncode == 0, r.stderr
+    # timing of a whole run, to spread the kills over it
+    t0 = time.monotonic()
+    aligned = tmp / "aligned"
+    shutil.copytree(base, aligned)
+    r = _run(_cli("align", str(aligned), "-r", "measles", "-q", "--work-item-reads", "100"), env)
+    assert r.returncode == 0, r.stderr
+    t_align = time.monotonic() - t0
+    return {"tmp": tmp, "files": files, "env": env, "base": base, "aligned": aligned, "t_align": t_align}
+
+
+def _delays(n: int, span: float) -> list[float]:
+    rng = random.Random(SEED)
+    return [rng.uniform(0.05, span) for _ in range(n)]
+
+
+def test_kill_realign_any_moment_keeps_old_or_new(setup) -> None:
+    tmp, env = setup["tmp"], setup["env"]
+    # the dataset starts aligned with --secondary 1 (old); the re-align writes results only (new)
+    loc = tmp / "realign"
+    shutil.copytree(setup["aligned"], loc)
+    r = _run(_cli("align", str(loc), "-r", "measles", "--secondary", "1", "-q"), env)
+    assert r.returncode == 0, r.stderr
+    old = _state(loc)
+    ref_new = tmp / "realign_ref"
+    shutil.copytree(loc, ref_new)
+    assert _run(_cli("align", str(ref_new), "-r", "measles", "-q"), env).returncode == 0
+    new = _state(ref_new)
+    assert old is not None and new is not None and old != new
+    seen = {"old": 0, "new": 0}
+    for delay in _delays(KILLS, setup["t_align"] * 1.3):
+        _kill_after(_cli("align", str(loc), "-r", "measles", "-q", "--work-item-reads", "100"), env, delay)
+        st = _state(loc)
+        assert st in (old, new), "dataset is neither the old nor the new committed state"
+        seen["old" if st == old else "new"] += 1
+        assert verify_dataset(Dataset.open(loc)).ok
+        if st == new:  # go back to the old state for the next kill
+            shutil.rmtree(loc)
+            shutil.copytree(setup["aligned"], loc)
+            assert _run(_cli("align", str(loc), "-r", "measles", "--secondary", "1", "-q"), env).returncode == 0
+            assert _state(loc) == old
+    # the next run succeeds, identical output, no leftovers
+    r = _run(_cli("align", str(loc), "-r", "measles", "-q"), env)
+    assert r.returncode == 0, r.stderr
+    assert _state(loc) == new
+    ds = Dataset.open(loc)
+    assert unreferenced_keys(ds.store, ds.name, ds.manifest) == []
+    print(f"align kills: {KILLS}, states seen: {seen}")
+    assert seen["old"] > 0
+
+
+def test_kill_import_any_moment_leaves_nothing_or_complete(setup) -> None:
+    tmp, env, files = setup["tmp"], setup["env"], setup["files"]
+    expect = _state(setup["base"])
+    seen = {"none": 0, "complete": 0}
+    loc = tmp / "imp"
+    args = _cli("import", str(files["r1"]), str(files["r2"]), "-o", str(loc), "-n", "s", "-c", "300", "-q",
+                "--overwrite")
+    for delay in _delays(KILLS, 1.5):
+        if loc.exists():
+            shutil.rmtree(loc)
+        _kill_after(args, env, delay)
+        st = _state(loc)
+        assert st is None or st == expect
+        seen["none" if st is None else "complete"] += 1
+    r = _run(args, env)
+    assert r.returncode == 0, r.stderr
+    assert _state(loc) == expect
+    ds = Dataset.open(loc)
+    assert unreferenced_keys(ds.store, ds.name, ds.manifest) == []
+    print(f"import kills: {KILLS}, states seen: {seen}")
+
+
+def test_kill_export_any_moment_old_file_or_complete_new(setup) -> None:
+    tmp, env = setup["tmp"], setup["env"]
+    out = tmp / "out.sam"
+    out.write_bytes(b"old content\n")
+    ref = tmp / "ref.sam"
+    assert _run(_cli("export", str(setup["aligned"]), str(ref), "-q"), env).returncode == 0
+    new = ref.read_bytes()
+    seen = {"old": 0, "new": 0}
+    for delay in _delays(KILLS, 1.2):
+        out.write_bytes(b"old content\n")
+        _kill_after(_cli("export", str(setup["aligned"]), str(out), "-q"), env, delay)
+        got = out.read_bytes()
+        body = [ln for ln in got.split(b"\n") if not ln.startswith(b"@PG")]
+        assert got == b"old content\n" or body == [ln for ln in new.split(b"\n") if not ln.startswith(b"@PG")]
+        seen["old" if got == b"old content\n" else "new"] += 1
+    print(f"export kills: {KILLS}, states seen: {seen}")
