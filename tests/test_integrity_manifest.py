@@ -83,7 +83,8 @@ def test_header_agreeing_with_the_manifest_passes() -> None:
     ref = ChunkRef(10, 20, "ds_10")
     check_chunk_header(header(), ref, "qual", "ds", "ds_10.qual")
     check_chunk_header(header(rtype=RecordType.COMPACTED_BASES), ref, "base", "ds")
-    check_chunk_header(header(rtype=RecordType.TEXT), ref, "base", "ds")  # the original's decompressed bases
+    text_bases = ChunkHeader(RecordType.TEXT, CompressionType.GZIP, 10, 20, "ds")
+    check_chunk_header(text_bases, ref, "base", "ds")  # the original's decompressed bases (gzip)
     check_chunk_header(header(rtype=RecordType.STRUCTURED), ref, "prot", "ds")  # unknown column: any type
     long = "a-dataset-name-much-longer-than-thirty-two-bytes"
     packed = ChunkHeader.unpack(header(name=long).pack())
@@ -98,6 +99,7 @@ def test_header_agreeing_with_the_manifest_passes() -> None:
     (header(rtype=RecordType.COMPACTED_BASES), "metadata", "record type COMPACTED_BASES, expected TEXT"),
     (header(rtype=RecordType.TEXT), "results", "expected STRUCTURED"),
     (header(rtype=RecordType.TEXT), "secondary0", "expected STRUCTURED"),
+    (header(rtype=RecordType.TEXT), "base", "record type TEXT, expected COMPACTED_BASES for 'base'"),  # zstd
 ])
 def test_header_disagreeing_with_the_manifest_is_refused(hdr: ChunkHeader, column: str, message: str) -> None:
     with pytest.raises(ChunkFormatError, match=message) as e:

@@ -64,6 +64,16 @@ def test_locate_finds_nothing_in_good_files(tmp_path: Path) -> None:
     assert locate_sam_error(tmp_path / "missing.sam") is None
 
 
+def test_non_utf8_is_located(tmp_path: Path) -> None:
+    path = tmp_path / "u.sam"
+    path.write_bytes(b"@HD\tVN:1.6\n@CO\tbad \x80 byte\n" + GOOD.encode() + b"\n")
+    err = locate_sam_error(path)
+    assert err is not None and err.context["line"] == 2 and "not UTF-8" in str(err)
+    path.write_bytes(HEADER.encode() + GOOD.replace("r1", "r\x801", 1).encode("latin-1") + b"\n")
+    err = locate_sam_error(path)
+    assert err is not None and err.context["line"] == 3 and "QNAME is not UTF-8" in str(err)
+
+
 def test_header_problems_are_located(tmp_path: Path) -> None:
     path = tmp_path / "h.sam"
     path.write_text("@HD\tVN:1.6\n@SQ\tSN:c1\tLN:big\n" + GOOD + "\n")

@@ -180,6 +180,10 @@ def _int_field(value: bytes, name: str, lo: int, hi: int) -> str | None:
 
 def check_sam_header_line(line: bytes) -> str | None:
     """What is wrong with one ``@`` header line (no newline), or None."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"header line is not UTF-8 text (byte {e.start + 1})"
     if line.startswith(b"@CO"):
         return None
     if not _HEADER_TAG.match(line):
@@ -202,14 +206,18 @@ def check_sam_record_line(line: bytes) -> str | None:
     Checks what htslib refuses (so the line named is the one it stopped at): the 11 mandatory
     columns, FLAG/POS/MAPQ/PNEXT/TLEN numbers in range, a well-formed CIGAR whose query length
     equals the SEQ length, a QUAL of printable characters as long as SEQ (none without SEQ),
-    optional fields of the form ``TAG:TYPE:VALUE``. What htslib lets through (odd SEQ letters,
-    unparsable tag values, empty names) is not reported.
+    optional fields of the form ``TAG:TYPE:VALUE``, and a QNAME pysam can decode (UTF-8). What
+    htslib lets through (odd SEQ letters, unparsable tag values, empty names) is not reported.
     """
     fields = line.split(b"\t")
     if len(fields) < 11:
         return (f"{len(fields)} tab-separated columns; a SAM record has at least 11 "
                 f"({', '.join(_MANDATORY)})")
-    _qname, flag, _rname, pos, mapq, cigar, _rnext, pnext, tlen, seq, qual = fields[:11]
+    qname, flag, _rname, pos, mapq, cigar, _rnext, pnext, tlen, seq, qual = fields[:11]
+    try:
+        qname.decode("utf-8")
+    except UnicodeDecodeError:
+        return "QNAME is not UTF-8 text"
     for value, name, lo, hi in ((flag, "FLAG", 0, 0xFFFF), (pos, "POS", 0, (1 << 31) - 1),
                                 (mapq, "MAPQ", 0, 255), (pnext, "PNEXT", 0, (1 << 31) - 1),
                                 (tlen, "TLEN", -(1 << 31) + 1, (1 << 31) - 1)):
