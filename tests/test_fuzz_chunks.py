@@ -50,9 +50,11 @@ OUTCOMES: dict[str, Counter[str]] = {}
 def _real_reads(n: int) -> dict[str, list[bytes]] | None:
     here = Path(__file__).resolve().parent.parent
     for cand in (os.environ.get("PERSONA_TEST_DATA"), here.parent / "shared" / "data",
-                 here.parent.parent / "shared" / "data"):
-        if cand and (Path(cand) / "yeast_SRR5204809" / "SRR5204809_R1.fastq.gz").is_file():
-            with gzip.open(Path(cand) / "yeast_SRR5204809" / "SRR5204809_R1.fastq.gz", "rb") as f:
+                 here.parent.parent / "shared" / "data", here / "tests" / "fixtures"):
+        r1 = next((p for p in (Path(cand) / "yeast_SRR5204809" / "SRR5204809_R1.fastq.gz",
+                               Path(cand) / "yeast" / "SRR5204809_R1.fastq.gz") if p.is_file()), None) if cand else None
+        if r1 is not None:
+            with gzip.open(r1, "rb") as f:
                 recs = list(itertools.islice(zip(*[f] * 4), n))
             return {"metadata": [r[0][1:].rstrip(b"\n") for r in recs], "base": [r[1].rstrip(b"\n") for r in recs],
                     "qual": [r[3].rstrip(b"\n") for r in recs]}

@@ -32,29 +32,33 @@ OUTCOMES: dict[str, Counter[str]] = {}
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _shared() -> Path | None:
-    for cand in (os.environ.get("PERSONA_TEST_DATA"), REPO.parent / "shared" / "data",
-                 REPO.parent.parent / "shared" / "data"):
-        if cand and Path(cand).is_dir():
-            return Path(cand)
+def _find(*names: str) -> Path | None:
+    """The first of ``names`` (paths relative to a data directory) in the full shared data or,
+    without it, in tests/fixtures (its small real subsets)."""
+    roots = [os.environ.get("PERSONA_TEST_DATA"), REPO.parent / "shared" / "data",
+             REPO.parent.parent / "shared" / "data", REPO / "tests" / "fixtures"]
+    for root in roots:
+        for name in names:
+            if root and (Path(root) / name).is_file():
+                return Path(root) / name
     return None
 
 
 def _fastq_text(n: int = 40) -> bytes:
-    data = _shared()
-    if data is not None:
-        with gzip.open(data / "measles_SRR7517498" / "SRR7517498_R1.fastq.gz", "rb") as f:
+    path = _find("measles_SRR7517498/SRR7517498_R1.fastq.gz", "measles/SRR7517498_R1.fastq.gz")
+    if path is not None:
+        with gzip.open(path, "rb") as f:
             return b"".join(itertools.chain.from_iterable(itertools.islice(zip(*[f] * 4), n)))
     return b"".join(b"@r%d extra\nACGTNACGTA\n+\nIIIIIIIII#\n" % i for i in range(n))
 
 
 def _sam_text(n: int = 40) -> bytes:
-    data = _shared()
+    path = _find("human_NA12878_chr20/NA12878_S1.chr20.10_10p1mb.bam", "human/NA12878_S1.chr20.10_10p1mb.sub.bam")
     header = b"@HD\tVN:1.6\tSO:coordinate\n@SQ\tSN:chr20\tLN:63025520\n"
-    if data is not None:
+    if path is not None:
         import pysam
 
-        with pysam.AlignmentFile(str(data / "human_NA12878_chr20" / "NA12878_S1.chr20.10_10p1mb.bam")) as f:
+        with pysam.AlignmentFile(str(path)) as f:
             recs = [r.to_string() for r in itertools.islice(f, n)]
             header = str(f.header).encode()
         return header + "".join(r + "\n" for r in recs).encode()

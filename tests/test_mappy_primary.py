@@ -94,16 +94,12 @@ def disagreements(a, b) -> list[int]:  # type: ignore[no-untyped-def]
     return np.flatnonzero(~same).tolist()
 
 
+@pytest.mark.small_data
 @pytest.mark.parametrize("dataset,n_pairs", [("yeast", 4000), ("measles", 4000), ("human", 4000)])
 @pytest.mark.parametrize("secondary", [0, 3])
 def test_backends_agree_on_every_record(dataset: str, n_pairs: int, secondary: int, request,
                                         index_dir: Path) -> None:
-    try:
-        files = request.getfixturevalue(dataset)
-    except RuntimeError as e:  # conftest: the shared data is not there
-        pytest.skip(str(e))
-    if not files["r1"].is_file():
-        pytest.skip(f"{files['r1']} is absent")
+    files = request.getfixturevalue(dataset)  # the full set, or (small_data) tests/fixtures' subset
     from persona.align.fasta import read_contig_table
     from persona.align.mappy_backend import load_index as mappy_load_index
     from persona.align.minimap2 import build_index, load_index
