@@ -76,12 +76,12 @@ class VerifyReport:
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
 
 
-def _open_for_verify(location: Store | str | os.PathLike[str]) -> Dataset:
+def _open_for_verify(location: Store | str | os.PathLike[str], name: str | None = None) -> Dataset:
     """The dataset at ``location`` without refusing a malformed manifest (verify reports it)."""
     try:
-        return Dataset.open(location, validate=False)  # type: ignore[call-arg]
+        return Dataset.open(location, name, validate=False)  # type: ignore[call-arg]
     except TypeError:  # a Dataset.open without the switch: it does not validate either
-        return Dataset.open(location)
+        return Dataset.open(location, name)
 
 
 def _read_file(ds: Dataset, chunk_idx: int, column: str, key: str) -> bytes:
@@ -93,7 +93,8 @@ def _read_file(ds: Dataset, chunk_idx: int, column: str, key: str) -> bytes:
 
 
 def verify_dataset(
-    ds: Dataset | Store | str | os.PathLike[str], columns: list[str] | None = None, *, deep: bool = False
+    ds: Dataset | Store | str | os.PathLike[str], columns: list[str] | None = None, *, deep: bool = False,
+    name: str | None = None,
 ) -> VerifyReport:
     """Decode every chunk file of every column (or of ``columns``) and check it against
     the manifest: the manifest itself (gaps, overlaps, empty or duplicate chunks, ...), each
@@ -104,11 +105,11 @@ def verify_dataset(
     ``deep`` adds per-record checks across the columns of each chunk (:func:`deep_problems`):
     base and quality lengths agree, qualities are Phred+33, alignments are consistent with the
     reads and the reference, mates of a paired dataset have one name. ``ds`` may also be a
-    location; the manifest is then read without :meth:`Dataset.open`'s strictness, so that its
-    problems are reported here instead of refused.
+    location (with ``name`` where it holds several datasets); the manifest is then read without
+    :meth:`Dataset.open`'s strictness, so that its problems are reported here instead of refused.
     """
     if not isinstance(ds, Dataset):
-        ds = _open_for_verify(ds)
+        ds = _open_for_verify(ds, name)
     report = VerifyReport(ds.name)
     mkey = manifest_key(ds.name)
     for problem in manifest_problems(ds.manifest):
