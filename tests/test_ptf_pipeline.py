@@ -583,3 +583,60 @@ def test_stop_finishes_a_quiescing_batch_with_its_own_error() -> None:
     with pytest.raises(BatchCancelled):
         h.result(T)
     blocker.release.set()
+
+
+def test_threaded_gate_wakes_blocked_producers_and_consumers() -> None:
+    """Capacity 1 between two producers and two consumers, timed waits: every wake-up must
+    reach a waiter (a gate skips notify only when nobody waits) and no feed is lost."""
+    from persona.ptf import Gate, GateState
+    from persona.ptf.feed import Feed
+
+    g = Gate(GateState("cap1", capacity=1))
+    n = 300
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def produce(base: int) -> None:
+        for i in range(n):
+            if random.random() < 0.05:
+                time.sleep(0.0005)
+            g.enqueue(Feed(((base, n),), (i,), base * 1000 + i), timeout=T)
+
+    def consume() -> None:
+        for _ in range(n):
+            f = g.dequeue(timeout=T)
+            if random.random() < 0.05:
+                time.sleep(0.0005)
+            with lock:
+                got.append(f.payload)
+
+    threads = [threading.Thread(target=produce, args=(b,)) for b in (1, 2)]
+    threads += [threading.Thread(target=consume) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(T)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(got) == sorted(b * 1000 + i for b in (1, 2) for i in range(n))
+    assert g.state_entries() == 0 and g._readers == 0 and g._writers == 0
+
+
+def test_timed_dequeue_takes_exactly_one_feed_when_woken() -> None:
+    """A timed wait checks its (feed-taking) condition once per wake-up, never twice."""
+    from persona.ptf import Gate, GateState
+    from persona.ptf.feed import Feed
+
+    g = Gate(GateState("timed"))
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(g.dequeue(timeout=T)))
+    t.start()
+    deadline = time.monotonic() + T
+    while not g._readers and time.monotonic() < deadline:
+        time.sleep(0.001)
+    f0, f1 = Feed(((1, 2),), (0,), "a"), Feed(((1, 2),), (1,), "b")
+    g.enqueue_many([f0, f1])
+    t.join(T)
+    assert got == [f0] and g.state.buffered == 1
+    assert g.dequeue(timeout=0) is f1
+    with pytest.raises(PipelineError, match="timed out"):
+        g.dequeue(timeout=0.01)
