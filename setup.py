@@ -193,29 +193,45 @@ def _bundle_minimap2(base_dir: Path) -> None:
         f"(sha256 {MAPPY_SHA256}, {MAPPY_URL}) when this sdist was made.\n\n" + sums)
 
 
+def _in_tree(src: Path) -> Path:
+    """``src`` itself when inside the project, else a copy under build/third_party/.
+
+    setuptools records extension sources in the egg-info's SOURCES.txt, which must hold paths relative
+    to the project (an absolute one breaks any later build from an sdist). The copy keeps the files'
+    times (copy2), so an unchanged source is not compiled again.
+    """
+    try:
+        src.resolve().relative_to(HERE)
+        return src
+    except ValueError:
+        pass
+    dest = LEGACY_CACHE / ("minimap2-src" if os.environ.get("PERSONA_MINIMAP2_SRC") else SRC_NAME)
+    for name in [*(p.name for p in src.glob("*.[ch]")), *(f"sse2neon/{p.name}" for p in src.glob("sse2neon/*.h"))]:
+        a, b = src / name, dest / name
+        sa = a.stat()
+        if not b.is_file() or (b.stat().st_size, b.stat().st_mtime_ns) != (sa.st_size, sa.st_mtime_ns):
+            b.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(a, b)
+    return dest
+
+
 def minimap2_extension():
     import numpy
     from setuptools import Extension
 
-    src = minimap2_source_dir()
-    # relative paths: setuptools wants them for in-tree builds; absolute ones for an outside source dir
-    def rel(p: Path) -> str:
-        try:
-            return str(p.relative_to(HERE))
-        except ValueError:
-            return str(p)
-
+    src = _in_tree(minimap2_source_dir())
+    rel = src.resolve().relative_to(HERE)
     args = ["-O3", "-DHAVE_KALLOC", "-Wno-unused-function", "-Wno-unused-variable",
             "-Wno-unused-but-set-variable", "-Wno-sign-compare"]
-    include_dirs = [numpy.get_include(), str(HERE / "native"), str(src)]
+    include_dirs = [numpy.get_include(), "native", str(rel)]
     if platform.machine() in ("aarch64", "arm64"):
-        include_dirs.append(str(src / "sse2neon"))
+        include_dirs.append(str(rel / "sse2neon"))
         args += ["-ftree-vectorize", "-DKSW_SSE2_ONLY", "-D__SSE2__"]
     else:
         args.append("-msse4.1")  # as mappy: the ksw2 kernels are the SSE4.1 build
     return Extension(
         "persona._native.mm2",
-        ["native/mm2.pyx", *(rel(src.resolve() / f) for f in MINIMAP2_SOURCES)],
+        ["native/mm2.pyx", *(str(rel / f) for f in MINIMAP2_SOURCES)],
         include_dirs=include_dirs,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=args,
@@ -250,14 +266,7 @@ def main() -> None:
     from setuptools.command.sdist import sdist
 
     class Sdist(sdist):
-        """An sdist that carries minimap2's sources (third_party/) and only the files MANIFEST.in names.
-
-        Extension sources are not added automatically: they would pull in Cython's generated .c files
-        and, from a cache outside the tree, absolute paths.
-        """
-
-        def _add_defaults_ext(self) -> None:
-            pass
+        """An sdist that carries minimap2's sources under third_party/ (MANIFEST.in leaves out the rest)."""
 
         def make_release_tree(self, base_dir, files) -> None:
             super().make_release_tree(base_dir, files)
