@@ -207,11 +207,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from persona.agd import Dataset
     from persona.agd.verify import verify_dataset
 
-    ds = Dataset.open(_location(args.dataset, args), args.name)
-    report = verify_dataset(ds, deep=True) if args.deep else verify_dataset(ds)
+    report = verify_dataset(_location(args.dataset, args), deep=args.deep, name=args.name)
     print(report)
     return 0 if report.ok else 1
 
@@ -219,10 +217,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_repair_manifest(args: argparse.Namespace) -> int:
     from persona.agd.verify import repair_manifest
 
-    manifest = repair_manifest(_location(args.location, args), name=args.name)
+    manifest = repair_manifest(_location(args.location, args), name=args.name, reference=args.reference,
+                               references_url=args.store)
     n = sum(r.last - r.first for r in manifest.records)
     _say(args, f"rebuilt manifest for {manifest.name}: {len(manifest.records)} chunks, {n} records, "
                f"columns {', '.join(manifest.columns)}")
+    missing = manifest.extra.get("repaired", {}).get("unrecovered", [])
+    if missing:
+        print(f"persona: warning: could not rebuild: {'; '.join(missing)}", file=sys.stderr)
     return 0
 
 
@@ -437,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("repair-manifest", cmd_repair_manifest, "rebuild a lost manifest from the chunk headers")
     sp.add_argument("location", help="directory or store URL holding the chunks")
     sp.add_argument("-n", "--name", help="dataset name (needed when chunks of several datasets share the location)")
+    sp.add_argument("-r", "--reference", help="reference the dataset was aligned against (rebuilds reference_contigs "
+                                              "when the manifest is lost)")
+    sp.add_argument("--store", help="reference store URL (default: align.references_url)")
 
     sp = add("gc", cmd_gc, "remove the chunk files of interrupted or superseded writes")
     sp.add_argument("location", help="directory or store URL")

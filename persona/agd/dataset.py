@@ -31,7 +31,15 @@ from persona.agd.columns import (
     encode_column,
 )
 from persona.agd.format import HEADER_SIZE, ChunkHeader, CompressionType
-from persona.agd.manifest import MANIFEST_SUFFIX, ChunkRef, Manifest, chunk_path, manifest_key
+from persona.agd.manifest import (
+    MANIFEST_SUFFIX,
+    ChunkRef,
+    Manifest,
+    chunk_path,
+    manifest_key,
+    validate_manifest,
+)
+from persona.agd.integrity import check_chunk_header
 from persona.agd.ragged import RaggedArray
 from persona.agd.transaction import Transaction, check_checksum
 from persona.errors import (
@@ -114,14 +122,18 @@ class Dataset:
         self._lock = threading.Lock()
         self._raw_cache: OrderedDict[tuple[int, str], RaggedArray] = OrderedDict()
         self._txn: Transaction | None = None
+        self._paired: tuple[bool, str] | None = None
 
     @classmethod
-    def open(cls, location: str | os.PathLike[str] | Store, name: str | None = None, **kwargs: Any) -> "Dataset":
+    def open(cls, location: str | os.PathLike[str] | Store, name: str | None = None, *,
+             validate: bool = True, **kwargs: Any) -> "Dataset":
         """Open the dataset in a store URL / path / :class:`Store`, or at the path of its manifest.
 
         Without ``name`` the location must hold exactly one ``*_metadata.json``.
         Raises :class:`ManifestError` when there is none (an incomplete dataset) or
-        it is malformed, :class:`DatasetError` when several datasets share the location.
+        it is malformed or inconsistent (gaps, overlaps: :func:`validate_manifest`;
+        ``validate=False`` skips that, for ``verify`` and ``repair-manifest``, which
+        look further), :class:`DatasetError` when several datasets share the location.
         """
         store, name = _split_location(location, name)
         if name is None:
@@ -142,7 +154,10 @@ class Dataset:
         except StoreKeyError:
             raise ManifestError("dataset manifest not found; the dataset is missing or incomplete",
                                 key=key, store=store.url) from None
-        return cls(store, Manifest.from_json(raw, key=f"{store.url}/{key}"), **kwargs)
+        manifest = Manifest.from_json(raw, key=f"{store.url}/{key}")
+        if validate:
+            validate_manifest(manifest, key=f"{store.url}/{key}")
+        return cls(store, manifest, **kwargs)
 
     # -- description ----------------------------------------------------------
     @property
@@ -159,7 +174,26 @@ class Dataset:
 
     @property
     def paired(self) -> bool:
-        return bool(self.manifest.paired)
+        """Whether the reads are interleaved pairs: the manifest's ``paired`` field, or for
+        datasets whose manifest does not say (the original Persona's), detected from the read
+        names (:func:`~persona.agd.pairing_detect.resolve_paired`; :attr:`paired_reason` says which)."""
+        return self.resolve_paired()[0]
+
+    @property
+    def paired_reason(self) -> str:
+        return self.resolve_paired()[1]
+
+    def resolve_paired(self, override: bool | None = None) -> tuple[bool, str]:
+        """``(paired, why)`` with an optional ``--paired``/``--single`` override."""
+        if override is not None or self.manifest.paired is not None:
+            from persona.agd.pairing_detect import resolve_paired
+
+            return resolve_paired(self, override)
+        if self._paired is None:
+            from persona.agd.pairing_detect import resolve_paired
+
+            self._paired = resolve_paired(self)
+        return self._paired
 
     @property
     def num_records(self) -> int:
@@ -186,13 +220,8 @@ class Dataset:
             raise DatasetError(f"dataset {self.name!r} has no column {column!r} (it has {self.columns})")
 
     def _check_header(self, header: ChunkHeader, chunk_idx: int, column: str, key: str) -> None:
-        ref = self.chunks[chunk_idx]
-        if (header.first_ordinal, header.last_ordinal) != (ref.first, ref.last):
-            raise ChunkFormatError(
-                f"header holds records [{header.first_ordinal}, {header.last_ordinal}) but the manifest "
-                f"says [{ref.first}, {ref.last})",
-                key=key,
-            )
+        """The header must agree with the manifest: records, count, dataset name, record type."""
+        check_chunk_header(header, self.chunks[chunk_idx], column, self.name, key=key)
 
     def read_file(self, chunk_idx: int, column: str) -> bytes:
         """The bytes of one chunk file, checked against the checksum the manifest records."""

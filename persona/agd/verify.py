@@ -13,6 +13,7 @@ import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -290,47 +291,118 @@ def _guess_paired(store: Store, first_key: str) -> bool | None:
     return names_look_paired([bytes(names[i]) for i in range(sample - sample % 2)]) and len(names) % 2 == 0
 
 
-def repair_manifest(store_or_url: Store | str | os.PathLike[str], name: str | None = None) -> Manifest:
+def repair_manifest(store_or_url: Store | str | os.PathLike[str], name: str | None = None, *,
+                    reference: str | None = None, references_url: str | None = None) -> Manifest:
     """Rebuild and write the manifest of the dataset whose chunk files are in the store.
 
-    Columns are those with a file for every chunk (incomplete columns are left
-    out and logged); records come from the header ordinals; ``paired`` is guessed
-    from the read names; ``sort`` and ``reference`` cannot be recovered (None).
+    * It never turns an interrupted write into a dataset that looks complete: a
+      writer's claim (``<name>_writer.json``: an import, align, ... records its
+      intent there before writing anything) or chunk files under attempt keys
+      (``<name>_<first>~<attempt>.<column>``) mean the last write never committed:
+      repair refuses and says so (``persona gc`` removes those files; run the
+      command again). A live writer's claim is refused as busy.
+    * Columns are those with a file for every chunk (incomplete columns are left
+      out and logged); records come from the header ordinals; checksums are
+      recomputed from the files.
+    * Fields are kept from the current manifest when one is still readable
+      (sort, reference, reference_contigs, paired, provenance, extensions);
+      otherwise ``paired`` is guessed from the read names, and the reference's
+      contigs are rebuilt from the reference registry when ``reference`` names it.
+      What could not be rebuilt is listed in ``extra["repaired"]["unrecovered"]``
+      (and logged), so ``info`` and the CLI can say it.
     """
+    from persona.agd.transaction import WriterClaim, checksum, claim_key, new_attempt_id, read_manifest
+
     store = open_store(store_or_url)
     if name is None:
-        names = sorted({m["name"] for k in store.list() if "/" not in k and (m := _CHUNK_FILE.fullmatch(k))})
+        names = sorted({m["name"] for k in store.list() if "/" not in k and (m := _CHUNK_FILE.fullmatch(k))
+                        and "~" not in m["name"]}
+                       | {k[: -len("_writer.json")] for k in store.list() if k.endswith("_writer.json")})
         if not names:
             raise DatasetError("no AGD chunk files found", store=store.url)
         if len(names) > 1:
             raise DatasetError(f"chunk files of several datasets ({', '.join(names)}); pass name=", store=store.url)
         name = names[0]
-    headers = _read_headers(store, name)
-    if not headers:
-        raise DatasetError(f"no chunk files of dataset {name!r}", store=store.url)
-    all_firsts = sorted(set().union(*(set(h) for h in headers.values())))
-    columns = sorted((c for c, h in headers.items() if set(h) == set(all_firsts)), key=column_sort_key)
-    for c in set(headers) - set(columns):
-        log.warning(
-            "repair %s: column %r has %d of %d chunk files; left out", name, c, len(headers[c]), len(all_firsts)
-        )
-    if not columns:
-        raise DatasetError(f"no column of {name!r} has all {len(all_firsts)} chunks", store=store.url)
-    records = []
-    for first in all_firsts:
-        spans = {(headers[c][first].first_ordinal, headers[c][first].last_ordinal) for c in columns}
-        if len(spans) != 1:
-            raise ChunkFormatError(f"columns disagree on the records of chunk {first}: {sorted(spans)}",
-                                   key=f"{name}_{first}")
-        lo, hi = spans.pop()
-        records.append(ChunkRef(lo, hi, f"{name}_{first}"))
-    expect = 0
-    for ref in records:
-        if ref.first != expect:
-            raise DatasetError(f"chunk files leave records [{expect}, {ref.first}) missing", store=store.url)
-        expect = ref.last
-    paired = _guess_paired(store, f"{records[0].path}.{METADATA}") if METADATA in columns else None
-    manifest = Manifest(name=name, columns=columns, records=records, sort=None, paired=paired)
-    store.put(manifest_key(name), manifest.to_json())
-    return manifest
+    claim = WriterClaim(store, name, app="repair-manifest", attempt=new_attempt_id())
+    holder = claim.holder()
+    if holder is not None:
+        if not WriterClaim.is_stale(holder):
+            raise DatasetError(f"dataset {name!r} is being written by {WriterClaim.describe(holder)}; "
+                               "repair it only once that has finished", store=store.url)
+        raise DatasetError(
+            f"dataset {name!r}: the files are those of an interrupted {holder.get('app', 'write')} "
+            f"({WriterClaim.describe(holder)}) that never committed; its output is incomplete and is not "
+            "made into a dataset. Run the command again (it removes them), or 'persona gc' to remove them",
+            store=store.url)
+    attempts = sorted({k for k in store.list(f"{name}_") if "~" in k and k.split("~")[0].startswith(f"{name}_")})
+    try:
+        current = read_manifest(store, name)
+    except PersonaError:
+        current = None  # unreadable: rebuilt from the chunk files
+    claim.acquire()
+    try:
+        headers = _read_headers(store, name)
+        if not headers:
+            if attempts:
+                raise DatasetError(f"dataset {name!r}: only files of an interrupted write that never committed "
+                                   f"({len(attempts)} files, e.g. {attempts[0]}); nothing to repair. 'persona gc' "
+                                   "removes them", store=store.url)
+            raise DatasetError(f"no chunk files of dataset {name!r}", store=store.url)
+        all_firsts = sorted(set().union(*(set(h) for h in headers.values())))
+        columns = sorted((c for c, h in headers.items() if set(h) == set(all_firsts)), key=column_sort_key)
+        for c in set(headers) - set(columns):
+            log.warning(
+                "repair %s: column %r has %d of %d chunk files; left out", name, c, len(headers[c]), len(all_firsts)
+            )
+        if not columns:
+            raise DatasetError(f"no column of {name!r} has all {len(all_firsts)} chunks", store=store.url)
+        records = []
+        for first in all_firsts:
+            spans = {(headers[c][first].first_ordinal, headers[c][first].last_ordinal) for c in columns}
+            if len(spans) != 1:
+                raise ChunkFormatError(f"columns disagree on the records of chunk {first}: {sorted(spans)}",
+                                       key=f"{name}_{first}")
+            lo, hi = spans.pop()
+            path = f"{name}_{first}"
+            sums = {c: checksum(store.get(f"{path}.{c}")) for c in columns}
+            records.append(ChunkRef(lo, hi, path, {}, sums))
+        expect = 0
+        for ref in records:
+            if ref.first != expect:
+                raise DatasetError(f"chunk files leave records [{expect}, {ref.first}) missing", store=store.url)
+            expect = ref.last
+        unrecovered: list[str] = []
+        fields: dict[str, Any] = {}
+        if current is not None:
+            fields = {"sort": current.sort, "reference": current.reference,
+                      "reference_contigs": current.reference_contigs, "paired": current.paired,
+                      "provenance": current.provenance, "extra": dict(current.extra)}
+        else:
+            fields = {"sort": None, "paired": (_guess_paired(store, f"{records[0].path}.{METADATA}")
+                                               if METADATA in columns else None)}
+            unrecovered.append("sort")
+            unrecovered.append("provenance")
+        aligned = any(is_alignment_column(c) for c in columns)
+        if aligned and not fields.get("reference_contigs"):
+            if reference is not None:
+                from persona.align.reference import reference_info
+                from persona.config import get_config
 
+                info = reference_info(reference, references_url or get_config().align.references_url)
+                fields["reference"] = reference
+                fields["reference_contigs"] = info.manifest_contigs()
+            else:
+                unrecovered.append("reference_contigs (pass the reference: repair-manifest --reference NAME)")
+                unrecovered.append("reference")
+        extra = dict(fields.pop("extra", {}) or {})
+        if unrecovered:
+            for what in unrecovered:
+                log.warning("repair %s: could not rebuild %s", name, what)
+        extra["repaired"] = {"unrecovered": unrecovered}
+        manifest = Manifest(name=name, columns=columns, records=records, extra=extra,
+                            generation=(current.generation + 1 if current is not None else 1)).with_updates(**fields)
+        claim.verify()
+        store.put(manifest_key(name), manifest.to_json())
+        return manifest
+    finally:
+        claim.release()
