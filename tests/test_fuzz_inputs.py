@@ -197,8 +197,6 @@ def test_fuzzed_fastq_pairs_are_imported_or_refused(tmp_path: Path) -> None:
     run()
 
 
-@pytest.mark.xfail(strict=False, reason="import_sam lets pysam's UnicodeDecodeError for a non-UTF-8 header escape "
-                   "(persona/apps/import_sam.py _header_fields; fix pending with the import rewrite)")
 def test_fuzzed_sam_is_imported_or_refused(tmp_path: Path) -> None:
     from persona.apps.import_sam import import_sam
 

@@ -185,12 +185,12 @@ def test_not_alignment_data(tmp_path):
     assert no_files(tmp_path / "ds")
 
 
-def test_malformed_sam_line_names_record(tmp_path):
+def test_malformed_sam_line_names_the_line(tmp_path):
     sam = write_sam(tmp_path / "m.sam", "unsorted", [
         "r1\t0\tc1\t10\t60\t4M\t*\t0\t0\tACGT\tIIII",
         "r2\t0\tc1\tNOTANUMBER\t60\t4M\t*\t0\t0\tACGT\tIIII",
     ])
-    with pytest.raises(InputFormatError, match=r"record=2"):
+    with pytest.raises(InputFormatError, match=r"POS 'NOTANUMBER' is not a number .*m\.sam, line=5"):
         import_sam(sam, out=tmp_path / "ds")
     assert no_files(tmp_path / "ds")
 

@@ -110,6 +110,10 @@ def encode_column(name: str, value: ColumnValue | Iterable[bytes | str]) -> Ragg
     return ragged
 
 
+_TEXT_BASES = np.zeros(256, dtype=bool)
+_TEXT_BASES[np.frombuffer(b"ACGTN", np.uint8)] = True
+
+
 def decode_column(
     name: str,
     ragged: RaggedArray,
@@ -140,6 +144,14 @@ def decode_column(
             return RaggedArray(offsets, data, validate=False)
     except ValueError as e:
         raise ChunkFormatError(f"column {name!r}: {e}", key=key) from None
+    if name == BASE and len(ragged.data):
+        # text bases (the original's base_decompression output): only A, C, G, T, N may appear
+        bad = ~_TEXT_BASES[np.asarray(ragged.data, dtype=np.uint8)]
+        if bad.any():
+            at = int(np.flatnonzero(bad)[0])
+            rec = int(np.searchsorted(ragged.offsets, at, side="right")) - 1
+            raise ChunkFormatError(f"column 'base': record {rec}: byte {int(ragged.data[at])!r} is not a base "
+                                   "(text bases hold A, C, G, T, N)", key=key)
     return ragged
 
 

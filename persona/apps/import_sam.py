@@ -62,6 +62,7 @@ from persona.agd.records import (
 )
 from persona.errors import InputFormatError
 from persona.formats.bgzf import EOF_BLOCK
+from persona.formats.sam import locate_sam_error
 from persona.storage import Store
 
 _SORT_ORDERS = ("coordinate", "queryname", "unsorted", "unknown")
@@ -186,7 +187,13 @@ def _open(path: Path) -> pysam.AlignmentFile:
 
 
 def _header_fields(af: pysam.AlignmentFile, path: Path) -> dict[str, Any]:
-    header = af.header.to_dict()
+    try:
+        header = af.header.to_dict()
+    except ValueError as e:  # UnicodeDecodeError among them: a header that is not UTF-8 text
+        located = locate_sam_error(path) if str(path) != "-" else None
+        if located is not None:
+            raise located from None
+        raise InputFormatError(f"cannot read the SAM/BAM header: {e}", file=str(path)) from None
     so = header.get("HD", {}).get("SO", "unknown")
     sq = header.get("SQ", [])
     fields: dict[str, Any] = {"sort": so if so in _SORT_ORDERS else "unknown"}
@@ -286,6 +293,10 @@ class SamSource:
                     first += len(chunk)
                     chunk = _ChunkBuilder(aligned)
         except (OSError, ValueError) as e:
+            if str(self.path) != "-":
+                located = locate_sam_error(self.path)  # SAM text: name the line and what is wrong
+                if located is not None:
+                    raise located from None
             raise InputFormatError(
                 f"cannot read SAM/BAM input (truncated or corrupt): {e}", file=self.label, record=n_read + 1
             ) from None
