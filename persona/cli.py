@@ -295,7 +295,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     paired = True if args.paired else False if args.single else None
     req = AlignRequest(dataset=dataset, reference=_reference_name(args.reference, args), name=args.name,
                        aligner=args.aligner, preset=args.preset, secondary=args.secondary,
-                       work_item_reads=args.work_item_reads, references_url=args.store, paired=paired)
+                       work_item_reads=args.work_item_reads, references_url=args.store, paired=paired,
+                       read_group=args.read_group or {})
     s = _run(args, req, _num_records(dataset, args.name), "align", args.threads or None)
     _say(args, f"aligned {s.name}: {s.records} records against {s.reference} in {s.seconds:.2f} s")
     return 0
@@ -472,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--secondary", type=_non_negative, default=0, help="secondary alignment columns to write")
     sp.add_argument("--preset", help="aligner preset (default: align.preset, 'sr')")
     sp.add_argument("--store", help="reference store URL (default: align.references_url)")
+    sp.add_argument("-R", "--read-group", type=parse_read_group,
+                    help="read group line recorded with the alignment, e.g. '@RG\\tID:run1\\tSM:NA12878\\tPL:ILLUMINA'")
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--paired", action="store_true", help="treat the reads as interleaved pairs")
     g.add_argument("--single", action="store_true", help="treat the reads as single-end")

@@ -84,6 +84,8 @@ class AlignRequest(Request):
     options: dict[str, Any] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)
     capacity: int | None = None
+    #: @RG tags (``-R``) recorded in the manifest and written on export
+    read_group: dict[str, str] = field(default_factory=dict)
 
     def resolved(self, config: "Config") -> "AlignRequest":
         a = config.align
@@ -222,8 +224,9 @@ class AlignJob(Job):
         assert self.txn is not None and self.reference is not None
         stale = [c for c in self.ds.columns if c.startswith("secondary") and c not in self.out_columns]
         info = self.reference.info
+        extra = {"read_group": dict(self.request.read_group)} if self.request.read_group else {}
         manifest = self.txn.commit(
-            list(self.out_columns), drop_columns=stale, reference=self.request.reference,
+            list(self.out_columns), drop_columns=stale, reference=self.request.reference, extra=extra,
             reference_contigs=info.manifest_contigs(),
             provenance=self.provenance(
                 aligner=self.request.aligner, aligner_options=self.opts.to_dict(),

@@ -156,7 +156,7 @@ class ExportJob(Job):
             if not self.aligned and self.paired and ds.num_records % 2:
                 raise DatasetError(f"paired dataset {ds.name!r} has an odd number of records ({ds.num_records})",
                                    store=ds.store.url)
-            self.rg = ReadGroup.for_dataset(ds.name, r.read_group or None)
+            self.rg = ReadGroup.for_dataset(ds.name, effective_read_group(ds, r.read_group))
             if self.aligned and r.secondary:
                 self.sec_columns = sorted((c for c in ds.columns if is_alignment_column(c) and c != "results"),
                                           key=column_sort_key)
@@ -308,6 +308,19 @@ class ExportJob(Job):
 
     def abort(self, error: BaseException | None) -> None:
         self._close(error or RuntimeError("export aborted"))
+
+
+#: PL written when neither the dataset nor the request names the platform (Picard requires one)
+DEFAULT_PLATFORM = "ILLUMINA"
+
+
+def effective_read_group(ds: Dataset, overrides: dict[str, str] | None) -> dict[str, str]:
+    """The dataset's read group (given at import or align with ``-R``, or from an imported BAM's
+    ``@RG``) overlaid by the request's, PL defaulting to :data:`DEFAULT_PLATFORM`."""
+    rg = dict(ds.manifest.extra.get("read_group") or {})
+    rg.update(overrides or {})
+    rg.setdefault("PL", DEFAULT_PLATFORM)
+    return rg
 
 
 def replace_pg_lines(header: str, provenance: list[dict[str, Any]], command_line: str | None) -> str:

@@ -24,7 +24,7 @@ def dataset_info(location: str, name: str | None = None) -> dict[str, Any]:
         "version": m.version,
         "columns": list(m.columns),
         "records": sum(chunk_records),
-        "paired": bool(m.paired),
+        "paired": ds.paired,
         "chunks": len(m.records),
         "chunk_records": {"max": max(chunk_records, default=0), "min": min(chunk_records, default=0)},
         "sort": m.sort,
@@ -35,6 +35,7 @@ def dataset_info(location: str, name: str | None = None) -> dict[str, Any]:
         "generation": m.generation,
         "checksums": all(c in r.checksums for r in m.records for c in m.columns) if m.records else True,
         "read_group": (m.extra.get("read_group") or None),
+        "paired_reason": ds.paired_reason,
         "provenance": m.provenance,
     }
 
@@ -61,6 +62,13 @@ def format_info(info: dict[str, Any]) -> str:
     for col, size in info["bytes_per_column"].items():
         lines.append(f"  {col:<12} {_human(size):>11}  {size / per_record:7.2f} B/record")
     lines.append(f"  {'total':<12} {_human(info['bytes_total']):>11}")
+    if info.get("paired_reason") and info["paired_reason"] != "from the manifest":
+        lines.append(f"pairing   {'paired' if info['paired'] else 'single-end'}: {info['paired_reason']}")
+    rg = info.get("read_group") or {}
+    rg_text = " ".join(f"{k}:{v}" for k, v in rg.items()) if rg else f"ID:{info['name']} SM:{info['name']}"
+    if "PL" not in rg:
+        rg_text += " PL:ILLUMINA (assumed on export: no platform was given; set it with -R or --rg-platform)"
+    lines.append(f"read group {rg_text}")
     if info.get("provenance"):
         lines.append("provenance")
         for p in info["provenance"]:

@@ -29,6 +29,7 @@ SAM_VERSION = "1.6"
 SORT_ORDERS = {"coordinate": "coordinate", "queryname": "queryname", "unsorted": "unsorted", "unknown": "unknown"}
 _BAD_VALUE = re.compile(r"[\t\n\r]")
 _RG_ID = re.compile(r"^[!-~]+$")
+_RG_TAG = re.compile(r"^[A-Za-z][A-Za-z0-9]$")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class ReadGroup:
     sample: str
     library: str | None = None
     platform: str | None = None
+    #: further @RG tags (PU, CN, DS, DT, PI, PM, ...) as (tag, value), in the order given
+    other: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def for_dataset(cls, dataset_name: str, options: "ReadGroup | Mapping[str, str] | None" = None) -> "ReadGroup":
@@ -55,16 +58,22 @@ class ReadGroup:
             opts = dict(options or {})
             aliases = {"ID": "id", "SM": "sample", "LB": "library", "PL": "platform"}
             norm: dict[str, str] = {}
+            other: list[tuple[str, str]] = []
             for key, value in opts.items():
                 field = aliases.get(key, key)
-                if field not in ("id", "sample", "library", "platform"):
-                    raise ConfigError(f"unknown read group option {key!r}", key="read_group")
-                norm[field] = value
+                if field in ("id", "sample", "library", "platform"):
+                    norm[field] = value
+                elif _RG_TAG.match(key):
+                    other.append((key, str(value)))
+                else:
+                    raise ConfigError(f"unknown read group option {key!r} (a two-letter @RG tag such as PU, CN)",
+                                      key="read_group")
             rg = cls(
                 id=norm.get("id") or dataset_name,
                 sample=norm.get("sample") or dataset_name,
                 library=norm.get("library"),
                 platform=norm.get("platform"),
+                other=tuple(other),
             )
         rg.validate()
         return rg
@@ -76,6 +85,9 @@ class ReadGroup:
             value = getattr(self, name)
             if value is not None and (not value or _BAD_VALUE.search(value)):
                 raise ConfigError(f"read group {name} {value!r} is empty or has a tab/newline", key=f"read_group.{name}")
+        for tag, value in self.other:
+            if not value or _BAD_VALUE.search(value):
+                raise ConfigError(f"read group {tag} {value!r} is empty or has a tab/newline", key=f"read_group.{tag}")
 
     def header_line(self) -> str:
         fields = [f"ID:{self.id}", f"SM:{self.sample}"]
@@ -83,6 +95,7 @@ class ReadGroup:
             fields.append(f"LB:{self.library}")
         if self.platform:
             fields.append(f"PL:{self.platform}")
+        fields.extend(f"{k}:{v}" for k, v in self.other)
         return "@RG\t" + "\t".join(fields)
 
 
