@@ -393,6 +393,7 @@ class ImportSamJob(ImportJob):
 
     def begin(self) -> None:
         self.source.open()
+        self.columns = tuple(self.source.columns)  # standard input: known once the header is read
         try:
             super().begin()
         except BaseException:
