@@ -17,8 +17,6 @@ from persona.agd import READ_COLUMNS, CompressionType, Manifest
 from persona.formats.fastq import PathLike
 from persona.storage import Store
 
-DEFAULT_CHUNK_SIZE = 100_000
-READ_AHEAD = 2  # scanned chunks buffered per input beyond the one being converted
 
 Progress = Callable[[int], None]
 ColumnLevel = int | zstandard.ZstdCompressionParameters | None
@@ -63,11 +61,11 @@ def import_fastq(
     *,
     out: str | os.PathLike[str] | Store,
     name: str | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    compression: str = "zstd",
+    chunk_size: int | None = None,
+    compression: str | None = None,
     level: Level = None,
     threads: int = 0,
-    queue_depth: int = READ_AHEAD,
+    queue_depth: int | None = None,
     interleaved: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -85,6 +83,7 @@ def import_fastq(
     mapping (None: :data:`IMPORT_ZSTD_LEVELS` for zstd, the codec default for
     gzip; zstd also takes ``zstandard.ZstdCompressionParameters``);
     ``queue_depth`` (with the runtime's threads) bounds the chunks in memory;
+    ``None`` arguments take the configured defaults (``agd.*``, ``import.*``);
     ``progress(n)`` is called with the number of records of each chunk once it
     is stored. The manifest has ``sort: "queryname"`` (as the original
     writes after import) and ``paired: true`` for pairs. On error nothing of the
@@ -92,19 +91,19 @@ def import_fastq(
     """
     from persona.apps.importer import ImportRequest, import_files
 
-    if chunk_size <= 0:
+    if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    if queue_depth <= 0:
+    if queue_depth is not None and queue_depth <= 0:
         raise ValueError(f"queue_depth must be positive, got {queue_depth}")
-    comp = CompressionType.parse(compression)
+    comp = CompressionType.parse(compression or "zstd")
     for c in READ_COLUMNS:
-        lv = column_level(level, c, compression)
+        lv = column_level(level, c, compression or "zstd")
         if isinstance(lv, zstandard.ZstdCompressionParameters) and comp is not CompressionType.ZSTD:
             raise ValueError(f"zstd parameters given for column {c!r} compressed with {compression}")
     inputs = (os.fspath(r1),) if r2 is None else (os.fspath(r1), os.fspath(r2))
     loc = out.url if isinstance(out, Store) else os.fspath(out)
     req = ImportRequest(inputs=inputs, output=loc, name=name, format="fastq", chunk_size=chunk_size,
-                        compression=str(compression), level=level, interleaved=interleaved,  # type: ignore[arg-type]
+                        compression=compression, level=level, interleaved=interleaved,  # type: ignore[arg-type]
                         overwrite=overwrite, queue_depth=queue_depth)
     summary = import_files(req, runtime=runtime, progress=progress, threads=threads)
     assert summary.manifest is not None
