@@ -164,3 +164,37 @@ def test_kill_export_any_moment_old_file_or_complete_new(setup) -> None:
         assert got == b"old content\n" or body == [ln for ln in new.split(b"\n") if not ln.startswith(b"@PG")]
         seen["old" if got == b"old content\n" else "new"] += 1
     print(f"export kills: {KILLS}, states seen: {seen}")
+
+
+def test_sigint_realign_any_moment_keeps_old_or_new_and_cleans_up(setup) -> None:
+    """Ctrl-C: the command stops (status 130), the dataset is the old or the new committed state,
+    and the interrupted attempt's files are already gone (no gc needed)."""
+    tmp, env = setup["tmp"], setup["env"]
+    loc = tmp / "sigint"
+    shutil.copytree(setup["aligned"], loc)
+    old = _state(loc)
+    n = max(3, KILLS // 3)
+    seen = {"old": 0, "new": 0}
+    for delay in _delays(n, setup["t_align"]):
+        p = subprocess.Popen(_cli("align", str(loc), "-r", "measles", "-q", "--work-item-reads", "100",
+                                  "--secondary", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        try:
+            p.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        st = _state(loc)
+        assert st is not None
+        if st != old:  # finished (or interrupted only after its commit): the new state, whole
+            assert {k.split(".", 1)[1] for k in st} == {k.split(".", 1)[1] for k in old} | {"secondary0"}
+            seen["new"] += 1
+            shutil.rmtree(loc)
+            shutil.copytree(setup["aligned"], loc)
+            continue
+        assert p.returncode in (130, -signal.SIGINT), err
+        assert st == old
+        seen["old"] += 1
+        ds = Dataset.open(loc)
+        assert unreferenced_keys(ds.store, ds.name, ds.manifest) == []  # the attempt cleaned up after itself
+        assert not (loc / "s_writer.json").exists()
+    print(f"align SIGINTs: {n}, states seen: {seen}")
