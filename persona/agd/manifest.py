@@ -16,6 +16,7 @@ written back unchanged, so rewriting a manifest never loses information.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -82,6 +83,8 @@ class Contig:
     name: str
     length: int
     index: int
+    #: MD5 of the upper-case sequence (the SAM header's ``@SQ M5``), when the reference was added by us
+    md5: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ class Manifest:
             d["reference"] = self.reference
         if self.reference_contigs:
             d["reference_contigs"] = [
-                {"name": c.name, "length": c.length, "index": c.index} for c in self.reference_contigs
+                {"name": c.name, "length": c.length, "index": c.index, **({"md5": c.md5} if c.md5 else {})}
+                for c in self.reference_contigs
             ]
         if self.paired is not None:
             d["paired"] = self.paired
@@ -212,7 +216,10 @@ class Manifest:
             index = c.get("index", i)
             if not isinstance(index, int) or isinstance(index, bool):
                 raise ManifestError(f"manifest {ctx}'index' must be an integer", key=key)
-            contigs.append(Contig(need("name", str, c, ctx), need("length", int, c, ctx), index))
+            md5 = c.get("md5")
+            if md5 is not None and (not isinstance(md5, str) or not re.fullmatch(r"[0-9a-f]{32}", md5)):
+                raise ManifestError(f"manifest {ctx}'md5' must be 32 lower-case hex digits", key=key)
+            contigs.append(Contig(need("name", str, c, ctx), need("length", int, c, ctx), index, md5))
         paired = obj.get("paired")
         if paired is not None and not isinstance(paired, bool):
             raise ManifestError("manifest 'paired' must be true or false", key=key)
@@ -242,7 +249,7 @@ def _as_contig(c: Contig | Mapping[str, Any] | tuple[str, int, int]) -> Contig:
     if isinstance(c, Contig):
         return c
     if isinstance(c, Mapping):
-        return Contig(str(c["name"]), int(c["length"]), int(c["index"]))
+        return Contig(str(c["name"]), int(c["length"]), int(c["index"]), c.get("md5"))
     name, length, index = c
     return Contig(str(name), int(length), int(index))
 

@@ -425,13 +425,13 @@ class Transaction:
         return base.with_updates(columns=cols, records=records, **fields), superseded
 
     def commit(self, columns: Sequence[str], *, drop_columns: Sequence[str] = (),
-               provenance: Mapping[str, Any] | None = None, **fields: Any) -> Manifest:
+               provenance: Mapping[str, Any] | list[Mapping[str, Any]] | None = None, **fields: Any) -> Manifest:
         """Make this attempt's files the dataset's: one atomic manifest replacement.
 
         ``columns``: a new dataset's columns, or the columns this attempt wrote.
         ``drop_columns``: columns to remove from the manifest (their files go too).
         ``fields``: manifest updates (sort, reference, reference_contigs, paired, extra).
-        ``provenance``: an entry appended to the manifest's provenance list.
+        ``provenance``: an entry (or a list of entries) appended to the manifest's provenance list.
         """
         self._check_open()
         if "extra" in fields and self.base is not None and not self.new:
@@ -446,7 +446,9 @@ class Transaction:
             fields["_dropped"] = list(fields["_drop_columns"])
             manifest, superseded = self._columns_manifest(columns, fields)
         prov = list(self.base.provenance) if (self.base is not None and not self.new) else []
-        if provenance is not None:
+        if isinstance(provenance, list):
+            prov.extend(dict(p) for p in provenance)
+        elif provenance is not None:
             prov.append(dict(provenance))
         manifest = manifest.with_updates(provenance=prov,
                                          generation=(self.base.generation if self.base else 0) + 1)

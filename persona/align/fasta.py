@@ -51,18 +51,20 @@ def read_contig_table(path: str | Path) -> FastaSummary:
     contigs: list[Contig] = []
     seen: dict[str, int] = {}
     digest = hashlib.sha256()
+    md5 = hashlib.md5()  # the SAM spec's M5: upper-case sequence, no line breaks
     name: str | None = None
     name_line = 0
     length = 0
     lineno = 0
 
     def close_contig(lineno: int) -> None:
+        nonlocal md5
         if name is None:
             return
         if length == 0:
             raise InputFormatError(f"contig {name!r} (line {name_line}) has no sequence", file=str(path),
                                    line=lineno)
-        contigs.append(Contig(name, length, len(contigs)))
+        contigs.append(Contig(name, length, len(contigs), md5.hexdigest()))
 
     try:
         with _open(path) as f:
@@ -82,6 +84,7 @@ def read_contig_table(path: str | Path) -> FastaSummary:
                     seen[name] = lineno
                     name_line = lineno
                     length = 0
+                    md5 = hashlib.md5()
                     continue
                 if not line:
                     continue
@@ -95,6 +98,7 @@ def read_contig_table(path: str | Path) -> FastaSummary:
                         f"invalid character {bad[:1].decode('latin-1')!r} in contig {name!r}",
                         file=str(path), line=lineno, column=col)
                 length += len(line)
+                md5.update(line.upper())
             close_contig(lineno)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise InputFormatError(f"cannot read FASTA {path}: {e}", file=str(path)) from None

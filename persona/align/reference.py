@@ -59,7 +59,8 @@ class ReferenceInfo:
     def to_json(self) -> bytes:
         return json.dumps({
             "name": self.name, "version": 1, "source": self.source, "sha256": self.sha256,
-            "contigs": [{"name": c.name, "length": c.length, "index": c.index} for c in self.contigs],
+            "contigs": [{"name": c.name, "length": c.length, "index": c.index, **({"md5": c.md5} if c.md5 else {})}
+                        for c in self.contigs],
             "indexes": self.indexes,
         }, indent=1).encode()
 
@@ -68,14 +69,15 @@ class ReferenceInfo:
         try:
             obj = json.loads(data)
             return cls(obj["name"], obj["source"], obj["sha256"],
-                       [Contig(c["name"], int(c["length"]), int(c["index"])) for c in obj["contigs"]],
+                       [Contig(c["name"], int(c["length"]), int(c["index"]), c.get("md5")) for c in obj["contigs"]],
                        dict(obj.get("indexes", {})))
         except (ValueError, KeyError, TypeError) as e:
             raise ReferenceNotFoundError(f"unreadable reference description: {e}", key=key) from None
 
     def manifest_contigs(self) -> list[dict[str, Any]]:
         """``reference_contigs`` as an AGD manifest stores them."""
-        return [{"name": c.name, "length": c.length, "index": c.index} for c in self.contigs]
+        return [{"name": c.name, "length": c.length, "index": c.index, **({"md5": c.md5} if c.md5 else {})}
+                for c in self.contigs]
 
 
 def index_id(aligner: str, preset: str) -> str:

@@ -198,10 +198,49 @@ def _header_fields(af: pysam.AlignmentFile, path: Path) -> dict[str, Any]:
     sq = header.get("SQ", [])
     fields: dict[str, Any] = {"sort": so if so in _SORT_ORDERS else "unknown"}
     if sq:
-        fields["reference_contigs"] = [Contig(s["SN"], int(s["LN"]), i) for i, s in enumerate(sq)]
+        fields["reference_contigs"] = [
+            Contig(s["SN"], int(s["LN"]), i, s["M5"].lower() if _is_md5(s.get("M5")) else None)
+            for i, s in enumerate(sq)]
         ref = next((s["UR"] for s in sq if s.get("UR")), None) or next((s["AS"] for s in sq if s.get("AS")), None)
         fields["reference"] = ref or path.name
+    # What a lossless round trip needs from the header: read groups, the @PG chain, @CO lines.
+    extra: dict[str, Any] = {}
+    rgs = [{k: str(v) for k, v in rg.items()} for rg in header.get("RG", []) if rg.get("ID")]
+    if rgs:
+        extra["read_groups"] = rgs
+        if len(rgs) == 1:
+            extra["read_group"] = rgs[0]
+    if header.get("CO"):
+        extra["comments"] = [str(c) for c in header["CO"]]
+    if extra:
+        fields["extra"] = extra
+    pgs = [{k: str(v) for k, v in pg.items()} for pg in header.get("PG", [])]
+    fields["_imported_pg"] = _pg_chain_order(pgs)
     return fields
+
+
+def _is_md5(value: Any) -> bool:
+    return isinstance(value, str) and bool(re.fullmatch(r"[0-9a-fA-F]{32}", value))
+
+
+def _pg_chain_order(pgs: list[dict[str, str]]) -> list[dict[str, str]]:
+    """@PG lines, each after the one its PP names (the chain's order, first program first)."""
+    by_id = {p.get("ID"): p for p in pgs}
+    out: list[dict[str, str]] = []
+    seen: set[str | None] = set()
+
+    def add(p: dict[str, str], depth: int = 0) -> None:
+        if p.get("ID") in seen or depth > len(pgs):
+            return
+        parent = by_id.get(p.get("PP"))
+        if parent is not None:
+            add(parent, depth + 1)
+        seen.add(p.get("ID"))
+        out.append(p)
+
+    for p in pgs:
+        add(p)
+    return out
 
 
 class SamSource:
@@ -308,7 +347,12 @@ class SamSource:
         self.records = first
 
     def manifest_fields(self) -> dict[str, Any]:
-        return {**self._fields, "paired": self._pairs.paired}
+        return {k: v for k, v in self._fields.items() if not k.startswith("_")} | {"paired": self._pairs.paired}
+
+    @property
+    def imported_programs(self) -> list[dict[str, str]]:
+        """The input's @PG lines in chain order (first program first)."""
+        return list(self._fields.get("_imported_pg", []))
 
 
 def _close(af: pysam.AlignmentFile) -> None:

@@ -267,9 +267,10 @@ class ImportJob(Job):
     def commit(self, outputs: list[Any]) -> ImportSummary:
         assert self.txn is not None
         self.records = sum(outputs)
-        manifest = self.txn.commit(list(self.columns), provenance=self.provenance(
-            inputs=[file_fingerprint(p) if p != "-" else {"path": "-"} for p in self.request.inputs]),
-            **self.fields)
+        entry = self.provenance(inputs=[file_fingerprint(p) if p != "-" else {"path": "-"}
+                                        for p in self.request.inputs])
+        manifest = self.txn.commit(list(self.columns), provenance=[*self.earlier_provenance(), entry],
+                                   **self.fields)
         return ImportSummary(**self.summary_base(), name=self.name, location=self.store.url,
                              records=manifest.num_records, chunks=len(manifest.records),
                              columns=tuple(manifest.columns), paired=bool(manifest.paired),
@@ -277,6 +278,10 @@ class ImportJob(Job):
 
     def extra_summary(self) -> dict[str, Any]:
         return {}
+
+    def earlier_provenance(self) -> list[dict[str, Any]]:
+        """Provenance that precedes this import (an imported BAM's @PG chain)."""
+        return []
 
     def abort(self, error: BaseException | None) -> None:
         if self.txn is not None and self.txn.state in ("open", "new"):
@@ -435,7 +440,15 @@ class ImportSamJob(ImportJob):
 
     def commit(self, outputs: list[Any]) -> ImportSummary:
         self.fields = self.source.manifest_fields()
+        if self.request.read_group:  # -R overrides the input's read group
+            extra = dict(self.fields.get("extra") or {})
+            extra["read_group"] = dict(self.request.read_group)
+            self.fields["extra"] = extra
         return super().commit(outputs)
+
+    def earlier_provenance(self) -> list[dict[str, Any]]:
+        pgs = self.source.imported_programs
+        return [{"app": "imported", "imported_pg": pgs, "source": self.request.inputs[0]}] if pgs else []
 
     def extra_summary(self) -> dict[str, Any]:
         c = self.source.counts

@@ -125,21 +125,40 @@ def build_header(
     read_group: ReadGroup,
     version: str,
     command_line: str | None = None,
+    md5s: Sequence[str | None] | None = None,
+    reference_uri: str | None = None,
+    group_order: str | None = None,
+    read_groups: Sequence[ReadGroup] = (),
+    comments: Sequence[str] = (),
 ) -> str:
     """The SAM header text (each line ending in a newline).
 
     ``sort`` is the manifest's sort order; values outside SAM's SO vocabulary
-    (and None) become ``unknown``.
+    (and None) become ``unknown``; ``group_order`` adds ``GO`` (``query`` for
+    datasets whose reads come grouped by name, as import keeps them).
+    ``md5s`` (one per contig, None where unknown) and ``reference_uri`` give the
+    ``@SQ`` lines ``M5`` and ``UR``. ``read_groups`` are further ``@RG`` lines
+    (an imported BAM's), ``comments`` the ``@CO`` lines.
     """
     so = SORT_ORDERS.get(sort or "unknown", "unknown")
-    lines = [f"@HD\tVN:{SAM_VERSION}\tSO:{so}"]
-    for name, length in contigs:
+    hd = f"@HD\tVN:{SAM_VERSION}\tSO:{so}"
+    if group_order in ("none", "query", "reference") and so in ("unsorted", "unknown"):
+        hd += f"\tGO:{group_order}"
+    lines = [hd]
+    for i, (name, length) in enumerate(contigs):
         if not name or _BAD_VALUE.search(name) or length <= 0:
             raise ValueError(f"reference contig {name!r} (length {length}) cannot be written to a SAM header")
-        lines.append(f"@SQ\tSN:{name}\tLN:{length}")
+        sq = f"@SQ\tSN:{name}\tLN:{length}"
+        if md5s is not None and i < len(md5s) and md5s[i]:
+            sq += f"\tM5:{md5s[i]}"
+        if reference_uri and not _BAD_VALUE.search(reference_uri):
+            sq += f"\tUR:{reference_uri}"
+        lines.append(sq)
     lines.append(read_group.header_line())
+    lines.extend(rg.header_line() for rg in read_groups if rg.id != read_group.id)
     cl = _BAD_VALUE.sub(" ", command_line if command_line is not None else default_command_line())
     lines.append(f"@PG\tID:persona\tPN:persona\tVN:{version}\tCL:{cl}")
+    lines.extend(f"@CO\t{_BAD_VALUE.sub(' ', c)}" for c in comments)
     return "\n".join(lines) + "\n"
 
 
@@ -159,7 +178,8 @@ def format_records(
     """SAM lines for one chunk (see :mod:`persona._native.bam` for the per-field rules).
 
     ``bases``/``quals`` are in sequencing orientation; reverse-strand records
-    are flipped here. Raises ``ValueError`` naming the bad record's index.
+    are flipped here. ``alignments.tags`` (BAM aux bytes per record), when set,
+    is rendered in SAM syntax after ``RG:Z``. Raises ``ValueError`` naming the bad record's index.
     """
     return _kernel.format_sam(
         metadata.data, metadata.offsets,
@@ -169,6 +189,7 @@ def format_records(
         alignments.cigars.data, alignments.cigars.offsets,
         names.data, names.offsets,
         read_group_id.encode(),
+        *((alignments.tags.data, alignments.tags.offsets) if alignments.tags is not None else ()),
     )
 
 
