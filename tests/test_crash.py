@@ -198,3 +198,28 @@ def test_sigint_realign_any_moment_keeps_old_or_new_and_cleans_up(setup) -> None
         assert unreferenced_keys(ds.store, ds.name, ds.manifest) == []  # the attempt cleaned up after itself
         assert not (loc / "s_writer.json").exists()
     print(f"align SIGINTs: {n}, states seen: {seen}")
+
+
+def test_two_aligns_on_one_dataset_one_fails_at_once_naming_the_holder(setup) -> None:
+    tmp, env = setup["tmp"], setup["env"]
+    loc = tmp / "two"
+    shutil.copytree(setup["aligned"], loc)
+    before = _state(loc)
+    a = subprocess.Popen(_cli("align", str(loc), "-r", "measles", "-q", "--work-item-reads", "20", "--secondary", "2"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not (loc / "s_writer.json").exists() and time.monotonic() < deadline and a.poll() is None:
+        time.sleep(0.01)
+    a_running = a.poll() is None and (loc / "s_writer.json").exists()
+    b = _run(_cli("align", str(loc), "-r", "measles", "-q"), env)
+    a_err = a.communicate(timeout=120)[1]
+    st = _state(loc)
+    print(f"second writer while the first ran: {a_running}, refused: {b.returncode != 0}")
+    if a_running and b.returncode != 0:
+        assert a.returncode == 0, a_err
+        assert b.returncode == 1 and "is being written by align" in b.stderr and f"pid {a.pid}" in b.stderr, b.stderr
+        assert st is not None and {k.split(".", 1)[1] for k in st} >= {"secondary0", "secondary1"}  # a's, whole
+    else:  # a had already finished when b started: both succeed, one after the other
+        assert a.returncode == 0 and b.returncode == 0, (a_err, b.stderr)
+        assert st == before
+    assert verify_dataset(Dataset.open(loc)).ok
