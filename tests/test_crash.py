@@ -201,11 +201,17 @@ def test_sigint_realign_any_moment_keeps_old_or_new_and_cleans_up(setup) -> None
 
 
 def test_two_aligns_on_one_dataset_one_fails_at_once_naming_the_holder(setup) -> None:
-    tmp, env = setup["tmp"], setup["env"]
+    import gzip
+
+    tmp, env, files = setup["tmp"], setup["env"], setup["files"]
+    big1, big2 = tmp / "big_R1.fq", tmp / "big_R2.fq"  # 20x the sample: the first align runs a few seconds
+    big1.write_bytes(gzip.decompress(files["r1"].read_bytes()) * 20)
+    big2.write_bytes(gzip.decompress(files["r2"].read_bytes()) * 20)
     loc = tmp / "two"
-    shutil.copytree(setup["aligned"], loc)
+    assert _run(_cli("import", str(big1), str(big2), "-o", str(loc), "-n", "s", "-q"), env).returncode == 0
+    assert _run(_cli("align", str(loc), "-r", "measles", "-q"), env).returncode == 0
     before = _state(loc)
-    a = subprocess.Popen(_cli("align", str(loc), "-r", "measles", "-q", "--work-item-reads", "20", "--secondary", "2"),
+    a = subprocess.Popen(_cli("align", str(loc), "-r", "measles", "-q", "--secondary", "2"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
     while not (loc / "s_writer.json").exists() and time.monotonic() < deadline and a.poll() is None:
