@@ -343,6 +343,14 @@ class Runtime:
             return list(self._handles.values())
 
     # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "Runtime":
+        """Make sure the runtime accepts requests (it does from construction; pipelines start on
+        first use). Idempotent; a stopped runtime cannot restart."""
+        with self._lock:
+            if self._state == "stopped":
+                raise PipelineError("runtime already stopped")
+        return self
+
     def drain(self, timeout: float | None = None) -> None:
         """Refuse new requests and wait for the running ones."""
         with self._lock:

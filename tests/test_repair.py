@@ -105,3 +105,17 @@ def test_repair_refuses_while_a_writer_runs(aligned, tmp_path: Path) -> None:
                                           "expires": time.time() + 60}).encode())
     with pytest.raises(DatasetError, match="being written by align"):
         repair_manifest(str(loc))
+
+
+def test_gc_command_removes_leftovers(aligned, tmp_path: Path, capsys) -> None:
+    from persona.cli import main
+
+    loc = _copy(aligned["ds"], tmp_path / "ds")
+    (loc / "s_0~0123456789ab.results").write_bytes(b"left by a killed attempt")
+    (loc / "s_writer.json").write_text(json.dumps({"app": "align", "attempt": "0123456789ab", "host": "elsewhere",
+                                                   "pid": 1, "since": 0, "expires": 1}))
+    assert main(["gc", str(loc), "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "s_0~0123456789ab.results" in err and "removed 1 leftover" in err
+    assert not (loc / "s_0~0123456789ab.results").exists() and not (loc / "s_writer.json").exists()
+    assert verify_dataset(Dataset.open(loc)).ok

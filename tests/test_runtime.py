@@ -167,8 +167,11 @@ def test_done_callback_lets_asyncio_await_without_a_thread(sample) -> None:
 
 def test_stop_is_idempotent_and_refuses_new_requests(sample) -> None:
     rt = Runtime(threads=1)
+    assert rt.start() is rt.start() is rt
     rt.stop()
     rt.stop()
+    with pytest.raises(PipelineError):
+        rt.start()
     with pytest.raises(PipelineError, match="stopped|no new requests"):
         rt.submit(StatsRequest(dataset=str(sample["tmp"])))
 
