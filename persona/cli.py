@@ -240,6 +240,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
                            "committed")
     total = 0
     for name in names:
+        if args.original_names:
+            from persona.agd.transaction import original_names
+
+            original_names(store, name)
         removed = collect_garbage(store, name)
         total += len(removed)
         for key in removed if args.verbose else []:
@@ -447,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("gc", cmd_gc, "remove the chunk files of interrupted or superseded writes")
     sp.add_argument("location", help="directory or store URL")
     sp.add_argument("-n", "--name", help="only this dataset")
+    sp.add_argument("--original-names", action="store_true",
+                    help="also give every chunk file its original name <name>_<first>.<column> (the layout the "
+                         "original Persona reads; object stores keep rewritten columns under attempt keys)")
 
     ref = add("reference", lambda a: (ref.print_help(), 2)[1], "manage reference genomes")
     ref_sub = ref.add_subparsers(dest="reference_command", metavar="SUBCOMMAND")

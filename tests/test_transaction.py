@@ -241,3 +241,18 @@ def test_manifest_written_last_and_atomically(tmp_path: Path) -> None:
     assert not (loc / manifest_key("ds")).exists()
     w.commit()
     assert json.loads((loc / manifest_key("ds")).read_text())["generation"] == 2  # renamed: second commit
+
+
+def test_original_names_restored_on_stores_without_cheap_copies() -> None:
+    """An object-store-like backend: rewritten columns keep attempt keys until gc --original-names."""
+    from persona.agd.transaction import original_names
+
+    store = MemoryStore()
+    store.cheap_copy = False  # behave like S3/RADOS: no renames at commit
+    _write(store, "ds").commit()
+    ds = Dataset.open(store, "ds")
+    assert all("~" in ds.chunk_key(i, "base") for i in range(3))
+    m = original_names(store, "ds")
+    assert [m.records[i].key("base") for i in range(3)] == ["ds_0.base", "ds_5.base", "ds_10.base"]
+    assert not [k for k in store.list("ds_") if "~" in k]
+    assert _names(Dataset.open(store, "ds"))[0] == b"r0_0"

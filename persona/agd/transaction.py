@@ -253,6 +253,19 @@ def unreferenced_keys(store: Store, name: str, manifest: Manifest | None,
     return out
 
 
+def original_names(store: Store, name: str) -> Manifest:
+    """Give every chunk file of ``name`` its original name ``<name>_<first>.<column>`` (copying the
+    files where the store cannot link them), in a transaction: the layout the original Persona
+    reads. Stores with cheap copies (``file://``) already commit under those names."""
+    txn = Transaction(store, name, app="gc", new=False, canonical_names=True).begin()
+    try:
+        return txn.commit([])
+    except BaseException:
+        if txn.state == "open":
+            txn.abort()
+        raise
+
+
 def collect_garbage(store: Store, name: str) -> list[str]:
     """Remove the leftovers of dead attempts of dataset ``name``; returns the deleted keys.
 
