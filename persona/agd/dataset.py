@@ -145,7 +145,7 @@ class Dataset:
                 )
             if len(names) > 1:
                 raise DatasetError(
-                    f"several datasets in one location ({', '.join(names)}); pass name=", store=store.url
+                    f"several datasets in one location ({', '.join(names)}); choose one with --name (name= in Python)", store=store.url
                 )
             name = names[0]
         key = manifest_key(name)

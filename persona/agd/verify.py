@@ -321,7 +321,8 @@ def repair_manifest(store_or_url: Store | str | os.PathLike[str], name: str | No
         if not names:
             raise DatasetError("no AGD chunk files found", store=store.url)
         if len(names) > 1:
-            raise DatasetError(f"chunk files of several datasets ({', '.join(names)}); pass name=", store=store.url)
+            raise DatasetError(f"chunk files of several datasets ({', '.join(names)}); choose one with --name",
+                               store=store.url)
         name = names[0]
     claim = WriterClaim(store, name, app="repair-manifest", attempt=new_attempt_id())
     holder = claim.holder()
