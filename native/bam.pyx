@@ -13,6 +13,9 @@ Inputs are the decoded AGD columns of one chunk, as flat buffers:
   for flag 0x10). An empty record or exactly ``*`` means "no qualities".
 * rows: the ``ALIGNMENT_DTYPE`` structured array (packed, 40 bytes per row).
 * cigars: CIGAR text per record (empty or ``*`` means none).
+* tags (optional): each record's optional fields as BAM binary aux bytes (the
+  AGD ``tags`` columns), written after ``RG:Z`` as they are (BAM) or rendered
+  in SAM syntax (SAM text, as ``samtools view`` prints them).
 
 Both kernels validate every record first (pass 1, also measuring the output),
 then write (pass 2). A bad record makes them raise ``ValueError`` naming the
@@ -23,6 +26,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
+from libc.stdio cimport snprintf
 
 cnp.import_array()
 
@@ -40,6 +44,7 @@ cdef enum:
     E_POSITION = 7
     E_QUAL_CHAR = 8
     E_MATE_REF_INDEX = 9
+    E_TAGS = 10
 
 _MESSAGES = {
     E_NAME_LONG: "read name longer than 254 characters",
@@ -51,6 +56,7 @@ _MESSAGES = {
     E_POSITION: "position or template length out of BAM's int32 range",
     E_QUAL_CHAR: "quality character below '!' (Phred+33)",
     E_MATE_REF_INDEX: "next_ref_index is not an index of reference_contigs",
+    E_TAGS: "malformed optional tags (not BAM binary aux fields)",
 }
 
 cdef uint8_t NT16[256]
@@ -241,6 +247,164 @@ def _check(int err, Py_ssize_t bad, object rows) -> None:
         )
 
 
+
+cdef inline int _aux_elem_size(uint8_t t) noexcept nogil:
+    if t == 65 or t == 99 or t == 67:  # A c C
+        return 1
+    if t == 115 or t == 83:  # s S
+        return 2
+    if t == 105 or t == 73 or t == 102:  # i I f
+        return 4
+    if t == 100:  # d
+        return 8
+    return 0
+
+
+cdef inline bint _is_alpha(uint8_t c) noexcept nogil:
+    return (65 <= c <= 90) or (97 <= c <= 122)
+
+
+cdef inline bint _is_alnum(uint8_t c) noexcept nogil:
+    return _is_alpha(c) or (48 <= c <= 57)
+
+
+cdef int _aux_walk(const uint8_t* a, int64_t n, int64_t* text_len) noexcept nogil:
+    """Check BAM aux bytes; ``text_len`` gets an upper bound of their SAM text (with tabs)."""
+    cdef int64_t i = 0, b = 0, sz, cnt, j
+    cdef uint8_t t, sub
+    while i < n:
+        if n - i < 4 or not _is_alpha(a[i]) or not _is_alnum(a[i + 1]):
+            return E_TAGS
+        t = a[i + 2]
+        i += 3
+        if t == 90 or t == 72:  # Z H
+            j = i
+            while j < n and a[j] != 0:
+                j += 1
+            if j >= n:
+                return E_TAGS
+            b += 6 + (j - i)
+            i = j + 1
+        elif t == 66:  # B
+            if n - i < 5:
+                return E_TAGS
+            sub = a[i]
+            sz = _aux_elem_size(sub)
+            if sz == 0 or sub == 65 or sub == 100:
+                return E_TAGS
+            cnt = <int64_t>a[i + 1] | (<int64_t>a[i + 2] << 8) | (<int64_t>a[i + 3] << 16) | (<int64_t>a[i + 4] << 24)
+            i += 5
+            if cnt * sz > n - i:
+                return E_TAGS
+            b += 8 + cnt * 18
+            i += cnt * sz
+        else:
+            sz = _aux_elem_size(t)
+            if sz == 0 or n - i < sz:
+                return E_TAGS
+            b += 6 + 26
+            i += sz
+    text_len[0] = b
+    return OK
+
+
+cdef inline int64_t _le(const uint8_t* p, int sz, bint signed) noexcept nogil:
+    cdef uint64_t u = 0
+    cdef int k
+    for k in range(sz):
+        u |= (<uint64_t>p[k]) << (8 * k)
+    if signed and sz < 8 and (u >> (8 * sz - 1)) & 1:
+        u |= (<uint64_t>0xFFFFFFFFFFFFFFFF) << (8 * sz)
+    return <int64_t>u
+
+
+cdef inline uint8_t* _put_num(uint8_t* p, const uint8_t* v, uint8_t t) noexcept nogil:
+    """One numeric value of BAM type ``t`` at ``v`` as SAM text (floats as ``%g``, like samtools)."""
+    cdef float f
+    cdef double d
+    cdef int w
+    if t == 102:
+        memcpy(&f, v, 4)
+        w = snprintf(<char*>p, 24, "%g", <double>f)
+        return p + w
+    if t == 100:
+        memcpy(&d, v, 8)
+        w = snprintf(<char*>p, 24, "%g", d)
+        return p + w
+    return _put_int(p, _le(v, _aux_elem_size(t), t == 99 or t == 115 or t == 105))
+
+
+cdef uint8_t* _aux_text(const uint8_t* a, int64_t n, uint8_t* p) noexcept nogil:
+    """SAM text of checked BAM aux bytes: ``\\tXX:T:value`` per field."""
+    cdef int64_t i = 0, cnt, k, sz
+    cdef uint8_t t, sub
+    while i < n:
+        p[0] = 9
+        p[1] = a[i]
+        p[2] = a[i + 1]
+        p[3] = 58
+        t = a[i + 2]
+        i += 3
+        if t == 99 or t == 67 or t == 115 or t == 83 or t == 105 or t == 73:
+            p[4] = 105  # i
+        elif t == 100:
+            p[4] = 102  # f
+        else:
+            p[4] = t
+        p[5] = 58
+        p += 6
+        if t == 65:
+            p[0] = a[i]
+            p += 1
+            i += 1
+        elif t == 90 or t == 72:
+            while a[i] != 0:
+                p[0] = a[i]
+                p += 1
+                i += 1
+            i += 1
+        elif t == 66:
+            sub = a[i]
+            sz = _aux_elem_size(sub)
+            cnt = _le(a + i + 1, 4, False)
+            i += 5
+            p[0] = sub
+            p += 1
+            for k in range(cnt):
+                p[0] = 44
+                p = _put_num(p + 1, a + i, sub)
+                i += sz
+        else:
+            p = _put_num(p, a + i, t)
+            i += _aux_elem_size(t)
+    return p
+
+
+cdef int _check_tags(Py_ssize_t n, const uint8_t* td, const uint64_t* to, uint64_t t_len,
+                     int64_t* text_len, Py_ssize_t* bad) noexcept nogil:
+    """Check every record's aux bytes; ``text_len[i]`` gets the SAM text bound of record i."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if to[i + 1] < to[i] or to[i + 1] > t_len or \
+                _aux_walk(td + to[i], <int64_t>(to[i + 1] - to[i]), &text_len[i]) != OK:
+            bad[0] = i
+            return E_TAGS
+    return OK
+
+
+def aux_text(const uint8_t[::1] aux) -> bytes:
+    """SAM text (``\\tXX:T:value`` per field) of one record's BAM aux bytes; ValueError if malformed."""
+    cdef int64_t bound = 0
+    cdef uint8_t zero = 0
+    cdef const uint8_t* a = &aux[0] if aux.shape[0] else &zero
+    if _aux_walk(a, aux.shape[0], &bound) != OK:
+        raise ValueError(_MESSAGES[E_TAGS])
+    out = np.empty(bound + 1, np.uint8)
+    cdef uint8_t[::1] v = out
+    cdef uint8_t* end = _aux_text(a, aux.shape[0], &v[0])
+    return out[:end - &v[0]].tobytes()
+
+
 def encode_bam(
     const uint8_t[::1] name_data, const uint64_t[::1] name_off,
     const uint8_t[::1] base_data, const uint64_t[::1] base_off,
@@ -249,12 +413,15 @@ def encode_bam(
     const uint8_t[::1] cig_data, const uint64_t[::1] cig_off,
     int32_t n_refs,
     bytes read_group,
+    const uint8_t[::1] tag_data=None, const uint64_t[::1] tag_off=None,
 ):
     """Encode N records as concatenated BAM alignment blocks.
 
     Returns ``(data uint8[], offsets uint64[N+1])``: record i is
     ``data[offsets[i]:offsets[i+1]]`` (including its ``block_size`` prefix).
-    ``read_group`` (may be empty) is written as an ``RG:Z`` tag on every record.
+    ``read_group`` (may be empty) is written as an ``RG:Z`` tag on every record;
+    ``tag_data``/``tag_off`` (optional) hold each record's further optional
+    fields as BAM aux bytes, checked and appended after it.
     """
     cdef const AlnRec[::1] rows = rows_array
     cdef Py_ssize_t n = rows.shape[0]
@@ -286,16 +453,28 @@ def encode_bam(
     cdef const uint8_t* qd = &qual_data[0] if qual_data.shape[0] else &zero
     cdef const uint8_t* cd = &cig_data[0] if cig_data.shape[0] else &zero
     cdef const AlnRec* rp = &rows[0] if n else NULL
+    cdef bint has_tags = tag_off is not None
+    if has_tags and (tag_data is None or tag_off.shape[0] != n + 1):
+        raise ValueError("column lengths differ within the chunk (tags)")
+    cdef const uint8_t* td = &tag_data[0] if has_tags and tag_data.shape[0] else &zero
+    cdef const uint64_t* to = &tag_off[0] if has_tags else NULL
+    cdef uint64_t t_len = tag_data.shape[0] if has_tags else 0
+    cdef int64_t[::1] text_len = np.empty(n if has_tags else 0, np.int64)
+    cdef int64_t* tlp = &text_len[0] if has_tags and n else NULL
 
     with nogil:
         err = _measure(n, nd, &name_off[0], bd, &base_off[0], qd, &qual_off[0], rp, cd, &cig_off[0],
                        n_refs, &name_len[0], &n_cigar[0], &rlen[0], &bad)
+        if err == OK and has_tags:
+            err = _check_tags(n, td, to, t_len, tlp, &bad)
         if err == OK:
             offsets[0] = 0
             for i in range(n):
                 l_name = name_len[i] if name_len[i] > 0 else 1  # empty name -> "*"
                 seq_len = <int64_t>(base_off[i + 1] - base_off[i])
                 total += 36 + l_name + 1 + 4 * n_cigar[i] + (seq_len + 1) // 2 + seq_len + tag_len
+                if has_tags:
+                    total += <int64_t>(to[i + 1] - to[i])
                 offsets[i + 1] = total
                 if n_cigar[i] > max_cigar:
                     max_cigar = n_cigar[i]
@@ -378,6 +557,9 @@ def encode_bam(
                 p[2] = 90  # 'Z'
                 memcpy(p + 3, rg, rg_len)
                 p[3 + rg_len] = 0
+                p += 4 + rg_len
+            if has_tags and to[i + 1] > to[i]:
+                memcpy(p, td + to[i], to[i + 1] - to[i])
     return out, np.asarray(offsets)
 
 
@@ -423,13 +605,15 @@ def format_sam(
     const uint8_t[::1] cig_data, const uint64_t[::1] cig_off,
     const uint8_t[::1] ref_data, const uint64_t[::1] ref_off,
     bytes read_group,
+    const uint8_t[::1] tag_data=None, const uint64_t[::1] tag_off=None,
 ):
     """Format N records as SAM text lines (each ending in ``\\n``), as ``bytes``.
 
     The output equals ``samtools view`` of the records :func:`encode_bam` makes
     from the same input: CIGARs are re-printed from the parsed operations, bases
     go through the nt16 alphabet, missing qualities print as ``*``, RNEXT is
-    ``=`` when the mate is on the same contig.
+    ``=`` when the mate is on the same contig. Optional fields (``tag_data``/
+    ``tag_off``, BAM aux bytes) follow ``RG:Z`` in SAM syntax.
     """
     cdef const AlnRec[::1] rows = rows_array
     cdef Py_ssize_t n = rows.shape[0]
@@ -461,12 +645,25 @@ def format_sam(
     cdef int64_t dummy_q, dummy_r, dummy_n
     cdef uint32_t op
 
+    cdef bint has_tags = tag_off is not None
+    if has_tags and (tag_data is None or tag_off.shape[0] != n + 1):
+        raise ValueError("column lengths differ within the chunk (tags)")
+    cdef const uint8_t* td = &tag_data[0] if has_tags and tag_data.shape[0] else &zero
+    cdef const uint64_t* to = &tag_off[0] if has_tags else NULL
+    cdef uint64_t t_len = tag_data.shape[0] if has_tags else 0
+    cdef int64_t[::1] text_len = np.empty(n if has_tags else 0, np.int64)
+    cdef int64_t* tlp = &text_len[0] if has_tags and n else NULL
+
     for i in range(n_refs):
         max_ref = max(max_ref, <int64_t>(ref_off[i + 1] - ref_off[i]))
 
     with nogil:
         err = _measure(n, nd, &name_off[0], bd, &base_off[0], qd, &qual_off[0], rp, cd, &cig_off[0],
                        n_refs, &name_len[0], &n_cigar[0], &rlen[0], &bad)
+        if err == OK and has_tags:
+            err = _check_tags(n, td, to, t_len, tlp, &bad)
+            for i in range(n):
+                total += tlp[i]
         if err == OK:
             for i in range(n):
                 seq_len = <int64_t>(base_off[i + 1] - base_off[i])
@@ -554,6 +751,8 @@ def format_sam(
                 memcpy(p, b"\tRG:Z:", 6)
                 memcpy(p + 6, rg, rg_len)
                 p += 6 + rg_len
+            if has_tags and to[i + 1] > to[i]:
+                p = _aux_text(td + to[i], <int64_t>(to[i + 1] - to[i]), p)
             p[0] = 10
             p += 1
     used = p - &outv[0]

@@ -28,7 +28,9 @@ an Index is shared read-only by any number of Mappers.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset, strlen
+from libc.stdio cimport snprintf
+from libc.stdlib cimport atof, calloc
 
 import numpy as np
 
@@ -67,20 +69,21 @@ cdef extern from "minimap.h" nogil:
         mm_idx_seq_t *seq
 
     ctypedef struct mm_extra_t:
-        int32_t dp_score
+        int32_t dp_score, dp_max, dp_max2, dp_max0
+        uint32_t n_ambi
         uint32_t n_cigar
         uint32_t *cigar
 
     ctypedef struct mm_reg1_t:
-        int32_t id, rid, score, qs, qe, rs, re, parent
-        uint32_t mapq, rev, sam_pri, proper_frag
+        int32_t id, cnt, rid, score, qs, qe, rs, re, parent, subsc, mlen, blen
+        uint32_t mapq, rev, inv, sam_pri, proper_frag
         mm_extra_t *p
 
     ctypedef struct mm_idx_reader_t:
         pass
 
     ctypedef struct mm_tbuf_t:
-        pass
+        int rep_len
 
     int mm_set_opt(const char *preset, mm_idxopt_t *io, mm_mapopt_t *mo)
     void mm_mapopt_update(mm_mapopt_t *opt, const mm_idx_t *mi)
@@ -92,6 +95,7 @@ cdef extern from "minimap.h" nogil:
     void mm_idx_destroy(mm_idx_t *mi)
     mm_tbuf_t *mm_tbuf_init()
     void mm_tbuf_destroy(mm_tbuf_t *b)
+    int mm_idx_getseq(const mm_idx_t *mi, uint32_t rid, uint32_t st, uint32_t en, uint8_t *seq)
     void mm_map_frag(const mm_idx_t *mi, int n_segs, const int *qlens, const char **seqs, int *n_regs,
                      mm_reg1_t **regs, mm_tbuf_t *b, const mm_mapopt_t *opt, const char *qname)
 
@@ -102,6 +106,14 @@ cdef struct Buf:  # a growable byte buffer (CIGAR text of one column)
     uint8_t *data
     size_t len
     size_t cap
+
+cdef struct Col:  # one output column (primary, or one slot of extra records) while mapping
+    AlnRec *rows
+    uint64_t *cig_off
+    uint64_t *tag_off
+    uint8_t *present
+    Buf cig
+    Buf tags
 
 cdef enum:
     MM_F_CIGAR = 0x004
@@ -254,6 +266,219 @@ cdef void _no_alignment(AlnRec *o) noexcept nogil:
     o.template_length = 0
 
 
+
+# -- optional tags (BAM binary aux encoding, as samtools would store minimap2's SAM text) ----------
+
+cdef uint8_t NT4[256]  # A,C,G,T (either case) -> 0..3, anything else 4 (minimap2's seq_nt4_table)
+for _i in range(256):
+    NT4[_i] = 4
+for _i, _a in enumerate((65, 67, 71, 84)):  # A C G T
+    NT4[_a] = _i
+    NT4[_a + 32] = _i
+cdef const char *NT4_CHARS = b"ACGTN"
+
+
+cdef inline void _tag(Buf *b, const char *tag, uint8_t typ) noexcept nogil:
+    b.data[b.len] = <uint8_t>tag[0]
+    b.data[b.len + 1] = <uint8_t>tag[1]
+    b.data[b.len + 2] = typ
+    b.len += 3
+
+
+cdef int _aux_int(Buf *b, const char *tag, int64_t v) noexcept nogil:
+    """An integer tag in the smallest BAM type, as htslib stores a SAM ``i`` value."""
+    cdef int size
+    cdef uint8_t typ
+    cdef uint32_t u = <uint32_t>v
+    if _reserve(b, 7) < 0:
+        return -1
+    if v < 0:
+        if v >= -128:
+            typ, size = 99, 1  # 'c'
+        elif v >= -32768:
+            typ, size = 115, 2  # 's'
+        else:
+            typ, size = 105, 4  # 'i'
+    else:
+        if v <= 255:
+            typ, size = 67, 1  # 'C'
+        elif v <= 65535:
+            typ, size = 83, 2  # 'S'
+        else:
+            typ, size = 73, 4  # 'I'
+    _tag(b, tag, typ)
+    b.data[b.len] = u & 0xff
+    if size > 1:
+        b.data[b.len + 1] = (u >> 8) & 0xff
+    if size > 2:
+        b.data[b.len + 2] = (u >> 16) & 0xff
+        b.data[b.len + 3] = (u >> 24) & 0xff
+    b.len += size
+    return 0
+
+
+cdef int _aux_char(Buf *b, const char *tag, uint8_t c) noexcept nogil:
+    if _reserve(b, 4) < 0:
+        return -1
+    _tag(b, tag, 65)  # 'A'
+    b.data[b.len] = c
+    b.len += 1
+    return 0
+
+
+cdef int _aux_float(Buf *b, const char *tag, float f) noexcept nogil:
+    cdef uint32_t u
+    if _reserve(b, 7) < 0:
+        return -1
+    memcpy(&u, &f, 4)
+    _tag(b, tag, 102)  # 'f'
+    b.data[b.len] = u & 0xff
+    b.data[b.len + 1] = (u >> 8) & 0xff
+    b.data[b.len + 2] = (u >> 16) & 0xff
+    b.data[b.len + 3] = (u >> 24) & 0xff
+    b.len += 4
+    return 0
+
+
+cdef inline void _put_char(Buf *b, uint8_t c) noexcept nogil:
+    b.data[b.len] = c
+    b.len += 1
+
+
+cdef int _put_md(Buf *b, const mm_reg1_t *r, const uint8_t *read, const uint8_t *t) noexcept nogil:
+    """``MD:Z``: ``t`` holds the reference's nt4 codes over [rs, re), ``read`` the read's text bases
+    in sequencing orientation (reverse-complemented here for a reverse-strand hit). Like minimap2's
+    MD (format.c) except that it always ends in a number, as the SAM specification's grammar asks."""
+    cdef uint32_t k, c, op, ln, j
+    cdef int64_t q_off = 0, t_off = 0
+    cdef uint32_t l_md = 0
+    cdef uint8_t qc
+    cdef const mm_extra_t *p = r.p
+    if _reserve(b, 4 * <size_t>(r.re - r.rs) + 12 * <size_t>p.n_cigar + 24) < 0:
+        return -1
+    _tag(b, b"MD", 90)
+    for k in range(p.n_cigar):
+        c = p.cigar[k]
+        op = c & 0xf
+        ln = c >> 4
+        if op == 0 or op == 7 or op == 8:  # M, =, X
+            for j in range(ln):
+                if r.rev:
+                    qc = NT4[read[r.qe - 1 - (q_off + j)]]
+                    qc = 4 if qc >= 4 else 3 - qc
+                else:
+                    qc = NT4[read[r.qs + q_off + j]]
+                if qc != t[t_off + j]:
+                    _put_uint(b, l_md)
+                    _put_char(b, <uint8_t>NT4_CHARS[t[t_off + j] if t[t_off + j] < 4 else 4])
+                    l_md = 0
+                else:
+                    l_md += 1
+            q_off += ln
+            t_off += ln
+        elif op == 1 or op == 4:  # I (S never occurs inside minimap2's CIGAR)
+            q_off += ln
+        elif op == 2:  # D
+            _put_uint(b, l_md)
+            _put_char(b, 94)  # '^'
+            for j in range(ln):
+                _put_char(b, <uint8_t>NT4_CHARS[t[t_off + j] if t[t_off + j] < 4 else 4])
+            l_md = 0
+            t_off += ln
+        elif op == 3:  # N
+            t_off += ln
+    _put_uint(b, l_md)
+    _put_char(b, 0)
+    return 0
+
+
+cdef inline int32_t _nm(const mm_reg1_t *r) noexcept nogil:
+    return r.blen - r.mlen + <int32_t>r.p.n_ambi
+
+
+cdef int _put_sa(Buf *b, const mm_reg1_t *r, const mm_reg1_t *regs, int n_regs, int qlen,
+                 const mm_idx_t *mi) noexcept nogil:
+    """``SA:Z`` on a primary or supplementary hit: the read's other primary-chain hits (format.c's rule)."""
+    cdef int i, n_sa = 0
+    cdef const mm_reg1_t *q
+    cdef int32_t l_m, l_i, l_d, clip5, clip3
+    cdef size_t ln
+    for i in range(n_regs):
+        if &regs[i] != r and regs[i].parent == regs[i].id and regs[i].p != NULL:
+            n_sa += 1
+    if n_sa == 0:
+        return 0
+    if _reserve(b, 4) < 0:
+        return -1
+    _tag(b, b"SA", 90)
+    for i in range(n_regs):
+        q = &regs[i]
+        if q == r or q.parent != q.id or q.p == NULL:
+            continue
+        ln = strlen(mi.seq[q.rid].name)
+        if _reserve(b, ln + 100) < 0:
+            return -1
+        l_i = 0
+        l_d = 0
+        if q.qe - q.qs < q.re - q.rs:
+            l_m = q.qe - q.qs
+            l_d = (q.re - q.rs) - l_m
+        else:
+            l_m = q.re - q.rs
+            l_i = (q.qe - q.qs) - l_m
+        clip5 = qlen - q.qe if q.rev else q.qs
+        clip3 = q.qs if q.rev else qlen - q.qe
+        memcpy(b.data + b.len, mi.seq[q.rid].name, ln)
+        b.len += ln
+        _put_char(b, 44)
+        _put_uint(b, <uint32_t>(q.rs + 1))
+        _put_char(b, 44)
+        _put_char(b, 45 if q.rev else 43)
+        _put_char(b, 44)
+        if clip5:
+            _put_uint(b, <uint32_t>clip5)
+            _put_char(b, 83)
+        if l_m:
+            _put_uint(b, <uint32_t>l_m)
+            _put_char(b, 77)
+        if l_i:
+            _put_uint(b, <uint32_t>l_i)
+            _put_char(b, 73)
+        if l_d:
+            _put_uint(b, <uint32_t>l_d)
+            _put_char(b, 68)
+        if clip3:
+            _put_uint(b, <uint32_t>clip3)
+            _put_char(b, 83)
+        _put_char(b, 44)
+        _put_uint(b, q.mapq)
+        _put_char(b, 44)
+        _put_uint(b, <uint32_t>_nm(q))
+        _put_char(b, 59)
+    if _reserve(b, 1) < 0:
+        return -1
+    _put_char(b, 0)
+    return 0
+
+
+cdef float _divergence(const mm_reg1_t *r) noexcept nogil:
+    """``de:f``: 1 - minimap2's gap-compressed identity (mm_event_identity), rounded as ``%.4f`` prints it."""
+    cdef uint32_t k, op
+    cdef int32_t n_gapo = 0, n_gap = 0
+    cdef double div
+    cdef char buf[24]
+    for k in range(r.p.n_cigar):
+        op = r.p.cigar[k] & 0xf
+        if op == 1 or op == 2:
+            n_gapo += 1
+            n_gap += <int32_t>(r.p.cigar[k] >> 4)
+    div = 1.0 - <double>r.mlen / <double>(r.blen + <int32_t>r.p.n_ambi - n_gap + n_gapo)
+    if div == 0.0:
+        return 0.0
+    snprintf(buf, 24, "%.4f", div)
+    return <float>atof(buf)
+
+
 cdef class Index:
     """A loaded minimap2 index plus the mapping options fitted to it (read-only, shareable)."""
 
@@ -381,6 +606,8 @@ cdef class Mapper:
     cdef size_t scratch_cap
     cdef char *qname         # NUL-terminated read name
     cdef size_t qname_cap
+    cdef uint8_t *tseq       # reference bases of one hit (nt4), for MD
+    cdef size_t tseq_cap
 
     def __cinit__(self, Index index) -> None:
         if index is None or index.idx == NULL:
@@ -392,6 +619,8 @@ cdef class Mapper:
         self.scratch_cap = 0
         self.qname = NULL
         self.qname_cap = 0
+        self.tseq = NULL
+        self.tseq_cap = 0
         if self.buf == NULL:
             raise MemoryError()
 
@@ -400,6 +629,7 @@ cdef class Mapper:
             mm_tbuf_destroy(self.buf)
         free(self.scratch)
         free(self.qname)
+        free(self.tseq)
 
     cdef int _grow(self, char **p, size_t *cap, size_t need) noexcept nogil:
         cdef size_t c
@@ -433,16 +663,25 @@ cdef class Mapper:
         return self.qname
 
     def map(self, const uint64_t[::1] offsets, const uint8_t[::1] data, names_offsets=None,
-            names_data=None, bint paired=False, int secondary=0):
-        """Map every read of a block; returns ``(primary, [secondary_1 .. secondary_N])``.
+            names_data=None, bint paired=False, int secondary=0, bint tags=True):
+        """Map every read of a block; returns ``(primary, [extra_1 .. extra_K])``.
 
         ``offsets``/``data`` are a RaggedArray of text bases (one record per read;
         interleaved pairs when ``paired``), ``names_offsets``/``names_data`` the
-        optional read names. ``primary`` is ``(fields, cigar_offsets, cigar_data)``:
-        ``fields`` an ALIGNMENT_DTYPE-layout array with one row per read, the CIGARs
-        a RaggedArray's arrays. Each secondary is ``(fields, cigar_offsets,
-        cigar_data, present)``, ``present`` a bool array (False: the read has no
-        such alignment). All mapping and record building runs without the GIL.
+        optional read names. ``primary`` is ``(fields, cigar_offsets, cigar_data,
+        tag_offsets, tag_data)``: ``fields`` an ALIGNMENT_DTYPE-layout array with one
+        row per read, the CIGARs and the tags RaggedArrays' arrays. Each extra column
+        is ``(fields, cigar_offsets, cigar_data, present, tag_offsets, tag_data)``,
+        ``present`` a bool array (False: the read has no such alignment).
+
+        The extra records of a read are all its supplementary hits plus at most
+        ``secondary`` secondary hits, in minimap2's order; K is at least
+        ``secondary`` and grows to the largest number of extra records a read of
+        the block has. Tags (``tags``; else the tag arrays are None) are each
+        record's optional fields as BAM binary aux bytes: NM ms AS nn tp cm s1 s2 de
+        SA MD on mapped records (minimap2's values; MD from the index's sequence),
+        MC MQ on primary records whose mate is mapped, rl on all.
+        All mapping, record and tag building runs without the GIL.
         """
         cdef Py_ssize_t n = offsets.shape[0] - 1, i
         cdef Py_ssize_t n_sec = secondary
@@ -480,63 +719,98 @@ cdef class Mapper:
             raise RuntimeError("a Mapper is used by one thread at a time; make one Mapper per thread")
         self.busy = True
         try:
-            return self._map(offsets, data, nop, ndp, n, paired, n_sec)
+            return self._map(offsets, data, nop, ndp, n, paired, n_sec, tags)
         finally:
             self.busy = False
 
+    cdef int _tags(self, Buf *b, const mm_reg1_t *r, const mm_reg1_t *regs, int n_regs, const uint8_t *read,
+                   int qlen, const mm_reg1_t *mate, int mate_qlen, bint primary_record, int rep_len) noexcept nogil:
+        """One record's optional tags (BAM aux bytes): minimap2's NM ms AS nn tp cm s1 s2 de SA MD
+        on a mapped hit, MC and MQ on a primary record whose mate is mapped, rl on every record."""
+        cdef const mm_idx_t *mi = self.index.idx
+        cdef uint8_t typ
+        cdef size_t tl
+        if r != NULL:
+            if r.p != NULL:
+                if (_aux_int(b, b"NM", _nm(r)) < 0 or _aux_int(b, b"ms", r.p.dp_max0) < 0
+                        or _aux_int(b, b"AS", r.p.dp_score) < 0 or _aux_int(b, b"nn", r.p.n_ambi) < 0):
+                    return -1
+            if r.id == r.parent:
+                typ = 73 if r.inv else 80  # 'I' / 'P'
+            else:
+                typ = 105 if r.inv else 83  # 'i' / 'S'
+            if _aux_char(b, b"tp", typ) < 0 or _aux_int(b, b"cm", r.cnt) < 0 or _aux_int(b, b"s1", r.score) < 0:
+                return -1
+            if r.parent == r.id and _aux_int(b, b"s2", r.subsc) < 0:
+                return -1
+            if r.p != NULL:
+                if _aux_float(b, b"de", _divergence(r)) < 0:
+                    return -1
+                if r.parent == r.id and _put_sa(b, r, regs, n_regs, qlen, mi) < 0:
+                    return -1
+                tl = <size_t>(r.re - r.rs)
+                if self._grow(<char**>&self.tseq, &self.tseq_cap, tl + 1) < 0:
+                    return -1
+                if mm_idx_getseq(mi, <uint32_t>r.rid, <uint32_t>r.rs, <uint32_t>r.re, self.tseq) != <int>tl:
+                    return -1
+                if _put_md(b, r, read, self.tseq) < 0:
+                    return -1
+        if primary_record and mate != NULL and mate.p != NULL:
+            if _reserve(b, 4) < 0:
+                return -1
+            _tag(b, b"MC", 90)
+            if _put_cigar(b, mate, mate_qlen) < 0 or _reserve(b, 1) < 0:
+                return -1
+            _put_char(b, 0)
+            if _aux_int(b, b"MQ", mate.mapq) < 0:
+                return -1
+        if rep_len >= 0 and _aux_int(b, b"rl", rep_len) < 0:
+            return -1
+        return 0
+
     cdef object _map(self, const uint64_t[::1] offsets, const uint8_t[::1] data, const uint64_t *nop,
-                     const uint8_t *ndp, Py_ssize_t n, bint paired, Py_ssize_t n_sec):
-        cdef Py_ssize_t i, j, k, m
+                     const uint8_t *ndp, Py_ssize_t n, bint paired, Py_ssize_t n_sec, bint want_tags):
+        cdef Py_ssize_t i, j, k, m, n_taken
         cdef int n_seg = 2 if paired else 1
-        fields = np.empty(n, dtype=_DTYPE)
-        cig_offsets = np.zeros(n + 1, dtype=np.uint64)
-        sec_fields = [np.empty(n, dtype=_DTYPE) for _ in range(n_sec)]
-        sec_offsets = [np.zeros(n + 1, dtype=np.uint64) for _ in range(n_sec)]
-        sec_present = [np.zeros(n, dtype=np.uint8) for _ in range(n_sec)]
-        cdef AlnRec *out = <AlnRec*>_ptr(fields) if n else NULL
-        cdef uint64_t[::1] co = cig_offsets
-        cdef AlnRec **sout = <AlnRec**>malloc(max(n_sec, 1) * sizeof(AlnRec*))
-        cdef uint64_t **soff = <uint64_t**>malloc(max(n_sec, 1) * sizeof(uint64_t*))
-        cdef uint8_t **spres = <uint8_t**>malloc(max(n_sec, 1) * sizeof(uint8_t*))
-        cdef Buf *bufs = <Buf*>malloc((n_sec + 1) * sizeof(Buf))
-        cdef uint64_t[::1] tmp_off
-        cdef uint8_t[::1] tmp_pres
-        if sout == NULL or soff == NULL or bufs == NULL or spres == NULL:
-            free(sout); free(soff); free(bufs); free(spres)
+        # column 0: primary records; columns 1..: the extra records (supplementary, then secondary up to
+        # n_sec per read, in minimap2's order); grown while mapping as reads need more
+        cdef Py_ssize_t n_cols = 0, cols_cap = n_sec + 2
+        cdef Col *cols = <Col*>calloc(cols_cap, sizeof(Col))
+        cdef Col *grown
+        cdef Col *c
+        if cols == NULL:
             raise MemoryError()
-        for k in range(n_sec + 1):
-            bufs[k].data = NULL
-            bufs[k].len = 0
-            bufs[k].cap = 0
-        for k in range(n_sec):
-            sout[k] = <AlnRec*>_ptr(sec_fields[k]) if n else NULL
-            tmp_off = sec_offsets[k]
-            soff[k] = &tmp_off[0]
-            tmp_pres = sec_present[k]
-            spres[k] = &tmp_pres[0] if n else NULL
         cdef const uint8_t *dp = &data[0] if data.shape[0] > 0 else NULL
         cdef const uint64_t *op = &offsets[0]
-        cdef uint64_t *cop = &co[0]
         cdef int qlens[2]
         cdef const char *seqs[2]
+        cdef const uint8_t *reads[2]
         cdef int n_regs[2]
         cdef mm_reg1_t *regs[2]
         cdef mm_reg1_t *r
         cdef const mm_reg1_t *pri[2]
+        cdef const mm_reg1_t *mate
         cdef const char *name
-        cdef int failed = 0, t, l2, s
+        cdef int failed = 0, t, l2, s, rep_len
         cdef Py_ssize_t read_idx
         cdef char *rc
         cdef const mm_idx_t *mi = self.index.idx
         cdef const mm_mapopt_t *opt = &self.index.mopt
         try:
             with nogil:
+                n_cols = 1
+                while n_cols <= n_sec:  # at least the asked-for secondary columns
+                    n_cols += 1
+                for k in range(n_cols):
+                    if _col_init(&cols[k], n) < 0:
+                        failed = 1
                 i = 0
                 while i < n and not failed:
                     name = self._name(nop, ndp, i)
                     for s in range(n_seg):
                         qlens[s] = <int>(op[i + s + 1] - op[i + s])
-                        seqs[s] = <const char*>(dp + op[i + s]) if qlens[s] else <const char*>""
+                        reads[s] = dp + op[i + s] if qlens[s] else <const uint8_t*>b""
+                        seqs[s] = <const char*>reads[s]
                     if paired:  # read 2 mapped reverse-complemented (pe_ori fr), as the binary's worker does
                         l2 = qlens[1]
                         if self._grow(&self.scratch, &self.scratch_cap, <size_t>l2 + 1) < 0:
@@ -548,6 +822,7 @@ cdef class Mapper:
                         rc[l2] = 0
                         seqs[1] = rc
                     mm_map_frag(mi, n_seg, qlens, seqs, n_regs, regs, self.buf, opt, name)
+                    rep_len = self.buf.rep_len
                     if paired:  # flip read 2's hits back to its own strand and coordinates
                         for j in range(n_regs[1]):
                             r = &regs[1][j]
@@ -559,44 +834,119 @@ cdef class Mapper:
                         pri[s] = _sam_pri(n_regs[s], regs[s])
                     for s in range(n_seg):
                         read_idx = i + s
-                        _record(&out[read_idx], pri[s], pri[1 - s] if paired else NULL, n_seg, s)
-                        if pri[s] != NULL and _put_cigar(&bufs[0], pri[s], qlens[s]) < 0:
+                        mate = pri[1 - s] if paired else NULL
+                        c = &cols[0]
+                        _record(&c.rows[read_idx], pri[s], mate, n_seg, s)
+                        c.present[read_idx] = 1
+                        if pri[s] != NULL and _put_cigar(&c.cig, pri[s], qlens[s]) < 0:
                             failed = 1
-                        cop[read_idx + 1] = bufs[0].len
-                        k = 0
+                        c.cig_off[read_idx + 1] = c.cig.len
+                        if want_tags and self._tags(&c.tags, pri[s], regs[s], n_regs[s], reads[s], qlens[s],
+                                                    mate, qlens[1 - s] if paired else 0, True, rep_len) < 0:
+                            failed = 1
+                        c.tag_off[read_idx + 1] = c.tags.len
+                        k = 1
+                        n_taken = 0
                         for j in range(n_regs[s]):
-                            if k >= n_sec:
-                                break
                             r = &regs[s][j]
                             if r == pri[s]:
                                 continue
-                            _record(&sout[k][read_idx], r, pri[1 - s] if paired else NULL, n_seg, s)
-                            if _put_cigar(&bufs[k + 1], r, qlens[s]) < 0:
+                            if r.parent != r.id:  # secondary: at most n_sec per read
+                                if n_taken >= n_sec:
+                                    continue
+                                n_taken += 1
+                            if k >= n_cols:  # a read with more extra records than any before: a new column
+                                if n_cols >= cols_cap:
+                                    grown = <Col*>realloc(cols, 2 * cols_cap * sizeof(Col))
+                                    if grown == NULL:
+                                        failed = 1
+                                        break
+                                    cols = grown
+                                    memset(cols + cols_cap, 0, cols_cap * sizeof(Col))
+                                    cols_cap *= 2
+                                if _col_init(&cols[n_cols], n) < 0:
+                                    failed = 1
+                                    break
+                                n_cols += 1
+                            c = &cols[k]
+                            _record(&c.rows[read_idx], r, mate, n_seg, s)
+                            c.present[read_idx] = 1
+                            if _put_cigar(&c.cig, r, qlens[s]) < 0:
                                 failed = 1
-                            soff[k][read_idx + 1] = bufs[k + 1].len
-                            spres[k][read_idx] = 1
+                            c.cig_off[read_idx + 1] = c.cig.len
+                            if want_tags and self._tags(&c.tags, r, regs[s], n_regs[s], reads[s], qlens[s],
+                                                        mate, 0, False, rep_len) < 0:
+                                failed = 1
+                            c.tag_off[read_idx + 1] = c.tags.len
                             k += 1
-                        for m in range(k, n_sec):
-                            _no_alignment(&sout[m][read_idx])
-                            soff[m][read_idx + 1] = bufs[m + 1].len
                     for s in range(n_seg):
                         for j in range(n_regs[s]):
                             free(regs[s][j].p)
                         free(regs[s])
                     i += n_seg
+                if not failed:  # absent rows: zero-length records
+                    for k in range(1, n_cols):
+                        c = &cols[k]
+                        for m in range(n):
+                            if not c.present[m]:
+                                c.cig_off[m + 1] = c.cig_off[m]
+                                c.tag_off[m + 1] = c.tag_off[m]
             if failed:
                 raise MemoryError("out of memory while mapping")
-            primary = (fields, cig_offsets, _take(&bufs[0]))
-            secs = [(sec_fields[k], sec_offsets[k], _take(&bufs[k + 1]), sec_present[k].view(np.bool_))
-                    for k in range(n_sec)]
+            primary = _col_out(&cols[0], n, False, want_tags)
+            secs = [_col_out(&cols[k], n, True, want_tags) for k in range(1, n_cols)]
             return primary, secs
         finally:
-            for k in range(n_sec + 1):
-                free(bufs[k].data)
-            free(bufs)
-            free(sout)
-            free(soff)
-            free(spres)
+            for k in range(cols_cap):
+                _col_free(&cols[k])
+            free(cols)
+
+
+cdef int _col_init(Col *c, Py_ssize_t n) noexcept nogil:
+    """Allocate one output column of ``n`` rows, every row absent until written."""
+    cdef Py_ssize_t i
+    c.rows = <AlnRec*>malloc((n if n > 0 else 1) * sizeof(AlnRec))
+    c.cig_off = <uint64_t*>calloc(n + 1, sizeof(uint64_t))
+    c.tag_off = <uint64_t*>calloc(n + 1, sizeof(uint64_t))
+    c.present = <uint8_t*>calloc(n if n > 0 else 1, 1)
+    if c.rows == NULL or c.cig_off == NULL or c.tag_off == NULL or c.present == NULL:
+        return -1
+    for i in range(n):
+        _no_alignment(&c.rows[i])
+    return 0
+
+
+cdef void _col_free(Col *c) noexcept nogil:
+    free(c.rows)
+    free(c.cig_off)
+    free(c.tag_off)
+    free(c.present)
+    free(c.cig.data)
+    free(c.tags.data)
+
+
+cdef object _col_out(Col *c, Py_ssize_t n, bint with_present, bint with_tags):
+    """A column as numpy arrays: (fields, cigar offsets, cigar data[, present], tag offsets, tag data)."""
+    fields = np.empty(n, dtype=_DTYPE)
+    if n:
+        memcpy(_ptr(fields), c.rows, n * sizeof(AlnRec))
+    out = [fields, _copy_u64(c.cig_off, n + 1), _take(&c.cig)]
+    if with_present:
+        pres = np.empty(n, dtype=np.uint8)
+        if n:
+            memcpy(_ptr(pres), c.present, n)
+        out.append(pres.view(np.bool_))
+    if with_tags:
+        out += [_copy_u64(c.tag_off, n + 1), _take(&c.tags)]
+    else:
+        out += [None, None]
+    return tuple(out)
+
+
+cdef object _copy_u64(const uint64_t *src, Py_ssize_t n):
+    arr = np.empty(n, dtype=np.uint64)
+    memcpy(_ptr(arr), src, n * sizeof(uint64_t))
+    return arr
 
 
 #: the version of the minimap2 library compiled into this module

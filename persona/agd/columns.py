@@ -7,9 +7,31 @@ column                 record type        in memory (decoded value)
 ``qual``               TEXT               RaggedArray of Phred+33 qualities
 ``metadata``           TEXT               RaggedArray of read names (no ``@``)
 ``results``            STRUCTURED         :class:`Alignments`
+``tags``               STRUCTURED         RaggedArray of BAM aux bytes (see below)
 ``secondary<N>``       STRUCTURED         :class:`Alignments`
+``secondary<N>_tags``  STRUCTURED         RaggedArray of BAM aux bytes (see below)
 anything else          STRUCTURED         RaggedArray, bytes passed through
 =====================  =================  =========================================
+
+**Optional tags.** ``tags`` holds one record per read: the optional SAM fields
+of the read's primary record (the ``results`` row, or the read's record in an
+imported SAM/BAM), byte for byte as they follow QUAL in a BAM record (SAM spec
+§4.2.4: two tag characters, a type character, the value; integers stored in
+the smallest type that holds them, as htslib does), without ``RG`` (export
+writes ``RG:Z`` from the read group, then these bytes). ``secondary<N>_tags``
+does the same for the ``secondary<N>`` column's rows (zero-length for absent
+rows). Export copies the bytes into BAM records and renders them in SAM text.
+The align app (minimap2 backend) computes them in the kernel: minimap2's
+``NM ms AS nn tp cm s1 s2 de SA MD`` on mapped records, ``MC`` and ``MQ`` on
+primary records whose mate is mapped, ``rl`` on every record. An import can
+fill ``tags`` directly with a BAM record's aux bytes.
+
+**Supplementary alignments** live in the ``secondary<N>`` columns: align
+always keeps every supplementary alignment of a read (flag 0x800) plus up to
+``--secondary`` secondary alignments (0x100), in minimap2's order, so a
+default align (no ``--secondary``) writes as many ``secondary<N>`` columns as
+the read with the most supplementary alignments needs (often one or two, none
+when no read has one). Export writes them after their read's primary record.
 
 In ``secondary<N>`` columns a zero-length record means "no alignment" (the
 read has fewer than N+1 secondary alignments): it decodes to an absent row
@@ -38,8 +60,10 @@ BASE = "base"
 QUAL = "qual"
 METADATA = "metadata"
 RESULTS = "results"
+TAGS = "tags"
 READ_COLUMNS = (BASE, QUAL, METADATA)
 _SECONDARY = re.compile(r"secondary\d+")
+_SECONDARY_TAGS = re.compile(r"secondary\d+_tags")
 
 ColumnValue = RaggedArray | Alignments
 
@@ -57,6 +81,20 @@ def is_alignment_column(name: str) -> bool:
     return name == RESULTS or is_secondary_column(name)
 
 
+def tags_column(name: str) -> str:
+    """The tag column of alignment column ``name``: ``tags`` for ``results``, ``secondary<N>_tags``."""
+    if name == RESULTS:
+        return TAGS
+    if not is_secondary_column(name):
+        raise ValueError(f"{name!r} is not an alignment column")
+    return f"{name}_tags"
+
+
+def is_tags_column(name: str) -> bool:
+    """``tags`` or ``secondary<N>_tags``."""
+    return name == TAGS or _SECONDARY_TAGS.fullmatch(name) is not None
+
+
 def column_record_type(name: str) -> RecordType:
     """The record type the header of a chunk of column ``name`` carries."""
     if name == BASE:
@@ -67,12 +105,17 @@ def column_record_type(name: str) -> RecordType:
 
 
 def column_sort_key(name: str) -> tuple[int, int, str]:
-    """Canonical column order: base, qual, metadata, results, secondary0.., others by name."""
+    """Canonical column order: base, qual, metadata, results, tags, secondary0, secondary0_tags, ..,
+    others by name."""
     fixed = {BASE: 0, QUAL: 1, METADATA: 2, RESULTS: 3}
     if name in fixed:
         return (fixed[name], 0, "")
+    if name == TAGS:
+        return (3, 1, "")
     if is_secondary_column(name):
         return (4, int(name[len("secondary") :]), "")
+    if _SECONDARY_TAGS.fullmatch(name):
+        return (4, int(name[len("secondary") : -len("_tags")]), "tags")
     return (5, 0, name)
 
 

@@ -59,17 +59,23 @@ class Alignments:
 
     ``present`` (bool[N]) marks the rows that hold an alignment; None (the
     default) means every row does. Primary ``results`` rows are always present.
+    ``tags`` (N records, or None: no tags known) holds each record's optional
+    SAM fields as BAM binary aux bytes (the ``tags`` / ``<column>_tags`` columns,
+    see :mod:`persona.agd.columns`); equality ignores it.
     """
 
     fields: np.ndarray
     cigars: RaggedArray
     present: np.ndarray = None  # type: ignore[assignment]  # filled in by __post_init__
+    tags: RaggedArray | None = None
 
     def __post_init__(self) -> None:
         if self.fields.dtype != ALIGNMENT_DTYPE:
             raise ValueError(f"fields must have ALIGNMENT_DTYPE, got {self.fields.dtype}")
         if len(self.fields) != len(self.cigars):
             raise ValueError(f"{len(self.fields)} records but {len(self.cigars)} CIGARs")
+        if self.tags is not None and len(self.tags) != len(self.fields):
+            raise ValueError(f"{len(self.fields)} records but {len(self.tags)} tag records")
         if self.present is None:
             self.present = np.ones(len(self.fields), dtype=bool)
         else:

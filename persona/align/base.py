@@ -17,10 +17,18 @@ Contracts every backend keeps:
   number of reads.
 - **Never crash on odd reads.** Reads too short to seed, empty reads or reads
   of only ``N`` come back unmapped (flag 0x4, ``ref_index`` -1, empty CIGAR).
-- **Secondary columns** hold one row per read too. A read with fewer than
-  ``N`` secondary/supplementary alignments gets *absent* rows there
-  (``Alignments.present`` false; fields :data:`~persona.agd.records.ABSENT_ROW`),
-  stored as zero-length records; exporters skip them.
+- **Extra columns** (``AlignResult.secondary``, stored as ``secondary<N>``)
+  hold one row per read too: every supplementary alignment of the read plus
+  at most ``options.secondary`` secondary ones. There are at least
+  ``options.secondary`` of them, more when a read has more extra records (so
+  supplementary alignments are kept even when ``options.secondary`` is 0; the
+  count may differ between blocks: :meth:`AlignResult.concat` pads). A read
+  with fewer gets *absent* rows (``Alignments.present`` false; fields
+  :data:`~persona.agd.records.ABSENT_ROW`), stored as zero-length records;
+  exporters skip them.
+- **Tags**: a backend that knows them fills ``Alignments.tags`` (each record's
+  optional SAM fields as BAM aux bytes: NM, MD, AS, SA, MC, MQ, ...) on the
+  primary and every extra column; ``Aligner.makes_tags`` says whether it does.
 - Positions are 0-based; ``ref_index`` indexes the reference's contig table
   (the manifest's ``reference_contigs``). CIGARs include soft clips (``S``),
   so the read's full sequence always goes into SEQ.
@@ -52,7 +60,8 @@ class AlignerOptions:
     """Options common to every backend plus backend options passed through.
 
     ``preset`` names the backend's parameter preset (minimap2: ``sr`` for short
-    reads). ``secondary`` is how many ``secondary<N>`` columns to fill (0: none).
+    reads). ``secondary`` is how many secondary alignments per read to keep (0:
+    none); supplementary alignments are always kept (see the module docstring).
     ``use_names`` passes read names to the backend, which minimap2 hashes to break
     ties between equally good hits exactly as the minimap2 binary does.
     ``extra`` holds backend keyword options (minimap2: mappy.Aligner keywords
@@ -101,14 +110,30 @@ class AlignResult:
         if not parts:
             raise ValueError("nothing to concatenate")
 
+        n_sec = max(len(p.secondary) for p in parts)
+        with_tags = parts[0].primary.tags is not None
+
+        def column(p: AlignResult, i: int) -> Alignments:
+            if i < len(p.secondary):
+                return p.secondary[i]
+            pad = Alignments.absent(len(p.primary))
+            if with_tags:
+                pad.tags = RaggedArray(np.zeros(len(p.primary) + 1, np.uint64), np.zeros(0, np.uint8),
+                                       validate=False)
+            return pad
+
         def cat(items: Sequence[Alignments]) -> Alignments:
+            tags = None
+            if all(a.tags is not None for a in items):
+                tags = RaggedArray.concat([a.tags for a in items])  # type: ignore[misc]
             return Alignments(np.concatenate([a.fields for a in items]),
                               RaggedArray.concat([a.cigars for a in items]),
-                              np.concatenate([a.present for a in items]))
+                              np.concatenate([a.present for a in items]), tags)
 
-        n_sec = len(parts[0].secondary)
+        if len(parts) == 1 and all(len(p.secondary) == n_sec for p in parts):
+            return parts[0]
         return cls(cat([p.primary for p in parts]),
-                   [cat([p.secondary[i] for p in parts]) for i in range(n_sec)])
+                   [cat([column(p, i) for p in parts]) for i in range(n_sec)])
 
 
 class Aligner(ABC):
@@ -122,6 +147,8 @@ class Aligner(ABC):
     name: str = ""
     #: whether the backend reads base qualities (minimap2 does not: the align app then skips the column)
     uses_quals: bool = True
+    #: whether the backend fills ``Alignments.tags`` (then the align app writes the tag columns)
+    makes_tags: bool = False
 
     def __init__(self, contigs: Sequence[Contig], options: AlignerOptions) -> None:
         self.contigs = list(contigs)

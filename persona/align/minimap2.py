@@ -10,6 +10,12 @@ the minimap2 binary's SAM writer builds them (see the kernel's docstring).
 Paired blocks are mapped in fragment mode (``mm_pair``) like
 ``minimap2 -ax sr r1.fq r2.fq``.
 
+Every record also gets its optional tags, built in the same kernel call: minimap2's
+NM, ms, AS, nn, tp, cm, s1, s2, de, SA and MD (MD from the index's own copy of the
+reference), MC/MQ from the mate's primary, rl (see :meth:`persona._native.mm2.Mapper.map`).
+Supplementary alignments are always returned (extra columns), secondary ones up to
+``options.secondary``.
+
 Read names (``options.use_names``) are passed to minimap2, which hashes them to
 break ties between equal hits, so placements match the binary's. Reads shorter
 than the k-mer length, empty reads and all-``N`` reads come back unmapped.
@@ -94,11 +100,13 @@ def load_index(path: str | Path, options: AlignerOptions) -> Any:
         raise AlignerError(f"minimap2 could not load the index {path}: {e}", key=str(path)) from None
 
 
-def _alignments(part: tuple[np.ndarray, ...]) -> Alignments:
-    """Kernel output ``(fields, cigar offsets, cigar data[, present])`` as Alignments."""
+def _alignments(part: tuple[Any, ...]) -> Alignments:
+    """Kernel output ``(fields, cigar offsets, cigar data[, present], tag offsets, tag data)`` as Alignments."""
     fields, offsets, data = part[:3]
-    present = part[3] if len(part) > 3 else None
-    return Alignments(fields.view(ALIGNMENT_DTYPE), RaggedArray(offsets, data, validate=False), present)
+    present = part[3] if len(part) == 6 else None
+    toff, tdata = part[-2:]
+    tags = RaggedArray(toff, tdata, validate=False) if toff is not None else None
+    return Alignments(fields.view(ALIGNMENT_DTYPE), RaggedArray(offsets, data, validate=False), present, tags)
 
 
 class Minimap2Aligner(Aligner):
@@ -106,6 +114,7 @@ class Minimap2Aligner(Aligner):
 
     name = "minimap2"
     uses_quals = False  # minimap2 ignores base qualities
+    makes_tags = True  # NM MD AS ms nn tp cm s1 s2 de SA MC MQ rl, computed in the kernel
 
     def __init__(self, index: Any, contigs: Sequence[Contig], options: AlignerOptions) -> None:
         super().__init__(contigs, options)

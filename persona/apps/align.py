@@ -17,8 +17,14 @@ chunk flows through::
 * The reference index is loaded once per process and shared
   (:func:`~persona.align.reference.acquire_reference`), held for the request.
 * ``secondary<N>`` columns hold one record per read: the read's (N+1)-th
-  secondary/supplementary alignment, or a zero-length record when it has none
-  (see :mod:`persona.agd.columns`).
+  extra alignment (every supplementary alignment is kept, secondary ones up to
+  ``secondary``), or a zero-length record when it has none (see
+  :mod:`persona.agd.columns`). How many there are is known only once every
+  chunk is aligned: a chunk that needed fewer gets all-absent files for the
+  others at commit.
+* With a backend that makes tags (minimap2), ``tags`` and ``secondary<N>_tags``
+  hold each record's optional SAM fields (NM, MD, AS, SA, MC, MQ, ...) as BAM
+  aux bytes, written in the same transaction.
 * The output columns are written in one column transaction
   (:mod:`persona.agd.transaction`): under attempt-unique keys, committed with
   ``reference``, ``reference_contigs`` and a provenance entry in one atomic
@@ -42,6 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from persona.agd import BASE, METADATA, QUAL, RESULTS, Dataset, Manifest
 from persona.agd.ragged import RaggedArray
+from persona.agd.columns import is_secondary_column, is_tags_column, tags_column
 from persona.agd.records import Alignments
 from persona.agd.transaction import Transaction
 from persona.align.base import AlignerOptions
@@ -150,7 +157,10 @@ class AlignJob(Job):
         if r.secondary:
             opts = AlignerOptions(opts.preset, r.secondary, opts.use_names, opts.extra)
         self.opts = opts
-        self.out_columns = (RESULTS, *(f"secondary{i}" for i in range(opts.secondary)))
+        self.out_columns: tuple[str, ...] = (RESULTS, *(f"secondary{i}" for i in range(opts.secondary)))
+        self.make_tags = False
+        #: chunk -> the columns written for it (extra columns vary by chunk; commit fills the gaps)
+        self._written: dict[int, tuple[str, ...]] = {}
         self.reference: LoadedReference | None = None
         self.txn: Transaction | None = None
         self.read_columns: tuple[str, ...] = ()
@@ -179,6 +189,7 @@ class AlignJob(Job):
         # qualities are read (and decoded) only for a backend that uses them; minimap2 does not
         self.read_columns = ((BASE,) + ((QUAL,) if self.reference.aligner.uses_quals else ())
                              + ((METADATA,) if self.opts.use_names and METADATA in self.ds.columns else ()))
+        self.make_tags = bool(getattr(self.reference.aligner, "makes_tags", False))
         self.txn = self.ds.begin_columns(app="align", attempt=self.attempt, request_id=self.request_id)
         self.ds = Dataset(self.ds.store, self.txn.base or self.ds.manifest)  # what is committed now
         self._check_dataset(self.ds, self.request.paired)
@@ -204,15 +215,24 @@ class AlignJob(Job):
             work_item_reads=self.request.work_item_reads, key=self.ds.chunk_key(w.desc.chunk, BASE))
         return w
 
+    def _column_values(self, primary: Alignments, extra: list[Alignments]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for c, v in zip((RESULTS, *(f"secondary{i}" for i in range(len(extra)))), (primary, *extra)):
+            out[c] = v
+            if self.make_tags:
+                out[tags_column(c)] = v.tags if v.tags is not None else _no_tags(len(v))
+        return out
+
     def stage_encode(self, w: Work) -> Work:
-        values: list[Alignments] = [w.data.primary, *w.data.secondary]
-        w.data = {c: self.ds.encode_column_file(w.desc.chunk, c, v) for c, v in zip(self.out_columns, values)}
+        values = self._column_values(w.data.primary, w.data.secondary)
+        w.data = {c: self.ds.encode_column_file(w.desc.chunk, c, v) for c, v in values.items()}
         return w
 
     def stage_write(self, w: Work) -> Work:
         assert self.txn is not None
         for c, data in w.data.items():
             self.txn.put_column_file(w.desc.chunk, c, data)
+        self._written[w.desc.chunk] = tuple(w.data)
         w.data = None
         n = self.ds.chunks[w.desc.chunk].num_records
         w.n = n
@@ -222,7 +242,9 @@ class AlignJob(Job):
     # -- ending ----------------------------------------------------------------------------
     def commit(self, outputs: list[Any]) -> AlignSummary:
         assert self.txn is not None and self.reference is not None
-        stale = [c for c in self.ds.columns if c.startswith("secondary") and c not in self.out_columns]
+        self.out_columns = self._fill_extra_columns()
+        stale = [c for c in self.ds.columns
+                 if (is_secondary_column(c) or is_tags_column(c)) and c not in self.out_columns]
         info = self.reference.info
         extra = {"read_group": dict(self.request.read_group)} if self.request.read_group else {}
         manifest = self.txn.commit(
@@ -240,6 +262,23 @@ class AlignJob(Job):
                             reference=self.request.reference, records=manifest.num_records,
                             chunks=len(manifest.records), columns=list(self.out_columns), manifest=manifest)
 
+    def _fill_extra_columns(self) -> tuple[str, ...]:
+        """The output columns: as many ``secondary<N>`` as the chunk needing most had (at least
+        ``secondary``); chunks written with fewer get all-absent files for the others."""
+        assert self.txn is not None
+        n_extra = max([self.opts.secondary] + [sum(map(is_secondary_column, cols)) for cols in self._written.values()])
+        want = self._column_values(Alignments.empty(0), [Alignments.absent(0)] * n_extra)
+        for chunk in range(len(self.ds.chunks)):
+            have = set(self._written.get(chunk, ()))
+            missing = [c for c in want if c not in have]
+            if not missing:
+                continue
+            n = self.ds.chunks[chunk].num_records
+            for c in missing:
+                value = _no_tags(n) if is_tags_column(c) else Alignments.absent(n)
+                self.txn.put_column_file(chunk, c, self.ds.encode_column_file(chunk, c, value))
+        return tuple(want)
+
     def abort(self, error: BaseException | None) -> None:
         if self.txn is not None and self.txn.state in ("open", "new"):
             self.txn.abort()
@@ -249,6 +288,13 @@ class AlignJob(Job):
         if self.reference is not None:
             self.runtime.references.release(self.reference)
             self.reference = None
+
+
+def _no_tags(n: int) -> RaggedArray:
+    """``n`` zero-length tag records."""
+    import numpy as np
+
+    return RaggedArray(np.zeros(n + 1, np.uint64), np.zeros(0, np.uint8), validate=False)
 
 
 def aligner_version(aligner: str) -> str | None:

@@ -31,7 +31,7 @@ import numpy as np
 
 import persona
 from persona.agd import BASE, METADATA, QUAL, Dataset
-from persona.agd.columns import column_sort_key, is_alignment_column
+from persona.agd.columns import TAGS, column_sort_key, is_alignment_column, tags_column
 from persona.agd.ragged import RaggedArray
 from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
 from persona.errors import ConfigError, DatasetError
@@ -161,7 +161,16 @@ class ExportJob(Job):
                 self.sec_columns = sorted((c for c in ds.columns if is_alignment_column(c) and c != "results"),
                                           key=column_sort_key)
             self.names: RaggedArray = contig_names(self.contigs)
-        self.columns = [BASE, QUAL, METADATA] + (["results"] if self.aligned else []) + self.sec_columns
+        # optional tags of each exported alignment column (BAM aux bytes), where the dataset has them
+        self.tag_columns: dict[str, str] = {}
+        if self.fmt != "fastq":
+            for c in (["results"] if self.aligned else []) + self.sec_columns:
+                if tags_column(c) in ds.columns:
+                    self.tag_columns[c] = tags_column(c)
+            if not self.aligned and TAGS in ds.columns:
+                self.tag_columns["results"] = TAGS
+        self.columns = ([BASE, QUAL, METADATA] + (["results"] if self.aligned else []) + self.sec_columns
+                        + list(self.tag_columns.values()))
         self._stack = contextlib.ExitStack()
         self._files: list[IO[bytes]] = []
         self._next = 0
@@ -235,8 +244,12 @@ class ExportJob(Job):
             al = unmapped_alignments(self.ds.chunks[i], self.paired)
         else:
             al = values["results"]
+        self._attach_tags(i, "results", al, values)
+        if self.aligned:
             if self.sec_columns:
                 secs = [values[c] for c in self.sec_columns]
+                for c, s in zip(self.sec_columns, secs):
+                    self._attach_tags(i, c, s, values)
                 for c, s in zip(self.sec_columns, secs):
                     if len(s) != len(al):
                         raise DatasetError(f"column {c!r} has {len(s)} records but results has {len(al)}",
@@ -255,6 +268,16 @@ class ExportJob(Job):
         w.data = [data]
         w.out = (w.n, n_sec)
         return w
+
+    def _attach_tags(self, i: int, column: str, al: Any, values: dict[str, Any]) -> None:
+        tc = self.tag_columns.get(column)
+        if tc is None:
+            return
+        tags = values[tc]
+        if len(tags) != len(al):
+            raise DatasetError(f"column {tc!r} has {len(tags)} records but {column} has {len(al)}",
+                               key=self.ds.chunk_key(i, tc), store=self.ds.store.url)
+        al.tags = tags
 
     def stage_compress(self, w: Work) -> Work:
         if self.fmt == "bam":

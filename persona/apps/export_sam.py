@@ -14,8 +14,10 @@ reverse-complemented and QUAL reversed on the way out.
   (0x800) keep the full SEQ/QUAL since their CIGARs soft-clip (``minimap2 -Y``).
   ``secondary_seq=True`` writes SEQ/QUAL on secondaries too (``minimap2
   --secondary-seq``); Picard warns (QUALITY_NOT_STORED) about ``*`` qualities.
-  Absent rows (no alignment) are not written. Optional tags other than RG are
-  not written (AGD has no tag column).
+  Absent rows (no alignment) are not written. Every record carries ``RG:Z``
+  then its optional tags from the ``tags`` / ``secondary<N>_tags`` columns
+  (NM, MD, AS, SA, MC, MQ, ... as align computed them; see
+  :mod:`persona.agd.columns`), when the dataset has them.
 * Unaligned datasets export unmapped records: flags 77/141 (paired, interleaved)
   or 4, RNAME ``*``, POS 0, MAPQ 0, CIGAR ``*``.
 * ``SO`` is the manifest's sort order (``unsorted`` for a coordinate-sorted
@@ -113,6 +115,8 @@ def interleave_secondaries(metadata: RaggedArray, bases: RaggedArray, quals: Rag
     ``secondary[1]``, ... . Secondary (0x100) records get empty bases/quals (SEQ
     and QUAL ``*``) unless ``secondary_seq``; supplementary ones keep the
     read's bases and qualities.
+    Optional tags (``Alignments.tags``) follow their records; an extra
+    column without tags gives its records none.
     Without present secondary rows the inputs are returned unchanged.
     """
     n = len(primary)
@@ -148,6 +152,21 @@ def interleave_secondaries(metadata: RaggedArray, bases: RaggedArray, quals: Rag
         datas.append(ra.data)
         base += len(ra.data)
     cigars = _take_spans(np.concatenate(datas), starts, lengths)
+    tags = None
+    if primary.tags is not None:
+        datas = []
+        base = 0
+        for k, ra in enumerate([primary.tags, *(c.tags for c in cols)]):
+            sel = from_col == k - 1
+            if ra is None:
+                starts[sel] = 0
+                lengths[sel] = 0
+                continue
+            starts[sel] = ra.offsets[:-1][src[sel]].astype(np.int64) + base
+            lengths[sel] = (ra.offsets[1:] - ra.offsets[:-1])[src[sel]].astype(np.int64)
+            datas.append(ra.data)
+            base += len(ra.data)
+        tags = _take_spans(np.concatenate(datas), starts, lengths)
     with_seq = ~is_extra | secondary_seq | (
         (fields["flag"] & (FLAG_SECONDARY | FLAG_SUPPLEMENTARY)) == FLAG_SUPPLEMENTARY)
     if with_seq.all():
@@ -158,7 +177,7 @@ def interleave_secondaries(metadata: RaggedArray, bases: RaggedArray, quals: Rag
     else:
         out_bases, out_quals = ragged_take(bases, src, with_seq), ragged_take(quals, src, with_seq)
     return (ragged_take(metadata, src), out_bases, out_quals,
-            Alignments(fields, cigars), total - n)
+            Alignments(fields, cigars, None, tags), total - n)
 
 
 def _take_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> RaggedArray:

@@ -47,7 +47,8 @@ def encode_records(
 
     ``bases``/``quals`` are in sequencing orientation (AGD's); records with
     flag 0x10 get SEQ reverse-complemented and QUAL reversed. Every record
-    gets ``RG:Z:<read_group_id>`` unless it is None/empty. Raises
+    gets ``RG:Z:<read_group_id>`` unless it is None/empty, then its optional
+    fields from ``alignments.tags`` (BAM aux bytes, copied as they are). Raises
     ``ValueError`` naming the bad record's index within the chunk.
     """
     return _kernel.encode_bam(
@@ -58,6 +59,7 @@ def encode_records(
         alignments.cigars.data, alignments.cigars.offsets,
         n_contigs,
         (read_group_id or "").encode(),
+        *((alignments.tags.data, alignments.tags.offsets) if alignments.tags is not None else ()),
     )
 
 
