@@ -113,8 +113,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if SHARED_DATA is None and REQUIRE_SHARED and _needs_shared_data(item):
-        pytest.fail(f"PERSONA_REQUIRE_SHARED_DATA=1: ../shared/data is absent, and this test {MISSING}",
-                    pytrace=False)
+        pytest.fail("PERSONA_REQUIRE_SHARED_DATA=1 and ../shared/data is absent: this test needs its full "
+                    "real data sets (set PERSONA_TEST_DATA to their directory)", pytrace=False)
 
 
 @pytest.fixture(scope="session")
