@@ -106,7 +106,8 @@ def test_kernel_agrees_with_mappy_backend(human, tmp_path: Path, secondary: int)
     same = (a.primary.fields == b.primary.fields) & np.array(
         [x == y for x, y in zip(a.primary.cigars, b.primary.cigars)])
     assert same.mean() >= 0.999, same.mean()
-    assert len(a.secondary) == len(b.secondary) == secondary
+    # extra columns: every supplementary alignment plus up to `secondary` secondary ones
+    assert len(a.secondary) == len(b.secondary) >= secondary
     for x, y in zip(a.secondary, b.secondary):
         assert (x.present == y.present).mean() >= 0.999
     single_a = kern.align(bases, None, names)
@@ -181,18 +182,18 @@ def test_mapper_contracts(measles, tmp_path: Path) -> None:
         m.map(bases.offsets, bases.data, names.offsets[:-1], names.data, True, 0)
     with pytest.raises(ValueError, match="offsets end"):
         m.map(bases.offsets, bases.data[:10], None, None, True, 0)
-    (f, co, cd), sec = m.map(bases.offsets, bases.data, names.offsets, names.data, True, 1)
+    (f, co, cd, *_), sec = m.map(bases.offsets, bases.data, names.offsets, names.data, True, 1)
     assert f.dtype.itemsize == 40 and len(f) == len(bases) and len(co) == len(bases) + 1
-    assert int(co[-1]) == len(cd) and len(sec) == 1
+    assert int(co[-1]) == len(cd) and len(sec) >= 1
     # names break ties only: mapping without them still maps every read the same way or its equal twin
-    (f2, _, _), _ = m.map(bases.offsets, bases.data, None, None, True, 1)
+    (f2, *_), _ = m.map(bases.offsets, bases.data, None, None, True, 1)
     assert (f2["flag"] & 0x4 == f["flag"] & 0x4).all()
     # the same read alone or inside a block: records are per read (pure)
-    (f3, _, _), _ = m.map(bases.offsets[:3] - bases.offsets[0], bases.data[: int(bases.offsets[2])],
+    (f3, *_), _ = m.map(bases.offsets[:3] - bases.offsets[0], bases.data[: int(bases.offsets[2])],
                           names.offsets[:3], names.data, True, 0)
     assert f3.tobytes() == f[:2].tobytes()
     # an empty block
-    (f4, co4, cd4), sec4 = m.map(np.zeros(1, np.uint64), np.zeros(0, np.uint8), None, None, False, 2)
+    (f4, co4, cd4, *_), sec4 = m.map(np.zeros(1, np.uint64), np.zeros(0, np.uint8), None, None, False, 2)
     assert len(f4) == 0 and list(co4) == [0] and len(cd4) == 0 and [len(s[0]) for s in sec4] == [0, 0]
 
 

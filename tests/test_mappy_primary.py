@@ -125,7 +125,8 @@ def test_backends_agree_on_every_record(dataset: str, n_pairs: int, secondary: i
         shown = [(a.primary.fields[i], a.primary.cigars[i], b.primary.fields[i], b.primary.cigars[i])
                  for i in bad[:3]]
         assert not bad, f"{dataset} paired={paired}: {len(bad)} primary records differ, first {bad[:5]}: {shown}"
-        assert len(a.secondary) == len(b.secondary) == secondary
+        # extra columns: every supplementary alignment plus up to `secondary` secondary ones
+        assert len(a.secondary) == len(b.secondary) >= secondary
         for k, (x, y) in enumerate(zip(a.secondary, b.secondary)):
             bad = [i for i in disagreements(x, y) if i // step not in ties]
             assert not bad, f"{dataset} paired={paired}: secondary{k}: {len(bad)} records differ, first {bad[:5]}"

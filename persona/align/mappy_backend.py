@@ -75,7 +75,8 @@ from persona.agd.records import (
     FLAG_SUPPLEMENTARY,
     FLAG_UNMAPPED,
 )
-from persona.align.pairing import PE_BONUS, Hit, RecordSink, add_pair, add_single, template_length
+from persona.align.pairing import (PE_BONUS, Hit, RecordSink, _secondaries, add_extras, add_pair, add_single,
+                                   template_length)
 from persona.errors import AlignerError, ReferenceNotFoundError
 
 try:
@@ -267,20 +268,7 @@ def add_chosen_pair(sink: RecordSink, hits1: Sequence[Hit], hits2: Sequence[Hit]
             else:
                 sink.rows.append((flag, s[4], s[0], s[1], m[0], m[1], template_length(s, m)))
             sink.cigars.append(s[5])
-        if sink.n_secondary:
-            rest = [h for h in hits if h is not s]
-            for i in range(sink.n_secondary):
-                if i < len(rest):
-                    h = rest[i]
-                    flag = (base | (FLAG_SUPPLEMENTARY if h[6] else FLAG_SECONDARY)
-                            | (FLAG_REVERSE if h[3] else 0))
-                    if m is None:
-                        row = (flag, h[4], h[0], h[1], h[0], h[1], 0)
-                    else:
-                        row = (flag, h[4], h[0], h[1], m[0], m[1], template_length(h, m))
-                    sink.add_secondary(i, row, h[5])
-                else:
-                    sink.add_absent_secondary(i)
+        add_extras(sink, base, _secondaries(hits, s, sink.n_secondary), m)
 
 
 class MappyAligner(Aligner):

@@ -81,6 +81,20 @@ class RecordSink:
         self.sec_cigars[i].append(cigar)
         self.sec_present[i].append(True)
 
+    def add_extras(self, extras: list[tuple[tuple[int, ...], bytes]]) -> None:
+        """The extra records (rows, CIGARs) of the read whose primary row was added last: one per
+        column, absent rows in the others; columns are added when a read has more than any before."""
+        n_read = len(self.rows) - 1
+        while len(self.sec_rows) < len(extras):
+            self.sec_rows.append([ABSENT_ROW] * n_read)
+            self.sec_cigars.append([b""] * n_read)
+            self.sec_present.append([False] * n_read)
+        for i in range(len(self.sec_rows)):
+            if i < len(extras):
+                self.add_secondary(i, *extras[i])
+            else:
+                self.add_absent_secondary(i)
+
     def add_absent_secondary(self, i: int) -> None:
         """The read has no ``i``-th secondary alignment: an absent row (see ``Alignments.present``)."""
         self.sec_rows[i].append(ABSENT_ROW)
@@ -122,8 +136,20 @@ def template_length(h: Hit, mate: Hit) -> int:
     return t + 1 if t > 0 else (t - 1 if t < 0 else 0)
 
 
-def _secondaries(hits: list[Hit], primary: Hit | None) -> list[Hit]:
-    return [h for h in hits if h is not primary]
+def _secondaries(hits: list[Hit], primary: Hit | None, n_secondary: int) -> list[Hit]:
+    """A read's extra hits: every supplementary (primary-chain) one plus at most ``n_secondary``
+    secondary ones, in the backend's order."""
+    out = []
+    n = 0
+    for h in hits:
+        if h is primary:
+            continue
+        if not h[6]:
+            if n >= n_secondary:
+                continue
+            n += 1
+        out.append(h)
+    return out
 
 
 def _first_primary(hits: list[Hit]) -> Hit | None:
@@ -142,15 +168,9 @@ def add_single(sink: RecordSink, hits: list[Hit]) -> None:
     else:
         sink.rows.append((FLAG_REVERSE if p[3] else 0, p[4], p[0], p[1], -1, -1, 0))
         sink.cigars.append(p[5])
-    if sink.n_secondary:
-        rest = _secondaries(hits, p)
-        for i in range(sink.n_secondary):
-            if i < len(rest):
-                h = rest[i]
-                flag = (FLAG_SUPPLEMENTARY if h[6] else FLAG_SECONDARY) | (FLAG_REVERSE if h[3] else 0)
-                sink.add_secondary(i, (flag, h[4], h[0], h[1], -1, -1, 0), h[5])
-            else:
-                sink.add_absent_secondary(i)
+    rest = _secondaries(hits, p, sink.n_secondary)
+    sink.add_extras([(((FLAG_SUPPLEMENTARY if h[6] else FLAG_SECONDARY) | (FLAG_REVERSE if h[3] else 0),
+                       h[4], h[0], h[1], -1, -1, 0), h[5]) for h in rest])
 
 
 def choose_primaries(hits1: list[Hit], hits2: list[Hit], max_gap: int,
@@ -185,7 +205,7 @@ def _mate_bits(mate: Hit | None) -> int:
 
 def add_pair(sink: RecordSink, hits1: list[Hit], hits2: list[Hit], max_gap: int) -> None:
     """Rows of one pair (read 1 then read 2)."""
-    if len(hits1) == 1 and len(hits2) == 1 and not sink.n_secondary:
+    if len(hits1) == 1 and len(hits2) == 1 and not sink.sec_rows:
         _add_simple_pair(sink, hits1[0], hits2[0], max_gap)
         return
     p1, p2, proper = choose_primaries(hits1, hits2, max_gap)
@@ -205,20 +225,20 @@ def add_pair(sink: RecordSink, hits1: list[Hit], hits2: list[Hit], max_gap: int)
             else:
                 sink.rows.append((flag, s[4], s[0], s[1], m[0], m[1], template_length(s, m)))
             sink.cigars.append(s[5])
-        if sink.n_secondary:
-            rest = _secondaries(hits, s)
-            for i in range(sink.n_secondary):
-                if i < len(rest):
-                    h = rest[i]
-                    flag = (base | (FLAG_SUPPLEMENTARY if h[6] else FLAG_SECONDARY)
-                            | (FLAG_REVERSE if h[3] else 0))
-                    if m is None:
-                        row = (flag, h[4], h[0], h[1], h[0], h[1], 0)
-                    else:
-                        row = (flag, h[4], h[0], h[1], m[0], m[1], template_length(h, m))
-                    sink.add_secondary(i, row, h[5])
-                else:
-                    sink.add_absent_secondary(i)
+        add_extras(sink, base, _secondaries(hits, s, sink.n_secondary), m)
+
+
+def add_extras(sink: RecordSink, base: int, rest: list[Hit], m: Hit | None) -> None:
+    """The extra records of one mate (flag bits ``base``; mate primary ``m``)."""
+    extras = []
+    for h in rest:
+        flag = base | (FLAG_SUPPLEMENTARY if h[6] else FLAG_SECONDARY) | (FLAG_REVERSE if h[3] else 0)
+        if m is None:
+            row = (flag, h[4], h[0], h[1], h[0], h[1], 0)
+        else:
+            row = (flag, h[4], h[0], h[1], m[0], m[1], template_length(h, m))
+        extras.append((row, h[5]))
+    sink.add_extras(extras)
 
 
 def _add_simple_pair(sink: RecordSink, a: Hit, b: Hit, max_gap: int) -> None:
