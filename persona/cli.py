@@ -314,6 +314,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sort(args: argparse.Namespace) -> int:
+    from persona.apps.sort import SortRequest
+
+    dataset = _location(args.dataset, args)
+    req = SortRequest(dataset=dataset, output=_location(args.output, args) if args.output else None,
+                      name=args.out_name, input_name=args.name, order=args.order, group_chunks=args.group_chunks,
+                      merge_memory=args.merge_memory, overwrite=args.overwrite, threads=args.threads or None)
+    s = _run(args, req, _num_records(dataset, args.name), "sort", args.threads or None)
+    _say(args, f"sorted {s.records} records by {s.order} into {s.name} at {s.location} "
+               f"({s.chunks} chunks, {s.runs} runs) in {s.seconds:.2f} s")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from persona.apps.demo import run_demo
 
@@ -490,6 +503,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dataset")
     sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
     sp.add_argument("--json", action="store_true")
+
+    sp = add("sort", cmd_sort, "sort a dataset by coordinate or read name into a new dataset")
+    sp.add_argument("dataset", help="dataset location or manifest path")
+    sp.add_argument("-o", "--output", help="location of the sorted dataset (default: the input's)")
+    sp.add_argument("-n", "--name", help="input dataset name, where the location holds several")
+    sp.add_argument("--out-name", help="name of the sorted dataset (default: the input's name, or "
+                                       "<name>_sorted in the input's location)")
+    sp.add_argument("--order", choices=["coordinate", "queryname"], default="coordinate")
+    sp.add_argument("--group-chunks", type=_positive, help="chunks sorted together into one run (default 4)")
+    sp.add_argument("--merge-memory", type=_positive, help="bytes the merge may buffer (default 256 MiB)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a dataset of the same name")
+    threads(sp, "threads")
 
     sp = add("demo", cmd_demo,
              "the embedded default job on the bundled sample: import, align, export BAM, summary")

@@ -136,7 +136,7 @@ class Request:
 
 #: where each kind's request class lives (imported on first use)
 KIND_MODULES = {"import": "persona.apps.importer", "align": "persona.apps.align", "export": "persona.apps.export",
-                "stats": "persona.apps.stats"}
+                "stats": "persona.apps.stats", "sort": "persona.apps.sort", "markdup": "persona.apps.markdup"}
 
 
 def request_class(kind: str) -> type["Request"]:

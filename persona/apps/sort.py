@@ -1,0 +1,493 @@
+"""Sort a dataset by coordinate or query name (thesis §5.6): two phases, one new dataset.
+
+**Phase 1** (the request's thread, ``threads`` groups at a time): the input's
+chunks are taken in groups of ``group_chunks`` consecutive chunks. For each
+group every column's chunk files are read and decompressed (records stay
+column-encoded: 3-bit bases, proto alignments, text), the sort keys are computed
+in Cython (:mod:`persona._native.sort`), the group is argsorted (stable) and each
+column permuted with a ragged gather (GIL released). The sorted group is one
+*run*, written to the output store in blocks of ``run_block`` records under
+attempt-unique keys ``<name>.sortrun~<attempt>.<run>.<block>`` (one object per
+block: keys, then every column as an AGD chunk, zstd level 1).
+
+**Phase 2** (a streaming job: the output's arity is known only at the end): one
+k-way merge over the runs (:class:`persona._native.sort.Merger`, a binary heap,
+GIL released) reads each run lazily, ``prefetch`` blocks ahead on an I/O pool
+(the thesis's lazy iterators), gathers each output chunk (the input's chunk size)
+from the blocks it draws from, and puts it into the runtime's ``sort`` pipeline::
+
+    source (request thread)      ->  encode                  ->  write
+    phase 1, then the merge and      compress every column       store the chunk files
+    the gather of each chunk         (replicas)                  (transaction)
+
+Order
+-----
+* ``coordinate``: reference index (unmapped, ref -1, last), position, strand, then
+  input order: exactly the comparison ``samtools sort`` makes (its tid is compared
+  unsigned; an unmapped read placed at its mate keeps its mate's ref/pos and sorts
+  there, as the SAM spec wants). Needs ``results``.
+* ``queryname``: the read name as exported (bytewise, as Picard and ``samtools sort -N``),
+  then read 1 before read 2, then input order.
+
+Every column is carried, whatever its name (base, qual, metadata, results,
+tags, secondary<N>, secondary<N>_tags, others): a column's records are moved as
+bytes. The new dataset is written in one transaction (``new=True``) with ``sort``
+set and the input's provenance plus this run's entry. Intermediate runs are
+removed after the commit and on failure or cancel.
+
+Memory is bounded by the parameters, not by the dataset: phase 1 holds
+``threads`` groups (two copies each while permuting); the merge holds, per run,
+``prefetch + 1`` blocks, and ``run_block`` is chosen so that all runs' blocks fit
+``merge_memory`` bytes (never below :data:`MIN_RUN_BLOCK` records); in flight
+after the merge are at most ``threads + 2`` output chunks.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import struct
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from persona._native import sort as sort_kernel
+from persona.agd import Dataset
+from persona.agd.chunk import decode_chunk, encode_chunk
+from persona.agd.columns import RESULTS, column_sort_key, decode_column
+from persona.agd.format import CompressionType, RecordType
+from persona.agd.ragged import RaggedArray
+from persona.agd.transaction import Transaction
+from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
+from persona.errors import ConfigError, DatasetError, StoreKeyError
+from persona.storage import Store, open_store
+
+if TYPE_CHECKING:
+    from persona.config import Config
+    from persona.runtime import Runtime
+
+ORDERS = ("coordinate", "queryname")
+#: chunks per phase-1 group (a run) unless the request says otherwise
+DEFAULT_GROUP_CHUNKS = 4
+#: bytes all runs' buffered blocks may take during the merge unless the request says otherwise
+DEFAULT_MERGE_MEMORY = 256 << 20
+#: blocks read ahead per run during the merge
+DEFAULT_PREFETCH = 2
+#: records per run block: never fewer (a huge run count then costs memory, not correctness)
+MIN_RUN_BLOCK = 1024
+MAX_RUN_BLOCK = 65536
+#: compression of the intermediate runs (fast; they are read once)
+RUN_LEVEL = 1
+
+
+def _location(location: str | os.PathLike[str] | Store) -> str:
+    return location.url if isinstance(location, Store) else os.fspath(location)
+
+
+@dataclass
+class SortRequest(Request):
+    """Sort ``dataset`` (``input_name`` where its location holds several) by ``order`` into a new
+    dataset ``name`` at ``output`` (default: the input's location; name: ``<input>_sorted``).
+    ``None``: the documented defaults."""
+
+    kind: ClassVar[str] = "sort"
+
+    dataset: str
+    output: str | None = None
+    name: str | None = None
+    input_name: str | None = None
+    order: str = "coordinate"
+    group_chunks: int | None = None
+    run_block: int | None = None
+    merge_memory: int | None = None
+    prefetch: int | None = None
+    overwrite: bool = False
+    threads: int | None = None
+    compression: str | None = None
+    level: int | None = None
+    replicas: dict[str, int] = field(default_factory=dict)
+    capacity: int | None = None
+
+    def resolved(self, config: "Config") -> "SortRequest":
+        order = (self.order or "coordinate").lower()
+        if order not in ORDERS:
+            raise ConfigError(f"sort order must be one of {', '.join(ORDERS)}, got {self.order!r}", key="order")
+        for k in ("group_chunks", "run_block", "merge_memory", "prefetch", "threads"):
+            v = getattr(self, k)
+            if v is not None and (v < 0 or (v == 0 and k != "threads")):
+                raise ConfigError(f"{k} must be positive, got {v}", key=k)
+        if self.compression is not None:
+            try:
+                CompressionType.parse(self.compression)
+            except Exception:  # noqa: BLE001
+                raise ConfigError(f"unknown compression {self.compression!r} (zstd, gzip, none)",
+                                  key="compression") from None
+        return replace(self, dataset=_location(self.dataset), order=order,
+                       group_chunks=self.group_chunks or DEFAULT_GROUP_CHUNKS,
+                       merge_memory=self.merge_memory or DEFAULT_MERGE_MEMORY,
+                       prefetch=self.prefetch or DEFAULT_PREFETCH,
+                       capacity=self.capacity or config.ptf.default_capacity)
+
+    def plan(self, runtime: "Runtime", request_id: str) -> "SortJob":
+        return SortJob(self, request_id, runtime)
+
+
+@dataclass
+class SortSummary(Summary):
+    name: str = ""
+    location: str = ""
+    order: str = ""
+    records: int = 0
+    chunks: int = 0
+    runs: int = 0
+    run_block: int = 0
+    columns: tuple[str, ...] = ()
+
+
+class SortWork(Work):
+    __slots__ = ("first", "values", "files")
+
+    def __init__(self, desc: FeedDescriptor, first: int, values: dict[str, RaggedArray]) -> None:
+        super().__init__(desc)
+        self.first = first
+        self.values = values
+        self.files: dict[str, bytes] = {}
+        self.n = len(next(iter(values.values()))) if values else 0
+
+
+# -- run blocks: keys then every column, each part length-prefixed -----------------------------
+def _pack_block(keys: Any, files: list[bytes]) -> bytes:
+    if isinstance(keys, tuple):
+        kparts = [keys[0].tobytes(), keys[1].tobytes()]
+    else:
+        kparts = [keys.tobytes()]
+    parts = kparts + files
+    out = [struct.pack("<II", len(kparts), len(parts))]
+    out += [struct.pack("<Q", len(p)) for p in parts]
+    return b"".join(out + parts)
+
+
+def _unpack_block(buf: bytes) -> tuple[Any, list[memoryview]]:
+    nk, n = struct.unpack_from("<II", buf, 0)
+    lens = struct.unpack_from(f"<{n}Q", buf, 8)
+    at = 8 + 8 * n
+    mv = memoryview(buf)
+    parts = []
+    for ln in lens:
+        parts.append(mv[at:at + ln])
+        at += ln
+    if nk == 2:
+        keys: Any = (np.frombuffer(parts[0], dtype=np.uint64), np.frombuffer(parts[1], dtype=np.uint8))
+    else:
+        keys = np.frombuffer(parts[0], dtype=np.uint64)
+    return keys, parts[nk:]
+
+
+class SortJob(Job):
+    kind: ClassVar[str] = "sort"
+    streaming: ClassVar[bool] = True
+    stages = (StagePlan("encode", 2), StagePlan("write", 1))
+    request: SortRequest
+
+    def __init__(self, request: SortRequest, request_id: str, runtime: "Runtime") -> None:
+        super().__init__(request, request_id, runtime)
+        r = request
+        self.ds = Dataset.open(r.dataset, r.input_name)
+        out_loc = r.output or self.ds.store.url
+        self.store: Store = runtime.store(out_loc) if "://" in out_loc else open_store(out_loc)
+        same = self.store.url == self.ds.store.url
+        self.name = r.name or (f"{self.ds.name}_sorted" if same else self.ds.name)
+        if same and self.name == self.ds.name:
+            raise DatasetError(f"sorting {self.ds.name!r} into itself: choose another name or location",
+                               store=self.store.url)
+        self.order = r.order
+        self.columns = sorted(self.ds.columns, key=column_sort_key)
+        if self.order == "coordinate" and RESULTS not in self.columns:
+            raise DatasetError(f"dataset {self.ds.name!r} is not aligned (no 'results' column): "
+                               "a coordinate sort needs alignments; align it first or sort by queryname",
+                               store=self.ds.store.url)
+        if self.order == "queryname" and "metadata" not in self.columns:
+            raise DatasetError(f"dataset {self.ds.name!r} has no 'metadata' (read names) column to sort by",
+                               store=self.ds.store.url)
+        self.threads = max(1, runtime.threads if not r.threads else r.threads)
+        self.chunk_size = max((c.num_records for c in self.ds.chunks), default=0)
+        nchunks = len(self.ds.chunks)
+        g = int(r.group_chunks or DEFAULT_GROUP_CHUNKS)
+        self.groups = [(s, min(nchunks, s + g)) for s in range(0, nchunks, g)]
+        self.compression = CompressionType.parse(r.compression) if r.compression else self.ds.compression
+        self.level = r.level
+        if self.level is None:
+            cfg = runtime.config.agd
+            self.level = {CompressionType.ZSTD: cfg.zstd_level, CompressionType.GZIP: cfg.gzip_level}.get(
+                self.compression)
+        self.record_types: dict[str, RecordType] = {}
+        self.run_block = int(r.run_block or 0)
+        self.run_keys: list[list[str]] = [[] for _ in self.groups]
+        self.txn: Transaction | None = None
+        self.window = threading.BoundedSemaphore(self.threads + 2)
+        self._keys_lock = threading.Lock()
+
+    # -- planning ----------------------------------------------------------------------------
+    def begin(self) -> None:
+        self.txn = Transaction(self.store, self.name, app="sort", new=True, overwrite=self.request.overwrite,
+                               attempt=self.attempt, request_id=self.request_id)
+        self.txn.begin()
+        if self.ds.chunks:
+            for c in self.columns:
+                self.record_types[c] = self.ds.read_header(0, c).record_type
+            if not self.run_block:
+                self.run_block = self._choose_run_block()
+
+    def _choose_run_block(self) -> int:
+        """Records per run block so that every run's buffered blocks fit ``merge_memory``."""
+        ref = self.ds.chunks[0]
+        size = 0
+        for c in self.columns:
+            h = self.ds.read_header(0, c)
+            size += 4 * h.num_records
+            with contextlib.suppress(Exception):
+                size += len(self.ds.read_file(0, c)) * (4 if h.compression is not CompressionType.UNCOMPRESSED else 1)
+        per_record = max(16, size // max(1, ref.num_records))
+        k = max(1, len(self.groups))
+        budget = int(self.request.merge_memory or DEFAULT_MERGE_MEMORY)
+        b = budget // (k * ((self.request.prefetch or DEFAULT_PREFETCH) + 1) * per_record)
+        return int(min(MAX_RUN_BLOCK, max(MIN_RUN_BLOCK, b)))
+
+    def descriptor(self, index: int) -> FeedDescriptor:
+        return FeedDescriptor(self.request_id, self.store.url, self.name, index, tuple(self.columns))
+
+    def run_key(self, run: int, block: int) -> str:
+        return f"{self.name}.sortrun~{self.attempt}.{run}.{block}"
+
+    # -- phase 1 -----------------------------------------------------------------------------
+    def _keys(self, raw: dict[str, RaggedArray], first_chunk: int, stop_chunk: int) -> Any:
+        flags = None
+        if RESULTS in raw:
+            res = decode_column(RESULTS, raw[RESULTS])
+            f = res.fields
+            flags = np.ascontiguousarray(f["flag"])
+            if self.order == "coordinate":
+                return sort_kernel.coordinate_keys(flags, np.ascontiguousarray(f["ref_index"]),
+                                                   np.ascontiguousarray(f["position"]))
+        meta = raw["metadata"]
+        if flags is None:  # unaligned: interleaved pairs are read 1, read 2 (export's 77/141)
+            n = len(meta)
+            flags = np.zeros(n, dtype=np.uint32)
+            if self.ds.paired:
+                firsts = np.concatenate([np.arange(self.ds.chunks[i].num_records) % 2
+                                         for i in range(first_chunk, stop_chunk)])
+                flags[:] = np.where(firsts == 0, 0x41, 0x81)
+        return sort_kernel.name_keys(meta.offsets, meta.data, flags)
+
+    def _phase1_group(self, run: int) -> int:
+        """Read, sort and write one group as run ``run``; returns its record count."""
+        start, stop = self.groups[run]
+        raw: dict[str, RaggedArray] = {}
+        for c in self.columns:
+            parts = [self.ds.read_raw(i, c)[1] for i in range(start, stop)]
+            raw[c] = parts[0] if len(parts) == 1 else RaggedArray.concat(parts)
+        keys = self._keys(raw, start, stop)
+        if isinstance(keys, tuple):
+            perm = sort_kernel.argsort_bytes(keys[0], keys[1])
+            koff, kdata = sort_kernel.ragged_take(keys[0], keys[1], perm)
+            keys = (koff, kdata)
+        else:
+            perm = np.argsort(keys, kind="stable")
+            keys = keys[perm]
+        cols = {}
+        for c in self.columns:
+            o, d = sort_kernel.ragged_take(raw[c].offsets, raw[c].data, perm)
+            cols[c] = RaggedArray(o, d, validate=False)
+            raw[c] = None  # type: ignore[assignment]
+        n = len(perm)
+        b = self.run_block
+        for bi, s in enumerate(range(0, n, b)):
+            e = min(n, s + b)
+            if isinstance(keys, tuple):
+                ko = keys[0][s:e + 1] - keys[0][s]
+                kblock: Any = (np.ascontiguousarray(ko), keys[1][int(keys[0][s]):int(keys[0][e])])
+            else:
+                kblock = keys[s:e]
+            files = [encode_chunk(cols[c].slice(s, e), record_type=self.record_types[c], first_ordinal=0,
+                                  name=self.name, compression=CompressionType.ZSTD, level=RUN_LEVEL)
+                     for c in self.columns]
+            key = self.run_key(run, bi)
+            with self._keys_lock:
+                self.run_keys[run].append(key)
+            self.store.put(key, _pack_block(kblock, files))
+        return n
+
+    def phase1(self) -> None:
+        if not self.groups:
+            return
+        with ThreadPoolExecutor(self.threads, thread_name_prefix=f"sort1-{self.request_id[:6]}") as pool:
+            pending: collections.deque[Future[int]] = collections.deque()
+            for run in range(len(self.groups)):
+                if self.cancelled():
+                    break
+                pending.append(pool.submit(self._phase1_group, run))
+                while len(pending) >= self.threads:
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+
+    # -- phase 2 -----------------------------------------------------------------------------
+    def _read_block(self, key: str) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]]]:
+        keys, parts = _unpack_block(self.store.get(key))
+        cols = []
+        for p in parts:
+            _, rec = decode_chunk(p, key)
+            cols.append((rec.offsets, rec.data))
+        return keys, cols
+
+    def produce(self, put: Any) -> None:
+        self.phase1()
+        if self.cancelled() or not self.groups:
+            return
+        k = len(self.groups)
+        byte_keys = self.order == "queryname"
+        merger = sort_kernel.Merger(k, byte_keys)
+        depth = int(self.request.prefetch or DEFAULT_PREFETCH)
+        io = ThreadPoolExecutor(min(k, max(2, self.threads)), thread_name_prefix=f"sort2-{self.request_id[:6]}")
+        queues: list[collections.deque[Future[Any]]] = [collections.deque() for _ in range(k)]
+        nexts = [0] * k
+
+        def refill(run: int) -> None:
+            q = queues[run]
+            keys = self.run_keys[run]
+            while len(q) < depth and nexts[run] < len(keys):
+                q.append(io.submit(self._read_block, keys[nexts[run]]))
+                nexts[run] += 1
+
+        def next_block(run: int) -> Any:
+            q = queues[run]
+            if not q:
+                return None
+            blk = q.popleft().result()
+            refill(run)
+            return blk
+
+        try:
+            for r in range(k):
+                refill(r)
+            current: list[Any] = [None] * k
+            for r in range(k):
+                current[r] = next_block(r)
+                if current[r] is None:
+                    merger.finish(r)
+                else:
+                    merger.set_block(r, current[r][0])
+            size = self.chunk_size
+            out_run = np.empty(size, dtype=np.int32)
+            out_idx = np.empty(size, dtype=np.int64)
+            index = 0
+            first = 0
+            while merger.active:
+                # sources of this chunk: the runs' current blocks, then each refill's block
+                sources: list[Any] = list(current)
+                cur_src = np.arange(k, dtype=np.int32)
+                src = np.empty(size, dtype=np.int32)
+                n = 0
+                while n < size and merger.active:
+                    n2, need = merger.merge(out_run, out_idx, n, size)
+                    src[n:n2] = cur_src[out_run[n:n2]]
+                    n = n2
+                    if need >= 0:
+                        blk = next_block(need)
+                        current[need] = blk
+                        if blk is None:
+                            merger.finish(need)
+                        else:
+                            cur_src[need] = len(sources)
+                            sources.append(blk)
+                            merger.set_block(need, blk[0])
+                if n == 0:
+                    break
+                values = {}
+                s_arr = src[:n]
+                i_arr = out_idx[:n].copy()
+                for ci, c in enumerate(self.columns):
+                    o, d = sort_kernel.ragged_gather([None if s is None else s[1][ci] for s in sources], s_arr, i_arr)
+                    values[c] = RaggedArray(o, d, validate=False)
+                del sources
+                w = SortWork(self.descriptor(index), first, values)
+                while not self.window.acquire(timeout=0.5):
+                    if self.cancelled():
+                        return
+                put(w)
+                index += 1
+                first += n
+        finally:
+            for q in queues:
+                for f in q:
+                    f.cancel()
+            io.shutdown(wait=True)
+
+    def cancelled(self) -> bool:
+        h = self.runtime.handle_of(self.request_id)
+        return h is not None and (h.cancelled or (h._batch is not None and h._batch.done()))
+
+    # -- stages ------------------------------------------------------------------------------
+    def stage_encode(self, w: SortWork) -> SortWork:  # type: ignore[override]
+        for c in self.columns:
+            w.files[c] = encode_chunk(w.values[c], record_type=self.record_types[c], first_ordinal=w.first,
+                                      name=self.name, compression=self.compression, level=self.level)
+        w.values = {}
+        return w
+
+    def stage_write(self, w: SortWork) -> SortWork:  # type: ignore[override]
+        assert self.txn is not None
+        try:
+            self.txn.write_encoded(w.first, w.n, w.files)
+            w.out = w.n
+            w.files = {}
+            self.advance(w.n)
+        finally:
+            self.window.release()
+        return w
+
+    # -- end ---------------------------------------------------------------------------------
+    def remove_runs(self) -> None:
+        for keys in self.run_keys:
+            for key in keys:
+                with contextlib.suppress(StoreKeyError, FileNotFoundError):
+                    self.store.delete(key)
+        self.run_keys = [[] for _ in self.groups]
+
+    def commit(self, outputs: list[Any]) -> SortSummary:
+        assert self.txn is not None
+        self.remove_runs()
+        m = self.ds.manifest
+        records = sum(o for o in outputs if o)
+        if records != m.num_records:
+            raise DatasetError(f"sort wrote {records} records but {self.ds.name!r} holds {m.num_records}",
+                               store=self.store.url)
+        entry = self.provenance(inputs=[{"dataset": self.ds.store.url, "name": self.ds.name,
+                                         "generation": m.generation, "records": m.num_records}],
+                                order=self.order)
+        paired = m.paired if self.order == "queryname" else (False if m.paired else m.paired)
+        manifest = self.txn.commit(self.columns, sort=self.order, reference=m.reference,
+                                   reference_contigs=list(m.reference_contigs), paired=paired,
+                                   extra=dict(m.extra), provenance=[*m.provenance, entry])
+        return SortSummary(**self.summary_base(), name=self.name, location=self.store.url, order=self.order,
+                           records=manifest.num_records, chunks=len(manifest.records), runs=len(self.groups),
+                           run_block=self.run_block, columns=tuple(manifest.columns))
+
+    def abort(self, error: BaseException | None) -> None:
+        try:
+            self.remove_runs()
+        finally:
+            if self.txn is not None and self.txn.state in ("open", "new"):
+                self.txn.abort()
+
+
+def sort_dataset(request: SortRequest, *, runtime: "Runtime | None" = None, progress: Any = None,
+                 threads: int = 0) -> SortSummary:
+    from persona.runtime import run_request
+
+    s = run_request(request, threads=threads, runtime=runtime, progress=progress)
+    assert isinstance(s, SortSummary)
+    return s
