@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,129 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed; run deploy/test.sh (or deploy/setup.sh with its --apt list)")
     return path
+
+
+# --- a throwaway Ceph cluster (mon + OSD with cephx, radosgw for S3), started by deploy/ceph.sh ---
+REQUIRE_CEPH = os.environ.get("PERSONA_REQUIRE_CEPH", "") not in ("", "0")
+CEPH_BINARIES = ("ceph-mon", "ceph-osd", "ceph", "ceph-authtool", "monmaptool", "radosgw", "radosgw-admin")
+
+
+class CephCluster:
+    """A running cluster: paths and the URLs Persona's stores use to reach it."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root
+        self.conf = root / "ceph.conf"
+        self.admin_keyring = root / "keyring"
+        self.keyring = root / "client.persona.keyring"  # client.persona: rwx on pool "persona" only
+        self.pool = "persona"
+        env = {}
+        for line in (root / "s3.env").read_text().splitlines():
+            k, _, v = line.removeprefix("export ").partition("=")
+            env[k] = v
+        self.s3_env = env
+        self.s3_endpoint = env["PERSONA_S3_ENDPOINT"]
+
+    def ceph_url(self, namespace: str, *, pool: str | None = None, user: str = "persona",
+                 keyring: Path | None = None) -> str:
+        kr = keyring or (self.admin_keyring if user == "admin" else self.keyring)
+        return f"ceph://{pool or self.pool}/{namespace}?conf={self.conf}&id={user}&keyring={kr}"
+
+    def s3_url(self, bucket: str, prefix: str = "") -> str:
+        return f"s3://{bucket}{'/' + prefix if prefix else ''}?endpoint={self.s3_endpoint}"
+
+    def ceph(self, *args: str, timeout: float = 30) -> str:
+        """Run the ``ceph`` CLI as client.admin; returns its stdout."""
+        import subprocess
+
+        return subprocess.run(["ceph", "-c", str(self.conf), *args], check=True, capture_output=True,
+                               text=True, timeout=timeout).stdout
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p+1 both free on 127.0.0.1 (the mon's v2 and v1 ports)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p >= 65000:
+            continue
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no free port pair")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ceph_missing() -> str | None:
+    missing = [b for b in CEPH_BINARIES if shutil.which(b) is None]
+    try:
+        import rados  # noqa: F401
+    except ImportError:
+        missing.append("python3-rados (linked into the venv by deploy/setup.sh)")
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        missing.append("boto3 (pip install 'persona-genomics[s3]')")
+    if not missing:
+        return None
+    return ("needs a local Ceph cluster: missing " + ", ".join(missing) +
+            "; apt-get install ceph-mon ceph-osd ceph-common radosgw python3-rados (deploy/test.sh does)")
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> "Iterator[CephCluster]":
+    """A throwaway Ceph 16 cluster for the whole session (deploy/ceph.sh start ... stop).
+
+    ``PERSONA_TEST_CEPH_DIR`` names a cluster already started with deploy/ceph.sh, to reuse
+    (not stopped at the end). Skipped, with the reason, when the Debian packages are absent,
+    unless ``PERSONA_REQUIRE_CEPH=1`` (``.ci/run`` sets it): then it fails.
+    """
+    import subprocess
+
+    reason = _ceph_missing()
+    if reason is not None:
+        if REQUIRE_CEPH:
+            pytest.fail(f"PERSONA_REQUIRE_CEPH=1: {reason}", pytrace=False)
+        pytest.skip(reason)
+    script = REPO / "deploy" / "ceph.sh"
+    reuse = os.environ.get("PERSONA_TEST_CEPH_DIR")
+    if reuse:
+        root = Path(reuse)
+        subprocess.run(["bash", str(script), "status", str(root)], check=True, capture_output=True, timeout=30)
+        yield CephCluster(root)
+        return
+    root = tmp_path_factory.mktemp("ceph")
+    env = dict(os.environ, CEPH_PORT=str(_free_port_pair()), RGW_PORT=str(_free_port()))
+    try:
+        proc = subprocess.run(["bash", str(script), "start", str(root)], env=env, capture_output=True, text=True,
+                              timeout=300)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["bash", str(script), "stop", str(root)], capture_output=True, timeout=120)
+        pytest.fail("deploy/ceph.sh start took more than 300 s", pytrace=False)
+    if proc.returncode != 0:
+        subprocess.run(["bash", str(script), "stop", str(root)], capture_output=True, timeout=120)
+        pytest.fail(f"deploy/ceph.sh start failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    print(proc.stdout.strip())
+    try:
+        yield CephCluster(root)
+    finally:
+        from contextlib import suppress
+
+        with suppress(ImportError):
+            from persona.storage.ceph import shutdown_connections
+
+            shutdown_connections()
+        subprocess.run(["bash", str(script), "stop", str(root)], capture_output=True, timeout=120)
