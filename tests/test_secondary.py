@@ -21,7 +21,7 @@ import pytest
 from conftest import fastq_head, require_tool
 
 from persona.agd import Dataset
-from persona.agd.columns import decode_column, encode_column
+from persona.agd.columns import decode_column, encode_column, is_secondary_column
 from persona.agd.ragged import RaggedArray
 from persona.agd.records import (
     ABSENT_ROW,
@@ -60,11 +60,16 @@ def aligned(yeast, tmp_path_factory) -> dict[str, Path]:
     return {"tmp": tmp, "ds": tmp / "ds", "r1": r1, "r2": r2, "bam": bam}
 
 
+def secondary_columns(ds: Dataset) -> list[str]:
+    """secondary<N> columns: two asked for, more where a read has supplementary alignments too."""
+    return [c for c in ds.columns if is_secondary_column(c)]
+
+
 def present_rows(ds: Dataset) -> dict[str, int]:
     """Present rows of every secondary column, by kind."""
     counts = collections.Counter[str]()
     for i in range(len(ds.chunks)):
-        for c in ("secondary0", "secondary1"):
+        for c in secondary_columns(ds):
             al = ds.read_column(i, c)
             flags = al.fields["flag"][al.present]
             counts["secondary"] += int(((flags & FLAG_SECONDARY) != 0).sum())
@@ -74,12 +79,12 @@ def present_rows(ds: Dataset) -> dict[str, int]:
 
 def test_absent_rows_are_zero_length_records(aligned) -> None:
     ds = Dataset.open(aligned["ds"])
-    assert ds.columns[-3:] == ["results", "secondary0", "secondary1"]
+    assert "results" in ds.columns and secondary_columns(ds)[:2] == ["secondary0", "secondary1"]
     n_absent = n_present = 0
     for i in range(len(ds.chunks)):
         assert (ds.read_raw(i, "results")[1].lengths > 0).all()  # every read has a primary record
         prev_present = None
-        for c in ("secondary0", "secondary1"):
+        for c in secondary_columns(ds):
             _, raw = ds.read_raw(i, c)
             al = decode_column(c, raw)
             assert np.array_equal(al.present, raw.lengths > 0)
