@@ -433,24 +433,22 @@ def _references() -> Any:
     return reference._default_cache
 
 
-_shared: dict[int, Runtime] = {}
+_shared: Runtime | None = None
 _shared_lock = threading.Lock()
 
 
 def default_runtime(threads: int = 0) -> Runtime:
-    """The process's shared Runtime (created on first use; the library's convenience functions
-    run on it). ``threads`` > 0 other than the budget asks for a runtime of that many aligner
-    threads, shared by every caller asking for the same."""
+    """The process's one shared Runtime (the library's convenience functions run on it), created
+    on first use with ``threads`` aligner threads (0: the CPU budget). Its pool is the process's
+    pool: a later call asking for another size shares it rather than oversubscribing the cores
+    (make a :class:`Runtime` of your own for a different budget)."""
+    global _shared
     with _shared_lock:
-        rt = _shared.get(0)
-        if rt is None or rt.state == "stopped":
-            rt = _shared[0] = Runtime()
-        if threads <= 0 or threads == rt.threads:
-            return rt
-        rt = _shared.get(threads)
-        if rt is None or rt.state == "stopped":
-            rt = _shared[threads] = Runtime(threads=threads)
-        return rt
+        if _shared is None or _shared.state == "stopped":
+            _shared = Runtime(threads=threads or None)
+        elif threads and threads != _shared.threads:
+            log.debug("process runtime has %d threads; a request for %d shares them", _shared.threads, threads)
+        return _shared
 
 
 def run_request(request: Request, *, threads: int = 0, runtime: Runtime | None = None,
