@@ -327,6 +327,18 @@ def cmd_sort(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_markdup(args: argparse.Namespace) -> int:
+    from persona.apps.markdup import MarkdupRequest
+
+    dataset = _location(args.dataset, args)
+    req = MarkdupRequest(dataset=dataset, name=args.name, metrics=args.metrics, threads=args.threads or None)
+    s = _run(args, req, _num_records(dataset, args.name), "markdup", args.threads or None)
+    pct = s.metrics[0]["PERCENT_DUPLICATION"] if s.metrics else 0.0
+    _say(args, f"marked {s.duplicates} of {s.records} records as duplicates in {s.name} "
+               f"({100 * pct:.2f} % duplication) in {s.seconds:.2f} s")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from persona.apps.demo import run_demo
 
@@ -514,6 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--group-chunks", type=_positive, help="chunks sorted together into one run (default 4)")
     sp.add_argument("--merge-memory", type=_positive, help="bytes the merge may buffer (default 256 MiB)")
     sp.add_argument("--overwrite", action="store_true", help="replace a dataset of the same name")
+    threads(sp, "threads")
+
+    sp = add("markdup", cmd_markdup, "mark duplicate reads (Picard MarkDuplicates rules), flag 0x400 in results")
+    sp.add_argument("dataset", help="dataset location or manifest path")
+    sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
+    sp.add_argument("-M", "--metrics", help="write Picard-format duplication metrics to this file")
     threads(sp, "threads")
 
     sp = add("demo", cmd_demo,

@@ -1,0 +1,143 @@
+"""persona markdup against Picard MarkDuplicates: the same duplicate flags and metrics on a simulated
+set with injected PCR duplicates (exact copies, copies with errors, equal-score ties, fragments) and
+on the measles set."""
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, require_tool
+from persona.agd import Dataset
+from persona.apps.export_sam import export_sam
+from persona.apps.importer import ImportRequest
+from persona.apps.markdup import MarkdupRequest, MarkdupSummary, estimate_library_size, read_metrics
+from persona.apps.sort import SortRequest
+from persona.runtime import Runtime
+
+REF = FIXTURES / "measles" / "MH356245.1.fasta"
+
+
+def _read_fq(p: Path) -> list[list[str]]:
+    lines = p.read_text().splitlines()
+    return [lines[i:i + 4] for i in range(0, len(lines), 4)]
+
+
+def _write_fq(p: Path, recs: list[list[str]]) -> None:
+    p.write_text("".join("\n".join(r) + "\n" for r in recs))
+
+
+def _mutate(seq: str, rng: random.Random) -> str:
+    i = rng.randrange(20, len(seq) - 20)
+    return seq[:i] + {"A": "C", "C": "G", "G": "T", "T": "A"}.get(seq[i], "A") + seq[i + 1:]
+
+
+@pytest.fixture(scope="session")
+def simulated_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wgsim, mm2 = require_tool("wgsim"), require_tool("minimap2")
+    d = tmp_path_factory.mktemp("mdsim")
+    r1, r2 = d / "r1.fq", d / "r2.fq"
+    subprocess.run([wgsim, "-N", "2000", "-1", "120", "-2", "120", "-S", "11", "-e", "0.001", "-r", "0",
+                    str(REF), str(r1), str(r2)], check=True, capture_output=True)
+    rng = random.Random(5)
+    a, b = _read_fq(r1), _read_fq(r2)
+    qual = lambda n: "".join(chr(33 + rng.choice([2, 12, 20, 30, 37, 40])) for _ in range(n))  # noqa: E731
+    for r in a + b:
+        r[0] = r[0].split()[0][:-2] if r[0].endswith(("/1", "/2")) else r[0].split()[0]
+        r[3] = qual(len(r[1]))
+    extra_a, extra_b = [], []
+    for i in range(400):
+        j = rng.randrange(len(a))
+        x, y = [*a[j]], [*b[j]]
+        x[0] = y[0] = f"@dup{i}"
+        kind = i % 4
+        if kind == 1:  # copy with a sequencing error and other qualities
+            x[1], y[1] = _mutate(x[1], rng), _mutate(y[1], rng)
+            x[3], y[3] = qual(len(x[1])), qual(len(y[1]))
+        elif kind == 2:  # exact copy: equal scores, the first in file order wins
+            pass
+        elif kind == 3:  # a fragment: the mate is random, unmapped
+            y[1] = "".join(rng.choice("ACGT") for _ in range(len(y[1])))
+        else:
+            x[3] = qual(len(x[1]))
+        extra_a.append(x)
+        extra_b.append(y)
+    _write_fq(r1, a + extra_a)
+    _write_fq(r2, b + extra_b)
+    sam = d / "aln.sam"
+    with sam.open("w") as out:
+        subprocess.run([mm2, "-ax", "sr", "--secondary=no", str(REF), str(r1), str(r2)], check=True, stdout=out,
+                       stderr=subprocess.DEVNULL)
+    return sam
+
+
+def _compare_with_picard(sam: Path, work: Path, chunk_size: int) -> tuple[MarkdupSummary, int, int]:
+    picard = require_tool("PicardCommandLine")
+    require_tool("samtools")
+    loc = work / "agd"
+    with Runtime(threads=2) as rt:
+        rt.run(ImportRequest(inputs=(str(sam),), output=str(loc), name="ds", chunk_size=chunk_size))
+        rt.run(SortRequest(dataset=str(loc), input_name="ds", group_chunks=2))
+        export_sam(loc, work / "sorted.bam", name="ds_sorted", secondary=False, runtime=rt)
+        s = rt.run(MarkdupRequest(dataset=str(loc), name="ds_sorted", metrics=str(work / "ours.txt")))
+        export_sam(loc, work / "ours.bam", name="ds_sorted", secondary=False, runtime=rt)
+    subprocess.run([picard, "MarkDuplicates", f"I={work / 'sorted.bam'}", f"O={work / 'picard.bam'}",
+                    f"M={work / 'picard.txt'}"], check=True, capture_output=True)
+
+    def flags(bam: Path) -> list[tuple[str, int]]:
+        out = subprocess.run(["samtools", "view", str(bam)], capture_output=True, text=True, check=True).stdout
+        return [(ln.split("\t")[0], int(ln.split("\t")[1])) for ln in out.splitlines()]
+
+    ours, theirs = flags(work / "ours.bam"), flags(work / "picard.bam")
+    assert [x[0] for x in ours] == [x[0] for x in theirs]
+    differ = sum((x[1] & 0x400) != (y[1] & 0x400) for x, y in zip(ours, theirs))
+    assert differ <= 0.001 * len(ours), f"{differ} of {len(ours)} records flagged differently"
+    m_ours, m_theirs = read_metrics(str(work / "ours.txt")), read_metrics(str(work / "picard.txt"))
+    assert m_ours == m_theirs
+    assert isinstance(s, MarkdupSummary)
+    return s, differ, sum(1 for x in theirs if x[1] & 0x400)
+
+
+def test_simulated_equals_picard(simulated_sam: Path, tmp_path: Path) -> None:
+    s, differ, picard_dups = _compare_with_picard(simulated_sam, tmp_path, 700)
+    assert differ == 0
+    assert s.duplicates == picard_dups > 300
+    ds = Dataset.open(tmp_path / "agd", "ds_sorted")
+    assert ds.manifest.provenance[-1]["app"] == "markdup"
+
+
+def test_measles_equals_picard(shared_data: Path, tmp_path: Path) -> None:
+    mm2 = require_tool("minimap2")
+    d = shared_data / "measles_SRR7517498"
+    sam = tmp_path / "m.sam"
+    with sam.open("w") as out:
+        subprocess.run([mm2, "-t", "2", "-ax", "sr", "--secondary=no", str(d / "MH356245.1.fasta"),
+                        str(d / "SRR7517498_R1.fastq.gz"), str(d / "SRR7517498_R2.fastq.gz")], check=True,
+                       stdout=out, stderr=subprocess.DEVNULL)
+    s, differ, picard_dups = _compare_with_picard(sam, tmp_path, 20000)
+    assert differ == 0 and s.duplicates == picard_dups > 1000
+
+
+def test_rerun_is_stable_and_cli(simulated_sam: Path, tmp_path: Path) -> None:
+    """A second run gives the same flags (old 0x400 flags are cleared first, as Picard does)."""
+    from persona.cli import main
+
+    loc = tmp_path / "agd"
+    with Runtime(threads=2) as rt:
+        rt.run(ImportRequest(inputs=(str(simulated_sam),), output=str(loc), name="ds", chunk_size=1000))
+        rt.run(SortRequest(dataset=str(loc), input_name="ds", output=str(tmp_path / "s")))
+        a = rt.run(MarkdupRequest(dataset=str(tmp_path / "s")))
+    assert main(["markdup", str(tmp_path / "s"), "-M", str(tmp_path / "m.txt"), "--quiet"]) == 0
+    ds = Dataset.open(tmp_path / "s")
+    n = sum(int(((ds.read_column(i, "results").fields["flag"] & 0x400) != 0).sum()) for i in range(len(ds.chunks)))
+    assert n == a.duplicates
+    assert read_metrics(str(tmp_path / "m.txt"))[0]["UNPAIRED_READ_DUPLICATES"] == \
+        str(a.metrics[0]["UNPAIRED_READ_DUPLICATES"])
+
+
+def test_library_size_estimate() -> None:
+    # values Picard reports (measles: 27975 pairs, 848 duplicate pairs)
+    assert estimate_library_size(27975, 27975 - 848) == 452066
+    assert estimate_library_size(10, 10) is None
