@@ -50,6 +50,20 @@ if [ ! -x .venv/bin/python ]; then
     .venv/bin/pip install -q --upgrade pip
 fi
 
+# --- Debian's python3-rados (ceph:// stores), when installed: link just its extension into the venv
+# (--system-site-packages would drag in Debian's old PyYAML, cryptography, ...). Built for Debian's
+# Python 3.11: linked only when the venv's Python has the same extension ABI.
+for rados_so in /usr/lib/python3/dist-packages/rados.cpython-*.so; do
+    [ -e "$rados_so" ] || continue
+    venv_site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+    venv_suffix=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+    if [ "$(basename "$rados_so")" = "rados$venv_suffix" ]; then
+        [ -e "$venv_site/$(basename "$rados_so")" ] || ln -sf "$rados_so" "$venv_site/"
+    else
+        echo "persona setup: $rados_so does not fit the venv's Python ($venv_suffix): no ceph:// stores" >&2
+    fi
+done
+
 # --- minimap2's C sources: into the cache once (checked by sha256), so builds need no network -------
 .venv/bin/python setup.py fetch-minimap2 >/dev/null
 

@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 # The reference tools the tests compare against or use (samtools, Picard, minimap2, ...), and the
 # test extras (pytest, hypothesis, protobuf, mappy).
 TEST_APT="samtools picard-tools minimap2 art-nextgen-simulation-tools bwa seqtk tabix"
+# a throwaway Ceph (mon, OSD, radosgw; deploy/ceph.sh) for the ceph:// and s3:// store tests
+TEST_APT="$TEST_APT ceph-mon ceph-osd ceph-common radosgw python3-rados"
 bash deploy/setup.sh --extras test,mappy --apt "$TEST_APT"
 set +e
 .venv/bin/python -m pytest "$@"
