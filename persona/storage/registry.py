@@ -112,6 +112,7 @@ def open_store(location: str | os.PathLike[str] | Store, **options: Any) -> Stor
 register_store("file", "persona.storage.file:FileStore")
 register_store("memory", "persona.storage.memory:MemoryStore")
 register_store(
-    "ceph", "persona.storage.ceph:CephStore", "apt-get install python3-rados (and link it into the venv)"
+    "ceph", "persona.storage.ceph:CephStore",
+    "apt-get install python3-rados, then bash deploy/setup.sh (links Debian's rados module into the venv)",
 )
 register_store("s3", "persona.storage.s3:S3Store", "pip install 'persona[s3]'")

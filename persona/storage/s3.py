@@ -1,4 +1,4 @@
-"""S3Store: keys as objects under a prefix of an S3 bucket, through boto3 (``pip install 'persona[s3]'``).
+"""S3Store: keys as objects under a prefix of an S3 bucket, through boto3 (``pip install 'persona-genomics[s3]'``).
 
 URL::
 
