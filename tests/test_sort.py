@@ -188,3 +188,16 @@ def test_sort_cli(dataset: Path, tmp_path: Path) -> None:
                  "--quiet"]) == 0
     ds = Dataset.open(tmp_path / "out")
     assert ds.name == "ds" and ds.manifest.sort == "queryname" and ds.num_records == 6120
+
+
+def test_one_group_equals_many_runs(dataset: Path) -> None:
+    """A dataset of one group is sorted in memory without runs: the same output as a multi-run merge."""
+    with Runtime(threads=2) as rt:
+        a = rt.run(SortRequest(dataset=str(dataset), input_name="ds", name="one", group_chunks=100))
+        b = rt.run(SortRequest(dataset=str(dataset), input_name="ds", name="many", group_chunks=2, run_block=50))
+    assert a.runs == 1 and b.runs == 7
+    one, many = Dataset.open(dataset, "one"), Dataset.open(dataset, "many")
+    assert [c.num_records for c in one.chunks] == [c.num_records for c in many.chunks]
+    for i, _ in enumerate(one.chunks):
+        for c in one.columns:
+            assert one.read_column(i, c) == many.read_column(i, c)

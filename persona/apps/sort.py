@@ -8,7 +8,9 @@ in Cython (:mod:`persona._native.sort`), the group is argsorted (stable) and eac
 column permuted with a ragged gather (GIL released). The sorted group is one
 *run*, written to the output store in blocks of ``run_block`` records under
 attempt-unique keys ``<name>.sortrun~<attempt>.<run>.<block>`` (one object per
-block: keys, then every column as an AGD chunk, zstd level 1).
+block: keys, then every column as an AGD chunk; uncompressed on ``file://`` stores, zstd
+level 1 on others). A dataset of one group needs no runs: it is sorted in memory and
+streamed to the output directly.
 
 **Phase 2** (a streaming job: the output's arity is known only at the end): one
 k-way merge over the runs (:class:`persona._native.sort.Merger`, a binary heap,
@@ -226,6 +228,9 @@ class SortJob(Job):
         self.record_types: dict[str, RecordType] = {}
         self.run_block = int(r.run_block or 0)
         self.run_keys: list[list[str]] = [[] for _ in self.groups]
+        #: runs on a local disk are not compressed (cheaper than zstd there); elsewhere zstd level 1
+        self.run_compression = CompressionType.UNCOMPRESSED if self.store.url.startswith("file:") \
+            else CompressionType.ZSTD
         self.txn: Transaction | None = None
         self.window = threading.BoundedSemaphore(self.threads + 2)
         self._keys_lock = threading.Lock()
@@ -282,8 +287,8 @@ class SortJob(Job):
                 flags[:] = np.where(firsts == 0, 0x41, 0x81)
         return sort_kernel.name_keys(meta.offsets, meta.data, flags)
 
-    def _phase1_group(self, run: int) -> int:
-        """Read, sort and write one group as run ``run``; returns its record count."""
+    def _sorted_group(self, run: int) -> tuple[Any, dict[str, RaggedArray], int]:
+        """Read and sort one group: its sorted keys, columns and record count."""
         start, stop = self.groups[run]
         raw: dict[str, RaggedArray] = {}
         for c in self.columns:
@@ -302,7 +307,11 @@ class SortJob(Job):
             o, d = sort_kernel.ragged_take(raw[c].offsets, raw[c].data, perm)
             cols[c] = RaggedArray(o, d, validate=False)
             raw[c] = None  # type: ignore[assignment]
-        n = len(perm)
+        return keys, cols, len(perm)
+
+    def _phase1_group(self, run: int) -> int:
+        """Read, sort and write one group as run ``run``; returns its record count."""
+        keys, cols, n = self._sorted_group(run)
         b = self.run_block
         for bi, s in enumerate(range(0, n, b)):
             e = min(n, s + b)
@@ -312,7 +321,7 @@ class SortJob(Job):
             else:
                 kblock = keys[s:e]
             files = [encode_chunk(cols[c].slice(s, e), record_type=self.record_types[c], first_ordinal=0,
-                                  name=self.name, compression=CompressionType.ZSTD, level=RUN_LEVEL)
+                                  name=self.name, compression=self.run_compression, level=RUN_LEVEL)
                      for c in self.columns]
             key = self.run_key(run, bi)
             with self._keys_lock:
@@ -343,7 +352,22 @@ class SortJob(Job):
             cols.append((rec.offsets, rec.data))
         return keys, cols
 
+    def _put(self, put: Any, w: SortWork) -> bool:
+        while not self.window.acquire(timeout=0.5):
+            if self.cancelled():
+                return False
+        put(w)
+        return True
+
     def produce(self, put: Any) -> None:
+        if len(self.groups) == 1:
+            # one run: no intermediate files, the sorted group goes straight to the output
+            _, cols, n = self._sorted_group(0)
+            for index, s in enumerate(range(0, n, self.chunk_size)):
+                e = min(n, s + self.chunk_size)
+                if not self._put(put, SortWork(self.descriptor(index), s, {c: v.slice(s, e) for c, v in cols.items()})):
+                    return
+            return
         self.phase1()
         if self.cancelled() or not self.groups:
             return
@@ -413,11 +437,8 @@ class SortJob(Job):
                     o, d = sort_kernel.ragged_gather([None if s is None else s[1][ci] for s in sources], s_arr, i_arr)
                     values[c] = RaggedArray(o, d, validate=False)
                 del sources
-                w = SortWork(self.descriptor(index), first, values)
-                while not self.window.acquire(timeout=0.5):
-                    if self.cancelled():
-                        return
-                put(w)
+                if not self._put(put, SortWork(self.descriptor(index), first, values)):
+                    return
                 index += 1
                 first += n
         finally:
