@@ -231,6 +231,10 @@ class SortJob(Job):
         #: runs on a local disk are not compressed (cheaper than zstd there); elsewhere zstd level 1
         self.run_compression = CompressionType.UNCOMPRESSED if self.store.url.startswith("file:") \
             else CompressionType.ZSTD
+        self.key_columns = [RESULTS] if RESULTS in self.columns else []
+        if self.order == "queryname":
+            self.key_columns.append("metadata")
+        self._pool: ThreadPoolExecutor | None = None
         self.txn: Transaction | None = None
         self.window = threading.BoundedSemaphore(self.threads + 2)
         self._keys_lock = threading.Lock()
@@ -261,6 +265,18 @@ class SortJob(Job):
         b = budget // (k * ((self.request.prefetch or DEFAULT_PREFETCH) + 1) * per_record)
         return int(min(MAX_RUN_BLOCK, max(MIN_RUN_BLOCK, b)))
 
+    @property
+    def column_pool(self) -> ThreadPoolExecutor:
+        """Per-column work of a group or an output chunk (reads, gathers), ``threads`` wide."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"sortc-{self.request_id[:6]}")
+        return self._pool
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     def descriptor(self, index: int) -> FeedDescriptor:
         return FeedDescriptor(self.request_id, self.store.url, self.name, index, tuple(self.columns))
 
@@ -290,11 +306,15 @@ class SortJob(Job):
     def _sorted_group(self, run: int) -> tuple[Any, dict[str, RaggedArray], int]:
         """Read and sort one group: its sorted keys, columns and record count."""
         start, stop = self.groups[run]
-        raw: dict[str, RaggedArray] = {}
-        for c in self.columns:
+        pool = self.column_pool
+
+        def load(c: str) -> RaggedArray:
             parts = [self.ds.read_raw(i, c)[1] for i in range(start, stop)]
-            raw[c] = parts[0] if len(parts) == 1 else RaggedArray.concat(parts)
-        keys = self._keys(raw, start, stop)
+            return parts[0] if len(parts) == 1 else RaggedArray.concat(parts)
+
+        # Loads are submitted before the takes that wait on them (FIFO pool: no deadlock).
+        loads = {c: pool.submit(load, c) for c in sorted(self.columns, key=lambda c: c not in self.key_columns)}
+        keys = self._keys({c: loads[c].result() for c in self.key_columns}, start, stop)
         if isinstance(keys, tuple):
             perm = sort_kernel.argsort_bytes(keys[0], keys[1])
             koff, kdata = sort_kernel.ragged_take(keys[0], keys[1], perm)
@@ -302,11 +322,14 @@ class SortJob(Job):
         else:
             perm = np.argsort(keys, kind="stable")
             keys = keys[perm]
-        cols = {}
-        for c in self.columns:
-            o, d = sort_kernel.ragged_take(raw[c].offsets, raw[c].data, perm)
-            cols[c] = RaggedArray(o, d, validate=False)
-            raw[c] = None  # type: ignore[assignment]
+        def take(c: str) -> RaggedArray:
+            r = loads[c].result()
+            o, d = sort_kernel.ragged_take(r.offsets, r.data, perm)
+            return RaggedArray(o, d, validate=False)
+
+        takes = {c: pool.submit(take, c) for c in self.columns}
+        cols = {c: takes[c].result() for c in self.columns}
+        del loads
         return keys, cols, len(perm)
 
     def _phase1_group(self, run: int) -> int:
@@ -360,6 +383,12 @@ class SortJob(Job):
         return True
 
     def produce(self, put: Any) -> None:
+        try:
+            self._produce(put)
+        finally:
+            self._close_pool()
+
+    def _produce(self, put: Any) -> None:
         if len(self.groups) == 1:
             # one run: no intermediate files, the sorted group goes straight to the output
             _, cols, n = self._sorted_group(0)
@@ -430,12 +459,14 @@ class SortJob(Job):
                             merger.set_block(need, blk[0])
                 if n == 0:
                     break
-                values = {}
                 s_arr = src[:n]
                 i_arr = out_idx[:n].copy()
-                for ci, c in enumerate(self.columns):
-                    o, d = sort_kernel.ragged_gather([None if s is None else s[1][ci] for s in sources], s_arr, i_arr)
-                    values[c] = RaggedArray(o, d, validate=False)
+
+                def gather(ci: int, srcs: list[Any] = sources) -> RaggedArray:
+                    o, d = sort_kernel.ragged_gather([None if s is None else s[1][ci] for s in srcs], s_arr, i_arr)
+                    return RaggedArray(o, d, validate=False)
+
+                values = dict(zip(self.columns, self.column_pool.map(gather, range(len(self.columns)))))
                 del sources
                 if not self._put(put, SortWork(self.descriptor(index), first, values)):
                     return
