@@ -120,6 +120,8 @@ alive() { # running and not a zombie
   [ -r "/proc/$1/stat" ] && ! awk '{exit !($3 == "Z")}' "/proc/$1/stat" 2>/dev/null
 }
 
+conf_rgw_port() { sed -n 's/^rgw_frontends = beast endpoint=127.0.0.1:\([0-9]*\)$/\1/p' "$CONF"; }
+
 rgw_up() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$RGW_PORT/"; }
 
 start() {
@@ -146,6 +148,8 @@ start() {
     ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/keyring"
   fi
   mkdir -p "$DIR"/{run,log,crash}
+  # a restart keeps the object store and ports it was made with
+  [ "$NEW" = 1 ] || { RGW_PORT=$(conf_rgw_port); OBJECTSTORE=$(sed -n 's/^osd_objectstore = //p' "$CONF"); }
   ceph-mon -c "$CONF" -i a 2>>"$DIR/log/mon.a.stderr"
   wait_for 30 timeout 5 ceph -c "$CONF" mon stat
   if [ "$NEW" = 1 ]; then
@@ -197,8 +201,9 @@ start() {
 }
 
 stop() {
-  # rgw and OSD first (an OSD whose mon is gone lingers), then the mon. memstore has nothing to
-  # persist, so its OSD is SIGKILLed; others get SIGTERM (10 s, then KILL).
+  # rgw and OSD first (an OSD whose mon is gone lingers), then the mon. radosgw keeps no state of
+  # its own (every acknowledged write is in RADOS) and memstore has nothing to persist: both are
+  # SIGKILLed (radosgw's graceful shutdown takes ~10 s); the others get SIGTERM (10 s, then KILL).
   local sig=TERM n=0 group g f pid i
   grep -q '^osd_objectstore = memstore' "$CONF" 2>/dev/null && sig=KILL
   for group in "client.rgw osd" "mon"; do
@@ -208,7 +213,7 @@ stop() {
         [ -f "$f" ] || continue
         pid=$(cat "$f" 2>/dev/null || true)
         if [ -n "$pid" ] && alive "$pid"; then
-          if [ "$g" = osd ]; then kill -"$sig" "$pid"; else kill -TERM "$pid"; fi
+          case $g in osd) kill -"$sig" "$pid" ;; client.rgw) kill -KILL "$pid" ;; *) kill -TERM "$pid" ;; esac
           pids+=("$pid")
         fi
         rm -f "$f"
@@ -226,7 +231,7 @@ stop() {
 status() {
   timeout 10 ceph -c "$CONF" -s
   if grep -q '^\[client.rgw.a\]' "$CONF" 2>/dev/null; then
-    RGW_PORT=$(sed -n 's/^rgw_frontends = beast endpoint=127.0.0.1:\([0-9]*\)$/\1/p' "$CONF")
+    RGW_PORT=$(conf_rgw_port)
     if rgw_up; then echo "radosgw: up on 127.0.0.1:$RGW_PORT"; else echo "radosgw: down"; return 1; fi
   fi
 }
