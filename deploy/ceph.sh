@@ -32,6 +32,7 @@ case $cmd in start|stop|status|env|purge) ;; *) sed -n 2,30p "$0"; exit 2 ;; esa
 mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd)
 CONF=$DIR/ceph.conf
 PORT=${CEPH_PORT:-40200}
+RGW_PORT_SET=${RGW_PORT:-}
 RGW_PORT=${RGW_PORT:-40280}
 WITH_RGW=${WITH_RGW:-1}
 OBJECTSTORE=${OBJECTSTORE:-memstore}
@@ -129,7 +130,9 @@ start() {
   [ "$WITH_RGW" = 1 ] && need radosgw radosgw-admin curl
   local t0; t0=$(date +%s.%N)
   if [ -f "$CONF" ] && grep -q '^osd_objectstore = memstore' "$CONF"; then
-    # memstore keeps nothing across an OSD restart: make a fresh cluster
+    # memstore keeps nothing across an OSD restart: make a fresh cluster (on the same ports)
+    [ -n "${CEPH_PORT:-}" ] || PORT=$(sed -n 's/^mon_host = \[v2:127.0.0.1:\([0-9]*\),.*/\1/p' "$CONF")
+    [ -n "${RGW_PORT_SET:-}" ] || RGW_PORT=$(conf_rgw_port)
     stop >/dev/null
     rm -rf "${DIR:?}"/{run,log,crash,mon,osd,rgw,keyring,*.keyring,monmap,ceph.conf,s3.env}
   fi
