@@ -85,6 +85,16 @@ MAX_RUN_BLOCK = 65536
 RUN_LEVEL = 1
 
 
+def _sort_levels() -> dict[str, Any]:
+    from persona.apps.import_fastq import IMPORT_ZSTD_LEVELS
+
+    return {"qual": IMPORT_ZSTD_LEVELS["qual"]}
+
+
+#: zstd levels of the output columns where neither request nor config says (others: level 1)
+SORT_ZSTD_LEVELS: dict[str, Any] = _sort_levels()
+
+
 def _location(location: str | os.PathLike[str] | Store) -> str:
     return location.url if isinstance(location, Store) else os.fspath(location)
 
@@ -220,7 +230,7 @@ class SortJob(Job):
         g = int(r.group_chunks or DEFAULT_GROUP_CHUNKS)
         self.groups = [(s, min(nchunks, s + g)) for s in range(0, nchunks, g)]
         self.compression = CompressionType.parse(r.compression) if r.compression else self.ds.compression
-        self.level = r.level
+        self.level: Any = r.level
         if self.level is None:
             cfg = runtime.config.agd
             self.level = {CompressionType.ZSTD: cfg.zstd_level, CompressionType.GZIP: cfg.gzip_level}.get(
@@ -486,7 +496,7 @@ class SortJob(Job):
     def stage_encode(self, w: SortWork) -> SortWork:  # type: ignore[override]
         for c in self.columns:
             w.files[c] = encode_chunk(w.values[c], record_type=self.record_types[c], first_ordinal=w.first,
-                                      name=self.name, compression=self.compression, level=self.level)
+                                      name=self.name, compression=self.compression, level=self.level_of(c))
         w.values = {}
         return w
 
@@ -500,6 +510,14 @@ class SortJob(Job):
         finally:
             self.window.release()
         return w
+
+    def level_of(self, column: str) -> Any:
+        """The output level of ``column``: the request's or configured level, else for zstd
+        :data:`SORT_ZSTD_LEVELS` (level 1 but for qualities: as small as import's level 7 for 3-bit
+        bases, proto alignments and names, several times faster)."""
+        if self.level is not None or self.compression is not CompressionType.ZSTD:
+            return self.level
+        return SORT_ZSTD_LEVELS.get(column, 1)
 
     # -- end ---------------------------------------------------------------------------------
     def remove_runs(self) -> None:
