@@ -268,13 +268,17 @@ cdef inline bint _is_alnum(uint8_t c) noexcept nogil:
     return _is_alpha(c) or (48 <= c <= 57)
 
 
-cdef int _aux_walk(const uint8_t* a, int64_t n, int64_t* text_len) noexcept nogil:
-    """Check BAM aux bytes; ``text_len`` gets an upper bound of their SAM text (with tabs)."""
+cdef int _aux_walk(const uint8_t* a, int64_t n, int64_t* text_len, uint8_t* has_rg) noexcept nogil:
+    """Check BAM aux bytes; ``text_len`` gets an upper bound of their SAM text (with tabs),
+    ``has_rg`` whether they hold an ``RG`` field."""
     cdef int64_t i = 0, b = 0, sz, cnt, j
     cdef uint8_t t, sub
+    has_rg[0] = 0
     while i < n:
         if n - i < 4 or not _is_alpha(a[i]) or not _is_alnum(a[i + 1]):
             return E_TAGS
+        if a[i] == 82 and a[i + 1] == 71:
+            has_rg[0] = 1
         t = a[i + 2]
         i += 3
         if t == 90 or t == 72:  # Z H
@@ -381,12 +385,13 @@ cdef uint8_t* _aux_text(const uint8_t* a, int64_t n, uint8_t* p) noexcept nogil:
 
 
 cdef int _check_tags(Py_ssize_t n, const uint8_t* td, const uint64_t* to, uint64_t t_len,
-                     int64_t* text_len, Py_ssize_t* bad) noexcept nogil:
-    """Check every record's aux bytes; ``text_len[i]`` gets the SAM text bound of record i."""
+                     int64_t* text_len, uint8_t* has_rg, Py_ssize_t* bad) noexcept nogil:
+    """Check every record's aux bytes; ``text_len[i]`` gets the SAM text bound of record i,
+    ``has_rg[i]`` whether it has its own RG (then the read group's RG:Z is not added)."""
     cdef Py_ssize_t i
     for i in range(n):
         if to[i + 1] < to[i] or to[i + 1] > t_len or \
-                _aux_walk(td + to[i], <int64_t>(to[i + 1] - to[i]), &text_len[i]) != OK:
+                _aux_walk(td + to[i], <int64_t>(to[i + 1] - to[i]), &text_len[i], &has_rg[i]) != OK:
             bad[0] = i
             return E_TAGS
     return OK
@@ -395,9 +400,9 @@ cdef int _check_tags(Py_ssize_t n, const uint8_t* td, const uint64_t* to, uint64
 def aux_text(const uint8_t[::1] aux) -> bytes:
     """SAM text (``\\tXX:T:value`` per field) of one record's BAM aux bytes; ValueError if malformed."""
     cdef int64_t bound = 0
-    cdef uint8_t zero = 0
+    cdef uint8_t zero = 0, has_rg = 0
     cdef const uint8_t* a = &aux[0] if aux.shape[0] else &zero
-    if _aux_walk(a, aux.shape[0], &bound) != OK:
+    if _aux_walk(a, aux.shape[0], &bound, &has_rg) != OK:
         raise ValueError(_MESSAGES[E_TAGS])
     out = np.empty(bound + 1, np.uint8)
     cdef uint8_t[::1] v = out
@@ -421,7 +426,8 @@ def encode_bam(
     ``data[offsets[i]:offsets[i+1]]`` (including its ``block_size`` prefix).
     ``read_group`` (may be empty) is written as an ``RG:Z`` tag on every record;
     ``tag_data``/``tag_off`` (optional) hold each record's further optional
-    fields as BAM aux bytes, checked and appended after it.
+    fields as BAM aux bytes, checked and appended after it; a record whose
+    tags hold their own ``RG`` (an imported BAM's per-read group) gets no other.
     """
     cdef const AlnRec[::1] rows = rows_array
     cdef Py_ssize_t n = rows.shape[0]
@@ -461,12 +467,14 @@ def encode_bam(
     cdef uint64_t t_len = tag_data.shape[0] if has_tags else 0
     cdef int64_t[::1] text_len = np.empty(n if has_tags else 0, np.int64)
     cdef int64_t* tlp = &text_len[0] if has_tags and n else NULL
+    cdef uint8_t[::1] own_rg = np.zeros(n if has_tags else 0, np.uint8)
+    cdef uint8_t* orp = &own_rg[0] if has_tags and n else NULL
 
     with nogil:
         err = _measure(n, nd, &name_off[0], bd, &base_off[0], qd, &qual_off[0], rp, cd, &cig_off[0],
                        n_refs, &name_len[0], &n_cigar[0], &rlen[0], &bad)
         if err == OK and has_tags:
-            err = _check_tags(n, td, to, t_len, tlp, &bad)
+            err = _check_tags(n, td, to, t_len, tlp, orp, &bad)
         if err == OK:
             offsets[0] = 0
             for i in range(n):
@@ -475,6 +483,8 @@ def encode_bam(
                 total += 36 + l_name + 1 + 4 * n_cigar[i] + (seq_len + 1) // 2 + seq_len + tag_len
                 if has_tags:
                     total += <int64_t>(to[i + 1] - to[i])
+                    if orp[i]:  # the record's own RG replaces the read group's
+                        total -= tag_len
                 offsets[i + 1] = total
                 if n_cigar[i] > max_cigar:
                     max_cigar = n_cigar[i]
@@ -551,7 +561,7 @@ def encode_bam(
                 for j in range(seq_len):
                     p[j] = q[j] - 33
             p += seq_len
-            if rg_len > 0:
+            if rg_len > 0 and not (has_tags and orp[i]):
                 p[0] = 82  # 'R'
                 p[1] = 71  # 'G'
                 p[2] = 90  # 'Z'
@@ -653,6 +663,8 @@ def format_sam(
     cdef uint64_t t_len = tag_data.shape[0] if has_tags else 0
     cdef int64_t[::1] text_len = np.empty(n if has_tags else 0, np.int64)
     cdef int64_t* tlp = &text_len[0] if has_tags and n else NULL
+    cdef uint8_t[::1] own_rg = np.zeros(n if has_tags else 0, np.uint8)
+    cdef uint8_t* orp = &own_rg[0] if has_tags and n else NULL
 
     for i in range(n_refs):
         max_ref = max(max_ref, <int64_t>(ref_off[i + 1] - ref_off[i]))
@@ -661,7 +673,7 @@ def format_sam(
         err = _measure(n, nd, &name_off[0], bd, &base_off[0], qd, &qual_off[0], rp, cd, &cig_off[0],
                        n_refs, &name_len[0], &n_cigar[0], &rlen[0], &bad)
         if err == OK and has_tags:
-            err = _check_tags(n, td, to, t_len, tlp, &bad)
+            err = _check_tags(n, td, to, t_len, tlp, orp, &bad)
             for i in range(n):
                 total += tlp[i]
         if err == OK:
@@ -747,7 +759,7 @@ def format_sam(
                 for j in range(seq_len):
                     p[j] = q[seq_len - 1 - j] if rev else q[j]
                 p += seq_len
-            if rg_len > 0:
+            if rg_len > 0 and not (has_tags and orp[i]):
                 memcpy(p, b"\tRG:Z:", 6)
                 memcpy(p + 6, rg, rg_len)
                 p += 6 + rg_len

@@ -67,6 +67,7 @@ cdef extern from "minimap.h" nogil:
         int32_t b, w, k, flag
         uint32_t n_seq
         mm_idx_seq_t *seq
+        uint32_t *S
 
     ctypedef struct mm_extra_t:
         int32_t dp_score, dp_max, dp_max2, dp_max0
@@ -345,14 +346,20 @@ cdef inline void _put_char(Buf *b, uint8_t c) noexcept nogil:
     b.len += 1
 
 
-cdef int _put_md(Buf *b, const mm_reg1_t *r, const uint8_t *read, const uint8_t *t) noexcept nogil:
-    """``MD:Z``: ``t`` holds the reference's nt4 codes over [rs, re), ``read`` the read's text bases
+cdef inline uint8_t _ref4(const uint32_t *S, uint64_t i) noexcept nogil:
+    """Base ``i`` of the index's 4-bit packed sequence (minimap2's mm_seq4_get)."""
+    return (S[i >> 3] >> ((i & 7) << 2)) & 0xf
+
+
+cdef int _put_md(Buf *b, const mm_reg1_t *r, const uint8_t *read, const uint32_t *S, uint64_t t0) noexcept nogil:
+    """``MD:Z``: the reference is read from the index's packed sequence ``S`` (hit start at ``t0``),
+    ``read`` holds the read's text bases
     in sequencing orientation (reverse-complemented here for a reverse-strand hit). Like minimap2's
     MD (format.c) except that it always ends in a number, as the SAM specification's grammar asks."""
     cdef uint32_t k, c, op, ln, j
     cdef int64_t q_off = 0, t_off = 0
     cdef uint32_t l_md = 0
-    cdef uint8_t qc
+    cdef uint8_t qc, tc
     cdef const mm_extra_t *p = r.p
     if _reserve(b, 4 * <size_t>(r.re - r.rs) + 12 * <size_t>p.n_cigar + 24) < 0:
         return -1
@@ -368,9 +375,10 @@ cdef int _put_md(Buf *b, const mm_reg1_t *r, const uint8_t *read, const uint8_t 
                     qc = 4 if qc >= 4 else 3 - qc
                 else:
                     qc = NT4[read[r.qs + q_off + j]]
-                if qc != t[t_off + j]:
+                tc = _ref4(S, t0 + t_off + j)
+                if qc != tc:
                     _put_uint(b, l_md)
-                    _put_char(b, <uint8_t>NT4_CHARS[t[t_off + j] if t[t_off + j] < 4 else 4])
+                    _put_char(b, <uint8_t>NT4_CHARS[tc if tc < 4 else 4])
                     l_md = 0
                 else:
                     l_md += 1
@@ -382,7 +390,8 @@ cdef int _put_md(Buf *b, const mm_reg1_t *r, const uint8_t *read, const uint8_t 
             _put_uint(b, l_md)
             _put_char(b, 94)  # '^'
             for j in range(ln):
-                _put_char(b, <uint8_t>NT4_CHARS[t[t_off + j] if t[t_off + j] < 4 else 4])
+                tc = _ref4(S, t0 + t_off + j)
+                _put_char(b, <uint8_t>NT4_CHARS[tc if tc < 4 else 4])
             l_md = 0
             t_off += ln
         elif op == 3:  # N
@@ -606,8 +615,6 @@ cdef class Mapper:
     cdef size_t scratch_cap
     cdef char *qname         # NUL-terminated read name
     cdef size_t qname_cap
-    cdef uint8_t *tseq       # reference bases of one hit (nt4), for MD
-    cdef size_t tseq_cap
 
     def __cinit__(self, Index index) -> None:
         if index is None or index.idx == NULL:
@@ -619,8 +626,6 @@ cdef class Mapper:
         self.scratch_cap = 0
         self.qname = NULL
         self.qname_cap = 0
-        self.tseq = NULL
-        self.tseq_cap = 0
         if self.buf == NULL:
             raise MemoryError()
 
@@ -629,7 +634,6 @@ cdef class Mapper:
             mm_tbuf_destroy(self.buf)
         free(self.scratch)
         free(self.qname)
-        free(self.tseq)
 
     cdef int _grow(self, char **p, size_t *cap, size_t need) noexcept nogil:
         cdef size_t c
@@ -729,7 +733,6 @@ cdef class Mapper:
         on a mapped hit, MC and MQ on a primary record whose mate is mapped, rl on every record."""
         cdef const mm_idx_t *mi = self.index.idx
         cdef uint8_t typ
-        cdef size_t tl
         if r != NULL:
             if r.p != NULL:
                 if (_aux_int(b, b"NM", _nm(r)) < 0 or _aux_int(b, b"ms", r.p.dp_max0) < 0
@@ -748,12 +751,9 @@ cdef class Mapper:
                     return -1
                 if r.parent == r.id and _put_sa(b, r, regs, n_regs, qlen, mi) < 0:
                     return -1
-                tl = <size_t>(r.re - r.rs)
-                if self._grow(<char**>&self.tseq, &self.tseq_cap, tl + 1) < 0:
+                if r.re > <int32_t>mi.seq[r.rid].len:
                     return -1
-                if mm_idx_getseq(mi, <uint32_t>r.rid, <uint32_t>r.rs, <uint32_t>r.re, self.tseq) != <int>tl:
-                    return -1
-                if _put_md(b, r, read, self.tseq) < 0:
+                if _put_md(b, r, read, mi.S, mi.seq[r.rid].offset + <uint64_t>r.rs) < 0:
                     return -1
         if primary_record and mate != NULL and mate.p != NULL:
             if _reserve(b, 4) < 0:

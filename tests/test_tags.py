@@ -232,6 +232,14 @@ def test_bam_and_sam_carry_tags(tmp_path) -> None:
 
     text = format_records(names, bases, quals, al, contig_names([("c", 100)]), "g")
     assert text.splitlines()[0].endswith(b"\tRG:Z:g\tNM:i:1\tMD:Z:2A1")
+    # a record with its own RG (an imported BAM's per-read group) keeps it and gets no other
+    al.tags = RaggedArray.from_list([b"RGZown\x00NMC\x01", b""])
+    data, _ = encode_records(names, bases, quals, al, 1, "g")
+    p.write_bytes(bgzf.compress_blocks(hdr, 6) + bgzf.compress_blocks(bytes(data), 6) + bgzf.EOF_BLOCK)
+    with pysam.AlignmentFile(str(p)) as f:
+        assert [r.get_tags() for r in f] == [[("RG", "own"), ("NM", 1)], [("RG", "g")]]
+    text = format_records(names, bases, quals, al, contig_names([("c", 100)]), "g")
+    assert text.splitlines()[0].endswith(b"\tACGT\tIIII\tRG:Z:own\tNM:i:1")
     al.tags = RaggedArray.from_list([b"NMC", b""])
     with pytest.raises(ValueError, match="record 0: malformed optional tags"):
         encode_records(names, bases, quals, al, 1, "g")
