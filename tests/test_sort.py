@@ -201,3 +201,12 @@ def test_one_group_equals_many_runs(dataset: Path) -> None:
     for i, _ in enumerate(one.chunks):
         for c in one.columns:
             assert one.read_column(i, c) == many.read_column(i, c)
+
+
+def test_crashed_runs_removed_by_next_writer(dataset: Path) -> None:
+    """Runs are keyed like an attempt's chunk files: a dead sort's leftovers go with the next writer."""
+    leftover = dataset / "ds_sorted_0000000000~0123456789ab.sortrun"
+    leftover.write_bytes(b"run of a crashed sort")
+    _sort(dataset)
+    assert not leftover.exists()
+    assert Dataset.open(dataset, "ds_sorted").num_records == 6120

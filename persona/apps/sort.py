@@ -7,7 +7,7 @@ column-encoded: 3-bit bases, proto alignments, text), the sort keys are computed
 in Cython (:mod:`persona._native.sort`), the group is argsorted (stable) and each
 column permuted with a ragged gather (GIL released). The sorted group is one
 *run*, written to the output store in blocks of ``run_block`` records under
-attempt-unique keys ``<name>.sortrun~<attempt>.<run>.<block>`` (one object per
+attempt-unique keys ``<name>_<run><block:09>~<attempt>.sortrun`` (one object per
 block: keys, then every column as an AGD chunk; uncompressed on ``file://`` stores, zstd
 level 1 on others). A dataset of one group needs no runs: it is sorted in memory and
 streamed to the output directly.
@@ -291,7 +291,9 @@ class SortJob(Job):
         return FeedDescriptor(self.request_id, self.store.url, self.name, index, tuple(self.columns))
 
     def run_key(self, run: int, block: int) -> str:
-        return f"{self.name}.sortrun~{self.attempt}.{run}.{block}"
+        # Shaped like an attempt's chunk file (column "sortrun"): leftovers of a crashed sort are
+        # removed by the next writer of the dataset and by ``persona gc``, as any dead attempt's.
+        return f"{self.name}_{run}{block:09d}~{self.attempt}.sortrun"
 
     # -- phase 1 -----------------------------------------------------------------------------
     def _keys(self, raw: dict[str, RaggedArray], first_chunk: int, stop_chunk: int) -> Any:
