@@ -99,7 +99,7 @@ def test_url_round_trip_and_layout(ceph_cluster, ceph_url: str) -> None:
 
 
 @pytest.mark.parametrize("url", ["ceph://", "ceph:///ns", "ceph://pool/ns?bogus=1", "ceph://pool/ns?timeout=x"])
-def test_bad_urls(url: str) -> None:
+def test_bad_urls(ceph_cluster, url: str) -> None:
     with pytest.raises(StoreUsageError):
         open_store(url)
 
@@ -282,7 +282,7 @@ def test_wrong_key_is_refused(ceph_cluster, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_unreachable_cluster_times_out(tmp_path: Path) -> None:
+def test_unreachable_cluster_times_out(ceph_cluster, tmp_path: Path) -> None:
     from persona.storage.remote import StoreUnreachableError
 
     conf = tmp_path / "ceph.conf"
