@@ -141,3 +141,35 @@ def test_library_size_estimate() -> None:
     # values Picard reports (measles: 27975 pairs, 848 duplicate pairs)
     assert estimate_library_size(27975, 27975 - 848) == 452066
     assert estimate_library_size(10, 10) is None
+
+
+def test_secondary_columns_counted_not_flagged(simulated_sam: Path, tmp_path: Path) -> None:
+    """Present secondary<N> rows count as SECONDARY_OR_SUPPLEMENTARY_RDS and keep their flags, as Picard
+    leaves secondary/supplementary records of a coordinate-sorted input unflagged."""
+    import numpy as np
+
+    from persona.agd.records import Alignments
+
+    loc = tmp_path / "agd"
+    with Runtime(threads=2) as rt:
+        rt.run(ImportRequest(inputs=(str(simulated_sam),), output=str(loc), name="ds", chunk_size=1000))
+        rt.run(SortRequest(dataset=str(loc), input_name="ds", name="s"))
+        ds = Dataset.open(loc, "s")
+        present = 0
+        for i, _ in enumerate(ds.chunks):
+            res = ds.read_column(i, "results")
+            sec = Alignments.absent(len(res))
+            rows = np.arange(0, len(res), 7)
+            sec.fields[rows] = res.fields[rows]
+            sec.fields["flag"][rows] |= 0x100
+            sec.present[rows] = True
+            sec.cigars = res.cigars
+            present += len(rows)
+            ds.write_column_chunk(i, "secondary0", sec)
+        ds.commit_columns(["secondary0"])
+        before = [Dataset.open(loc, "s").read_column(i, "secondary0") for i in range(len(ds.chunks))]
+        s = rt.run(MarkdupRequest(dataset=str(loc), name="s"))
+    assert s.metrics[0]["SECONDARY_OR_SUPPLEMENTARY_RDS"] == present
+    after = Dataset.open(loc, "s")
+    assert [after.read_column(i, "secondary0") for i in range(len(after.chunks))] == before
+    assert s.duplicates > 300

@@ -33,7 +33,9 @@ Picard's rules, as implemented:
 * unmapped, secondary and supplementary records decide nothing; on coordinate-sorted
   input Picard does not flag secondary/supplementary records, so the ``secondary<N>``
   columns are left as they are;
-* metrics (``DuplicationMetrics``, one row per library) as Picard counts them, with
+* metrics (``DuplicationMetrics``, one row per library) as Picard counts them (the present
+  rows of ``secondary<N>`` columns count as SECONDARY_OR_SUPPLEMENTARY_RDS, as they do when
+  exported with the primaries), with
   ``ESTIMATED_LIBRARY_SIZE`` by its Lander-Waterman bisection;
 * read-name locations: Picard's default READ_NAME_REGEX parser (names of 5 or 7 ':'
   fields: tile, x, y; x and y as Java shorts) gives each end a location that orders ends
@@ -56,7 +58,7 @@ import numpy as np
 
 from persona._native import markdup as md_kernel
 from persona.agd import Dataset
-from persona.agd.columns import RESULTS, decode_column
+from persona.agd.columns import RESULTS, is_secondary_column
 from persona.agd.records import (
     FLAG_DUPLICATE,
     FLAG_MATE_UNMAPPED,
@@ -92,8 +94,6 @@ class MarkdupRequest(Request):
     dataset: str
     name: str | None = None
     metrics: str | None = None
-    #: mark even if the manifest does not say coordinate (the result does not depend on the order)
-    any_order: bool = True
     threads: int | None = None
     replicas: dict[str, int] = field(default_factory=dict)
     capacity: int | None = None
@@ -211,11 +211,19 @@ class MarkdupJob(Job):
         w.data = {c: self.ds.read_file(w.desc.chunk, c) for c in w.desc.columns}
         return w
 
+    @property
+    def secondary_columns(self) -> list[str]:
+        return [c for c in self.ds.columns if is_secondary_column(c)]
+
     def stage_ends(self, w: Work) -> Work:
         i = w.desc.chunk
         res = self.ds.decode_file(i, RESULTS, w.data[RESULTS])
         qual = self.ds.decode_file(i, "qual", w.data["qual"])
         meta = self.ds.decode_file(i, "metadata", w.data["metadata"])
+        secondary = 0
+        for c in self.secondary_columns:  # present rows: non-empty records (no decode needed)
+            _, raw = self.ds.read_raw(i, c)
+            secondary += int(np.count_nonzero(raw.lengths))
         w.data = None
         f = res.fields
         flag = np.ascontiguousarray(f["flag"])
@@ -223,7 +231,7 @@ class MarkdupJob(Job):
         coord, score, hashes, loc = md_kernel.read_ends(flag, pos, res.cigars.offsets, res.cigars.data,
                                                    qual.offsets, qual.data, meta.offsets, meta.data)
         w.out = {"flag": flag, "ref": np.ascontiguousarray(f["ref_index"]), "coord": coord, "score": score,
-                 "hash": hashes, "loc": loc}
+                 "hash": hashes, "loc": loc, "secondary": secondary}
         w.n = len(flag)
         self.advance(w.n)
         return w
@@ -250,7 +258,7 @@ class MarkdupJob(Job):
         paired_mm = mapped & ((flag & FLAG_PAIRED) != 0) & ((flag & FLAG_MATE_UNMAPPED) == 0)
         rev = ((flag & FLAG_REVERSE) != 0).astype(np.int64)
         m.UNMAPPED_READS = int(unmapped.sum())
-        m.SECONDARY_OR_SUPPLEMENTARY_RDS = int(secsup.sum()) + self.secondary_records()
+        m.SECONDARY_OR_SUPPLEMENTARY_RDS = int(secsup.sum()) + sum(int(o["secondary"]) for o in outputs)
         m.UNPAIRED_READS_EXAMINED = int((mapped & ~paired_mm).sum())
         pairs_examined = int(paired_mm.sum())
 
@@ -365,11 +373,6 @@ class MarkdupJob(Job):
         keep = np.zeros(len(newg), dtype=np.uint8)
         md_kernel.first_max_groups(starts, np.ascontiguousarray(score, dtype=np.int16), keep)
         return keep
-
-    def secondary_records(self) -> int:
-        """Present rows of the secondary<N> columns (Picard counts them in SECONDARY_OR_SUPPLEMENTARY_RDS
-        when they are in its input; ours are not exported as records of this count's input unless written)."""
-        return 0
 
     # -- pass 2 and commit ----------------------------------------------------------------
     def _rewrite(self, chunk: int, mask: np.ndarray) -> int:
