@@ -92,7 +92,7 @@ def test_store_passes_through() -> None:
     ("url", "hint"),
     [
         ("ceph://pool/namespace", "apt-get install python3-rados"),
-        ("s3://bucket/prefix", "pip install 'persona[s3]'"),
+        ("s3://bucket/prefix", "pip install 'persona-genomics[s3]'"),
     ],
 )
 def test_optional_backends_report_install_hint(url: str, hint: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,7 @@ def register_store(scheme: str, target: str | type[Store], install_hint: str | N
 
     ``target`` is the class or ``"package.module:ClassName"``, imported on the
     first :func:`open_store` of that scheme. ``install_hint`` is shown when the
-    import fails (e.g. ``"pip install 'persona[s3]'"``).
+    import fails (e.g. ``"pip install 'persona-genomics[s3]'"``).
     """
     if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
         raise StoreUsageError(f"bad store scheme {scheme!r}: lower-case letters, digits, '+', '.', '-'")
@@ -87,7 +87,7 @@ def open_store(location: str | os.PathLike[str] | Store, **options: Any) -> Stor
     * bare path or ``file://path`` -> :class:`~persona.storage.file.FileStore`
     * ``memory://name[/prefix]`` -> :class:`~persona.storage.memory.MemoryStore` (shared by name)
     * ``ceph://pool/namespace`` -> ``persona.storage.ceph.CephStore`` (python3-rados)
-    * ``s3://bucket/prefix`` -> ``persona.storage.s3.S3Store`` (``persona[s3]``)
+    * ``s3://bucket/prefix`` -> ``persona.storage.s3.S3Store`` (``persona-genomics[s3]``)
 
     ``options`` go to the backend's ``from_url`` (e.g. ``read_only=True``).
     Raises StoreUsageError for an unknown scheme, StoreUnavailableError when
@@ -115,4 +115,4 @@ register_store(
     "ceph", "persona.storage.ceph:CephStore",
     "apt-get install python3-rados, then bash deploy/setup.sh (links Debian's rados module into the venv)",
 )
-register_store("s3", "persona.storage.s3:S3Store", "pip install 'persona[s3]'")
+register_store("s3", "persona.storage.s3:S3Store", "pip install 'persona-genomics[s3]'")
