@@ -42,6 +42,7 @@ __all__ = [
     "ImportConfig",
     "LoggingConfig",
     "PtfConfig",
+    "ServiceConfig",
     "StorageConfig",
     "get_config",
     "load_config",
@@ -98,6 +99,17 @@ class PtfConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    listen: str = _key()
+    metrics_listen: str | None = _key()
+    token: str | None = _key()
+    lease_seconds: int = _key(min=1)
+    partition_size: int = _key(min=1)
+    db_path: str = _key()
+    roots: str | None = _key()
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = _key(choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 
@@ -113,6 +125,7 @@ class Config:
     align: AlignConfig = _key()
     ptf: PtfConfig = _key()
     logging: LoggingConfig = _key()
+    service: ServiceConfig = _key()
     # Which layers produced this config, for `persona config show`; not part of equality.
     sources: tuple[str, ...] = field(default=(), compare=False)
 
