@@ -173,3 +173,14 @@ def test_secondary_columns_counted_not_flagged(simulated_sam: Path, tmp_path: Pa
     after = Dataset.open(loc, "s")
     assert [after.read_column(i, "secondary0") for i in range(len(after.chunks))] == before
     assert s.duplicates > 300
+
+
+def test_human_chr20_equals_picard(shared_data: Path, tmp_path: Path) -> None:
+    """Real Illumina names (tile:x:y): the location tie-break and optical duplicates as Picard finds them."""
+    bam = shared_data / "human_NA12878_chr20" / "NA12878_S1.chr20.10_10p1mb.bam"
+    sam = tmp_path / "h.sam"
+    with sam.open("w") as out:
+        subprocess.run(["samtools", "view", "-h", str(bam)], check=True, stdout=out)
+    s, differ, picard_dups = _compare_with_picard(sam, tmp_path, 10000)
+    assert differ == 0 and s.duplicates == picard_dups > 200
+    assert s.metrics[0]["READ_PAIR_OPTICAL_DUPLICATES"] > 0
