@@ -345,6 +345,167 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(workdir=args.workdir, runtime=_runtime(args))
 
 
+# -- the service: persona serve / submit / status / cancel / watch -------------------------------
+#: the commands `persona submit KIND ...` takes (their arguments are the command's own)
+SUBMIT_KINDS = ("import", "align", "export", "sort", "markdup", "stats")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from persona.service.server import serve
+
+    metrics = args.metrics_listen
+    kw: dict[str, Any] = {} if metrics is None else {"metrics_listen": None if metrics in ("", "none") else metrics}
+    return serve(_config(args), listen=args.listen, db_path=args.db, roots=args.roots,
+                 threads=args.threads or None, address_file=args.address_file, **kw)
+
+
+class _Captured(Exception):
+    def __init__(self, request: Any) -> None:
+        super().__init__("captured")
+        self.request = request
+
+
+class _CaptureRuntime:
+    """Stands in for the Runtime while a command builds its request: takes the request and stops."""
+
+    def run(self, request: Any, progress: Any = None) -> Any:
+        raise _Captured(request)
+
+    def stop(self) -> None:
+        pass
+
+
+def _submit_request(args: argparse.Namespace, words: list[str]) -> Any:
+    """The request ``persona WORDS...`` would run, built by that command's own code; local paths
+    made absolute (the service resolves them against its roots otherwise)."""
+    from persona.service.paths import PATH_FIELDS
+
+    if not words or words[0] not in SUBMIT_KINDS:
+        raise PersonaError(f"persona submit: expected one of {', '.join(SUBMIT_KINDS)}, got "
+                           f"{words[0] if words else 'nothing'!r}")
+    sub = build_parser().parse_args(words)
+    sub._cfg, sub._rt = _config(args), _CaptureRuntime()
+    fasta = None
+    if words[0] == "align" and os.path.isfile(sub.reference):
+        fasta, sub.reference = os.path.abspath(sub.reference), "\0"  # the service registers it, not us
+    try:
+        sub.func(sub)
+    except _Captured as c:
+        request = c.request
+    else:  # pragma: no cover - every submit kind runs a request
+        raise PersonaError(f"persona submit {words[0]}: no request built")
+    if fasta is not None:
+        request.reference = fasta
+
+    def absolute(v: Any) -> Any:
+        return os.path.abspath(v) if isinstance(v, str) and v != "-" and "://" not in v else v
+
+    for key in PATH_FIELDS:
+        v = getattr(request, key, None)
+        if isinstance(v, (list, tuple)):
+            setattr(request, key, type(v)(absolute(x) for x in v))
+        elif v is not None:
+            setattr(request, key, absolute(v))
+    return request
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from persona.service.client import Client
+
+    return Client(args.address, args.token, config=_config(args))
+
+
+def _follow(args: argparse.Namespace, client: Any, request_id: str) -> int:
+    """Progress on standard error until the request finished; 0 when done."""
+    last = None
+    final: dict[str, Any] | None = None
+    for st in client.watch(request_id, timeout=args.timeout):
+        final = st
+        if args.json:
+            print(json.dumps(st), flush=True)
+            continue
+        step = st["steps"][st["step"]]["kind"] if st["steps"] else "?"
+        key = (st["state"], st["step"], st["feeds_done"])
+        if key != last and not args.quiet:
+            print(f"{request_id} {st['state']}: step {st['step'] + 1}/{len(st['steps'])} {step}, "
+                  f"{st['feeds_done']} feeds, {st['records_done']} records ({st['rate']:.0f}/s)", file=sys.stderr)
+            last = key
+    if final is None or final["state"] not in ("done", "failed", "cancelled"):
+        raise PersonaError(f"request {request_id}: the service stopped before it finished (persona watch "
+                           f"{request_id} follows it after a restart)")
+    if final["state"] == "done":
+        _say(args, f"request {request_id} done: {final['records_total_done']} records in "
+                   f"{final['finished_at'] - final['submitted_at']:.2f} s")
+        return 0
+    print(f"persona: request {request_id} {final['state']}: {final['error']}", file=sys.stderr)
+    return 1
+
+
+def _split_chain(words: list[str]) -> list[list[str]]:
+    chain: list[list[str]] = [[]]
+    for w in words:
+        if w == "+":
+            chain.append([])
+        else:
+            chain[-1].append(w)
+    return chain
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    requests = [_submit_request(args, words) for words in _split_chain(args.request)]
+    with _client(args) as c:
+        rid = c.submit(*requests, label=args.label or "", idempotency_key=args.idempotency_key or "")
+        print(rid, flush=True)
+        return 0 if args.detach else _follow(args, c, rid)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        return _follow(args, c, args.request_id)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if not c.cancel(args.request_id):
+            st = c.get(args.request_id)
+            _say(args, f"request {args.request_id} had already finished ({st['state']})")
+            return 0
+        st = c.wait(args.request_id, timeout=args.timeout)
+        _say(args, f"request {args.request_id} {st['state']}")
+        return 0 if st["state"] == "cancelled" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    with _client(args) as c:
+        if args.request_id:
+            st = c.get(args.request_id)
+            if args.json:
+                print(json.dumps(st, indent=2))
+            else:
+                kinds = "+".join(s["kind"] for s in st["steps"])
+                print(f"{st['id']}  {st['state']}  {kinds}  step {st['step'] + 1}/{len(st['steps'])}  "
+                      f"{st['records_total_done']} records" + (f"  error: {st['error']}" if st["error"] else ""))
+            return 0
+        cluster = c.cluster_status()
+        rows, _ = c.list(states=args.state or (), kind=args.kind or "", page_size=args.limit)
+        if args.json:
+            print(json.dumps({"cluster": cluster, "requests": rows}, indent=2))
+            return 0
+        print(f"persona {cluster['version']} at {c.address}: {cluster['state']}, {cluster['running']} running, "
+              f"{cluster['queued']} queued")
+        for w in cluster["workers"]:
+            print(f"  worker {w['worker_id']}: {w['state']}, {w['threads']} threads, "
+                  f"{w['running_requests']} steps running")
+        for st in rows:
+            kinds = "+".join(s["kind"] for s in st["steps"])
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["submitted_at"]))
+            print(f"{st['id']}  {when}  {st['state']:<9}  {kinds}  {st['records_total_done']} records"
+                  + (f"  {st['label']}" if st["label"] else ""))
+        return 0
+
+
 # -- parser ---------------------------------------------------------------------------
 EXAMPLES = {
     "import": """examples:
@@ -537,6 +698,52 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", cmd_demo,
              "the embedded default job on the bundled sample: import, align, export BAM, summary")
     sp.add_argument("--workdir", help="where to put the outputs (default: a new temporary directory)")
+
+    def service_client(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--address", help="the service's address HOST:PORT (default: service.listen)")
+        sp.add_argument("--token", help="bearer token (default: service.token, else the token file persona serve "
+                                        "wrote beside service.db_path)")
+
+    sp = add("serve", cmd_serve, "run the service: the gRPC API, the request table and one worker in this process")
+    sp.add_argument("--listen", help="HOST:PORT of the gRPC API (default: service.listen; port 0: a free one)")
+    sp.add_argument("--metrics-listen", help="HOST:PORT of the Prometheus /metrics ('none': off; "
+                                             "default: service.metrics_listen)")
+    sp.add_argument("--db", help="the request table (SQLite; default: service.db_path)")
+    sp.add_argument("--roots", help="comma-separated directories and store URLs request paths must lie under "
+                                    "(default: service.roots, else the current directory)")
+    sp.add_argument("--address-file", help="write the address listened on to this file once serving")
+    threads(sp, "aligner threads")
+
+    sp = add("submit", cmd_submit, "submit a request to the service: a command and its arguments, as you would "
+                                   "run it; '+' chains commands run in order")
+    sp.add_argument("--detach", action="store_true", help="print the request id and return at once")
+    sp.add_argument("--label", help="free text shown by persona status")
+    sp.add_argument("--idempotency-key", help="a second submit with the same key returns the first request")
+    sp.add_argument("--timeout", type=float, help="give up following after this many seconds")
+    sp.add_argument("--json", action="store_true", help="print each status as a JSON line")
+    service_client(sp)
+    sp.add_argument("request", nargs=argparse.REMAINDER,
+                    help=f"KIND ARGS... [+ KIND ARGS...]; KIND: {', '.join(SUBMIT_KINDS)}")
+
+    sp = add("status", cmd_status, "the service's state and its requests, or one request's status")
+    sp.add_argument("request_id", nargs="?")
+    sp.add_argument("--state", action="append", choices=["queued", "running", "done", "failed", "cancelled"],
+                    help="only requests in this state (repeatable)")
+    sp.add_argument("--kind", help="only requests with a step of this kind")
+    sp.add_argument("--limit", type=_positive, default=20, help="at most this many requests (default 20)")
+    sp.add_argument("--json", action="store_true")
+    service_client(sp)
+
+    sp = add("cancel", cmd_cancel, "cancel a request; its unfinished step leaves no output")
+    sp.add_argument("request_id")
+    sp.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it to stop (default 120)")
+    service_client(sp)
+
+    sp = add("watch", cmd_watch, "follow a request's progress until it finished")
+    sp.add_argument("request_id")
+    sp.add_argument("--timeout", type=float, help="give up after this many seconds")
+    sp.add_argument("--json", action="store_true", help="print each status as a JSON line")
+    service_client(sp)
     return p
 
 
