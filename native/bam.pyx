@@ -329,6 +329,9 @@ cdef inline uint8_t* _put_num(uint8_t* p, const uint8_t* v, uint8_t t) noexcept 
     cdef int w
     if t == 102:
         memcpy(&f, v, 4)
+        if f == 0 and v[3] == 0:  # +0 (minimap2's de:f on exact matches): the common case, no printf
+            p[0] = 48
+            return p + 1
         w = snprintf(<char*>p, 24, "%g", <double>f)
         return p + w
     if t == 100:

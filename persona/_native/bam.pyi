@@ -17,8 +17,10 @@ def encode_bam(
     cig_data: npt.NDArray[np.uint8], cig_off: npt.NDArray[np.uint64],
     n_refs: int,
     read_group: bytes,
+    tag_data: npt.NDArray[np.uint8] | None = None, tag_off: npt.NDArray[np.uint64] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint64]]:
-    """BAM alignment blocks (with block_size prefixes) and per-record offsets (N+1)."""
+    """BAM alignment blocks (with block_size prefixes) and per-record offsets (N+1); each record's
+    aux bytes (``tag_data``/``tag_off``) follow its RG:Z (none added when they hold their own RG)."""
 
 def format_sam(
     name_data: npt.NDArray[np.uint8], name_off: npt.NDArray[np.uint64],
@@ -28,8 +30,12 @@ def format_sam(
     cig_data: npt.NDArray[np.uint8], cig_off: npt.NDArray[np.uint64],
     ref_data: npt.NDArray[np.uint8], ref_off: npt.NDArray[np.uint64],
     read_group: bytes,
+    tag_data: npt.NDArray[np.uint8] | None = None, tag_off: npt.NDArray[np.uint64] | None = None,
 ) -> bytes:
     """SAM text lines (newline-terminated) equal to ``samtools view`` of :func:`encode_bam`'s records."""
+
+def aux_text(aux: npt.NDArray[np.uint8]) -> bytes:
+    """SAM text (``\\tXX:T:value`` per field) of one record's BAM aux bytes; ValueError if malformed."""
 
 def names_sorted(
     name_data: npt.NDArray[np.uint8], name_off: npt.NDArray[np.uint64], previous: bytes

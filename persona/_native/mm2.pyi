@@ -12,11 +12,14 @@ OPTION_NAMES: tuple[str, ...]
 #: ALIGNMENT_DTYPE's fields (persona.agd.records)
 ALIGNMENT_FIELDS: list[tuple[str, str]]
 
-#: (fields (ALIGNMENT_DTYPE layout, one row per read), CIGAR offsets uint64[N+1], CIGAR bytes uint8[])
-Records: TypeAlias = tuple[npt.NDArray[Any], npt.NDArray[np.uint64], npt.NDArray[np.uint8]]
-#: a secondary column: Records plus ``present`` (False: the read has no such alignment)
+#: (fields (ALIGNMENT_DTYPE layout, one row per read), CIGAR offsets uint64[N+1], CIGAR bytes uint8[],
+#:  tag offsets uint64[N+1] | None, tag bytes uint8[] | None): tags are BAM aux bytes per record
+Records: TypeAlias = tuple[npt.NDArray[Any], npt.NDArray[np.uint64], npt.NDArray[np.uint8],
+                           npt.NDArray[np.uint64] | None, npt.NDArray[np.uint8] | None]
+#: an extra column: fields, CIGARs, ``present`` (False: the read has no such alignment), tags
 SecondaryRecords: TypeAlias = tuple[npt.NDArray[Any], npt.NDArray[np.uint64], npt.NDArray[np.uint8],
-                                    npt.NDArray[np.bool_]]
+                                    npt.NDArray[np.bool_], npt.NDArray[np.uint64] | None,
+                                    npt.NDArray[np.uint8] | None]
 
 class Index:
     """A loaded minimap2 index plus the mapping options fitted to it (read-only, shareable)."""
@@ -46,5 +49,7 @@ class Mapper:
     def __init__(self, index: Index) -> None: ...
     def map(self, offsets: npt.NDArray[np.uint64], data: npt.NDArray[np.uint8],
             names_offsets: npt.NDArray[np.uint64] | None = None, names_data: npt.NDArray[np.uint8] | None = None,
-            paired: bool = False, secondary: int = 0) -> tuple[Records, list[SecondaryRecords]]:
-        """Map a block (interleaved pairs when ``paired``) without the GIL: primary + ``secondary`` columns."""
+            paired: bool = False, secondary: int = 0, tags: bool = True) -> tuple[Records, list[SecondaryRecords]]:
+        """Map a block (interleaved pairs when ``paired``) without the GIL: primary + extra columns
+        (every supplementary hit plus up to ``secondary`` secondary hits per read; at least
+        ``secondary`` columns); with ``tags``, each record's optional fields as BAM aux bytes."""

@@ -184,6 +184,15 @@ def _take_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Ra
     """The records ``data[starts[k] : starts[k] + lengths[k]]`` as a RaggedArray (int64 inputs)."""
     offsets = np.zeros(len(starts) + 1, np.uint64)
     np.cumsum(lengths, out=offsets[1:])
+    if len(starts) == 0:
+        return RaggedArray(offsets, data[:0].copy(), validate=False)
+    # records taken mostly in order (extra records are rare): copy whole runs of adjacent spans
+    breaks = np.flatnonzero(starts[1:] != starts[:-1] + lengths[:-1]) + 1
+    if len(breaks) < 4096:
+        first = np.concatenate(([0], breaks))
+        last = np.concatenate((breaks, [len(starts)]))
+        out = np.concatenate([data[int(starts[a]) : int(starts[b - 1] + lengths[b - 1])] for a, b in zip(first, last)])
+        return RaggedArray(offsets, out, validate=False)
     pos = np.arange(int(offsets[-1]), dtype=np.int64) + np.repeat(starts - offsets[:-1].astype(np.int64), lengths)
     return RaggedArray(offsets, data[pos], validate=False)
 
