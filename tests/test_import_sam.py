@@ -49,7 +49,7 @@ def test_human_bam_summary_and_manifest(human_ds):
     summary, ds = human_ds
     assert summary.records == ds.num_records == 52_035
     assert summary.chunks == 3 and [r.num_records for r in ds.chunks] == [20_000, 20_000, 12_035]
-    assert summary.columns == ("base", "qual", "metadata", "results") and ds.columns == list(summary.columns)
+    assert summary.columns == ("base", "qual", "metadata", "results", "tags") and ds.columns == list(summary.columns)
     assert summary.skipped_secondary == summary.skipped_supplementary == 0
     assert summary.empty_sequence == summary.missing_quality == summary.bases_replaced == 0
     # coordinate-sorted, not interleaved; the file has no @HD line
@@ -142,9 +142,9 @@ def test_unmapped_bam_without_sq_is_unaligned(tmp_path):
             a.query_qualities = pysam.qualitystring_to_array("ABCDE")
             f.write(a)
     s = import_sam(path, out=tmp_path / "ds")
-    assert s.columns == ("base", "qual", "metadata") and s.paired is True
+    assert s.columns == ("base", "qual", "metadata", "tags") and s.paired is True
     ds = Dataset.open(tmp_path / "ds")
-    assert ds.columns == ["base", "qual", "metadata"] and not ds.manifest.reference_contigs
+    assert ds.columns == ["base", "qual", "metadata", "tags"] and not ds.manifest.reference_contigs
 
 
 def no_files(path: Path) -> bool:

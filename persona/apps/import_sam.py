@@ -21,7 +21,9 @@ Choices (documented contract):
 * A record without SEQ (``*``) is stored with an empty sequence and empty
   qualities (counted in ``empty_sequence``); exporting gives ``*`` back. A record
   with SEQ but no QUAL stores empty qualities (counted in ``missing_quality``).
-* Optional tags are not carried: AGD has no tag column.
+* Optional tags are carried: every record's optional fields, byte for byte as
+  in a BAM record (read group ``RG`` included), go into the ``tags`` column, so
+  an export gives back the same tags.
 * Records keep file order. The manifest says ``paired: true`` only if every
   record is paired and they come as read1, read2 with equal names, adjacent
   (a queryname-grouped file); a coordinate-sorted BAM is not interleaved.
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +134,7 @@ class _ChunkBuilder:
         self.quals: list[bytes] = []
         self.rows: list[tuple[int, int, int, int, int, int, int]] = []
         self.cigars: list[bytes] = []
+        self.aux: list[bytes] = []
 
     def __len__(self) -> int:
         return len(self.names)
@@ -156,7 +160,45 @@ class _ChunkBuilder:
         values["qual"] = quals
         if self.aligned:
             values["results"] = Alignments(fields, RaggedArray.from_list(self.cigars))
+        values["tags"] = RaggedArray.from_list(self.aux)
         return values, replaced
+
+
+_INT_RANGES = (("c", -128, 127), ("C", 0, 255), ("s", -32768, 32767), ("S", 0, 65535),
+               ("i", -2**31, 2**31 - 1), ("I", 0, 2**32 - 1))
+
+
+def encode_aux(tags: list[tuple[str, Any, str]]) -> bytes:
+    """BAM aux bytes (SAM spec §4.2.4) of ``AlignedSegment.get_tags(with_value_type=True)``:
+    the optional fields byte for byte as in the BAM record, types as the input had them."""
+    out = bytearray()
+    for tag, value, typ in tags:
+        t = tag.encode()
+        if typ in ("c", "C", "s", "S", "i", "I"):
+            out += t + typ.encode() + struct.pack("<" + {"c": "b", "C": "B", "s": "h", "S": "H", "i": "i",
+                                                          "I": "I"}[typ], int(value))
+        elif typ == "A":
+            out += t + b"A" + str(value).encode()[:1]
+        elif typ in ("f", "d"):
+            out += t + b"f" + struct.pack("<f", float(value))
+        elif typ in ("Z", "H"):
+            out += t + typ.encode() + str(value).encode() + b"\0"
+        elif typ == "B":
+            sub = getattr(value, "typecode", None)
+            code = {"b": "c", "B": "C", "h": "s", "H": "S", "i": "i", "I": "I", "l": "i", "L": "I",
+                    "f": "f"}.get(sub or "", None)
+            vals = list(value)
+            if code is None:  # a plain list: the smallest integer type that holds it, or float
+                if all(isinstance(v, int) for v in vals):
+                    lo, hi = (min(vals), max(vals)) if vals else (0, 0)
+                    code = next(c for c, a, b in _INT_RANGES if a <= lo and hi <= b)
+                else:
+                    code = "f"
+            fmt = {"c": "b", "C": "B", "s": "h", "S": "H", "i": "i", "I": "I", "f": "f"}[code]
+            out += t + b"B" + code.encode() + struct.pack("<i", len(vals)) + struct.pack(f"<{len(vals)}{fmt}", *vals)
+        else:
+            raise InputFormatError(f"tag {tag} has an unknown type {typ!r}")
+    return bytes(out)
 
 
 def _check_bgzf_eof(path: Path) -> None:
@@ -276,7 +318,8 @@ class SamSource:
 
     @property
     def columns(self) -> list[str]:
-        return ["base", "qual", "metadata"] + (["results"] if self.aligned else [])
+        # every optional field of every record is kept, byte for byte, in ``tags``
+        return ["base", "qual", "metadata"] + (["results"] if self.aligned else []) + ["tags"]
 
     def open(self) -> None:
         if self._af is None:
@@ -319,6 +362,7 @@ class SamSource:
                 chunk.names.append(qname.encode())
                 chunk.seqs.append(seq.encode() if seq else b"")
                 chunk.quals.append(qual.encode() if qual else b"")
+                chunk.aux.append(encode_aux(rec.get_tags(with_value_type=True)))
                 if aligned:
                     chunk.rows.append((flag, rec.mapping_quality, rec.reference_id, rec.reference_start,
                                        rec.next_reference_id, rec.next_reference_start, rec.template_length))
