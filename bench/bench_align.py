@@ -165,7 +165,7 @@ def bench_set(label: str, r1: Path, r2: Path, ref_fasta: Path, threads: int, run
         run([mm2, "-a", "-x", "sr", "-t", str(threads), str(mmi), str(r1), str(r2)])
 
     def cold_cache() -> None:
-        refmod._cache.clear()
+        refmod._default_cache.clear()
         refmod._idle.clear()
 
     def ours() -> None:
