@@ -166,7 +166,6 @@ def bench_set(label: str, r1: Path, r2: Path, ref_fasta: Path, threads: int, run
 
     def cold_cache() -> None:
         refmod._default_cache.clear()
-        refmod._idle.clear()
 
     def ours() -> None:
         align_dataset(ds_dir, name, references_url=REFS, threads=threads, work_item_reads=work_item)
