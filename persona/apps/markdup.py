@@ -43,7 +43,9 @@ Picard's rules, as implemented:
   optical duplicates (``READ_PAIR_OPTICAL_DUPLICATES``: pixel distance 100, its pairwise
   algorithm; the graph variant Picard uses for sets over 1000 is not reproduced).
 
-Memory: pass 1 keeps about 40 bytes per record (the ends, not the reads).
+Memory: pass 1 keeps 32 bytes per record (the ends, not the reads); deciding adds packed sort
+keys (about 336 MiB peak on 2M records). It grows with the dataset: a windowed pass over the
+coordinate-sorted records (pending pairs only) is what bounds it; not done yet.
 """
 from __future__ import annotations
 
@@ -239,16 +241,24 @@ class MarkdupJob(Job):
     # -- deciding ------------------------------------------------------------------------
     def decide(self, outputs: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, DuplicationMetrics]:
         """The duplicate mask over all records (dataset order) and the metrics."""
-        cat = lambda k, dt: np.concatenate([o[k] for o in outputs]) if outputs else np.zeros(0, dt)  # noqa: E731
+        cat = lambda k, dt: np.concatenate([o.pop(k) for o in outputs]) if outputs else np.zeros(0, dt)  # noqa: E731
+        secondary = sum(int(o["secondary"]) for o in outputs)
         flag = cat("flag", np.uint32)
-        ref = cat("ref", np.int32).astype(np.int64)
+        ref = cat("ref", np.int32)
         coord = cat("coord", np.int64)
         score = cat("score", np.int16)
         hashes = cat("hash", np.uint64)
-        loc = np.concatenate([o["loc"] for o in outputs]) if outputs else np.zeros((0, 3), np.int16)
-        tile, lx, ly = (loc[:, j].astype(np.int64) for j in range(3))
+        loc = np.concatenate([o.pop("loc") for o in outputs]) if outputs else np.zeros((0, 3), np.int16)
         n = len(flag)
-        ordinal = np.arange(n, dtype=np.int64)
+        if n and int(ref.max()) >= (1 << 24) - 1:
+            raise DatasetError(f"reference index {int(ref.max())} too large for duplicate marking keys")
+        # Packed keys (fewer, smaller sort keys): (ref, coord) in 58 bits; the name location (tile, x, y)
+        # as unsigned 16-bit fields in 48 bits, ordered as Picard's signed shorts.
+        refcoord = ((ref.astype(np.int64) + 1) << 34) | (coord + (1 << 33))
+        del coord
+        loc48 = ((loc[:, 0].astype(np.int64) + 32768) << 32) | ((loc[:, 1].astype(np.int64) + 32768) << 16) \
+            | (loc[:, 2].astype(np.int64) + 32768)
+        del loc
         dup = np.zeros(n, dtype=bool)
         m = DuplicationMetrics(LIBRARY=self.library)
 
@@ -256,9 +266,9 @@ class MarkdupJob(Job):
         secsup = ((flag & (FLAG_SECONDARY | FLAG_SUPPLEMENTARY)) != 0) & ~unmapped
         mapped = ~unmapped & ~secsup
         paired_mm = mapped & ((flag & FLAG_PAIRED) != 0) & ((flag & FLAG_MATE_UNMAPPED) == 0)
-        rev = ((flag & FLAG_REVERSE) != 0).astype(np.int64)
+        rev = ((flag & FLAG_REVERSE) != 0).astype(np.int8)
         m.UNMAPPED_READS = int(unmapped.sum())
-        m.SECONDARY_OR_SUPPLEMENTARY_RDS = int(secsup.sum()) + sum(int(o["secondary"]) for o in outputs)
+        m.SECONDARY_OR_SUPPLEMENTARY_RDS = int(secsup.sum()) + secondary
         m.UNPAIRED_READS_EXAMINED = int((mapped & ~paired_mm).sum())
         pairs_examined = int(paired_mm.sum())
 
@@ -274,32 +284,40 @@ class MarkdupJob(Job):
         a, b = order[two], order[two + 1]  # a: first in file order
         ok = ((flag[a] & FLAG_READ1) != 0) != ((flag[b] & FLAG_READ1) != 0)
         a, b = a[ok], b[ok]
-        b_first = (ref[b] < ref[a]) | ((ref[b] == ref[a]) & (coord[b] < coord[a]))
+        del order, h, same, run_start, run_len, two, cand
+        b_first = refcoord[b] < refcoord[a]
         r1 = np.where(b_first, b, a)
         r2 = np.where(b_first, a, b)
-        orient = rev[r1] * 2 + rev[r2]  # FF 0, FR 1, RF 2, RR 3 (only equality matters)
+        del b_first
         pscore = (score[a].astype(np.int32) + score[b].astype(np.int32)).astype(np.int16)
         if len(r1):
-            # Picard's order: the key, then the location (tile, x, y) parsed from the name of the
-            # first end in file order, then read 1's and read 2's file index
-            po = np.lexsort((r2, r1, ly[a], lx[a], tile[a], coord[r2], ref[r2], orient, coord[r1], ref[r1]))
-            k1, k2, k3, k4, k5 = ref[r1][po], coord[r1][po], orient[po], ref[r2][po], coord[r2][po]
-            newg = np.concatenate(([True], (k1[1:] != k1[:-1]) | (k2[1:] != k2[:-1]) | (k3[1:] != k3[:-1])
-                                   | (k4[1:] != k4[:-1]) | (k5[1:] != k5[:-1])))
+            # Picard's order: read 1's (ref, coord), the orientation (FF 0, FR 1, RF 2, RR 3), read 2's
+            # (ref, coord), the location parsed from the name of the first end in file order, then read
+            # 1's and read 2's file index
+            key1 = refcoord[r1]
+            key2 = ((rev[r1].astype(np.int64) * 2 + rev[r2]) << 58) | refcoord[r2]
+            po = np.lexsort((r2, r1, loc48[a], key2, key1))
+            key1, key2 = key1[po], key2[po]
+            newg = np.concatenate(([True], (key1[1:] != key1[:-1]) | (key2[1:] != key2[:-1])))
+            del key1, key2
             keep = self._first_max(newg, pscore[po])
             lost = po[keep == 0]
-            m.READ_PAIR_OPTICAL_DUPLICATES = self._optical(newg, keep, po, a, b, flag, rev, tile, lx, ly)
+            m.READ_PAIR_OPTICAL_DUPLICATES = self._optical(newg, keep, po, a, b, flag, rev, loc48)
             dup[r1[lost]] = True
             dup[r2[lost]] = True
 
         # -- fragments -------------------------------------------------------------------------
         fr = np.flatnonzero(mapped)
         if len(fr):
-            is_pair = paired_mm[fr]
-            fo = np.lexsort((fr, ly[fr], lx[fr], tile[fr], ~is_pair, rev[fr], coord[fr], ref[fr]))
+            # Picard's order: (ref, coord), strand, paired ends first (read2 reference -1 last), location,
+            # file index; groups: (ref, coord, strand)
+            small = rev[fr].astype(np.int8) * 2 + (~paired_mm[fr]).astype(np.int8)
+            fo = np.lexsort((fr, loc48[fr], small, refcoord[fr]))
             idx = fr[fo]
-            k1, k2, k3 = ref[idx], coord[idx], rev[idx]
-            newg = np.concatenate(([True], (k1[1:] != k1[:-1]) | (k2[1:] != k2[:-1]) | (k3[1:] != k3[:-1])))
+            del fo, small, fr
+            k1, k3 = refcoord[idx], rev[idx]
+            newg = np.concatenate(([True], (k1[1:] != k1[:-1]) | (k3[1:] != k3[:-1])))
+            del k1, k3
             gid = np.cumsum(newg) - 1
             has_pair = np.zeros(int(gid[-1]) + 1, dtype=bool)
             np.logical_or.at(has_pair, gid, paired_mm[idx])
@@ -319,12 +337,11 @@ class MarkdupJob(Job):
         m.READ_PAIR_DUPLICATES = int((dup & paired_mm).sum()) // 2
         m.READ_PAIRS_EXAMINED = pairs_examined // 2
         m.finish()
-        del ordinal
         return dup, m
 
     @staticmethod
     def _optical(newg: np.ndarray, keep: np.ndarray, po: np.ndarray, a: np.ndarray, b: np.ndarray, flag: np.ndarray,
-                 rev: np.ndarray, tile: np.ndarray, lx: np.ndarray, ly: np.ndarray, distance: int = 100) -> int:
+                 rev: np.ndarray, loc48: np.ndarray, distance: int = 100) -> int:
         """Picard's optical duplicate count over the pair groups (OPTICAL_DUPLICATE_PIXEL_DISTANCE 100;
         its pairwise algorithm, per orientation of read 1 / read 2 of the pair when a group has both)."""
         starts = np.flatnonzero(newg)
@@ -344,7 +361,8 @@ class MarkdupJob(Job):
             for part in parts:
                 if len(part) < 2:
                     continue
-                t, x, y = tile[a[part]], lx[a[part]], ly[a[part]]
+                la = loc48[a[part]]
+                t, x, y = (la >> 32) - 32768, ((la >> 16) & 0xFFFF) - 32768, (la & 0xFFFF) - 32768
                 kidx = int(np.flatnonzero(part == kept)[0]) if (part == kept).any() else -1
 
                 def close(i: int, j: int) -> bool:
