@@ -203,7 +203,8 @@ def test_unaligned_unsorted_names_are_not_labelled_queryname(yeast, tmp_path):
     out = tmp_path / "yeast.bam"
     s = export_sam(root, out, threads=2, read_group={"PL": "ILLUMINA"})
     assert s.sort_order == "unsorted"
-    assert sh("samtools", "view", "-H", str(out)).splitlines()[0] == "@HD\tVN:1.6\tSO:unsorted"
+    # reads keep their import order, mates together: grouped by query name (GO:query), not sorted
+    assert sh("samtools", "view", "-H", str(out)).splitlines()[0] == "@HD\tVN:1.6\tSO:unsorted\tGO:query"
     assert picard_validate(out) == []
 
 

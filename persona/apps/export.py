@@ -187,8 +187,21 @@ class ExportJob(Job):
         if self.sec_columns and sort == "coordinate":
             sort = "unsorted"  # secondaries follow their primaries, not their own coordinates
         self.sort = sort
-        text = build_header(contigs=self.contigs, sort=sort, read_group=self.rg, version=persona.__version__,
-                            command_line=self.request.command_line)
+        m = self.ds.manifest
+        contigs = sorted(m.reference_contigs, key=lambda c: c.index)
+        other_rgs = []
+        for rg in m.extra.get("read_groups") or []:  # an imported BAM's @RG lines
+            try:
+                other_rgs.append(ReadGroup.for_dataset(self.ds.name, {k: v for k, v in rg.items()}))
+            except Exception:  # noqa: BLE001 - a malformed imported line is not worth failing the export
+                continue
+        text = build_header(
+            contigs=self.contigs, sort=sort, read_group=self.rg, version=persona.__version__,
+            command_line=self.request.command_line,
+            md5s=[c.md5 for c in contigs] if self.aligned else None,
+            # import keeps reads grouped by name (mates together) unless the dataset was sorted
+            group_order="query" if sort in ("unsorted", "unknown") and m.sort == "queryname" else None,
+            read_groups=other_rgs, comments=[str(c) for c in m.extra.get("comments") or []])
         text = replace_pg_lines(text, self.ds.manifest.provenance, self.request.command_line)
         if self.fmt == "sam":
             return text.encode()
