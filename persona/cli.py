@@ -188,7 +188,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     req = ExportRequest(dataset=dataset, output=args.output, output2=args.output2, format=args.format,
                         name=args.name, level=args.level, read_group=read_group,
                         secondary=not args.no_secondary, secondary_seq=args.secondary_seq,
-                        command_line=" ".join(["persona", *sys.argv[1:]]))
+                        command_line=" ".join(["persona", *sys.argv[1:]]), reference=args.reference)
     s = _run(args, req, _num_records(dataset, args.name), "export", args.threads or cfg.export.threads or None)
     sec = f", {s.secondary_records} secondary" if s.secondary_records else ""
     where = "standard output" if s.path == "-" else " and ".join(s.paths)
@@ -599,11 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("export", cmd_export, "export a dataset to BAM, SAM or FASTQ")
     sp.add_argument("dataset", help="dataset location or manifest path")
-    sp.add_argument("output", help="output file (.bam, .sam, .fastq[.gz]; R1 for pairs); - is standard output")
+    sp.add_argument("output", help="output file (.bam, .sam, .cram, .fastq[.gz]; R1 for pairs); - is standard output")
     sp.add_argument("output2", nargs="?", help="FASTQ output for read 2 of pairs")
     sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
-    sp.add_argument("-f", "--format", choices=["bam", "sam", "fastq"],
+    sp.add_argument("-f", "--format", choices=["bam", "sam", "fastq", "cram"],
                     help="default: from the suffix (SAM for -)")
+    sp.add_argument("--reference", help="CRAM: the reference FASTA (default: the registered reference the "
+                                        "dataset was aligned to)")
     sp.add_argument("--level", type=_non_negative, help="BGZF deflate level 0-9 (default export.bgzf_level)")
     threads(sp, "threads")
     sp.add_argument("-R", "--read-group", type=parse_read_group,

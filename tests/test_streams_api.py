@@ -135,3 +135,19 @@ def test_python_api(aligned) -> None:
     pos = ds.column("results").fields["position"]
     assert len(pos) == 8000 and (pos == [r.pos for r in recs]).all()
     assert shutil.which("true")  # keep imports used
+
+
+@pytest.mark.tools
+def test_cram_export(aligned, tmp_path: Path) -> None:
+    samtools = require_tool("samtools")
+    py = " ".join(CLI)
+    cram, bam = tmp_path / "o.cram", tmp_path / "o.bam"
+    env = {**os.environ, "PERSONA_ALIGN__REFERENCES_URL": str(aligned["refs"])}
+    r = _sh(f"{py} export {aligned['ds']} {cram}", env=env)  # the reference comes from the registry
+    assert r.returncode == 0, r.stderr
+    assert cram.read_bytes()[:4] == b"CRAM"
+    assert _sh(f"{py} export {aligned['ds']} {bam}").returncode == 0
+    a = _sh(f"{samtools} view {bam} | cut -f1-11").stdout
+    b = _sh(f"{samtools} view -T {aligned['reference']} {cram} | cut -f1-11").stdout
+    assert a == b and a.count(b"\n") > 8000
+    assert b"M5:" in _sh(f"{samtools} view -H {cram}").stdout

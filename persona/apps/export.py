@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from persona.config import Config
     from persona.runtime import Runtime
 
-FORMATS = ("bam", "sam", "fastq")
+FORMATS = ("bam", "sam", "fastq", "cram")
 
 
 def format_for(output: str, fmt: str | None) -> str:
@@ -61,6 +61,8 @@ def format_for(output: str, fmt: str | None) -> str:
         return "sam"
     if out.endswith(".bam"):
         return "bam"
+    if out.endswith(".cram"):
+        return "cram"
     if out.endswith(".sam"):
         return "sam"
     if out.endswith((".fastq", ".fq", ".fastq.gz", ".fq.gz")):
@@ -88,6 +90,9 @@ class ExportRequest(Request):
     secondary_seq: bool = False
     command_line: str | None = None
     threads: int | None = None
+    #: CRAM: the reference FASTA (default: the registered reference the dataset was aligned to)
+    reference: str | None = None
+    references_url: str | None = None
 
     def resolved(self, config: "Config") -> "ExportRequest":
         fmt = format_for(self.output, self.format)
@@ -132,6 +137,19 @@ class ExportJob(Job):
         r = request
         self.ds = ds = Dataset.open(r.dataset, r.name)
         self.fmt = r.format or "sam"
+        # CRAM: BAM records are written to a scratch BAM, then re-encoded against the reference
+        self.cram_fasta: str | None = None
+        self.cram_output: str | None = None
+        if self.fmt == "cram":
+            from persona.formats.cram import reference_fasta
+
+            self.cram_fasta = reference_fasta(r.reference or ds.manifest.reference, r.references_url)
+            self.cram_output = r.output
+            self.fmt = "bam"
+            import tempfile
+
+            self._scratch = tempfile.mkdtemp(prefix="persona-cram-")
+            r = replace(r, output=os.path.join(self._scratch, "records.bam"))
         needed = [BASE, QUAL, METADATA]
         missing = [c for c in needed if c not in ds.columns]
         if missing:
@@ -329,10 +347,28 @@ class ExportJob(Job):
         if self.fmt == "bam":
             self._write(0, bgzf.EOF_BLOCK)
         self._close(None)
-        return ExportSummary(**self.summary_base(), path=self.outputs[0], format=self.fmt, records=self.records,
+        paths, fmt = list(self.outputs), self.fmt
+        if self.cram_output is not None:
+            from persona.formats.cram import bam_to_cram
+
+            try:
+                with open_output(self.cram_output, "wb") as f:
+                    bam_to_cram(self.outputs[0], f, self.cram_fasta or "", threads=self.runtime.threads)
+                    self.bytes_written = f.tell() if f.seekable() else self.bytes_written
+            finally:
+                self._drop_scratch()
+            paths, fmt = [self.cram_output], "cram"
+        return ExportSummary(**self.summary_base(), path=paths[0], format=fmt, records=self.records,
                              chunks=len(self.ds.chunks), bytes_written=self.bytes_written,
                              sort_order=self.sort if self.fmt != "fastq" else "",
-                             secondary_records=self.secondary_records, paths=list(self.outputs))
+                             secondary_records=self.secondary_records, paths=paths)
+
+    def _drop_scratch(self) -> None:
+        scratch = getattr(self, "_scratch", None)
+        if scratch:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _close(self, error: BaseException | None) -> None:
         stack, self._stack = self._stack, contextlib.ExitStack()
@@ -344,6 +380,7 @@ class ExportJob(Job):
 
     def abort(self, error: BaseException | None) -> None:
         self._close(error or RuntimeError("export aborted"))
+        self._drop_scratch()
 
 
 #: PL written when neither the dataset nor the request names the platform (Picard requires one)
