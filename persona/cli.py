@@ -331,7 +331,8 @@ def cmd_markdup(args: argparse.Namespace) -> int:
     from persona.apps.markdup import MarkdupRequest
 
     dataset = _location(args.dataset, args)
-    req = MarkdupRequest(dataset=dataset, name=args.name, metrics=args.metrics, threads=args.threads or None)
+    req = MarkdupRequest(dataset=dataset, name=args.name, metrics=args.metrics, threads=args.threads or None,
+                         window=args.window)
     s = _run(args, req, _num_records(dataset, args.name), "markdup", args.threads or None)
     pct = s.metrics[0]["PERCENT_DUPLICATION"] if s.metrics else 0.0
     _say(args, f"marked {s.duplicates} of {s.records} records as duplicates in {s.name} "
@@ -695,6 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dataset", help="dataset location or manifest path")
     sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
     sp.add_argument("-M", "--metrics", help="write Picard-format duplication metrics to this file")
+    sp.add_argument("--window", type=_non_negative,
+                    help="coordinate-sorted input: bases past a position before its duplicates are decided "
+                         "(default 10000; 0: decide at the end, memory grows with the dataset)")
     threads(sp, "threads")
 
     sp = add("demo", cmd_demo,

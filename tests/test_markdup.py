@@ -184,3 +184,28 @@ def test_human_chr20_equals_picard(shared_data: Path, tmp_path: Path) -> None:
     s, differ, picard_dups = _compare_with_picard(sam, tmp_path, 10000)
     assert differ == 0 and s.duplicates == picard_dups > 200
     assert s.metrics[0]["READ_PAIR_OPTICAL_DUPLICATES"] > 0
+
+
+def test_window_equals_whole_dataset(simulated_sam: Path, tmp_path: Path) -> None:
+    """Deciding groups in a window over the sorted records (bounded memory) gives the decisions of
+    deciding everything at the end; a window shorter than a clip is refused, not silently wrong."""
+    from persona.errors import DatasetError
+
+    loc = tmp_path / "agd"
+    with Runtime(threads=2) as rt:
+        rt.run(ImportRequest(inputs=(str(simulated_sam),), output=str(loc), name="ds", chunk_size=300))
+        rt.run(SortRequest(dataset=str(loc), input_name="ds", name="s"))
+        whole = rt.run(MarkdupRequest(dataset=str(loc), name="s", window=0))
+        flags_whole = [Dataset.open(loc, "s").read_column(i, "results").fields["flag"].copy()
+                       for i in range(len(Dataset.open(loc, "s").chunks))]
+        win = rt.run(MarkdupRequest(dataset=str(loc), name="s", window=400))
+        ds = Dataset.open(loc, "s")
+        flags_win = [ds.read_column(i, "results").fields["flag"] for i in range(len(ds.chunks))]
+        assert not whole.windowed and win.windowed
+        assert win.metrics == whole.metrics and win.duplicates == whole.duplicates
+        assert all((a == b).all() for a, b in zip(flags_whole, flags_win))
+        assert win.held_max < whole.held_max / 3
+        try:
+            rt.run(MarkdupRequest(dataset=str(loc), name="s", window=1))
+        except DatasetError as e:
+            assert "window" in str(e)

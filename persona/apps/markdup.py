@@ -2,13 +2,16 @@
 
 Pass 1 (the runtime's ``markdup`` pipeline, one feed per chunk)::
 
-    read                ->  ends
-    store.get of the        decode, then per primary record (Cython, GIL released): unclipped
-    results, qual and       5' coordinate, duplicate score, read-name hash
-    metadata files
+    read                ->  ends                                   ->  decide
+    store.get of the        decode, then per primary record             the chunks' ends in dataset
+    results, qual and       (Cython, GIL released): unclipped 5'        order into the Decider: mates
+    metadata files          coordinate, duplicate score, read-name      meet, groups are decided once
+                            hash, name location (tile, x, y)            the sweep has passed them
 
-Then (the request's thread, :meth:`MarkdupJob.commit`) the duplicates are decided
-over the whole dataset as Picard does, and pass 2 rewrites ``results`` with flag
+On a coordinate-sorted dataset a group is decided as soon as the records' alignment
+starts have passed it by ``window`` bases (:class:`Decider`), so memory holds only the
+open groups and the mates waiting for theirs, whatever the dataset size; other orders
+are decided at the end. Pass 2 (:meth:`MarkdupJob.commit`) rewrites ``results`` with flag
 0x400 set on the duplicates and cleared on every other record, in one column
 transaction (claimed when the request starts) with a provenance entry.
 
@@ -17,7 +20,8 @@ Picard's rules, as implemented:
 * library: the read group's ``LB`` (the dataset's read group), else ``Unknown Library``;
 * ends: every mapped primary record is a *fragment* end (library, reference, unclipped
   5' coordinate, strand); a paired record whose mate is mapped, with its mate found
-  in the dataset (same name, the other of read 1/read 2), also forms a *pair* end with
+  in the dataset (same name; mates meet in file order, as in Picard's pending-mate map), also
+  forms a *pair* end with
   its mate: read 1 of the pair is the end with the lower (reference, coordinate),
   the first in file order on a tie, and the orientation is (read 1's strand, read
   2's strand). The mate's position, strand and CIGAR come from the mate's own
@@ -43,14 +47,14 @@ Picard's rules, as implemented:
   optical duplicates (``READ_PAIR_OPTICAL_DUPLICATES``: pixel distance 100, its pairwise
   algorithm; the graph variant Picard uses for sets over 1000 is not reproduced).
 
-Memory: pass 1 keeps 32 bytes per record (the ends, not the reads); deciding adds packed sort
-keys (about 336 MiB peak on 2M records). It grows with the dataset: a windowed pass over the
-coordinate-sorted records (pending pairs only) is what bounds it; not done yet.
+Memory: the open groups and waiting mates (2,684 ends at most on 2M simulated records, 164 MiB
+peak for the process) and the duplicates' ordinals; mates on other contigs wait until theirs come.
 """
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -81,6 +85,8 @@ if TYPE_CHECKING:
     from persona.runtime import Runtime
 
 UNKNOWN_LIBRARY = "Unknown Library"
+#: bases the alignment starts must pass a group by before it is decided (longer clips need more)
+DEFAULT_WINDOW = 10_000
 METRICS_COLUMNS = ("LIBRARY", "UNPAIRED_READS_EXAMINED", "READ_PAIRS_EXAMINED", "SECONDARY_OR_SUPPLEMENTARY_RDS",
                    "UNMAPPED_READS", "UNPAIRED_READ_DUPLICATES", "READ_PAIR_DUPLICATES",
                    "READ_PAIR_OPTICAL_DUPLICATES", "PERCENT_DUPLICATION", "ESTIMATED_LIBRARY_SIZE")
@@ -96,6 +102,8 @@ class MarkdupRequest(Request):
     dataset: str
     name: str | None = None
     metrics: str | None = None
+    #: bases past a group before it is decided (coordinate-sorted datasets; 0: decide at the end)
+    window: int | None = None
     threads: int | None = None
     replicas: dict[str, int] = field(default_factory=dict)
     capacity: int | None = None
@@ -175,6 +183,247 @@ def estimate_library_size(read_pairs: int, unique_pairs: int) -> int | None:
     return None
 
 
+_RC_MASK = (1 << 58) - 1
+
+
+def _rc(ref: np.ndarray, coord: np.ndarray) -> np.ndarray:
+    """(reference, coordinate) packed in 58 bits, in (ref, coord) order; unmapped (ref -1) first."""
+    return ((ref.astype(np.int64) + 1) << 34) | (coord.astype(np.int64) + (1 << 33))
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _first_max(newg: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """1 for the first entry of the highest score of each group (``newg``: group starts), else 0."""
+    starts = np.concatenate((np.flatnonzero(newg), [len(newg)])).astype(np.int64)
+    keep = np.zeros(len(newg), dtype=np.uint8)
+    md_kernel.first_max_groups(starts, np.ascontiguousarray(score, dtype=np.int16), keep)
+    return keep
+
+
+def _optical_count(newg: np.ndarray, keep: np.ndarray, oo: np.ndarray, loc48: np.ndarray,
+                   distance: int = 100) -> int:
+    """Picard's optical duplicate count over sorted pair groups (``newg``: group starts; ``keep``: the
+    representative; ``oo``: orientation for optical duplicates, read 1 of the pair then read 2, FR 1 RF 2;
+    ``loc48``: packed tile, x, y). Its pairwise algorithm, split by orientation when a group has FR and RF."""
+    starts = np.flatnonzero(newg)
+    sizes = np.diff(np.concatenate((starts, [len(newg)])))
+    total = 0
+    for st, sz in zip(starts[sizes > 1], sizes[sizes > 1]):
+        sl = slice(int(st), int(st + sz))
+        members = np.arange(sz)
+        kept = int(np.flatnonzero(keep[sl])[0])
+        o = oo[sl]
+        parts = [members]
+        if (o == 1).any() and (o == 2).any():
+            parts = [members[o == 1], members[o == 2]]
+        la_all = loc48[sl]
+        for part in parts:
+            if len(part) < 2:
+                continue
+            la = la_all[part]
+            t, x, y = (la >> 32) - 32768, ((la >> 16) & 0xFFFF) - 32768, (la & 0xFFFF) - 32768
+            hit = np.flatnonzero(part == kept)
+            kidx = int(hit[0]) if len(hit) else -1
+
+            def close(i: int, j: int) -> bool:
+                return i != j and t[i] != -1 and t[j] != -1 and t[i] == t[j] and \
+                    abs(int(x[i]) - int(x[j])) <= distance and abs(int(y[i]) - int(y[j])) <= distance
+
+            n = len(part)
+            flags = [False] * n
+            if kidx >= 0:
+                for i in range(n):
+                    flags[i] = close(kidx, i)
+            for i in range(n):
+                if i == kidx:
+                    continue
+                for j in range(i + 1, n):
+                    if j == kidx or (flags[i] and flags[j]):
+                        continue
+                    if close(i, j):
+                        flags[j if not flags[j] else i] = True
+            total += sum(flags)
+    return total
+
+
+class Decider:
+    """Picard's duplicate decisions, fed the ends of the records chunk by chunk in dataset order.
+
+    ``margin`` None: everything is decided at :meth:`finish` (any record order; memory grows with the
+    dataset). ``margin`` M (coordinate-sorted records): a fragment group (reference, unclipped 5'
+    coordinate, strand) is decided once the records' alignment starts have passed its coordinate by M,
+    a pair group once they have passed its read 2 coordinate by M, since no later record can join it
+    while clips stay under M bases; only those open groups and the mates still waiting for theirs are
+    held. A record that would join a decided group (a clip over M) raises :class:`DatasetError`.
+    Mates pair in file order, as Picard's pending-mate map pairs them (by read name).
+    """
+
+    _FRAG = ("rc", "small", "paired", "loc", "ord", "score")
+    _WAIT = ("hash", "ord", "rc", "rev", "loc", "score", "r1flag")
+    _PAIR = ("key1", "key2", "loc", "r1", "r2", "score", "oo")
+
+    def __init__(self, library: str, margin: int | None) -> None:
+        self.m = DuplicationMetrics(LIBRARY=library)
+        self.margin = margin
+        self.sweep = -1
+        self.cut = -1  # groups below this packed coordinate are decided
+        self.pairs_examined = 0
+        self.records = 0
+        self.dups: list[np.ndarray] = []
+        self.frag: dict[str, list[np.ndarray]] = {k: [] for k in self._FRAG}
+        self.wait: dict[str, np.ndarray] = {}
+        self.pairs: dict[str, list[np.ndarray]] = {k: [] for k in self._PAIR}
+        self.held_max = 0
+
+    def add(self, out: dict[str, Any], first: int) -> None:
+        flag = out["flag"]
+        n = len(flag)
+        ordinal = np.arange(first, first + n, dtype=np.int64)
+        self.records += n
+        m = self.m
+        unmapped = (flag & FLAG_UNMAPPED) != 0
+        secsup = ((flag & (FLAG_SECONDARY | FLAG_SUPPLEMENTARY)) != 0) & ~unmapped
+        mapped = ~unmapped & ~secsup
+        paired_mm = mapped & ((flag & FLAG_PAIRED) != 0) & ((flag & FLAG_MATE_UNMAPPED) == 0)
+        m.UNMAPPED_READS += int(unmapped.sum())
+        m.SECONDARY_OR_SUPPLEMENTARY_RDS += int(secsup.sum()) + int(out["secondary"])
+        m.UNPAIRED_READS_EXAMINED += int((mapped & ~paired_mm).sum())
+        self.pairs_examined += int(paired_mm.sum())
+        ref = out["ref"]
+        if n and int(ref.max()) >= (1 << 24) - 1:
+            raise DatasetError(f"reference index {int(ref.max())} too large for duplicate marking keys")
+        rc = _rc(ref, out["coord"])
+        loc = out["loc"]
+        loc48 = ((loc[:, 0].astype(np.int64) + 32768) << 32) | ((loc[:, 1].astype(np.int64) + 32768) << 16) \
+            | (loc[:, 2].astype(np.int64) + 32768)
+        rev = ((flag & FLAG_REVERSE) != 0).astype(np.int8)
+        score = out["score"]
+
+        # fragment ends: every mapped primary record
+        fm = np.flatnonzero(mapped)
+        if len(fm):
+            if self.margin is not None and int(rc[fm].min()) < self.cut:
+                self._late("fragment", int(ordinal[fm][np.argmin(rc[fm])]))
+            for k, v in (("rc", rc[fm]), ("small", rev[fm] * 2 + (~paired_mm[fm]).astype(np.int8)),
+                         ("paired", paired_mm[fm]), ("loc", loc48[fm]), ("ord", ordinal[fm]), ("score", score[fm])):
+                self.frag[k].append(v)
+
+        # pairs: mates meet in file order (by name hash)
+        pm = np.flatnonzero(paired_mm)
+        if len(pm):
+            new = {"hash": out["hash"][pm], "ord": ordinal[pm], "rc": rc[pm], "rev": rev[pm], "loc": loc48[pm],
+                   "score": score[pm], "r1flag": (flag[pm] & FLAG_READ1) != 0}
+            allw = {k: (np.concatenate((self.wait[k], new[k])) if self.wait else new[k]) for k in self._WAIT}
+            o = np.lexsort((allw["ord"], allw["hash"]))
+            h = allw["hash"][o]
+            start = np.concatenate(([True], h[1:] != h[:-1]))
+            run_id = np.cumsum(start) - 1
+            run_first = np.flatnonzero(start)
+            pos_in_run = np.arange(len(o)) - run_first[run_id]
+            run_len = np.diff(np.concatenate((run_first, [len(o)])))[run_id]
+            is_a = (pos_in_run % 2 == 0) & (pos_in_run + 1 < run_len)
+            ai = o[np.flatnonzero(is_a)]
+            bi = o[np.flatnonzero(is_a) + 1]
+            left = o[(pos_in_run % 2 == 0) & (pos_in_run + 1 >= run_len)]
+            self.wait = {k: v[left] for k, v in allw.items()}
+            if len(ai):
+                a = {k: v[ai] for k, v in allw.items()}
+                b = {k: v[bi] for k, v in allw.items()}
+                b_first = b["rc"] < a["rc"]
+                rc1 = np.where(b_first, b["rc"], a["rc"])
+                rc2 = np.where(b_first, a["rc"], b["rc"])
+                rev1 = np.where(b_first, b["rev"], a["rev"]).astype(np.int64)
+                rev2 = np.where(b_first, a["rev"], b["rev"]).astype(np.int64)
+                if self.margin is not None and len(rc2) and int(rc2.min()) < self.cut:
+                    self._late("pair", int(b["ord"][np.argmin(rc2)]))
+                s1 = np.where(a["r1flag"], a["rev"], b["rev"]).astype(np.int8)
+                s2 = np.where(a["r1flag"], b["rev"], a["rev"]).astype(np.int8)
+                for k, v in (("key1", rc1), ("key2", ((rev1 * 2 + rev2) << 58) | rc2), ("loc", a["loc"]),
+                             ("r1", np.where(b_first, b["ord"], a["ord"])),
+                             ("r2", np.where(b_first, a["ord"], b["ord"])),
+                             ("score", (a["score"].astype(np.int32) + b["score"].astype(np.int32)).astype(np.int16)),
+                             ("oo", s1 * 2 + s2)):
+                    self.pairs[k].append(v)
+        if len(fm):
+            start_rc = _rc(ref[fm], out["pos"][fm])
+            self.sweep = max(self.sweep, int(start_rc.max()))
+        if self.margin is not None and self.sweep >= 0:
+            self._decide(self.sweep - self.margin)
+        self.held_max = max(self.held_max, self.held())
+
+    def held(self) -> int:
+        """Ends held: open fragment ends, waiting mates, open pairs."""
+        return sum(len(p) for p in self.frag["ord"]) + len(self.wait.get("ord", ())) + \
+            sum(len(p) for p in self.pairs["r1"])
+
+    def _late(self, what: str, ordinal: int) -> None:
+        raise DatasetError(f"record {ordinal}: its {what}'s unclipped 5' position lies more than {self.margin} bases "
+                           "before the records already decided (clipping longer than the window, or records not "
+                           "coordinate-sorted); run markdup with a larger window")
+
+    def _decide(self, cut: int) -> None:
+        """Decide every group entirely below ``cut``."""
+        self.cut = max(self.cut, cut)
+        # -- pairs whose read 2 coordinate is below the cut ------------------------------------
+        if self.pairs["r1"]:
+            p = {k: _cat(v) for k, v in self.pairs.items()}
+            done = (p["key2"] & _RC_MASK) < cut
+            rest = ~done
+            self.pairs = {k: ([v[rest]] if rest.any() else []) for k, v in p.items()}
+            if done.any():
+                q = {k: v[done] for k, v in p.items()}
+                po = np.lexsort((q["r2"], q["r1"], q["loc"], q["key2"], q["key1"]))
+                k1, k2 = q["key1"][po], q["key2"][po]
+                newg = np.concatenate(([True], (k1[1:] != k1[:-1]) | (k2[1:] != k2[:-1])))
+                keep = _first_max(newg, q["score"][po])
+                self.m.READ_PAIR_OPTICAL_DUPLICATES += _optical_count(newg, keep, q["oo"][po], q["loc"][po])
+                lost = po[keep == 0]
+                if len(lost):
+                    self.m.READ_PAIR_DUPLICATES += len(lost)
+                    self.dups.append(q["r1"][lost])
+                    self.dups.append(q["r2"][lost])
+        # -- fragment groups below the cut --------------------------------------------------
+        if self.frag["ord"]:
+            f = {k: _cat(v) for k, v in self.frag.items()}
+            done = f["rc"] < cut
+            rest = ~done
+            self.frag = {k: ([v[rest]] if rest.any() else []) for k, v in f.items()}
+            if done.any():
+                g = {k: v[done] for k, v in f.items()}
+                fo = np.lexsort((g["ord"], g["loc"], g["small"], g["rc"]))
+                rcs, strand = g["rc"][fo], g["small"][fo] >> 1
+                newg = np.concatenate(([True], (rcs[1:] != rcs[:-1]) | (strand[1:] != strand[:-1])))
+                gid = np.cumsum(newg) - 1
+                paired = g["paired"][fo]
+                has_pair = np.zeros(int(gid[-1]) + 1, dtype=bool)
+                np.logical_or.at(has_pair, gid, paired)
+                ords = g["ord"][fo]
+                marked = [ords[~paired & has_pair[gid]]]
+                sel = ~has_pair[gid]
+                if sel.any():
+                    sg = gid[sel]
+                    newg2 = np.concatenate(([True], sg[1:] != sg[:-1]))
+                    keep = _first_max(newg2, g["score"][fo][sel])
+                    marked.append(ords[sel][keep == 0])
+                for mk in marked:
+                    if len(mk):
+                        self.m.UNPAIRED_READ_DUPLICATES += len(mk)
+                        self.dups.append(mk)
+
+    def finish(self) -> tuple[np.ndarray, DuplicationMetrics]:
+        """Decide what is left; the sorted duplicate ordinals and the metrics."""
+        self._decide(1 << 62)
+        self.wait = {}
+        self.m.READ_PAIRS_EXAMINED = self.pairs_examined // 2
+        self.m.finish()
+        dups = np.sort(np.concatenate(self.dups)) if self.dups else np.zeros(0, np.int64)
+        self.dups = []
+        return dups, self.m
+
+
 @dataclass
 class MarkdupSummary(Summary):
     name: str = ""
@@ -183,11 +432,15 @@ class MarkdupSummary(Summary):
     duplicates: int = 0
     metrics: list[dict[str, Any]] = field(default_factory=list)
     metrics_file: str | None = None
+    #: decided in a window over coordinate-sorted records (else over the whole dataset at the end)
+    windowed: bool = False
+    #: the most ends held at once (open groups and waiting mates)
+    held_max: int = 0
 
 
 class MarkdupJob(Job):
     kind: ClassVar[str] = "markdup"
-    stages = (StagePlan("read", 1), StagePlan("ends", 2))
+    stages = (StagePlan("read", 1), StagePlan("ends", 2), StagePlan("decide", 1))
     request: MarkdupRequest
 
     def __init__(self, request: MarkdupRequest, request_id: str, runtime: "Runtime") -> None:
@@ -201,6 +454,12 @@ class MarkdupJob(Job):
         rg = self.ds.manifest.extra.get("read_group") or {}
         self.library = (rg.get("LB") if isinstance(rg, dict) else None) or UNKNOWN_LIBRARY
         self.txn: Transaction | None = None
+        window = request.window if request.window is not None else DEFAULT_WINDOW
+        self.windowed = self.ds.manifest.sort == "coordinate" and window > 0
+        self.decider = Decider(self.library, window if self.windowed else None)
+        self._order_lock = threading.Lock()
+        self._pending: dict[int, Any] = {}
+        self._next = 0
 
     def begin(self) -> None:
         self.txn = self.ds.begin_columns(app="markdup", attempt=self.attempt, request_id=self.request_id)
@@ -232,165 +491,22 @@ class MarkdupJob(Job):
         pos = np.ascontiguousarray(f["position"])
         coord, score, hashes, loc = md_kernel.read_ends(flag, pos, res.cigars.offsets, res.cigars.data,
                                                    qual.offsets, qual.data, meta.offsets, meta.data)
-        w.out = {"flag": flag, "ref": np.ascontiguousarray(f["ref_index"]), "coord": coord, "score": score,
-                 "hash": hashes, "loc": loc, "secondary": secondary}
+        w.out = {"flag": flag, "ref": np.ascontiguousarray(f["ref_index"]), "coord": coord, "pos": pos,
+                 "score": score, "hash": hashes, "loc": loc, "secondary": secondary}
         w.n = len(flag)
-        self.advance(w.n)
         return w
 
-    # -- deciding ------------------------------------------------------------------------
-    def decide(self, outputs: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, DuplicationMetrics]:
-        """The duplicate mask over all records (dataset order) and the metrics."""
-        cat = lambda k, dt: np.concatenate([o.pop(k) for o in outputs]) if outputs else np.zeros(0, dt)  # noqa: E731
-        secondary = sum(int(o["secondary"]) for o in outputs)
-        flag = cat("flag", np.uint32)
-        ref = cat("ref", np.int32)
-        coord = cat("coord", np.int64)
-        score = cat("score", np.int16)
-        hashes = cat("hash", np.uint64)
-        loc = np.concatenate([o.pop("loc") for o in outputs]) if outputs else np.zeros((0, 3), np.int16)
-        n = len(flag)
-        if n and int(ref.max()) >= (1 << 24) - 1:
-            raise DatasetError(f"reference index {int(ref.max())} too large for duplicate marking keys")
-        # Packed keys (fewer, smaller sort keys): (ref, coord) in 58 bits; the name location (tile, x, y)
-        # as unsigned 16-bit fields in 48 bits, ordered as Picard's signed shorts.
-        refcoord = ((ref.astype(np.int64) + 1) << 34) | (coord + (1 << 33))
-        del coord
-        loc48 = ((loc[:, 0].astype(np.int64) + 32768) << 32) | ((loc[:, 1].astype(np.int64) + 32768) << 16) \
-            | (loc[:, 2].astype(np.int64) + 32768)
-        del loc
-        dup = np.zeros(n, dtype=bool)
-        m = DuplicationMetrics(LIBRARY=self.library)
-
-        unmapped = (flag & FLAG_UNMAPPED) != 0
-        secsup = ((flag & (FLAG_SECONDARY | FLAG_SUPPLEMENTARY)) != 0) & ~unmapped
-        mapped = ~unmapped & ~secsup
-        paired_mm = mapped & ((flag & FLAG_PAIRED) != 0) & ((flag & FLAG_MATE_UNMAPPED) == 0)
-        rev = ((flag & FLAG_REVERSE) != 0).astype(np.int8)
-        m.UNMAPPED_READS = int(unmapped.sum())
-        m.SECONDARY_OR_SUPPLEMENTARY_RDS = int(secsup.sum()) + secondary
-        m.UNPAIRED_READS_EXAMINED = int((mapped & ~paired_mm).sum())
-        pairs_examined = int(paired_mm.sum())
-
-        # -- pairs: find each paired end's mate by name hash (read 1 with read 2) --------------
-        cand = np.flatnonzero(paired_mm & ((flag & (FLAG_READ1 | FLAG_READ2)) != 0))
-        order = cand[np.lexsort((cand, hashes[cand]))]
-        h = hashes[order]
-        same = h[1:] == h[:-1]
-        # a pair is two consecutive entries of one hash (exactly two), one read 1 and one read 2
-        run_start = np.flatnonzero(np.concatenate(([True], ~same)))
-        run_len = np.diff(np.concatenate((run_start, [len(order)])))
-        two = run_start[run_len == 2]
-        a, b = order[two], order[two + 1]  # a: first in file order
-        ok = ((flag[a] & FLAG_READ1) != 0) != ((flag[b] & FLAG_READ1) != 0)
-        a, b = a[ok], b[ok]
-        del order, h, same, run_start, run_len, two, cand
-        b_first = refcoord[b] < refcoord[a]
-        r1 = np.where(b_first, b, a)
-        r2 = np.where(b_first, a, b)
-        del b_first
-        pscore = (score[a].astype(np.int32) + score[b].astype(np.int32)).astype(np.int16)
-        if len(r1):
-            # Picard's order: read 1's (ref, coord), the orientation (FF 0, FR 1, RF 2, RR 3), read 2's
-            # (ref, coord), the location parsed from the name of the first end in file order, then read
-            # 1's and read 2's file index
-            key1 = refcoord[r1]
-            key2 = ((rev[r1].astype(np.int64) * 2 + rev[r2]) << 58) | refcoord[r2]
-            po = np.lexsort((r2, r1, loc48[a], key2, key1))
-            key1, key2 = key1[po], key2[po]
-            newg = np.concatenate(([True], (key1[1:] != key1[:-1]) | (key2[1:] != key2[:-1])))
-            del key1, key2
-            keep = self._first_max(newg, pscore[po])
-            lost = po[keep == 0]
-            m.READ_PAIR_OPTICAL_DUPLICATES = self._optical(newg, keep, po, a, b, flag, rev, loc48)
-            dup[r1[lost]] = True
-            dup[r2[lost]] = True
-
-        # -- fragments -------------------------------------------------------------------------
-        fr = np.flatnonzero(mapped)
-        if len(fr):
-            # Picard's order: (ref, coord), strand, paired ends first (read2 reference -1 last), location,
-            # file index; groups: (ref, coord, strand)
-            small = rev[fr].astype(np.int8) * 2 + (~paired_mm[fr]).astype(np.int8)
-            fo = np.lexsort((fr, loc48[fr], small, refcoord[fr]))
-            idx = fr[fo]
-            del fo, small, fr
-            k1, k3 = refcoord[idx], rev[idx]
-            newg = np.concatenate(([True], (k1[1:] != k1[:-1]) | (k3[1:] != k3[:-1])))
-            del k1, k3
-            gid = np.cumsum(newg) - 1
-            has_pair = np.zeros(int(gid[-1]) + 1, dtype=bool)
-            np.logical_or.at(has_pair, gid, paired_mm[idx])
-            unpaired = ~paired_mm[idx]
-            # groups with a paired end: every unpaired end is a duplicate
-            dup[idx[unpaired & has_pair[gid]]] = True
-            # groups of unpaired ends only: the first best is kept
-            sel = ~has_pair[gid]
-            if sel.any():
-                sidx = idx[sel]
-                sg = gid[sel]
-                newg2 = np.concatenate(([True], sg[1:] != sg[:-1]))
-                keep = self._first_max(newg2, score[sidx])
-                dup[sidx[keep == 0]] = True
-
-        m.UNPAIRED_READ_DUPLICATES = int((dup & mapped & ~paired_mm).sum())
-        m.READ_PAIR_DUPLICATES = int((dup & paired_mm).sum()) // 2
-        m.READ_PAIRS_EXAMINED = pairs_examined // 2
-        m.finish()
-        return dup, m
-
-    @staticmethod
-    def _optical(newg: np.ndarray, keep: np.ndarray, po: np.ndarray, a: np.ndarray, b: np.ndarray, flag: np.ndarray,
-                 rev: np.ndarray, loc48: np.ndarray, distance: int = 100) -> int:
-        """Picard's optical duplicate count over the pair groups (OPTICAL_DUPLICATE_PIXEL_DISTANCE 100;
-        its pairwise algorithm, per orientation of read 1 / read 2 of the pair when a group has both)."""
-        starts = np.flatnonzero(newg)
-        sizes = np.diff(np.concatenate((starts, [len(newg)])))
-        total = 0
-        a_is_r1 = (flag[a] & FLAG_READ1) != 0
-        # orientation for optical duplicates: read 1 of the pair's strand, then read 2's
-        s1 = np.where(a_is_r1, rev[a], rev[b])
-        s2 = np.where(a_is_r1, rev[b], rev[a])
-        for st, sz in zip(starts[sizes > 1], sizes[sizes > 1]):
-            members = po[st:st + sz]
-            kept = members[keep[st:st + sz] == 1][0]
-            oo = s1[members] * 2 + s2[members]
-            parts = [members]
-            if (oo == 1).any() and (oo == 2).any():
-                parts = [members[oo == 1], members[oo == 2]]
-            for part in parts:
-                if len(part) < 2:
-                    continue
-                la = loc48[a[part]]
-                t, x, y = (la >> 32) - 32768, ((la >> 16) & 0xFFFF) - 32768, (la & 0xFFFF) - 32768
-                kidx = int(np.flatnonzero(part == kept)[0]) if (part == kept).any() else -1
-
-                def close(i: int, j: int) -> bool:
-                    return i != j and t[i] != -1 and t[j] != -1 and t[i] == t[j] and \
-                        abs(int(x[i]) - int(x[j])) <= distance and abs(int(y[i]) - int(y[j])) <= distance
-
-                n = len(part)
-                flags = [False] * n
-                if kidx >= 0:
-                    for i in range(n):
-                        flags[i] = close(kidx, i)
-                for i in range(n):
-                    if i == kidx:
-                        continue
-                    for j in range(i + 1, n):
-                        if j == kidx or (flags[i] and flags[j]):
-                            continue
-                        if close(i, j):
-                            flags[j if not flags[j] else i] = True
-                total += sum(flags)
-        return total
-
-    @staticmethod
-    def _first_max(newg: np.ndarray, score: np.ndarray) -> np.ndarray:
-        starts = np.concatenate((np.flatnonzero(newg), [len(newg)])).astype(np.int64)
-        keep = np.zeros(len(newg), dtype=np.uint8)
-        md_kernel.first_max_groups(starts, np.ascontiguousarray(score, dtype=np.int16), keep)
-        return keep
+    def stage_decide(self, w: Work) -> Work:
+        """Feed the decider the chunks' ends in dataset order (one replica; early chunks wait here)."""
+        with self._order_lock:
+            self._pending[w.desc.chunk] = w.out
+            w.out = None
+            while self._next in self._pending:
+                out = self._pending.pop(self._next)
+                self.decider.add(out, self.ds.chunks[self._next].first)
+                self._next += 1
+        self.advance(w.n)
+        return w
 
     # -- pass 2 and commit ----------------------------------------------------------------
     def _rewrite(self, chunk: int, mask: np.ndarray) -> int:
@@ -404,11 +520,17 @@ class MarkdupJob(Job):
 
     def commit(self, outputs: list[Any]) -> MarkdupSummary:
         assert self.txn is not None
-        dup, metrics = self.decide([o for o in outputs if o is not None])
-        bounds = np.cumsum([0] + [c.num_records for c in self.ds.chunks])
+        dups, metrics = self.decider.finish()
+
+        def rewrite(i: int) -> int:
+            ref = self.ds.chunks[i]
+            lo, hi = np.searchsorted(dups, [ref.first, ref.last])
+            mask = np.zeros(ref.num_records, dtype=bool)
+            mask[dups[lo:hi] - ref.first] = True
+            return self._rewrite(i, mask)
+
         with ThreadPoolExecutor(self.threads, thread_name_prefix=f"markdup-{self.request_id[:6]}") as pool:
-            counts = list(pool.map(lambda i: self._rewrite(i, dup[bounds[i]:bounds[i + 1]]),
-                                   range(len(self.ds.chunks))))
+            counts = list(pool.map(rewrite, range(len(self.ds.chunks))))
         entry = self.provenance(inputs=[{"dataset": self.ds.store.url, "name": self.ds.name,
                                          "generation": self.ds.manifest.generation}],
                                 duplicates=int(sum(counts)))
@@ -417,8 +539,9 @@ class MarkdupJob(Job):
         if self.request.metrics:
             write_metrics(self.request.metrics, [metrics], command=f"persona markdup {self.request.dataset}")
         return MarkdupSummary(**self.summary_base(), name=self.ds.name, location=self.ds.store.url,
-                              records=len(dup), duplicates=int(dup.sum()), metrics=[metrics.__dict__.copy()],
-                              metrics_file=self.request.metrics)
+                              records=self.decider.records, duplicates=len(dups),
+                              metrics=[metrics.__dict__.copy()], metrics_file=self.request.metrics,
+                              windowed=self.windowed, held_max=self.decider.held_max)
 
     def abort(self, error: BaseException | None) -> None:
         if self.txn is not None and self.txn.state in ("open", "new"):
