@@ -20,9 +20,8 @@ Picard's rules, as implemented:
 * library: the read group's ``LB`` (the dataset's read group), else ``Unknown Library``;
 * ends: every mapped primary record is a *fragment* end (library, reference, unclipped
   5' coordinate, strand); a paired record whose mate is mapped, with its mate found
-  in the dataset (same name; mates meet in file order, as in Picard's pending-mate map), also
-  forms a *pair* end with
-  its mate: read 1 of the pair is the end with the lower (reference, coordinate),
+  in the dataset (same name; mates meet in file order, as in Picard's pending-mate map),
+  also forms a *pair* end with its mate: read 1 of the pair is the end with the lower (reference, coordinate),
   the first in file order on a tie, and the orientation is (read 1's strand, read
   2's strand). The mate's position, strand and CIGAR come from the mate's own
   record, never from MC tags;
