@@ -172,7 +172,18 @@ class AlignJob(Job):
         if missing:
             raise DatasetError(f"dataset {ds.name!r} cannot be aligned: it has no "
                                f"{' or '.join(map(repr, missing))} column (it has {ds.columns})", store=ds.store.url)
+        explicit = paired is not None
         paired = ds.paired if paired is None else paired
+        if not paired and not explicit and RESULTS in ds.columns and ds.chunks:
+            # An imported paired SAM/BAM whose mates are not next to each other (a coordinate-sorted
+            # file): aligning it read by read would silently lose the pairing.
+            flags = ds.read_column(0, RESULTS).fields["flag"]
+            if len(flags) and float(((flags & 0x1) != 0).mean()) > 0.5:
+                raise DatasetError(
+                    f"dataset {ds.name!r} holds paired reads whose mates are not next to each other (e.g. a "
+                    "coordinate-sorted BAM): sort it by read name first (persona sort DS -o DS2 --order "
+                    "queryname) and align that, or pass --single to align the reads one by one",
+                    store=ds.store.url)
         if paired:
             for ref in ds.chunks:
                 if ref.first % 2 or ref.num_records % 2:
