@@ -151,3 +151,27 @@ def test_cram_export(aligned, tmp_path: Path) -> None:
     b = _sh(f"{samtools} view -T {aligned['reference']} {cram} | cut -f1-11").stdout
     assert a == b and a.count(b"\n") > 8000
     assert b"M5:" in _sh(f"{samtools} view -H {cram}").stdout
+
+
+@pytest.mark.tools
+def test_coordinate_sorted_paired_bam_aligns_as_pairs_after_a_name_sort(aligned, tmp_path: Path) -> None:
+    """A paired BAM sorted by coordinate: align refuses to lose the pairing; sorted by name, it aligns as
+    pairs and gives the same flagstat as the FASTQ import it came from."""
+    samtools = require_tool("samtools")
+    py = " ".join(CLI)
+    env = {**os.environ, "PERSONA_ALIGN__REFERENCES_URL": str(aligned["refs"])}
+    t = tmp_path
+    assert _sh(f"{py} export {aligned['ds']} - -f bam --no-secondary | {samtools} sort -o {t}/cs.bam -",
+               env=env).returncode == 0
+    assert _sh(f"{py} import {t}/cs.bam -o {t}/imp -n c -q", env=env).returncode == 0
+    r = _sh(f"{py} align {t}/imp -r measles -q", env=env)
+    assert r.returncode == 1 and b"sort it by read name first" in r.stderr
+    assert _sh(f"{py} sort {t}/imp -o {t}/byname --order queryname -q", env=env).returncode == 0
+    assert b"paired: detected" in _sh(f"{py} info {t}/byname", env=env).stdout
+    assert _sh(f"{py} align {t}/byname -r measles -q", env=env).returncode == 0
+    ours = _sh(f"{py} stats {t}/byname --json", env=env).stdout
+    theirs = _sh(f"{py} stats {aligned['ds']} --json", env=env).stdout
+    import json
+
+    a, b = json.loads(ours), json.loads(theirs)
+    assert a["properly_paired"] == b["properly_paired"] and a["mapped"] == b["mapped"] and a["paired"] == 8000

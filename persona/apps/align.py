@@ -179,6 +179,11 @@ class AlignJob(Job):
             # file): aligning it read by read would silently lose the pairing.
             flags = ds.read_column(0, RESULTS).fields["flag"]
             if len(flags) and float(((flags & 0x1) != 0).mean()) > 0.5:
+                if ds.manifest.sort == "queryname":
+                    raise DatasetError(
+                        f"dataset {ds.name!r} holds paired reads, but not every read has its mate next to it "
+                        "(some mates are missing, as in a region extract): pass --single to align the reads "
+                        "one by one", store=ds.store.url)
                 raise DatasetError(
                     f"dataset {ds.name!r} holds paired reads whose mates are not next to each other (e.g. a "
                     "coordinate-sorted BAM): sort it by read name first (persona sort DS -o DS2 --order "

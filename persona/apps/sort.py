@@ -541,6 +541,10 @@ class SortJob(Job):
                                          "generation": m.generation, "records": m.num_records}],
                                 order=self.order)
         paired = m.paired if self.order == "queryname" else (False if m.paired else m.paired)
+        if self.order == "queryname" and not m.paired and "results" in self.columns:
+            # Sorting by name puts mates next to each other (read 1 first): whether they now make
+            # interleaved pairs is decided from the names when the dataset is opened (persona info says so)
+            paired = None
         manifest = self.txn.commit(self.columns, sort=self.order, reference=m.reference,
                                    reference_contigs=list(m.reference_contigs), paired=paired,
                                    extra=dict(m.extra), provenance=[*m.provenance, entry])
