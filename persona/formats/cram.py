@@ -59,11 +59,19 @@ def bam_to_cram(bam: str | os.PathLike[str], out: IO[bytes], fasta: str, *, thre
 
 
 def _indexed(fasta: str) -> str:
+    """``fasta`` with its ``.fai`` (made beside it, as samtools faidx does), or an indexed private copy
+    where that is not possible: a read-only or package directory, a gzip (not bgzip) file."""
     if os.path.exists(fasta + ".fai"):
         return fasta
     import pysam
 
+    import persona
+
+    package_dir = os.path.dirname(os.path.abspath(persona.__file__))
+    in_package = os.path.abspath(fasta).startswith(package_dir + os.sep)
     try:
+        if in_package or not os.access(os.path.dirname(os.path.abspath(fasta)), os.W_OK):
+            raise PermissionError(fasta)
         pysam.faidx(fasta)
         return fasta
     except Exception:  # noqa: BLE001 - read-only directory or gzip (not bgzip): index a private copy
