@@ -184,6 +184,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._pipelines: dict[str, Pipeline] = {}
         self._executor: Any = None
+        self._compute: Any = None
         self._stores: dict[str, Any] = {}
         self._handles: dict[str, JobHandle] = {}
         self._idle = threading.Condition(self._lock)
@@ -200,6 +201,18 @@ class Runtime:
 
                 self._executor = AlignerExecutor(self.threads)
             return self._executor
+
+    @property
+    def compute(self) -> Any:
+        """A pool of :attr:`threads` threads for CPU work items that stages hand out and wait for (the
+        thesis' executor pattern: compressing the columns of one chunk in parallel, reading a mate
+        file alongside). Tasks are leaves: they never wait on other tasks of the pool."""
+        with self._lock:
+            if self._compute is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._compute = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="runtime-compute")
+            return self._compute
 
     def store(self, url: str) -> Any:
         """The open store of ``url`` (one per URL per runtime)."""
@@ -377,12 +390,15 @@ class Runtime:
         with self._lock:
             pipelines, self._pipelines = list(self._pipelines.values()), {}
             executor, self._executor = self._executor, None
+            compute, self._compute = self._compute, None
             stores, self._stores = list(self._stores.values()), {}
             self._state = "stopped"
         for p in pipelines:
             p.stop(max(0.1, deadline - time.monotonic()))
         if executor is not None:
             executor.close()
+        if compute is not None:
+            compute.shutdown(wait=True, cancel_futures=True)
         for st in stores:
             try:
                 st.close()

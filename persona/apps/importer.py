@@ -5,13 +5,15 @@ ends, so the request's thread reads the input and puts one feed per chunk into
 the runtime's ``import`` pipeline while earlier chunks are already being
 converted and written (PTF streaming ingress; the arity is declared at the end)::
 
-    source (request thread)   ->  check       ->  base     ->  qual     ->  metadata  ->  write
-    decompress, cut on record     mate names      gather,      gather,      gather,       store the
-    boundaries, scan (validate)   and counts      pack 3-bit,  compress     compress      chunk files
-    the records (GIL-free)                        compress                                (transaction)
+    source (request thread)       ->  check         ->  encode                ->  write
+    decompress, cut on record         mate names        gather each column,       store the chunk
+    boundaries, scan (validate) the   and counts        pack 3-bit bases,         files (transaction)
+    records; the mate file alongside                    compress
 
-* Each column has its own stage, so the three columns of consecutive chunks are
-  compressed in parallel (zstd and deflate release the GIL).
+* The columns of a chunk are gathered and compressed in parallel on the
+  runtime's compute pool (zstd, deflate and the gather kernels release the GIL),
+  and the mate file is read and scanned alongside the first (the executor
+  pattern: stage threads hand out work items and wait).
 * The source never runs more than a window of chunks ahead of the writer
   (``import.queue_depth`` + threads + 1 chunks), so memory is bounded whatever
   the input size.
@@ -194,8 +196,7 @@ class ImportJob(Job):
 
     kind: ClassVar[str] = "import"
     streaming: ClassVar[bool] = True
-    stages = (StagePlan("check", 1), StagePlan("base", 1), StagePlan("qual", 1), StagePlan("metadata", 1),
-              StagePlan("write", 1))
+    stages = (StagePlan("check", 1), StagePlan("encode", 1), StagePlan("write", 1))
     capacity: ClassVar[int] = 2
     request: ImportRequest
     columns: tuple[str, ...] = READ_COLUMNS
@@ -236,9 +237,26 @@ class ImportJob(Job):
         return column_level(self.request.level, column, self.request.compression or "zstd")
 
     def _encode(self, w: Work, column: str, value: Any) -> None:
-        w.out_files[column] = encode_column_chunk(column, value, first_ordinal=w.first, name=self.name,
-                                                  compression=self.request.compression or "zstd",
-                                                  level=self.level_of(column))
+        w.out_files[column] = self._encoded(w, column, value)
+
+    def _encoded(self, w: Work, column: str, value: Any) -> bytes:
+        return encode_column_chunk(column, value, first_ordinal=w.first, name=self.name,
+                                   compression=self.request.compression or "zstd", level=self.level_of(column))
+
+    def encode_parallel(self, w: Work, values: dict[str, Callable[[], Any]]) -> None:
+        """Gather (``values[c]()``) and compress every column of the chunk, the columns in parallel on
+        the runtime's pool (zstd, deflate and the gather kernels release the GIL); the biggest here."""
+        cols = list(values)
+        futures = {c: self.runtime.compute.submit(lambda c=c: self._encoded(w, c, values[c]())) for c in cols[1:]}
+        try:
+            w.out_files[cols[0]] = self._encoded(w, cols[0], values[cols[0]]())
+        finally:
+            for c, f in futures.items():
+                exc = f.exception()
+                if exc is None:
+                    w.out_files[c] = f.result()
+        for f in futures.values():
+            f.result()  # re-raise the first task's error
 
     def stage_write(self, w: Work) -> Work:
         assert self.txn is not None
@@ -325,10 +343,23 @@ class ImportFastqJob(ImportJob):
         iters = [iter_text_chunks(_input(p), size) for p in r.inputs]
         per_chunk = r.chunk_size * (2 if self.paired else 1)
         index = 0
+        def read(k: int) -> tuple[Any, Any]:
+            chunk = next(iters[k])
+            return chunk, scan_chunk(chunk, self.sources[k])
+
         try:
             while True:
-                chunks = [next(it) for it in iters]
-                positions = tuple(scan_chunk(c, s) for c, s in zip(chunks, self.sources))
+                if len(iters) == 2:  # the mate file is read and scanned alongside, on the runtime's pool
+                    mate = self.runtime.compute.submit(read, 1)
+                    try:
+                        first = read(0)
+                    finally:
+                        mate.exception()  # wait for it either way (its generator is ours); R1's error first
+                    pairs = [first, mate.result()]
+                else:
+                    pairs = [read(0)]
+                chunks = [c for c, _ in pairs]
+                positions = tuple(p for _, p in pairs)
                 w = ImportWork(self.descriptor(index), index * per_chunk)
                 w.text, w.positions = tuple(chunks), positions
                 w.n = sum(len(p) for p in positions)
@@ -360,21 +391,11 @@ class ImportFastqJob(ImportJob):
             return gather_field(column, w.text[0], w.positions[0], w.text[1], w.positions[1])
         return gather_field(column, w.text[0], w.positions[0])
 
-    def _column_stage(self, w: ImportWork, column: str) -> ImportWork:
+    def stage_encode(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
         if w.n:
-            self._encode(w, column, self._gather(w, column))
-        if column == "metadata":
-            w.text = w.positions = ()
+            self.encode_parallel(w, {c: (lambda c=c: self._gather(w, c)) for c in self.columns})
+        w.text = w.positions = ()
         return w
-
-    def stage_base(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
-        return self._column_stage(w, "base")
-
-    def stage_qual(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
-        return self._column_stage(w, "qual")
-
-    def stage_metadata(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
-        return self._column_stage(w, "metadata")
 
 
 def _input(path: str) -> Any:
@@ -421,20 +442,9 @@ class ImportSamJob(ImportJob):
     def stage_check(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
         return w
 
-    def _column_stage(self, w: ImportWork, columns: tuple[str, ...]) -> ImportWork:
-        for c in columns:
-            if c in w.data:
-                self._encode(w, c, w.data[c])
-        return w
-
-    def stage_base(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
-        return self._column_stage(w, ("base",))
-
-    def stage_qual(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
-        return self._column_stage(w, ("qual",))
-
-    def stage_metadata(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
-        w = self._column_stage(w, tuple(c for c in w.data if c not in ("base", "qual")))
+    def stage_encode(self, w: ImportWork) -> ImportWork:  # type: ignore[override]
+        data = w.data
+        self.encode_parallel(w, {c: (lambda c=c: data[c]) for c in data})
         w.data = None
         return w
 
