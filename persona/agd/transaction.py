@@ -44,7 +44,6 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from persona.agd.columns import ColumnValue
 from persona.agd.manifest import ChunkRef, Manifest, chunk_path, manifest_key
 from persona.errors import (
     ChunkFormatError,

@@ -53,7 +53,7 @@ from persona.agd.records import Alignments
 from persona.agd.transaction import Transaction
 from persona.align.base import AlignerOptions
 from persona.align.reference import LoadedReference
-from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
+from persona.apps.job import DatasetReadJob, Request, StagePlan, Summary, Work
 from persona.errors import DatasetError
 from persona.ptf import PipelineSpec, StageSpec
 from persona.storage import Store
@@ -138,7 +138,7 @@ class AlignSummary(Summary):
         return d
 
 
-class AlignJob(Job):
+class AlignJob(DatasetReadJob):
     """One align request: a column transaction on its dataset, fed chunk by chunk."""
 
     kind: ClassVar[str] = "align"
@@ -210,19 +210,7 @@ class AlignJob(Job):
         self.ds = Dataset(self.ds.store, self.txn.base or self.ds.manifest)  # what is committed now
         self._check_dataset(self.ds, self.request.paired)
 
-    def feeds(self) -> list[FeedDescriptor]:
-        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, self.read_columns)
-                for i in range(len(self.ds.chunks))]
-
     # -- stages ----------------------------------------------------------------------------
-    def stage_read(self, w: Work) -> Work:
-        w.data = {c: self.ds.read_file(w.desc.chunk, c) for c in w.desc.columns}
-        return w
-
-    def stage_decode(self, w: Work) -> Work:
-        w.data = {c: self.ds.decode_file(w.desc.chunk, c, buf) for c, buf in w.data.items()}
-        return w
-
     def stage_align(self, w: Work) -> Work:
         cols: dict[str, RaggedArray] = w.data
         assert self.reference is not None and self.request.work_item_reads is not None

@@ -33,7 +33,7 @@ import persona
 from persona.agd import BASE, METADATA, QUAL, Dataset
 from persona.agd.columns import TAGS, column_sort_key, is_alignment_column, tags_column
 from persona.agd.ragged import RaggedArray
-from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
+from persona.apps.job import DatasetReadJob, Request, StagePlan, Summary, Work
 from persona.errors import ConfigError, DatasetError
 from persona.formats import bgzf
 from persona.formats.bam import encode_records, header_block
@@ -125,7 +125,7 @@ class ExportSummary(Summary):
     paths: list[str] = field(default_factory=list)
 
 
-class ExportJob(Job):
+class ExportJob(DatasetReadJob):
     kind: ClassVar[str] = "export"
     stages = (StagePlan("read", 1), StagePlan("decode", 2), StagePlan("encode", 2), StagePlan("compress", 2),
               StagePlan("write", 1))
@@ -189,6 +189,7 @@ class ExportJob(Job):
                 self.tag_columns["results"] = TAGS
         self.columns = ([BASE, QUAL, METADATA] + (["results"] if self.aligned else []) + self.sec_columns
                         + list(self.tag_columns.values()))
+        self.read_columns = tuple(self.columns)
         self._stack = contextlib.ExitStack()
         self._files: list[IO[bytes]] = []
         self._next = 0
@@ -236,19 +237,7 @@ class ExportJob(Job):
             self._close(sys.exc_info()[1])
             raise
 
-    def feeds(self) -> list[FeedDescriptor]:
-        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, tuple(self.columns))
-                for i in range(len(self.ds.chunks))]
-
     # -- stages ----------------------------------------------------------------------------
-    def stage_read(self, w: Work) -> Work:
-        w.data = {c: self.ds.read_file(w.desc.chunk, c) for c in w.desc.columns}
-        return w
-
-    def stage_decode(self, w: Work) -> Work:
-        w.data = {c: self.ds.decode_file(w.desc.chunk, c, buf) for c, buf in w.data.items()}
-        return w
-
     def stage_encode(self, w: Work) -> Work:
         i = w.desc.chunk
         values = w.data

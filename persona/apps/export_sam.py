@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 
 from persona._native import bam as bam_kernel
-from persona.agd.columns import column_sort_key, is_alignment_column
 from persona.agd.dataset import Dataset
 from persona.agd.manifest import ChunkRef
 from persona.agd.ragged import RaggedArray
@@ -54,7 +53,7 @@ from persona.agd.records import (
     FLAG_UNMAPPED,
     Alignments,
 )
-from persona.errors import ConfigError, DatasetError
+from persona.errors import ConfigError
 from persona.formats.sam import ReadGroup
 from persona.storage import Store
 

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from persona.errors import PersonaError
@@ -251,6 +251,26 @@ class Job:
     def provenance(self, **extra: Any) -> dict[str, Any]:
         """This run's provenance entry for the manifest (see :func:`provenance_entry`)."""
         return provenance_entry(self.request, self.request_id, self.started, **extra)
+
+
+class DatasetReadJob(Job):
+    """A job whose feeds are the chunks of one dataset (``self.ds``), read and decoded by its first
+    two stages: ``read`` (the chunk files of ``read_columns``, checksums checked) and ``decode``."""
+
+    ds: Any
+    read_columns: tuple[str, ...] = ()
+
+    def feeds(self) -> list[FeedDescriptor]:
+        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, tuple(self.read_columns))
+                for i in range(len(self.ds.chunks))]
+
+    def stage_read(self, w: Work) -> Work:
+        w.data = {c: self.ds.read_file(w.desc.chunk, c) for c in w.desc.columns}
+        return w
+
+    def stage_decode(self, w: Work) -> Work:
+        w.data = {c: self.ds.decode_file(w.desc.chunk, c, buf) for c, buf in w.data.items()}
+        return w
 
 
 def dispatch(stage: str) -> Callable[[Work], Work]:

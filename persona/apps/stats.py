@@ -27,7 +27,7 @@ from persona.agd.records import (
     FLAG_SUPPLEMENTARY,
     FLAG_UNMAPPED,
 )
-from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
+from persona.apps.job import DatasetReadJob, Request, StagePlan, Summary, Work
 from persona.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class StatsSummary(Summary):
     stats: AlignmentStats = field(default_factory=AlignmentStats)
 
 
-class StatsJob(Job):
+class StatsJob(DatasetReadJob):
     """read -> decode -> count, one feed per chunk; the counts are added up at the end."""
 
     kind: ClassVar[str] = "stats"
@@ -138,18 +138,7 @@ class StatsJob(Job):
         if "results" not in self.ds.columns:
             raise DatasetError("dataset has no results column: align it first", dataset=self.ds.name)
         self.columns = ("results", *(c for c in self.ds.columns if is_secondary_column(c)))
-
-    def feeds(self) -> list[FeedDescriptor]:
-        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, self.columns)
-                for i in range(len(self.ds.chunks))]
-
-    def stage_read(self, w: Work) -> Work:
-        w.data = {c: self.ds.read_file(w.desc.chunk, c) for c in w.desc.columns}
-        return w
-
-    def stage_decode(self, w: Work) -> Work:
-        w.data = {c: self.ds.decode_file(w.desc.chunk, c, buf) for c, buf in w.data.items()}
-        return w
+        self.read_columns = self.columns
 
     def stage_count(self, w: Work) -> Work:
         stats = AlignmentStats()

@@ -151,30 +151,16 @@ class FileStore(Store):
 
     # ------------------------------------------------------------------ writes
     def _put(self, key: str, data: memoryview) -> None:
+        # A unique temporary name per call lets concurrent puts of one key proceed; the last rename wins.
         path = self._resolve(key)
-        directory = path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        # A unique name per call lets concurrent puts of one key proceed; the last rename wins.
-        tmp = directory / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        tmp = self._write_tmp(path, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        if self.fsync:
-            # Make the rename itself durable.
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        self._sync_dir(path.parent)  # make the rename itself durable
 
     def _write_tmp(self, path: Path, data: memoryview) -> Path:
         directory = path.parent
