@@ -177,3 +177,20 @@ def test_coordinate_sorted_paired_bam_aligns_as_pairs_after_a_name_sort(aligned,
 
     a, b = json.loads(ours), json.loads(theirs)
     assert a["properly_paired"] == b["properly_paired"] and a["mapped"] == b["mapped"] and a["paired"] == 8000
+
+
+@pytest.mark.tools
+def test_coordinate_sorted_export_gets_an_index_and_full_sq_lines(aligned, tmp_path: Path) -> None:
+    samtools = require_tool("samtools")
+    py = " ".join(CLI)
+    env = {**os.environ, "PERSONA_ALIGN__REFERENCES_URL": str(aligned["refs"])}
+    assert _sh(f"{py} sort {aligned['ds']} -o {tmp_path}/srt -q", env=env).returncode == 0
+    r = _sh(f"{py} export {tmp_path}/srt {tmp_path}/o.bam --no-secondary", env=env)
+    assert r.returncode == 0 and b"SO:coordinate" in r.stderr, r.stderr
+    assert (tmp_path / "o.bam.bai").exists()
+    header = _sh(f"{samtools} view -H {tmp_path}/o.bam").stdout.decode()
+    sq = [ln for ln in header.splitlines() if ln.startswith("@SQ")]
+    assert sq and all("\tM5:" in ln and "\tUR:file://" in ln for ln in sq)
+    contig = sq[0].split("\tSN:")[1].split("\t")[0]
+    region = _sh(f"{samtools} view -c {tmp_path}/o.bam {contig}:1000-2000")  # the index answers a region
+    assert region.returncode == 0 and int(region.stdout) > 0

@@ -218,6 +218,7 @@ class ExportJob(DatasetReadJob):
             contigs=self.contigs, sort=sort, read_group=self.rg, version=persona.__version__,
             command_line=self.request.command_line,
             md5s=[c.md5 for c in contigs] if self.aligned else None,
+            reference_uri=self._reference_uri() if self.aligned else None,
             # import keeps reads grouped by name (mates together) unless the dataset was sorted
             group_order="query" if sort in ("unsorted", "unknown") and m.sort == "queryname" else None,
             read_groups=other_rgs, comments=[str(c) for c in m.extra.get("comments") or []])
@@ -337,6 +338,10 @@ class ExportJob(DatasetReadJob):
             self._write(0, bgzf.EOF_BLOCK)
         self._close(None)
         paths, fmt = list(self.outputs), self.fmt
+        index = None
+        if (self.fmt == "bam" and self.cram_output is None and self.sort == "coordinate"
+                and self.outputs[0] != "-" and os.path.isfile(self.outputs[0])):
+            index = self._index(self.outputs[0])
         if self.cram_output is not None:
             from persona.formats.cram import bam_to_cram
 
@@ -351,6 +356,39 @@ class ExportJob(DatasetReadJob):
                              chunks=len(self.ds.chunks), bytes_written=self.bytes_written,
                              sort_order=self.sort if self.fmt != "fastq" else "",
                              secondary_records=self.secondary_records, paths=paths)
+
+    def _reference_uri(self) -> str | None:
+        """``@SQ UR``: the FASTA the dataset's registered reference was added from, when it is known."""
+        name = self.ds.manifest.reference
+        if not name:
+            return None
+        try:
+            from persona.align.reference import reference_info
+            from persona.config import get_config
+
+            info = reference_info(name, self.request.references_url or get_config().align.references_url)
+            return "file://" + info.source if info.source.startswith("/") else None
+        except Exception:  # noqa: BLE001 - an unregistered or moved reference: no UR, not an error
+            return None
+
+    @staticmethod
+    def _index(path: str) -> str | None:
+        """Write ``<path>.bai`` next to a coordinate-sorted BAM (``.csi`` where a contig is too long
+        for BAI); returns its path."""
+        import pysam
+
+        try:
+            pysam.index(path)
+            return path + ".bai"
+        except Exception:  # noqa: BLE001 - contigs over 2^29 bp need CSI
+            try:
+                pysam.index("-c", path)
+                return path + ".csi"
+            except Exception as e:  # noqa: BLE001 - the BAM itself is complete; say why there is no index
+                import logging
+
+                logging.getLogger(__name__).warning("could not index %s: %s", path, e)
+                return None
 
     def _drop_scratch(self) -> None:
         scratch = getattr(self, "_scratch", None)
