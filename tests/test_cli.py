@@ -119,6 +119,12 @@ def test_demo_runs_the_whole_chain(tmp_path: Path, capsys) -> None:
     flagstat = subprocess.run(["samtools", "flagstat", str(bam)], capture_output=True, text=True).stdout
     mapped_line = next(line for line in flagstat.splitlines() if " mapped (" in line)
     assert int(mapped_line.split()[0]) > 4000  # ~75% of the sample is measles
+    # the chain sorts and marks duplicates: a coordinate-sorted, indexed BAM with 0x400 flags
+    assert (tmp_path / "sample.bam.bai").exists() and (tmp_path / "duplicate_metrics.txt").exists()
+    header = subprocess.run(["samtools", "view", "-H", str(bam)], capture_output=True, text=True).stdout
+    assert "SO:coordinate" in header.splitlines()[0]
+    dup_line = next(line for line in flagstat.splitlines() if " duplicates" in line)
+    assert int(dup_line.split()[0]) > 0 and "duplicates" in out
 
 
 @pytest.mark.parametrize(("choice", "code"), [("none", 0), ("gzip", 2), ("zstd", 3)])

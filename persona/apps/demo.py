@@ -1,6 +1,7 @@
 """The embedded default job: the whole chain on the bundled sample, local files, one process.
 
-import FASTQ pair -> index the reference -> align -> export BAM -> summary.
+import FASTQ pair -> index the reference -> align -> sort by coordinate -> mark duplicates
+-> export an indexed BAM -> summary.
 Each step calls the same library function as its CLI command, so the demo is
 also a smoke test of a fresh installation.
 """
@@ -32,7 +33,10 @@ def run_demo(workdir: str | None = None, *, out=print, runtime=None) -> int:
     from persona.apps.export_sam import export_sam
     from persona.apps.import_fastq import import_fastq
     from persona.apps.info import dataset_info
+    from persona.apps.markdup import MarkdupRequest
+    from persona.apps.sort import SortRequest
     from persona.apps.stats import alignment_stats
+    from persona.runtime import default_runtime
 
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="persona-demo-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -53,9 +57,15 @@ def run_demo(workdir: str | None = None, *, out=print, runtime=None) -> int:
          runtime=runtime)
     step("reference", add_reference, "measles", files["reference"], store_url=refs)
     step("align", align_dataset, dataset, "measles", references_url=refs, runtime=runtime)
-    step("export", export_sam, dataset, bam, fmt="bam", read_group={"PL": "ILLUMINA"}, runtime=runtime)
-    info = dataset_info(dataset)
-    stats = alignment_stats(dataset, runtime=runtime)
+    rt = runtime or default_runtime()
+    sorted_ds = str(base / "sorted")
+    step("sort", rt.run, SortRequest(dataset=dataset, output=sorted_ds, order="coordinate"))
+    step("markdup", rt.run, MarkdupRequest(dataset=sorted_ds, metrics=str(base / "duplicate_metrics.txt")))
+    # primary records only, so the BAM is coordinate-sorted and gets its .bai
+    step("export", export_sam, sorted_ds, bam, fmt="bam", read_group={"PL": "ILLUMINA"}, runtime=runtime,
+         secondary=False)
+    info = dataset_info(sorted_ds)
+    stats = alignment_stats(sorted_ds, runtime=runtime)
 
     out("")
     out(f"{'step':<10} {'seconds':>8}")
@@ -65,5 +75,6 @@ def run_demo(workdir: str | None = None, *, out=print, runtime=None) -> int:
     out(f"reads            {stats.total:,} ({info['chunks']} chunks, {info['bytes_total']:,} bytes AGD)")
     out(f"mapped           {stats.mapped:,} ({stats.pct(stats.mapped, stats.total):.2f}%)")
     out(f"properly paired  {stats.properly_paired:,} ({stats.pct(stats.properly_paired, stats.paired):.2f}%)")
-    out(f"BAM              {bam}")
+    out(f"duplicates       {stats.duplicates:,} ({stats.pct(stats.duplicates, stats.total):.2f}%)")
+    out(f"BAM              {bam} (coordinate-sorted, indexed)")
     return 0
