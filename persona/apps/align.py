@@ -250,7 +250,10 @@ class AlignJob(DatasetReadJob):
         stale = [c for c in self.ds.columns
                  if (is_secondary_column(c) or is_tags_column(c)) and c not in self.out_columns]
         info = self.reference.info
-        extra = {"read_group": dict(self.request.read_group)} if self.request.read_group else {}
+        extra: dict[str, Any] = {"read_group": dict(self.request.read_group)} if self.request.read_group else {}
+        source = self.reference.info.source
+        if source.startswith("/"):  # @SQ UR on export: the FASTA the reference was added from
+            extra["reference_uri"] = "file://" + source
         manifest = self.txn.commit(
             list(self.out_columns), drop_columns=stale, reference=self.request.reference, extra=extra,
             reference_contigs=info.manifest_contigs(),

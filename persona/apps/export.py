@@ -358,18 +358,9 @@ class ExportJob(DatasetReadJob):
                              secondary_records=self.secondary_records, paths=paths)
 
     def _reference_uri(self) -> str | None:
-        """``@SQ UR``: the FASTA the dataset's registered reference was added from, when it is known."""
-        name = self.ds.manifest.reference
-        if not name:
-            return None
-        try:
-            from persona.align.reference import reference_info
-            from persona.config import get_config
-
-            info = reference_info(name, self.request.references_url or get_config().align.references_url)
-            return "file://" + info.source if info.source.startswith("/") else None
-        except Exception:  # noqa: BLE001 - an unregistered or moved reference: no UR, not an error
-            return None
+        """``@SQ UR``: the FASTA the reference was added from, recorded in the manifest at align time."""
+        uri = self.ds.manifest.extra.get("reference_uri")
+        return uri if isinstance(uri, str) and uri else None
 
     @staticmethod
     def _index(path: str) -> str | None:
