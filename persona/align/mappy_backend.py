@@ -63,20 +63,8 @@ from persona.align.minimap2 import (  # noqa: F401 - INDEX_FAMILY/INDEX_SUFFIX: 
     PRESETS,
     check_options,
 )
-from persona.agd.records import (
-    FLAG_MATE_REVERSE,
-    FLAG_MATE_UNMAPPED,
-    FLAG_PAIRED,
-    FLAG_PROPER_PAIR,
-    FLAG_READ1,
-    FLAG_READ2,
-    FLAG_REVERSE,
-    FLAG_SECONDARY,
-    FLAG_SUPPLEMENTARY,
-    FLAG_UNMAPPED,
-)
-from persona.align.pairing import (PE_BONUS, Hit, RecordSink, _secondaries, add_extras, add_pair, add_single,
-                                   template_length)
+from persona.agd.records import FLAG_MATE_REVERSE, FLAG_MATE_UNMAPPED
+from persona.align.pairing import PE_BONUS, Hit, RecordSink, add_chosen_pair, add_pair, add_single
 from persona.errors import AlignerError, ReferenceNotFoundError
 
 try:
@@ -246,29 +234,6 @@ def _mate_bits(mate: Hit | None) -> int:
     if mate is None:
         return FLAG_MATE_UNMAPPED
     return FLAG_MATE_REVERSE if mate[3] else 0
-
-
-def add_chosen_pair(sink: RecordSink, hits1: Sequence[Hit], hits2: Sequence[Hit],
-                    choice: tuple[Hit | None, Hit | None, bool]) -> None:
-    """Rows of one pair whose primaries and proper flag are ``choice`` (see :func:`choose_pair`);
-    the same rows :func:`persona.align.pairing.add_pair` builds for its own choice."""
-    p1, p2, proper = choice
-    for k, (s, m, hits) in enumerate(((p1, p2, hits1), (p2, p1, hits2))):
-        base = FLAG_PAIRED | (FLAG_READ1 if k == 0 else FLAG_READ2) | _mate_bits(m)
-        if s is None:
-            if m is None:
-                sink.rows.append((base | FLAG_UNMAPPED, 0, -1, -1, -1, -1, 0))
-            else:  # placed at the mapped mate
-                sink.rows.append((base | FLAG_UNMAPPED, 0, m[0], m[1], m[0], m[1], 0))
-            sink.cigars.append(b"")
-        else:
-            flag = base | (FLAG_REVERSE if s[3] else 0) | (FLAG_PROPER_PAIR if proper else 0)
-            if m is None:
-                sink.rows.append((flag, s[4], s[0], s[1], s[0], s[1], 0))
-            else:
-                sink.rows.append((flag, s[4], s[0], s[1], m[0], m[1], template_length(s, m)))
-            sink.cigars.append(s[5])
-        add_extras(sink, base, _secondaries(hits, s, sink.n_secondary), m)
 
 
 class MappyAligner(Aligner):

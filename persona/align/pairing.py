@@ -34,6 +34,8 @@ writer:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from persona.agd.ragged import RaggedArray
@@ -208,10 +210,16 @@ def add_pair(sink: RecordSink, hits1: list[Hit], hits2: list[Hit], max_gap: int)
     if len(hits1) == 1 and len(hits2) == 1 and not sink.sec_rows:
         _add_simple_pair(sink, hits1[0], hits2[0], max_gap)
         return
-    p1, p2, proper = choose_primaries(hits1, hits2, max_gap)
+    add_chosen_pair(sink, hits1, hits2, choose_primaries(hits1, hits2, max_gap))
+
+
+def add_chosen_pair(sink: RecordSink, hits1: Sequence[Hit], hits2: Sequence[Hit],
+                    choice: tuple[Hit | None, Hit | None, bool]) -> None:
+    """Rows of one pair whose primaries and proper flag are ``choice`` (the mappy backend makes its
+    own choice, then builds the same rows)."""
+    p1, p2, proper = choice
     for k, (s, m, hits) in enumerate(((p1, p2, hits1), (p2, p1, hits2))):
-        is_r1 = k == 0
-        base = FLAG_PAIRED | (FLAG_READ1 if is_r1 else FLAG_READ2) | _mate_bits(m)
+        base = FLAG_PAIRED | (FLAG_READ1 if k == 0 else FLAG_READ2) | _mate_bits(m)
         if s is None:
             if m is None:
                 sink.rows.append((base | FLAG_UNMAPPED, 0, -1, -1, -1, -1, 0))
