@@ -232,3 +232,45 @@ def test_two_aligns_on_one_dataset_one_fails_at_once_naming_the_holder(setup) ->
         assert a.returncode == 0 and b.returncode == 0, (a_err, b.stderr)
         assert st == before
     assert verify_dataset(Dataset.open(loc)).ok
+
+
+@pytest.mark.parametrize("app", ["sort", "markdup"])
+def test_kill_sort_and_markdup_any_moment(setup, app: str) -> None:
+    """sort writes a new dataset, markdup rewrites results: after a SIGKILL at any moment the output is
+    absent or complete (sort), or the old or new state (markdup); the next run succeeds identically."""
+    tmp, env = setup["tmp"], setup["env"]
+    src = tmp / f"{app}_src"
+    if not src.exists():
+        shutil.copytree(setup["aligned"], src)
+    if app == "sort":
+        out = tmp / "sorted_out"
+        args = _cli("sort", str(src), "-o", str(out), "-q", "--overwrite")
+        ref_out = tmp / "sorted_ref"
+        assert _run(_cli("sort", str(src), "-o", str(ref_out), "-q"), env).returncode == 0
+        old, new = None, _state(ref_out)
+    else:
+        shutil.rmtree(tmp / "md_ref", ignore_errors=True)
+        shutil.copytree(src, tmp / "md_ref")
+        assert _run(_cli("markdup", str(tmp / "md_ref"), "-q"), env).returncode == 0
+        old, new = _state(src), _state(tmp / "md_ref")
+        out = src
+        args = _cli("markdup", str(src), "-q")
+    t0 = time.monotonic()
+    assert _run(args, env).returncode == 0  # one whole run, for the timing
+    span = time.monotonic() - t0
+    seen: dict[str, int] = {"old": 0, "new": 0}
+    for delay in _delays(max(3, KILLS // 3), span):
+        if app == "sort":
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            shutil.rmtree(out)
+            shutil.copytree(setup["aligned"], out)
+        _kill_after(args, env, delay)
+        st = _state(out)
+        assert st in (old, new), f"{app}: neither the old nor the new committed state"
+        seen["old" if st == old else "new"] += 1
+    assert _run(args, env).returncode == 0
+    assert _state(out) == new
+    ds = Dataset.open(out)
+    assert unreferenced_keys(ds.store, ds.name, ds.manifest) == []
+    print(f"{app} kills: {max(3, KILLS // 3)}, states seen: {seen}")
