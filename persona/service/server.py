@@ -79,7 +79,7 @@ def load_or_create_token(db_path: str | os.PathLike[str]) -> str:
         if not text:
             raise PersonaError(f"token file {path} is empty") from None
         return text
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_hex(32)  # hex: never starts with "-", which a command line would take for an option
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
