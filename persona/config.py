@@ -107,6 +107,12 @@ class ServiceConfig:
     partition_size: int = _key(min=1)
     db_path: str = _key()
     roots: str | None = _key()
+    tls_cert: str | None = _key()
+    tls_key: str | None = _key()
+    tls_ca: str | None = _key()
+    worker_tls_cert: str | None = _key()
+    worker_tls_key: str | None = _key()
+    worker_tls_ca: str | None = _key()
 
 
 @dataclass(frozen=True)
