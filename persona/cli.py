@@ -252,6 +252,32 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cp(args: argparse.Namespace) -> int:
+    from persona.apps.copy import copy_dataset
+
+    from persona.progress import Progress
+
+    cols = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    with Progress(desc="cp", unit="B", enabled=False if args.quiet else None) as bar:
+        s = copy_dataset(_location(args.source, args), _location(args.destination, args), name=args.name,
+                         columns=cols, threads=args.threads or 4, overwrite=args.overwrite,
+                         verify_destination=args.verify, progress=bar.update)
+    mb = s.bytes_copied / 1e6
+    _say(args, f"copied {s.name} ({s.chunks} chunks, {s.records} records, columns {','.join(s.columns)}) "
+               f"to {s.destination}: {s.files_copied} files, {mb:.1f} MB in {s.seconds:.1f} s"
+               + (f"; {s.files_skipped} files were already there (resumed)" if s.files_skipped else ""))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from persona.apps.copy import remove_dataset
+
+    s = remove_dataset(_location(args.dataset, args), args.name)
+    _say(args, f"removed dataset {s.name} from {s.location}: {len(s.deleted)} objects"
+               + ("" if s.had_manifest else " (it had no manifest: leftovers of an unfinished write)"))
+    return 0
+
+
 def cmd_reference_add(args: argparse.Namespace) -> int:
     from persona.align.reference import add_reference
 
@@ -535,6 +561,13 @@ EXAMPLES = {
     "gc": """examples:
   persona gc /data/agd                      remove leftovers of interrupted writes
   persona gc /data/agd --name yeast -v""",
+    "cp": """examples:
+  persona cp /data/agd/yeast 'ceph://persona/yeast?conf=/etc/ceph/ceph.conf&id=persona'
+  persona cp ceph://persona/yeast s3://cold/yeast --columns base,qual -t 8
+  persona cp s3://cold/yeast /data/agd/yeast2      (rerun after an interruption: it resumes)""",
+    "rm": """examples:
+  persona rm s3://cold/yeast
+  persona rm /data/agd --name yeast""",
     "repair-manifest": """examples:
   persona repair-manifest /data/agd --name yeast""",
     "reference": """examples:
@@ -643,6 +676,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--original-names", action="store_true",
                     help="also give every chunk file its original name <name>_<first>.<column> (the layout the "
                          "original Persona reads; object stores keep rewritten columns under attempt keys)")
+
+    sp = add("cp", cmd_cp, "copy a dataset between stores (file, ceph://, s3://), resuming an interrupted copy")
+    sp.add_argument("source", help="dataset location (directory or store URL) or manifest path")
+    sp.add_argument("destination", help="directory or store URL to copy it into")
+    sp.add_argument("-n", "--name", help="dataset name, where the source location holds several")
+    sp.add_argument("--columns", help="comma-separated columns to copy (default all), e.g. base,qual")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace a dataset of the same name at the destination (kept intact until the commit)")
+    sp.add_argument("--verify", action="store_true",
+                    help="also read every copied file back from the destination and check its checksum")
+    sp.add_argument("-t", "--threads", type=_non_negative, default=0, help="files in flight (0 = 4)")
+
+    sp = add("rm", cmd_rm, "delete a dataset: its manifest first, then its chunk files")
+    sp.add_argument("dataset", help="dataset location (directory or store URL)")
+    sp.add_argument("-n", "--name", help="dataset name, where the location holds several (or the name of an "
+                                         "unfinished write's leftovers)")
 
     ref = add("reference", lambda a: (ref.print_help(), 2)[1], "manage reference genomes")
     ref_sub = ref.add_subparsers(dest="reference_command", metavar="SUBCOMMAND")
