@@ -154,3 +154,26 @@ def first_max_groups(const int64_t[:] group_start, const int16_t[:] score, uint8
                     m = score[j]
                     best = j
             keep[best] = 1
+
+
+def reference_lengths(const uint64_t[:] cig_off, const uint8_t[:] cig):
+    """``int64`` reference length of each record's CIGAR (M, D, N, =, X operations), 0 without one."""
+    cdef Py_ssize_t n = cig_off.shape[0] - 1, i
+    out = np.zeros(max(n, 0), dtype=np.int64)
+    cdef int64_t[:] o = out
+    cdef int64_t num, total, k
+    cdef uint8_t c
+    with nogil:
+        for i in range(n):
+            num = 0
+            total = 0
+            for k in range(<int64_t>cig_off[i], <int64_t>cig_off[i + 1]):
+                c = cig[k]
+                if c >= 48 and c <= 57:
+                    num = num * 10 + (c - 48)
+                else:
+                    if _consumes_ref(c):
+                        total += num
+                    num = 0
+            o[i] = total
+    return out

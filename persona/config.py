@@ -41,8 +41,10 @@ __all__ = [
     "ExportConfig",
     "ImportConfig",
     "LoggingConfig",
+    "MarkdupConfig",
     "PtfConfig",
     "ServiceConfig",
+    "SortConfig",
     "StorageConfig",
     "get_config",
     "load_config",
@@ -94,6 +96,19 @@ class AlignConfig:
 
 
 @dataclass(frozen=True)
+class SortConfig:
+    group_chunks: int = _key(min=1)
+    run_block: int = _key(min=0)
+    merge_memory: int = _key(min=1 << 20)
+    prefetch: int = _key(min=1)
+
+
+@dataclass(frozen=True)
+class MarkdupConfig:
+    window: int = _key(min=0)
+
+
+@dataclass(frozen=True)
 class PtfConfig:
     default_capacity: int = _key(min=1)
 
@@ -130,6 +145,8 @@ class Config:
     export: ExportConfig = _key()
     align: AlignConfig = _key()
     ptf: PtfConfig = _key()
+    sort: SortConfig = _key()
+    markdup: MarkdupConfig = _key()
     logging: LoggingConfig = _key()
     service: ServiceConfig = _key()
     # Which layers produced this config, for `persona config show`; not part of equality.

@@ -423,6 +423,58 @@ class Decider:
         return dups, self.m
 
 
+def library_of(read_group: Any) -> str:
+    """Picard's library of a read group: its ``LB``, else :data:`UNKNOWN_LIBRARY`."""
+    return (read_group.get("LB") if isinstance(read_group, dict) else None) or UNKNOWN_LIBRARY
+
+
+def chunk_ends(res: Any, qual: Any, meta: Any, secondary: int) -> dict[str, Any]:
+    """The ends of one chunk's records for a :class:`Decider` (``res``: decoded results; ``qual`` and
+    ``meta``: the still-encoded quality and name records; ``secondary``: present secondary records)."""
+    f = res.fields
+    flag = np.ascontiguousarray(f["flag"])
+    pos = np.ascontiguousarray(f["position"])
+    coord, score, hashes, loc = md_kernel.read_ends(flag, pos, res.cigars.offsets, res.cigars.data,
+                                                    qual.offsets, qual.data, meta.offsets, meta.data)
+    return {"flag": flag, "ref": np.ascontiguousarray(f["ref_index"]), "coord": coord, "pos": pos,
+            "score": score, "hash": hashes, "loc": loc, "secondary": secondary}
+
+
+class MergeMarker:
+    """Duplicate marking fused into a coordinate sort's merge (as bamsormadup and elPrep do): each
+    output chunk's ends are computed where it is encoded (:meth:`ends`, any thread) and fed to one
+    :class:`Decider` in output order (:meth:`add`); :meth:`finish` gives the duplicates' output
+    ordinals and the metrics. ``flagged``: first ordinals of output chunks that already held a 0x400
+    flag (to be cleared where the record is no duplicate)."""
+
+    def __init__(self, library: str, window: int) -> None:
+        self.decider = Decider(library, window if window > 0 else None)
+        self.flagged: set[int] = set()
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._next = 0
+
+    def ends(self, res: Any, values: dict[str, Any]) -> dict[str, Any]:
+        secondary = sum(int(np.count_nonzero(v.lengths)) for c, v in values.items() if is_secondary_column(c))
+        return chunk_ends(res, values["qual"], values["metadata"], secondary)
+
+    def add(self, index: int, first: int, ends: dict[str, Any]) -> None:
+        with self._lock:
+            if (ends["flag"] & FLAG_DUPLICATE).any():
+                self.flagged.add(first)
+            self._pending[index] = (first, ends)
+            while self._next in self._pending:
+                f, e = self._pending.pop(self._next)
+                self.decider.add(e, f)
+                self._next += 1
+
+    def finish(self) -> tuple[np.ndarray, list[DuplicationMetrics]]:
+        if self._pending:
+            raise DatasetError(f"duplicate marking lost output chunks before {min(self._pending)}")
+        dups, metrics = self.decider.finish()
+        return dups, [metrics]
+
+
 @dataclass
 class MarkdupSummary(Summary):
     name: str = ""
@@ -450,8 +502,7 @@ class MarkdupJob(Job):
                 raise DatasetError(f"dataset {self.ds.name!r} has no {c!r} column: duplicate marking needs "
                                    "aligned reads with qualities and names", store=self.ds.store.url)
         self.threads = max(1, request.threads or runtime.threads)
-        rg = self.ds.manifest.extra.get("read_group") or {}
-        self.library = (rg.get("LB") if isinstance(rg, dict) else None) or UNKNOWN_LIBRARY
+        self.library = library_of(self.ds.manifest.extra.get("read_group"))
         self.txn: Transaction | None = None
         window = request.window if request.window is not None else DEFAULT_WINDOW
         self.windowed = self.ds.manifest.sort == "coordinate" and window > 0
@@ -485,14 +536,8 @@ class MarkdupJob(Job):
             _, raw = self.ds.read_raw(i, c)
             secondary += int(np.count_nonzero(raw.lengths))
         w.data = None
-        f = res.fields
-        flag = np.ascontiguousarray(f["flag"])
-        pos = np.ascontiguousarray(f["position"])
-        coord, score, hashes, loc = md_kernel.read_ends(flag, pos, res.cigars.offsets, res.cigars.data,
-                                                   qual.offsets, qual.data, meta.offsets, meta.data)
-        w.out = {"flag": flag, "ref": np.ascontiguousarray(f["ref_index"]), "coord": coord, "pos": pos,
-                 "score": score, "hash": hashes, "loc": loc, "secondary": secondary}
-        w.n = len(flag)
+        w.out = chunk_ends(res, qual, meta, secondary)
+        w.n = len(w.out["flag"])
         return w
 
     def stage_decide(self, w: Work) -> Work:

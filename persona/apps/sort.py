@@ -56,14 +56,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from persona._native import markdup as md_kernel
 from persona._native import sort as sort_kernel
 from persona.agd import Dataset
 from persona.agd.chunk import decode_chunk, encode_chunk
-from persona.agd.columns import RESULTS, column_sort_key, decode_column
+from persona.agd.columns import RESULTS, column_sort_key, decode_column, encode_column
+from persona.agd.manifest import ChunkRef
+from persona.agd.records import FLAG_DUPLICATE
 from persona.agd.format import CompressionType, RecordType
 from persona.agd.ragged import RaggedArray
 from persona.agd.transaction import Transaction
 from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
+from persona.apps.markdup import DEFAULT_WINDOW, MergeMarker
 from persona.errors import ConfigError, DatasetError, StoreKeyError
 from persona.storage import Store, open_store
 
@@ -81,6 +85,8 @@ DEFAULT_PREFETCH = 2
 #: records per run block: never fewer (a huge run count then costs memory, not correctness)
 MIN_RUN_BLOCK = 1024
 MAX_RUN_BLOCK = 65536
+#: run blocks are read in ranged reads of at most this many bytes
+READ_PART = 8 << 20
 #: compression of the intermediate runs (fast; they are read once)
 RUN_LEVEL = 1
 
@@ -122,9 +128,18 @@ class SortRequest(Request):
     level: int | None = None
     replicas: dict[str, int] = field(default_factory=dict)
     capacity: int | None = None
+    #: mark duplicates during the merge (coordinate order; Picard's rules, see persona.apps.markdup)
+    markdup: bool = False
+    #: with ``markdup``: a file for Picard-format duplication metrics
+    metrics: str | None = None
+    #: with ``markdup``: bases past a group before it is decided (None: ``markdup.window``)
+    window: int | None = None
 
     def resolved(self, config: "Config") -> "SortRequest":
         order = (self.order or "coordinate").lower()
+        if self.markdup and order != "coordinate":
+            raise ConfigError("duplicates are marked during a coordinate sort only (--order coordinate)",
+                              key="markdup")
         if order not in ORDERS:
             raise ConfigError(f"sort order must be one of {', '.join(ORDERS)}, got {self.order!r}", key="order")
         for k in ("group_chunks", "run_block", "merge_memory", "prefetch", "threads"):
@@ -137,10 +152,13 @@ class SortRequest(Request):
             except Exception:  # noqa: BLE001
                 raise ConfigError(f"unknown compression {self.compression!r} (zstd, gzip, none)",
                                   key="compression") from None
+        sc = config.sort
         return replace(self, dataset=_location(self.dataset), order=order,
-                       group_chunks=self.group_chunks or DEFAULT_GROUP_CHUNKS,
-                       merge_memory=self.merge_memory or DEFAULT_MERGE_MEMORY,
-                       prefetch=self.prefetch or DEFAULT_PREFETCH,
+                       group_chunks=self.group_chunks or sc.group_chunks,
+                       run_block=self.run_block or sc.run_block or None,
+                       merge_memory=self.merge_memory or sc.merge_memory,
+                       prefetch=self.prefetch or sc.prefetch,
+                       window=self.window if self.window is not None else config.markdup.window,
                        capacity=self.capacity or config.ptf.default_capacity)
 
     def plan(self, runtime: "Runtime", request_id: str) -> "SortJob":
@@ -157,16 +175,22 @@ class SortSummary(Summary):
     runs: int = 0
     run_block: int = 0
     columns: tuple[str, ...] = ()
+    #: with markdup: records flagged 0x400, the metrics (one row per library) and their file
+    duplicates: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    metrics_file: str | None = None
 
 
 class SortWork(Work):
-    __slots__ = ("first", "values", "files")
+    __slots__ = ("first", "values", "files", "range", "ends")
 
     def __init__(self, desc: FeedDescriptor, first: int, values: dict[str, RaggedArray]) -> None:
         super().__init__(desc)
         self.first = first
         self.values = values
         self.files: dict[str, bytes] = {}
+        self.range: list[int] | None = None
+        self.ends: Any = None
         self.n = len(next(iter(values.values()))) if values else 0
 
 
@@ -216,14 +240,8 @@ class SortJob(Job):
             raise DatasetError(f"sorting {self.ds.name!r} into itself: choose another name or location",
                                store=self.store.url)
         self.order = r.order
-        self.columns = sorted(self.ds.columns, key=column_sort_key)
-        if self.order == "coordinate" and RESULTS not in self.columns:
-            raise DatasetError(f"dataset {self.ds.name!r} is not aligned (no 'results' column): "
-                               "a coordinate sort needs alignments; align it first or sort by queryname",
-                               store=self.ds.store.url)
-        if self.order == "queryname" and "metadata" not in self.columns:
-            raise DatasetError(f"dataset {self.ds.name!r} has no 'metadata' (read names) column to sort by",
-                               store=self.ds.store.url)
+        self.columns = sorted(self.input_columns(), key=column_sort_key)
+        self._check_input()
         self.threads = max(1, runtime.threads if not r.threads else r.threads)
         self.chunk_size = max((c.num_records for c in self.ds.chunks), default=0)
         nchunks = len(self.ds.chunks)
@@ -238,16 +256,47 @@ class SortJob(Job):
         self.record_types: dict[str, RecordType] = {}
         self.run_block = int(r.run_block or 0)
         self.run_keys: list[list[str]] = [[] for _ in self.groups]
+        #: the columns each run holds (align-sort: a group may have fewer secondary<N> columns)
+        self.run_columns: list[list[str]] = [list(self.columns) for _ in self.groups]
         #: runs on a local disk are not compressed (cheaper than zstd there); elsewhere zstd level 1
         self.run_compression = CompressionType.UNCOMPRESSED if self.store.url.startswith("file:") \
             else CompressionType.ZSTD
-        self.key_columns = [RESULTS] if RESULTS in self.columns else []
+        self.key_columns = [RESULTS] if self.order == "coordinate" or RESULTS in self.columns else []
         if self.order == "queryname":
             self.key_columns.append("metadata")
         self._pool: ThreadPoolExecutor | None = None
         self.txn: Transaction | None = None
         self.window = threading.BoundedSemaphore(self.threads + 2)
         self._keys_lock = threading.Lock()
+        self.block_sizes: dict[str, int] = {}
+        #: per output chunk: first (ref, pos), last (ref, pos), longest reference span (region export)
+        self.ranges: dict[int, list[int]] = {}
+        self.marker: MergeMarker | None = None
+        if r.markdup:
+            self.marker = MergeMarker(self.library(), r.window if r.window is not None else DEFAULT_WINDOW)
+
+    def input_columns(self) -> list[str]:
+        """The columns carried to the output (align-sort: without the old alignment's)."""
+        return list(self.ds.columns)
+
+    def library(self) -> str:
+        from persona.apps.markdup import library_of
+
+        return library_of(self.ds.manifest.extra.get("read_group"))
+
+    def _check_input(self) -> None:
+        if self.request.markdup:
+            for c in ("qual", "metadata"):
+                if c not in self.columns:
+                    raise DatasetError(f"dataset {self.ds.name!r} has no {c!r} column: duplicate marking needs "
+                                       "qualities and read names", store=self.ds.store.url)
+        if self.order == "coordinate" and RESULTS not in self.columns:
+            raise DatasetError(f"dataset {self.ds.name!r} is not aligned (no 'results' column): "
+                               "a coordinate sort needs alignments; align it first or sort by queryname",
+                               store=self.ds.store.url)
+        if self.order == "queryname" and "metadata" not in self.columns:
+            raise DatasetError(f"dataset {self.ds.name!r} has no 'metadata' (read names) column to sort by",
+                               store=self.ds.store.url)
 
     # -- planning ----------------------------------------------------------------------------
     def begin(self) -> None:
@@ -315,8 +364,9 @@ class SortJob(Job):
                 flags[:] = np.where(firsts == 0, 0x41, 0x81)
         return sort_kernel.name_keys(meta.offsets, meta.data, flags)
 
-    def _sorted_group(self, run: int) -> tuple[Any, dict[str, RaggedArray], int]:
-        """Read and sort one group: its sorted keys, columns and record count."""
+    def _group_loads(self, run: int) -> "dict[str, Future[RaggedArray]]":
+        """The still-encoded records of every column of group ``run`` (futures on the column pool;
+        the key columns first). Align-sort overrides this: its alignments are made in memory."""
         start, stop = self.groups[run]
         pool = self.column_pool
 
@@ -325,7 +375,14 @@ class SortJob(Job):
             return parts[0] if len(parts) == 1 else RaggedArray.concat(parts)
 
         # Loads are submitted before the takes that wait on them (FIFO pool: no deadlock).
-        loads = {c: pool.submit(load, c) for c in sorted(self.columns, key=lambda c: c not in self.key_columns)}
+        return {c: pool.submit(load, c) for c in sorted(self.columns, key=lambda c: c not in self.key_columns)}
+
+    def _sorted_group(self, run: int) -> tuple[Any, dict[str, RaggedArray], int]:
+        """Read and sort one group: its sorted keys, columns and record count."""
+        start, stop = self.groups[run]
+        pool = self.column_pool
+        loads = self._group_loads(run)
+        self.run_columns[run] = sorted(loads, key=column_sort_key)
         keys = self._keys({c: loads[c].result() for c in self.key_columns}, start, stop)
         if isinstance(keys, tuple):
             perm = sort_kernel.argsort_bytes(keys[0], keys[1])
@@ -339,8 +396,8 @@ class SortJob(Job):
             o, d = sort_kernel.ragged_take(r.offsets, r.data, perm)
             return RaggedArray(o, d, validate=False)
 
-        takes = {c: pool.submit(take, c) for c in self.columns}
-        cols = {c: takes[c].result() for c in self.columns}
+        takes = {c: pool.submit(take, c) for c in self.run_columns[run]}
+        cols = {c: takes[c].result() for c in self.run_columns[run]}
         del loads
         return keys, cols, len(perm)
 
@@ -355,13 +412,15 @@ class SortJob(Job):
                 kblock: Any = (np.ascontiguousarray(ko), keys[1][int(keys[0][s]):int(keys[0][e])])
             else:
                 kblock = keys[s:e]
-            files = [encode_chunk(cols[c].slice(s, e), record_type=self.record_types[c], first_ordinal=0,
+            files = [encode_chunk(cols[c].slice(s, e), record_type=self.record_type(c), first_ordinal=0,
                                   name=self.name, compression=self.run_compression, level=RUN_LEVEL)
-                     for c in self.columns]
+                     for c in self.run_columns[run]]
             key = self.run_key(run, bi)
+            block = _pack_block(kblock, files)
             with self._keys_lock:
                 self.run_keys[run].append(key)
-            self.store.put(key, _pack_block(kblock, files))
+                self.block_sizes[key] = len(block)
+            self.store.put(key, block)
         return n
 
     def phase1(self) -> None:
@@ -379,13 +438,31 @@ class SortJob(Job):
                 pending.popleft().result()
 
     # -- phase 2 -----------------------------------------------------------------------------
-    def _read_block(self, key: str) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]]]:
-        keys, parts = _unpack_block(self.store.get(key))
-        cols = []
-        for p in parts:
+    def record_type(self, column: str) -> RecordType:
+        return self.record_types[column]
+
+    def _read_block(self, run: int, key: str) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]]]:
+        keys, parts = _unpack_block(self._get_block(key))
+        have: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for c, p in zip(self.run_columns[run], parts):
             _, rec = decode_chunk(p, key)
-            cols.append((rec.offsets, rec.data))
-        return keys, cols
+            have[c] = (rec.offsets, rec.data)
+        n = len(keys[0]) - 1 if isinstance(keys, tuple) else len(keys)
+        # a column this run lacks (align-sort: a group with fewer secondary<N>): absent records
+        empty = (np.zeros(n + 1, np.uint64), np.zeros(0, np.uint8))
+        return keys, [have.get(c, empty) for c in self.columns]
+
+    def _get_block(self, key: str) -> bytes:
+        """One run block, read in ranged parts of :data:`READ_PART` bytes (works the same on file, Ceph
+        and S3 stores; a part at a time keeps each request small)."""
+        size = self.block_sizes.get(key)
+        if size is None or size <= READ_PART:
+            return self.store.get(key)
+        buf = bytearray(size)
+        for at in range(0, size, READ_PART):
+            part = self.store.get_range(key, at, min(size, at + READ_PART) - at)
+            buf[at:at + len(part)] = part
+        return bytes(buf)
 
     def _put(self, put: Any, w: SortWork) -> bool:
         while not self.window.acquire(timeout=0.5):
@@ -404,6 +481,7 @@ class SortJob(Job):
         if len(self.groups) == 1:
             # one run: no intermediate files, the sorted group goes straight to the output
             _, cols, n = self._sorted_group(0)
+            self._columns_known()
             for index, s in enumerate(range(0, n, self.chunk_size)):
                 e = min(n, s + self.chunk_size)
                 if not self._put(put, SortWork(self.descriptor(index), s, {c: v.slice(s, e) for c, v in cols.items()})):
@@ -412,6 +490,7 @@ class SortJob(Job):
         self.phase1()
         if self.cancelled() or not self.groups:
             return
+        self._columns_known()
         k = len(self.groups)
         byte_keys = self.order == "queryname"
         merger = sort_kernel.Merger(k, byte_keys)
@@ -424,7 +503,7 @@ class SortJob(Job):
             q = queues[run]
             keys = self.run_keys[run]
             while len(q) < depth and nexts[run] < len(keys):
-                q.append(io.submit(self._read_block, keys[nexts[run]]))
+                q.append(io.submit(self._read_block, run, keys[nexts[run]]))
                 nexts[run] += 1
 
         def next_block(run: int) -> Any:
@@ -490,12 +569,24 @@ class SortJob(Job):
                     f.cancel()
             io.shutdown(wait=True)
 
+    def _columns_known(self) -> None:
+        """Phase 1 is over: every output column is known (align-sort learns its secondary<N> here)."""
+
     def cancelled(self) -> bool:
         h = self.runtime.handle_of(self.request_id)
         return h is not None and (h.cancelled or (h._batch is not None and h._batch.done()))
 
     # -- stages ------------------------------------------------------------------------------
     def stage_encode(self, w: SortWork) -> SortWork:  # type: ignore[override]
+        if self.order == "coordinate" and w.n:
+            res = decode_column(RESULTS, w.values[RESULTS])
+            f = res.fields
+            spans = md_kernel.reference_lengths(res.cigars.offsets, res.cigars.data)
+            mapped = f["ref_index"] >= 0
+            w.range = [int(f["ref_index"][0]), int(f["position"][0]), int(f["ref_index"][-1]),
+                       int(f["position"][-1]), int(spans[mapped].max()) if mapped.any() else 0]
+            if self.marker is not None:
+                w.ends = self.marker.ends(res, w.values)
         for c in self.columns:
             w.files[c] = encode_chunk(w.values[c], record_type=self.record_types[c], first_ordinal=w.first,
                                       name=self.name, compression=self.compression, level=self.level_of(c))
@@ -508,6 +599,11 @@ class SortJob(Job):
             self.txn.write_encoded(w.first, w.n, w.files)
             w.out = w.n
             w.files = {}
+            if w.range is not None:
+                self.ranges[w.desc.chunk] = w.range
+            if self.marker is not None and w.n:
+                self.marker.add(w.desc.chunk, w.first, w.ends)
+                w.ends = None
             self.advance(w.n)
         finally:
             self.window.release()
@@ -537,20 +633,77 @@ class SortJob(Job):
         if records != m.num_records:
             raise DatasetError(f"sort wrote {records} records but {self.ds.name!r} holds {m.num_records}",
                                store=self.store.url)
+        dups, metrics = self._mark_duplicates()
         entry = self.provenance(inputs=[{"dataset": self.ds.store.url, "name": self.ds.name,
                                          "generation": m.generation, "records": m.num_records}],
-                                order=self.order)
+                                order=self.order, duplicates=None if metrics is None else dups)
+        fields = self.manifest_fields()
+        manifest = self.txn.commit(self.columns, sort=self.order, provenance=[*fields.pop("provenance"), entry],
+                                   **fields)
+        if metrics is not None and self.request.metrics:
+            from persona.apps.markdup import write_metrics
+
+            write_metrics(self.request.metrics, metrics, command=f"persona {self.request.kind} --markdup "
+                                                                 f"{self.request.dataset}")
+        return SortSummary(**self.summary_base(), name=self.name, location=self.store.url, order=self.order,
+                           records=manifest.num_records, chunks=len(manifest.records), runs=len(self.groups),
+                           run_block=self.run_block, columns=tuple(manifest.columns), duplicates=dups,
+                           metrics=[x.__dict__.copy() for x in metrics or []],
+                           metrics_file=self.request.metrics if metrics is not None else None)
+
+    def _range_extra(self) -> dict[str, Any]:
+        """``coordinate_ranges``: per output chunk ``[ref, pos, ref, pos, span]`` (its first and last
+        record's reference and position, and the longest reference span of its mapped records), so a
+        region export reads only the chunks that overlap (:mod:`persona.apps.region`)."""
+        if self.order != "coordinate":
+            return {}
+        return {"coordinate_ranges": [self.ranges[i] for i in sorted(self.ranges)]}
+
+    def _mark_duplicates(self) -> tuple[int, Any]:
+        """With ``markdup``: decide what the merge left open, set flag 0x400 on the duplicates (and clear
+        it elsewhere) in the output chunks that need it, before the commit; (duplicates, metrics)."""
+        if self.marker is None:
+            return 0, None
+        assert self.txn is not None
+        txn = self.txn
+        dups, metrics = self.marker.finish()
+        chunks = txn.chunks
+
+        def rewrite(ref: Any) -> None:
+            lo, hi = np.searchsorted(dups, [ref.first, ref.last])
+            if lo == hi and ref.first not in self.marker.flagged:  # type: ignore[union-attr]
+                return
+            key = f"{ref.path}.{RESULTS}"
+            _, raw = decode_chunk(self.store.get(key), key)
+            res = decode_column(RESULTS, raw, key=key)
+            mask = np.zeros(ref.last - ref.first, dtype=bool)
+            mask[dups[lo:hi] - ref.first] = True
+            old = res.fields["flag"].copy()
+            res.fields["flag"] = np.where(mask, old | FLAG_DUPLICATE, old & ~np.uint32(FLAG_DUPLICATE))
+            data = encode_chunk(encode_column(RESULTS, res), record_type=self.record_type(RESULTS),
+                                first_ordinal=ref.first, name=self.name, compression=self.compression,
+                                level=self.level_of(RESULTS))
+            sums = dict(ref.checksums)
+            sums[RESULTS] = txn.put_file(key, data)
+            # the chunk's results file was replaced within this attempt: its checksum with it
+            with txn._lock:
+                txn._chunks[ref.first] = ChunkRef(ref.first, ref.last, ref.path, dict(ref.files), sums)
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix=f"sortmd-{self.request_id[:6]}") as pool:
+            list(pool.map(rewrite, chunks))
+        return len(dups), metrics
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The output manifest's fields besides columns and sort (align-sort adds its reference)."""
+        m = self.ds.manifest
         paired = m.paired if self.order == "queryname" else (False if m.paired else m.paired)
         if self.order == "queryname" and not m.paired and "results" in self.columns:
             # Sorting by name puts mates next to each other (read 1 first): whether they now make
             # interleaved pairs is decided from the names when the dataset is opened (persona info says so)
             paired = None
-        manifest = self.txn.commit(self.columns, sort=self.order, reference=m.reference,
-                                   reference_contigs=list(m.reference_contigs), paired=paired,
-                                   extra=dict(m.extra), provenance=[*m.provenance, entry])
-        return SortSummary(**self.summary_base(), name=self.name, location=self.store.url, order=self.order,
-                           records=manifest.num_records, chunks=len(manifest.records), runs=len(self.groups),
-                           run_block=self.run_block, columns=tuple(manifest.columns))
+        extra = {k: v for k, v in m.extra.items() if k != "coordinate_ranges"}
+        return {"reference": m.reference, "reference_contigs": list(m.reference_contigs), "paired": paired,
+                "extra": {**extra, **self._range_extra()}, "provenance": list(m.provenance)}
 
     def abort(self, error: BaseException | None) -> None:
         try:
