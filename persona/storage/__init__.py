@@ -20,10 +20,12 @@ from persona.storage.base import (
     validate_prefix,
 )
 from persona.storage.file import FileStore
+from persona.storage.lazy import BlockReader, iter_objects
 from persona.storage.memory import MemoryStore
 from persona.storage.registry import open_store, register_store, registered_schemes, split_scheme
 
 __all__ = [
+    "BlockReader",
     "FileStore",
     "InvalidKeyError",
     "MemoryStore",
@@ -33,6 +35,7 @@ __all__ = [
     "StoreKeyError",
     "StoreUnavailableError",
     "StoreUsageError",
+    "iter_objects",
     "join_key",
     "open_store",
     "register_store",
