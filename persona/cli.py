@@ -372,6 +372,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(workdir=args.workdir, runtime=_runtime(args))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from persona.bench import run as run_bench
+
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    only = [n.strip().removeprefix("bench_").removesuffix(".py") for n in (args.only or "").split(",") if n.strip()]
+    paths = run_bench(Path(args.out), render_only=Path(args.render) if args.render else None, quick=args.quick,
+                      only=only or None, reps=args.reps, cache=Path(args.cache) if args.cache else None,
+                      bench_dir=Path(args.bench_dir) if args.bench_dir else None, timeout=args.timeout,
+                      install=not args.no_install, progress=say)
+    say(f"report: {paths['html']} and {paths['md']} ({len(paths) - 2} figures)")
+    return 0
+
+
 # -- the service: persona serve / submit / status / cancel / watch -------------------------------
 #: the commands `persona submit KIND ...` takes (their arguments are the command's own)
 SUBMIT_KINDS = ("import", "align", "export", "sort", "markdup", "stats")
@@ -379,11 +394,45 @@ SUBMIT_KINDS = ("import", "align", "export", "sort", "markdup", "stats")
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from persona.service.server import serve
+    from persona.service.triggers import TriggerSpec, parse_kinds
 
     metrics = args.metrics_listen
     kw: dict[str, Any] = {} if metrics is None else {"metrics_listen": None if metrics in ("", "none") else metrics}
-    return serve(_config(args), listen=args.listen, db_path=args.db, roots=args.roots,
-                 threads=args.threads or None, address_file=args.address_file, **kw)
+    cfg = _config(args)
+    tls = {f"service.{k}": getattr(args, k) for k in ("tls_cert", "tls_key") if getattr(args, k)}
+    if tls:
+        cfg = cfg.with_overrides(tls)
+    triggers = []
+    if args.watch:
+        if not args.then:
+            raise PersonaError("persona serve --watch needs --then KIND[,KIND...] (what to run on new inputs)")
+        then = parse_kinds(args.then)
+        for prefix in args.watch:
+            triggers.append(TriggerSpec(watch=prefix, then=then, output=args.output or "", reference=args.reference,
+                                        sort_order=args.order, export_format=args.export_format,
+                                        poll_seconds=args.poll))
+    elif args.then:
+        raise PersonaError("persona serve --then needs --watch PREFIX")
+    return serve(cfg, listen=args.listen, db_path=args.db, roots=args.roots, threads=args.threads or None,
+                 address_file=args.address_file, triggers=triggers, **kw)
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from persona.service.coordinator import run_coordinator
+
+    return run_coordinator(_config(args), listen=args.listen, worker_listen=args.worker_listen, db_path=args.db,
+                           roots=args.roots, address_file=args.address_file)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from persona.service.worker import run_worker
+
+    coordinator = args.coordinator or os.environ.get("PERSONA_COORDINATOR")
+    if not coordinator:
+        raise PersonaError("persona worker needs --coordinator HOST:PORT (the coordinator's worker API; "
+                           "env PERSONA_COORDINATOR)")
+    return run_worker(_config(args), coordinator=coordinator, token=args.token, threads=args.threads or None,
+                      credits=args.credits)
 
 
 class _Captured(Exception):
@@ -439,7 +488,7 @@ def _submit_request(args: argparse.Namespace, words: list[str]) -> Any:
 def _client(args: argparse.Namespace) -> Any:
     from persona.service.client import Client
 
-    return Client(args.address, args.token, config=_config(args))
+    return Client(args.address, args.token, config=_config(args), tls_ca=getattr(args, "tls_ca", None))
 
 
 def _follow(args: argparse.Namespace, client: Any, request_id: str) -> int:
@@ -576,6 +625,10 @@ EXAMPLES = {
     "demo": """examples:
   persona demo
   persona demo --workdir /tmp/demo""",
+    "bench": """examples:
+  persona bench --quick --out bench/report
+  persona bench --only align,sort --reps 3
+  persona bench --render bench/report/results.json --out /tmp/report""",
     "config": """examples:
   persona config show
   PERSONA_ALIGN__THREADS=8 persona config show""",
@@ -712,7 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-r", "--reference", required=True,
                     help="reference name (see 'persona reference list') or a FASTA path")
     sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
-    sp.add_argument("--aligner", choices=["minimap2", "mappy"], help="aligner backend (default: align.aligner)")
+    sp.add_argument("--aligner", choices=["minimap2", "mappy", "minibwa"],
+                    help="aligner backend (default: align.aligner)")
     threads(sp, "aligner threads")
     sp.add_argument("--work-item-reads", type=_positive, help="reads per aligner work item")
     sp.add_argument("--secondary", type=_non_negative, default=0, help="secondary alignment columns to write")
@@ -754,10 +808,23 @@ def build_parser() -> argparse.ArgumentParser:
              "the embedded default job on the bundled sample: import, align, export BAM, summary")
     sp.add_argument("--workdir", help="where to put the outputs (default: a new temporary directory)")
 
+    sp = add("bench", cmd_bench, "run the benchmark suite of bench/ and write a report with plots")
+    sp.add_argument("--quick", action="store_true", help="each benchmark's --quick run (minutes, not hours)")
+    sp.add_argument("--out", default="persona-bench-report", help="report folder (default ./persona-bench-report)")
+    sp.add_argument("--only", help="comma-separated benchmark names (align,sort,...; default: all)")
+    sp.add_argument("--reps", type=_positive, default=1, help="repetitions of each benchmark (medians, range)")
+    sp.add_argument("--cache", help="simulated inputs cache (default ~/.cache/persona/bench)")
+    sp.add_argument("--timeout", type=float, help="seconds per benchmark run (default 900 quick, 7200 full)")
+    sp.add_argument("--bench-dir", help="the bench/ folder of a checkout (default: this checkout's)")
+    sp.add_argument("--no-install", action="store_true", help="do not apt-get install missing reference tools")
+    sp.add_argument("--render", metavar="RESULTS_JSON", help="only render the report of an earlier results.json")
+
     def service_client(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--address", help="the service's address HOST:PORT (default: service.listen)")
         sp.add_argument("--token", help="bearer token (default: service.token, else the token file persona serve "
                                         "wrote beside service.db_path)")
+        sp.add_argument("--tls-ca", help="connect with TLS, checking the service's certificate against this CA "
+                                         "certificate (PEM; default: service.tls_ca; neither: plain TCP)")
 
     sp = add("serve", cmd_serve, "run the service: the gRPC API, the request table and one worker in this process")
     sp.add_argument("--listen", help="HOST:PORT of the gRPC API (default: service.listen; port 0: a free one)")
@@ -767,6 +834,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--roots", help="comma-separated directories and store URLs request paths must lie under "
                                     "(default: service.roots, else the current directory)")
     sp.add_argument("--address-file", help="write the address listened on to this file once serving")
+    sp.add_argument("--tls-cert", help="serve the API over TLS with this certificate chain (PEM; default: "
+                                       "service.tls_cert)")
+    sp.add_argument("--tls-key", help="the private key of --tls-cert (PEM; default: service.tls_key)")
+    sp.add_argument("--watch", action="append", metavar="STORE_PREFIX",
+                    help="submit a request when a new FASTQ pair (R1/R2 names) or AGD dataset appears under this "
+                         "directory or store URL (repeatable; each input runs once, across restarts too)")
+    sp.add_argument("--then", metavar="KIND[,KIND...]",
+                    help="what --watch runs: kinds from import, align, sort, markdup, export, stats (a FASTQ pair is "
+                         "imported first)")
+    sp.add_argument("--output", help="--watch: where the triggered requests write their datasets and exports")
+    sp.add_argument("-r", "--reference", help="--watch: the reference align uses (a registered name or a FASTA)")
+    sp.add_argument("--order", choices=["coordinate", "queryname"], default="coordinate",
+                    help="--watch: the sort order (default coordinate)")
+    sp.add_argument("--export-format", choices=["bam", "sam", "cram"], default="bam",
+                    help="--watch: the export format (default bam)")
+    sp.add_argument("--poll", type=float, default=10.0, help="--watch: seconds between listings (default 10)")
+    threads(sp, "aligner threads")
+
+    sp = add("coordinator", cmd_coordinator, "run the cluster coordinator: the gRPC API, the request table and the "
+                                             "global gates that hand partitions to workers")
+    sp.add_argument("--listen", help="HOST:PORT of the client API (default: service.listen)")
+    sp.add_argument("--worker-listen", help="HOST:PORT of the worker API (default: service.worker_listen)")
+    sp.add_argument("--db", help="the request table (SQLite; default: service.db_path)")
+    sp.add_argument("--roots", help="comma-separated directories and store URLs request paths must lie under")
+    sp.add_argument("--address-file", help="write the client and worker API addresses (two lines) once serving")
+
+    sp = add("worker", cmd_worker, "run a worker: pull partitions from a coordinator and run them on this machine")
+    sp.add_argument("--coordinator", help="HOST:PORT of the coordinator's worker API (env PERSONA_COORDINATOR)")
+    sp.add_argument("--token", help="the worker credential (default: service.worker_token, else the worker-token "
+                                    "file beside service.db_path)")
+    sp.add_argument("--credits", type=int, help="partitions run at once (default: service.worker_credits)")
     threads(sp, "aligner threads")
 
     sp = add("submit", cmd_submit, "submit a request to the service: a command and its arguments, as you would "

@@ -46,10 +46,14 @@ def default_token(config: Any) -> str | None:
 
 class Client:
     def __init__(self, address: str | None = None, token: str | None = None, *, config: Any = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, tls_ca: str | None = None) -> None:
+        """``tls_ca``: the CA certificate (PEM file) that signed the service's: connect with TLS
+        (default: ``service.tls_ca``; neither: plain TCP)."""
         import grpc
 
-        if config is None and (address is None or token is None):
+        from persona.service import security
+
+        if config is None and (address is None or token is None or tls_ca is None):
             from persona.config import get_config
 
             config = get_config()
@@ -58,7 +62,10 @@ class Client:
         self.timeout = timeout
         self._grpc = grpc
         self._pb2, pb2_grpc = modules()
-        self._channel = grpc.insecure_channel(self.address)
+        creds = security.client_api_channel_credentials(config, tls_ca) if config is not None else (
+            security.channel_credentials(security.TlsFiles.load(ca=tls_ca)) if tls_ca else None)
+        self.tls = creds is not None
+        self._channel = security.open_channel(self.address, creds)
         self._stub = pb2_grpc.PersonaStub(self._channel)
 
     # -- plumbing ------------------------------------------------------------------------------

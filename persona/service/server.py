@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import inspect
 import logging
 import os
@@ -44,6 +43,7 @@ from persona.apps.job import new_request_id, request_from_dict
 from persona.errors import BatchCancelled, PersonaError
 from persona.service.convert import FINAL_STATES, request_to_dict, state_from_enum, status_to_message, \
     step_to_dict
+from persona.service import security
 from persona.service.db import RequestTable
 from persona.service.metrics import Metrics
 from persona.service.paths import Roots
@@ -157,7 +157,8 @@ class Service:
 
     def __init__(self, config: Any = None, *, listen: str | None = None, metrics_listen: Any = _UNSET,
                  token: str | None = None, db_path: str | None = None, roots: str | None = None,
-                 runtime: Any = None, threads: int | None = None) -> None:
+                 runtime: Any = None, threads: int | None = None, triggers: Any = ()) -> None:
+        """``triggers``: :class:`~persona.service.triggers.TriggerSpec` s (``persona serve --watch``)."""
         from persona.config import get_config
         from persona.runtime import Runtime
 
@@ -169,8 +170,9 @@ class Service:
         self.token = token or sc.token or load_or_create_token(self.db_path)
         self.roots = Roots.parse(roots or sc.roots, os.getcwd())
         self.table = RequestTable(self.db_path)
-        self.metrics = Metrics(self.table.counts)
         self.runtime = runtime if runtime is not None else Runtime(self.config, threads=threads)
+        self.metrics = Metrics(self.table.counts, runtime_stats=self.runtime.stats)
+        self.worker_id = f"{socket.gethostname()}/embedded"
         self.state = "starting"
         self.started_at = time.time()
         self.address: str | None = None
@@ -180,6 +182,9 @@ class Service:
         self._stopping = False
         self._stopped: asyncio.Event | None = None
         self._ref_lock = threading.Lock()
+        self.trigger_specs = list(triggers)
+        self.triggers: list[Any] = []
+        self._trigger_tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> str:
@@ -191,29 +196,66 @@ class Service:
         self._stopped = asyncio.Event()
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb2_grpc.add_PersonaServicer_to_server(Servicer(self), self._server)
-        try:
-            port = self._server.add_insecure_port(self.listen)
-        except RuntimeError as exc:
-            raise PersonaError(f"cannot listen on {self.listen}: {exc}") from exc
-        if not port:
-            raise PersonaError(f"cannot listen on {self.listen}")
+        port = security.add_port(self._server, self.listen, security.client_api_server_credentials(self.config))
         host = self.listen.rpartition(":")[0] or "127.0.0.1"
         self.address = f"{host}:{port}"
         await self._server.start()
         if self.metrics_listen:
             self.metrics.serve(self.metrics_listen)
+        self.metrics.worker_heartbeat(self.worker_id)
         self.state = "running"
         for row in self.table.unfinished():
             log.info("resuming request %s (%s, step %d of %d)", row["id"], "+".join(s["kind"] for s in row["steps"]),
                      len(row["summaries"]) + 1, len(row["steps"]))
             self._start(row)
+        await self._start_triggers()
         return self.address
+
+    async def _start_triggers(self) -> None:
+        from persona.service.triggers import Trigger
+
+        assert self._loop is not None
+        for spec in self.trigger_specs:
+            trigger = await asyncio.to_thread(Trigger, spec, metrics=self.metrics)
+            self.triggers.append(trigger)
+            self._trigger_tasks.append(self._loop.create_task(self._watch_loop(trigger), name=f"watch-{spec.watch}"))
+            log.info("watching %s: new inputs run %s", spec.watch, "+".join(spec.then))
+
+    async def _watch_loop(self, trigger: Any) -> None:
+        """Poll ``trigger`` until the service stops accepting requests; submit what it finds."""
+        while self.state == "running":
+            try:
+                ready = await asyncio.to_thread(trigger.poll)
+            except Exception as exc:  # noqa: BLE001 - a store hiccup: the next poll tries again
+                log.warning("watch %s: listing failed: %s", trigger.spec.watch, exc)
+                self.metrics.trigger_errors.labels(trigger.spec.watch).inc()
+                ready = []
+            for found, steps, label, key in ready:
+                if self.state != "running":
+                    trigger.watcher.forget(found)
+                    break
+                try:
+                    row, existing = self.submit(steps, label=label, idempotency_key=key)
+                except PersonaError as exc:
+                    log.warning("watch %s: %s not submitted: %s", trigger.spec.watch, ", ".join(found.keys), exc)
+                    self.metrics.trigger_errors.labels(trigger.spec.watch).inc()
+                    continue
+                if not existing:
+                    log.info("watch %s: %s -> request %s", trigger.spec.watch, ", ".join(found.keys), row["id"])
+                    self.metrics.triggered.labels(trigger.spec.watch, found.kind).inc()
+            await asyncio.sleep(trigger.spec.poll_seconds)
+
+    def _stop_triggers(self) -> None:
+        for t in self._trigger_tasks:
+            t.cancel()
+        self._trigger_tasks = []
 
     async def drain(self) -> None:
         """Refuse new requests, let the running ones finish, then stop."""
         if self.state == "running":
             self.state = "draining"
             log.info("draining: %d requests running", len(self._live))
+        self._stop_triggers()
         tasks = [lv.task for lv in list(self._live.values()) if lv.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -228,6 +270,7 @@ class Service:
             return
         self._stopping = True
         self.state = "stopping"
+        self._stop_triggers()
         for lv in list(self._live.values()):
             lv.bump()
         await asyncio.to_thread(self.runtime.stop)
@@ -338,7 +381,7 @@ class Service:
         return {"state": self.state, "started_at": self.started_at,
                 "queued": sum(n for (_, s), n in counts.items() if s == "queued"),
                 "running": sum(n for (_, s), n in counts.items() if s == "running"),
-                "workers": [{"worker_id": f"{socket.gethostname()}/embedded", "host": socket.gethostname(),
+                "workers": [{"worker_id": self.worker_id, "host": socket.gethostname(),
                              "threads": self.runtime.threads, "state": self.runtime.state,
                              "running_requests": len(self.runtime.handles()), "last_heartbeat": time.time()}],
                 "lease_seconds": self.config.service.lease_seconds,
@@ -489,10 +532,7 @@ def _rpc(fn: Callable[..., Any]) -> Callable[..., Any]:
         return grpc.StatusCode.INVALID_ARGUMENT
 
     async def check(self: "Servicer", context: Any) -> None:
-        md = dict(context.invocation_metadata() or ())
-        auth = md.get("authorization", "")
-        want = f"Bearer {self.service.token}"
-        if not hmac.compare_digest(auth.encode(), want.encode()):
+        if not security.token_ok(context.invocation_metadata(), self.service.token):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
     if inspect.isasyncgenfunction(fn):
@@ -568,12 +608,12 @@ class Servicer(_servicer_base()):  # type: ignore[misc]
 # -- persona serve -----------------------------------------------------------------------------
 def serve(config: Any = None, *, listen: str | None = None, metrics_listen: Any = _UNSET,
           db_path: str | None = None, roots: str | None = None, threads: int | None = None,
-          address_file: str | None = None) -> int:
+          address_file: str | None = None, triggers: Any = ()) -> int:
     """Run the service until SIGTERM/SIGINT drained it (see the module docstring)."""
 
     async def main() -> None:
         svc = Service(config, listen=listen, metrics_listen=metrics_listen, db_path=db_path, roots=roots,
-                      threads=threads)
+                      threads=threads, triggers=triggers)
         try:
             address = await svc.start()
         except BaseException:
@@ -583,7 +623,8 @@ def serve(config: Any = None, *, listen: str | None = None, metrics_listen: Any 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, svc.on_signal)
         metrics = f", metrics on http://{svc.metrics.address}/metrics" if svc.metrics.address else ""
-        print(f"persona serve: listening on {address}{metrics}; request table {svc.db_path}; "
+        tls = " (TLS)" if svc.config.service.tls_cert else ""
+        print(f"persona serve: listening on {address}{tls}{metrics}; request table {svc.db_path}; "
               f"token {'from config' if svc.config.service.token else token_file(svc.db_path)}",
               file=sys.stderr, flush=True)
         if address_file:
