@@ -88,7 +88,7 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class AlignConfig:
-    aligner: str = _key(choices=("minimap2", "mappy"))
+    aligner: str = _key(choices=("minimap2", "mappy", "minibwa"))
     threads: int = _key(min=0)
     work_item_reads: int = _key(min=1)
     preset: str = _key()

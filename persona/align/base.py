@@ -50,8 +50,10 @@ from persona.errors import AlignerError
 #: and ``ALIGNER`` (the :class:`Aligner` subclass, constructed as ``ALIGNER(index, contigs, options)``),
 #: and optionally ``INDEX_FAMILY``: backends of one family read the same stored index file.
 #: Modules are imported lazily, so a backend's dependencies load only when used.
-#: ``minimap2`` is the native kernel (GIL released); ``mappy`` the same minimap2 through mappy.
-BACKENDS: dict[str, str] = {"minimap2": "persona.align.minimap2", "mappy": "persona.align.mappy_backend"}
+#: ``minimap2`` is the native kernel (GIL released); ``mappy`` the same minimap2 through mappy;
+#: ``minibwa`` BWA-MEM-class alignment through the minibwa package (optional extra).
+BACKENDS: dict[str, str] = {"minimap2": "persona.align.minimap2", "mappy": "persona.align.mappy_backend",
+                            "minibwa": "persona.align.minibwa_backend"}
 KNOWN_ALIGNERS = tuple(BACKENDS)
 
 
