@@ -37,12 +37,15 @@ from persona.errors import ConfigError
 __all__ = [
     "AgdConfig",
     "AlignConfig",
+    "CephStorageConfig",
     "Config",
     "ExportConfig",
     "ImportConfig",
     "LoggingConfig",
     "MarkdupConfig",
     "PtfConfig",
+    "ReferenceCacheConfig",
+    "S3StorageConfig",
     "ServiceConfig",
     "SortConfig",
     "StorageConfig",
@@ -70,8 +73,46 @@ class AgdConfig:
 
 
 @dataclass(frozen=True)
+class CephStorageConfig:
+    """Defaults for ``ceph://`` stores; a store URL's own ``?conf=&id=&keyring=...`` win."""
+
+    conf: str | None = _key()
+    user: str | None = _key()
+    keyring: str | None = _key()
+    connect_timeout: int = _key(min=1)
+    op_timeout: int = _key(min=1)
+
+
+@dataclass(frozen=True)
+class S3StorageConfig:
+    """Defaults for ``s3://`` stores; a store URL's own ``?endpoint=&region=...`` win."""
+
+    endpoint: str | None = _key()
+    region: str | None = _key()
+    profile: str | None = _key()
+    connect_timeout: int = _key(min=1)
+    read_timeout: int = _key(min=1)
+    multipart_threshold_mb: int = _key(min=5)
+    part_size_mb: int = _key(min=5)
+
+
+@dataclass(frozen=True)
+class ReferenceCacheConfig:
+    """The compute node's local cache of reference indexes fetched from a store."""
+
+    dir: str | None = _key()
+    max_mb: int = _key(min=1)
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     default_url: str | None = _key()
+    retries: int = _key(min=0)
+    read_block_kb: int = _key(min=4)
+    read_prefetch: int = _key(min=1)
+    ceph: CephStorageConfig = _key()
+    s3: S3StorageConfig = _key()
+    reference_cache: ReferenceCacheConfig = _key()
 
 
 @dataclass(frozen=True)

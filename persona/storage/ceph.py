@@ -14,7 +14,8 @@ it half-written. :meth:`CephStore.get_async` starts an ``aio_read`` and returns 
 RADOS has no server-side copy in python-rados, so :meth:`copy` reads and writes the bytes
 (``cheap_copy`` is False).
 
-Connecting. Options come from the URL query, else the environment, else librados' defaults:
+Connecting. Options come from the URL query, else the ``storage.ceph`` config section, else the
+environment, else librados' defaults:
 
 * ``conf``: the cluster's ceph.conf (``PERSONA_CEPH_CONF``, ``CEPH_CONF``, else /etc/ceph/ceph.conf);
 * ``id``: the cephx user, ``persona`` or ``client.persona`` (``PERSONA_CEPH_ID``, else ``admin``);
@@ -53,6 +54,7 @@ from persona.storage.remote import (
     StorePermissionError,
     StoreRejectedError,
     StoreUnreachableError,
+    configured_defaults,
     encode_query,
     option_float,
     option_int,
@@ -219,14 +221,15 @@ class CephStore(Store):
         prefix = "/".join(parts[2:])
         if prefix:
             validate_key(prefix)
+        cfg = configured_defaults("ceph")  # the storage.ceph config section, under the URL's options
         kwargs: dict[str, Any] = {
-            "conf": query.get("conf"),
-            "id": query.get("id"),
-            "keyring": query.get("keyring"),
+            "conf": query.get("conf") or cfg["conf"],
+            "id": query.get("id") or cfg["id"],
+            "keyring": query.get("keyring") or cfg["keyring"],
             "mon_host": query.get("mon_host"),
-            "timeout": option_float(query, "timeout", DEFAULT_CONNECT_TIMEOUT, url),
-            "op_timeout": option_float(query, "op_timeout", DEFAULT_OP_TIMEOUT, url),
-            "retries": option_int(query, "retries", DEFAULT_RETRIES, url),
+            "timeout": option_float(query, "timeout", cfg["timeout"], url),
+            "op_timeout": option_float(query, "op_timeout", cfg["op_timeout"], url),
+            "retries": option_int(query, "retries", cfg["retries"], url),
         }
         kwargs.update(options)
         return cls(pool, namespace, prefix, _url_options=query if not options else None, **kwargs)

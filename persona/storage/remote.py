@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
 
 from persona.errors import StoreError
@@ -31,6 +31,7 @@ __all__ = [
     "StorePermissionError",
     "StoreRejectedError",
     "StoreUnreachableError",
+    "configured_defaults",
     "encode_query",
     "parse_query",
     "retry",
@@ -112,6 +113,31 @@ def option_int(options: dict[str, str], name: str, default: int, url: str) -> in
     if value < 0:
         raise StoreUsageError(f"store URL option {name}={raw!r} is negative", store=url)
     return value
+
+
+def configured_defaults(backend: str) -> dict[str, Any]:
+    """Connection defaults for ``ceph`` or ``s3`` stores from the ``storage`` config section
+    (``persona/configs/default.yaml``); a URL's own options win over these. Values the config
+    leaves null are None (then the backend looks at the environment, then its library)."""
+    import os
+
+    from persona.config import get_config
+
+    st = get_config().storage
+
+    def path(p: str | None) -> str | None:
+        return os.path.expanduser(p) if p else None
+
+    if backend == "ceph":
+        c = st.ceph
+        return {"conf": path(c.conf), "id": c.user, "keyring": path(c.keyring),
+                "timeout": float(c.connect_timeout), "op_timeout": float(c.op_timeout), "retries": st.retries}
+    if backend == "s3":
+        s = st.s3
+        return {"endpoint": s.endpoint, "region": s.region, "profile": s.profile,
+                "timeout": float(s.connect_timeout), "read_timeout": float(s.read_timeout), "retries": st.retries,
+                "multipart_threshold": s.multipart_threshold_mb << 20, "part_size": s.part_size_mb << 20}
+    raise ValueError(f"no configured defaults for store backend {backend!r}")
 
 
 def retry(

@@ -21,7 +21,7 @@ Credentials come from boto3's usual chain: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_AC
 (``AWS_SESSION_TOKEN``), ``AWS_PROFILE`` or ``profile=``, ``~/.aws/credentials`` and
 ``~/.aws/config`` (``AWS_SHARED_CREDENTIALS_FILE``, ``AWS_CONFIG_FILE``), instance roles. They are
 never part of the URL. The endpoint of an S3-compatible server (radosgw, MinIO) comes from
-``endpoint=`` in the URL, else ``PERSONA_S3_ENDPOINT``, else boto3's own ``AWS_ENDPOINT_URL_S3``
+``endpoint=`` in the URL, else the ``storage.s3`` config section, else ``PERSONA_S3_ENDPOINT``, else boto3's own ``AWS_ENDPOINT_URL_S3``
 / ``AWS_ENDPOINT_URL`` / config file; custom endpoints use path-style addressing.
 
 Transient failures (throttling, 5xx, dropped connections) are retried with backoff by botocore's
@@ -49,6 +49,7 @@ from persona.storage.remote import (
     StorePermissionError,
     StoreRejectedError,
     StoreUnreachableError,
+    configured_defaults,
     encode_query,
     option_float,
     option_int,
@@ -208,15 +209,16 @@ class S3Store(Store):
         cond = query.get("conditional_create", "on").lower()
         if cond not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
             raise StoreUsageError(f"conditional_create={cond!r}: expected on or off", store=url)
+        cfg = configured_defaults("s3")  # the storage.s3 config section, under the URL's options
         kwargs: dict[str, Any] = {
-            "endpoint": query.get("endpoint"),
-            "region": query.get("region"),
-            "profile": query.get("profile"),
-            "multipart_threshold": option_int(query, "multipart_threshold", DEFAULT_MULTIPART_THRESHOLD, url),
-            "part_size": option_int(query, "part_size", DEFAULT_PART_SIZE, url),
-            "timeout": option_float(query, "timeout", DEFAULT_TIMEOUT, url),
-            "read_timeout": option_float(query, "read_timeout", DEFAULT_READ_TIMEOUT, url),
-            "retries": option_int(query, "retries", DEFAULT_RETRIES, url),
+            "endpoint": query.get("endpoint") or cfg["endpoint"],
+            "region": query.get("region") or cfg["region"],
+            "profile": query.get("profile") or cfg["profile"],
+            "multipart_threshold": option_int(query, "multipart_threshold", cfg["multipart_threshold"], url),
+            "part_size": option_int(query, "part_size", cfg["part_size"], url),
+            "timeout": option_float(query, "timeout", cfg["timeout"], url),
+            "read_timeout": option_float(query, "read_timeout", cfg["read_timeout"], url),
+            "retries": option_int(query, "retries", cfg["retries"], url),
             "addressing": query.get("addressing"),
             "conditional_create": cond in ("on", "1", "true", "yes"),
         }
