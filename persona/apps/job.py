@@ -136,7 +136,8 @@ class Request:
 
 #: where each kind's request class lives (imported on first use)
 KIND_MODULES = {"import": "persona.apps.importer", "align": "persona.apps.align", "export": "persona.apps.export",
-                "stats": "persona.apps.stats", "sort": "persona.apps.sort", "markdup": "persona.apps.markdup"}
+                "stats": "persona.apps.stats", "sort": "persona.apps.sort", "markdup": "persona.apps.markdup",
+                "align-sort": "persona.apps.align_sort"}
 
 
 def request_class(kind: str) -> type["Request"]:

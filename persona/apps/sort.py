@@ -305,7 +305,8 @@ class SortJob(Job):
         self.txn.begin()
         if self.ds.chunks:
             for c in self.columns:
-                self.record_types[c] = self.ds.read_header(0, c).record_type
+                if c in self.ds.columns:
+                    self.record_types[c] = self.ds.read_header(0, c).record_type
             if not self.run_block:
                 self.run_block = self._choose_run_block()
 
