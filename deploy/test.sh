@@ -3,11 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The reference tools the tests compare against or use (samtools, Picard, minimap2, ...), and the
-# test extras (pytest, hypothesis, protobuf, mappy).
+# test extras (pytest, hypothesis, protobuf, mappy, minibwa).
 TEST_APT="samtools picard-tools minimap2 art-nextgen-simulation-tools bwa seqtk tabix"
 # a throwaway Ceph (mon, OSD, radosgw; deploy/ceph.sh) for the ceph:// and s3:// store tests
 TEST_APT="$TEST_APT ceph-mon ceph-osd ceph-common radosgw python3-rados"
-bash deploy/setup.sh --extras test,mappy --apt "$TEST_APT"
+# the service's deployment checks: promtool (metrics and scrape config), systemd-analyze verify, openssl (test CAs)
+TEST_APT="$TEST_APT prometheus systemd openssl"
+bash deploy/setup.sh --extras test,mappy,minibwa --apt "$TEST_APT"
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -1,0 +1,136 @@
+"""Prometheus metrics of a real service: a scrape over HTTP after a real request, linted by
+``promtool check metrics`` (Debian's prometheus package; deploy/test.sh installs it)."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import require_tool
+
+pytest.importorskip("grpc")
+pytest.importorskip("prometheus_client")
+
+DATA = Path(__file__).resolve().parents[1] / "persona" / "data"
+
+
+def _config(root: Path):
+    from persona.config import load_config
+
+    path = root / "persona.yaml"
+    path.write_text(f"""\
+align:
+  references_url: "{root / 'refs'}"
+  threads: 1
+service:
+  listen: "127.0.0.1:0"
+  metrics_listen: "127.0.0.1:0"
+  db_path: "{root / 'state' / 'service.db'}"
+  roots: "{root},{DATA}"
+""")
+    return load_config(path, env={})
+
+
+@pytest.fixture
+def service(tmp_path):
+    from persona.service.server import Service
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    svc = Service(_config(tmp_path))
+    svc.address_ = asyncio.run_coroutine_threadsafe(svc.start(), loop).result(60)
+    yield svc
+    try:
+        asyncio.run_coroutine_threadsafe(svc.stop(0), loop).result(60)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def _scrape(address: str) -> str:
+    return urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+
+
+def _value(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no series {series} in the scrape")
+
+
+def test_scrape_after_a_request_has_every_family_and_passes_promtool(service, tmp_path):
+    from persona.apps.importer import ImportRequest
+    from persona.service.client import Client
+    from persona.service.metrics import MeteredStore
+    from persona.storage import open_store
+
+    promtool = require_tool("promtool")
+    with Client(service.address_, service.token, timeout=30) as c:
+        rid = c.submit(ImportRequest(inputs=(str(DATA / "sample_R1.fastq.gz"), str(DATA / "sample_R2.fastq.gz")),
+                                     output=str(tmp_path / "agd")))
+        assert c.wait(rid, timeout=120)["state"] == "done"
+    m = service.metrics
+    # what a coordinator and its workers report through the functions
+    m.worker_heartbeat("node7/worker", at=1_700_000_000.0)
+    m.worker_heartbeat("node8/worker")
+    m.worker_lost("node8/worker")
+    m.partitions_requeued("align", "lease_expired", 3)
+    m.partitions_requeued("align", "straggler")
+    m.processed("align", "align", records=8000, bases=8000 * 101)
+    # a metered store counts bytes both ways and I/O errors (a key that is a directory cannot be written)
+    st = MeteredStore(open_store(str(tmp_path / "store")), m)
+    st.put("a/b", b"x" * 1000)
+    assert st.get("a/b") == b"x" * 1000
+    with pytest.raises(OSError):
+        st.put("a", b"y")
+    assert sorted(st.list("")) == ["a/b"]
+
+    text = _scrape(service.metrics.address)
+    assert _value(text, 'persona_requests{kind="import",state="done"}') == 1
+    assert _value(text, 'persona_requests_finished_total{kind="import",state="done"}') == 1
+    assert _value(text, 'persona_request_duration_seconds_count{kind="import"}') == 1
+    assert _value(text, 'persona_feeds_processed_total{kind="import"}') >= 1
+    # the runtime's pipeline, read at scrape time: stages' busy time and feeds, gates' depth
+    assert _value(text, 'persona_ptf_batches_done_total{pipeline="import"}') == 1
+    stage_lines = [ln for ln in text.splitlines() if ln.startswith("persona_ptf_stage_feeds_total{")]
+    assert stage_lines and all('pipeline="import"' in ln for ln in stage_lines)
+    assert sum(float(ln.rsplit(" ", 1)[1]) for ln in stage_lines) >= 1
+    assert any(ln.startswith("persona_ptf_stage_busy_seconds_total{") and float(ln.rsplit(" ", 1)[1]) > 0
+               for ln in text.splitlines())
+    assert "persona_ptf_gate_depth{" in text
+    # liveness: the embedded worker and the two reported
+    assert _value(text, f'persona_worker_up{{worker="{service.worker_id}"}}') == 1
+    assert _value(text, 'persona_worker_up{worker="node7/worker"}') == 1
+    assert _value(text, 'persona_worker_up{worker="node8/worker"}') == 0
+    assert _value(text, 'persona_worker_last_heartbeat_timestamp_seconds{worker="node7/worker"}') == 1.7e9
+    assert _value(text, 'persona_partitions_requeued_total{kind="align",reason="lease_expired"}') == 3
+    assert _value(text, 'persona_bases_processed_total{app="align",stage="align"}') == 808000
+    assert _value(text, 'persona_store_bytes_total{op="write",scheme="file"}') == 1000
+    assert _value(text, 'persona_store_bytes_total{op="read",scheme="file"}') == 1000
+    assert _value(text, 'persona_store_errors_total{op="write",scheme="file"}') == 1
+    m.worker_removed("node8/worker")
+    assert 'worker="node8/worker"' not in _scrape(service.metrics.address)
+
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_gauges_follow_the_runtime_at_scrape_time(service, tmp_path):
+    """Nothing is cached: a scrape before any request has no pipeline series, one after has them."""
+    from persona.apps.importer import ImportRequest
+
+    before = _scrape(service.metrics.address)
+    assert "persona_ptf_stage_feeds_total{" not in before
+    handle = service.runtime.submit(ImportRequest(inputs=(str(DATA / "sample_R1.fastq.gz"),),
+                                                  output=str(tmp_path / "direct")))
+    handle.result(120)
+    deadline = time.monotonic() + 10
+    while "persona_ptf_stage_feeds_total{" not in _scrape(service.metrics.address):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
