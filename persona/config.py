@@ -125,6 +125,7 @@ class ImportConfig:
 class ExportConfig:
     threads: int = _key(min=0)
     bgzf_level: int = _key(min=0, max=9)
+    sorted_extras_memory_mb: int = _key(min=1)
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,10 @@ class ExportRequest(Request):
     #: CRAM: the reference FASTA (default: the registered reference the dataset was aligned to)
     reference: str | None = None
     references_url: str | None = None
+    #: samtools-style regions (``chr1``, ``chr1:1000-2000``; 1-based, inclusive) of a coordinate-sorted
+    #: dataset: only the records overlapping them, reading only the chunks that may hold them
+    #: (:mod:`persona.apps.region`)
+    regions: tuple[str, ...] = ()
 
     def resolved(self, config: "Config") -> "ExportRequest":
         fmt = format_for(self.output, self.format)
@@ -107,6 +111,10 @@ class ExportRequest(Request):
         return replace(self, format=fmt, gzip=gz, level=level)
 
     def plan(self, runtime: "Runtime", request_id: str) -> "ExportJob":
+        if self.regions:
+            from persona.apps.region import RegionExportJob
+
+            return RegionExportJob(self, request_id, runtime)
         return ExportJob(self, request_id, runtime)
 
 
@@ -197,14 +205,14 @@ class ExportJob(DatasetReadJob):
         self.records = 0
         self.secondary_records = 0
         self.bytes_written = 0
+        #: a coordinate-sorted export's extra records, placed at their own coordinates (begin())
+        self.extras: Any = None
 
     # -- planning --------------------------------------------------------------------------
     def _header(self) -> bytes:
         from persona.apps.export_sam import sort_order
 
         sort = sort_order(self.ds)
-        if self.sec_columns and sort == "coordinate":
-            sort = "unsorted"  # secondaries follow their primaries, not their own coordinates
         self.sort = sort
         m = self.ds.manifest
         contigs = sorted(m.reference_contigs, key=lambda c: c.index)
@@ -229,6 +237,21 @@ class ExportJob(DatasetReadJob):
         return bgzf.compress_blocks(block, self.request.level or 6)
 
     def begin(self) -> None:
+        from persona.apps.export_sam import sort_order
+
+        if self.aligned and self.sec_columns and self.fmt in ("bam", "sam") and sort_order(self.ds) == "coordinate":
+            # extra records go to their own coordinates: a first pass collects them (export_sorted)
+            from persona.apps.export_sorted import SortedExtras
+
+            mb = self.runtime.config.export.sorted_extras_memory_mb
+            self.extras = SortedExtras(len(self.ds.chunks), self.fmt, self._encode_with_extras,
+                                       memory_limit=mb << 20, submit=self.runtime.compute.submit,
+                                       in_flight=max(2, self.runtime.threads))
+            try:
+                self.extras.build()
+            except BaseException:
+                self.extras.close()
+                raise
         try:
             for out in self.outputs:
                 self._files.append(self._stack.enter_context(open_output(out, "wb")))
@@ -258,37 +281,64 @@ class ExportJob(DatasetReadJob):
                 raise DatasetError(f"chunk {self.ds.chunks[i].path}: {e}", key=self.ds.chunk_key(i, QUAL)) from None
             w.out = (len(meta), 0)
             return w
+        if self.extras is not None:  # coordinate-sorted: primaries here, extras at their coordinates
+            al, data, offsets, _ = self._encode(i, values, interleave=False)
+            data, n_sec = self.extras.merge_into(i, al, data, offsets)
+        else:
+            _, data, _, n_sec = self._encode(i, values, interleave=True)
+        w.data = [data]
+        w.out = (w.n, n_sec)
+        return w
+
+    def _encode(self, i: int, values: dict[str, Any], *, interleave: bool) -> tuple[Any, Any, Any, int]:
+        """Chunk ``i``'s SAM/BAM records: ``(alignments, data, offsets or None, n_extra_records)``;
+        with ``interleave`` each read's present extra rows follow its primary."""
         from persona.apps.export_sam import interleave_secondaries, unmapped_alignments
 
+        meta, bases, quals = values[METADATA], values[BASE], values[QUAL]
         n_sec = 0
         if not self.aligned:
             al = unmapped_alignments(self.ds.chunks[i], self.paired)
         else:
             al = values["results"]
         self._attach_tags(i, "results", al, values)
-        if self.aligned:
-            if self.sec_columns:
-                secs = [values[c] for c in self.sec_columns]
-                for c, s in zip(self.sec_columns, secs):
-                    self._attach_tags(i, c, s, values)
-                for c, s in zip(self.sec_columns, secs):
-                    if len(s) != len(al):
-                        raise DatasetError(f"column {c!r} has {len(s)} records but results has {len(al)}",
-                                           key=self.ds.chunk_key(i, c), store=self.ds.store.url)
-                meta, bases, quals, al, n_sec = interleave_secondaries(
-                    meta, bases, quals, al, secs, secondary_seq=self.request.secondary_seq)
+        if self.aligned and self.sec_columns and interleave:
+            secs = [values[c] for c in self.sec_columns]
+            for c, s in zip(self.sec_columns, secs):
+                self._attach_tags(i, c, s, values)
+            for c, s in zip(self.sec_columns, secs):
+                if len(s) != len(al):
+                    raise DatasetError(f"column {c!r} has {len(s)} records but results has {len(al)}",
+                                       key=self.ds.chunk_key(i, c), store=self.ds.store.url)
+            meta, bases, quals, al, n_sec = interleave_secondaries(
+                meta, bases, quals, al, secs, secondary_seq=self.request.secondary_seq)
+        offsets = None
         try:
             if self.fmt == "bam":
-                data, _ = encode_records(meta, bases, quals, al, len(self.contigs), self.rg.id)
+                data, offsets = encode_records(meta, bases, quals, al, len(self.contigs), self.rg.id)
             else:
                 data = sam_records(meta, bases, quals, al, self.names, self.rg.id)
         except ValueError as e:
-            where = " (record numbers count secondary records)" if self.sec_columns else ""
+            where = " (record numbers count secondary records)" if self.sec_columns and interleave else ""
             raise DatasetError(f"cannot export: {e}{where}", key=self.ds.chunk_key(i, "results"),
                                store=self.ds.store.url) from None
-        w.data = [data]
-        w.out = (w.n, n_sec)
-        return w
+        return al, data, offsets, n_sec
+
+    def _encode_with_extras(self, i: int) -> tuple[Any, Any, Any]:
+        """The first pass of a coordinate-sorted export (:mod:`persona.apps.export_sorted`): chunk
+        ``i``'s records with its extras interleaved, encoded; only the results column and the
+        extra columns are read for a chunk whose extra rows are all absent."""
+        def load(c: str) -> Any:
+            return self.ds.decode_file(i, c, self.ds.read_file(i, c))
+
+        values = {c: load(c) for c in self.sec_columns}
+        if not any(values[c].present.any() for c in self.sec_columns):
+            return load("results"), b"", None
+        for c in self.columns:
+            if c not in values:
+                values[c] = load(c)
+        al, data, offsets, _ = self._encode(i, values, interleave=True)
+        return al, data, offsets
 
     def _attach_tags(self, i: int, column: str, al: Any, values: dict[str, Any]) -> None:
         tc = self.tag_columns.get(column)
@@ -337,6 +387,8 @@ class ExportJob(DatasetReadJob):
         if self.fmt == "bam":
             self._write(0, bgzf.EOF_BLOCK)
         self._close(None)
+        if self.extras is not None:
+            self.extras.close()
         paths, fmt = list(self.outputs), self.fmt
         index = None
         if (self.fmt == "bam" and self.cram_output is None and self.sort == "coordinate"
@@ -399,6 +451,8 @@ class ExportJob(DatasetReadJob):
     def abort(self, error: BaseException | None) -> None:
         self._close(error or RuntimeError("export aborted"))
         self._drop_scratch()
+        if self.extras is not None:
+            self.extras.close()
 
 
 #: PL written when neither the dataset nor the request names the platform (Picard requires one)

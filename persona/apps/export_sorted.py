@@ -1,0 +1,257 @@
+"""Secondary and supplementary records of a coordinate-sorted dataset, placed at their own coordinates.
+
+AGD keeps a read's extra alignments (``secondary<N>`` columns: its supplementary
+and secondary hits) in the rows of the read, beside the primary. Sort orders
+the reads by their primary alignment, so written record by record an extra
+record would follow its primary, wherever it maps itself, and the SAM/BAM would
+not be coordinate-sorted. This module gives the export what it needs to write
+``@HD SO:coordinate`` honestly (and to index the BAM):
+
+* :meth:`SortedExtras.build`, a first pass over the dataset before any record is
+  written: every chunk's extra records are encoded as the export encodes them
+  (BAM records or SAM lines, tags included), keyed by their own coordinate, and
+  the first primary key of every chunk is noted. Chunks are processed in
+  parallel on the runtime's compute pool, a bounded number at a time.
+* The extras are kept sorted in memory up to ``export.sorted_extras_memory_mb``;
+  beyond that they are spilled to sorted runs in a temporary directory and
+  merged into one file at the end of the pass, with each chunk's byte range
+  noted, so memory stays bounded by configuration whatever the dataset size.
+* :meth:`SortedExtras.merge_into`, in the export's encode stage: chunk ``i``'s
+  primary records (already in coordinate order) are interleaved with the extras
+  whose keys fall in ``[first key of chunk i, first key of chunk i+1)`` (chunk 0
+  also takes everything before, the last chunk everything after), each extra
+  record after the primaries of an equal key. Records of equal keys keep the
+  dataset's order.
+
+Keys are :func:`persona._native.sort.coordinate_keys` (reference index,
+position, strand), the key ``persona sort`` orders by; unmapped reads (no
+reference) sort last.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+import shutil
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from persona._native import sort as sort_kernel
+from persona.agd.records import Alignments
+
+#: a spilled record: key, sequence number, length of the record bytes
+_REC = struct.Struct("<QQI")
+#: flags of extra records: secondary, supplementary
+EXTRA_FLAGS = 0x100 | 0x800
+
+
+def alignment_keys(al: Alignments) -> np.ndarray:
+    """The coordinate keys of ``al``'s records (``uint64``)."""
+    f = al.fields
+    return sort_kernel.coordinate_keys(np.ascontiguousarray(f["flag"], dtype=np.uint32),
+                                       np.ascontiguousarray(f["ref_index"], dtype=np.int32),
+                                       np.ascontiguousarray(f["position"], dtype=np.int64))
+
+
+def record_offsets(data: Any, offsets: Any, fmt: str) -> np.ndarray:
+    """``uint64[N+1]`` record boundaries of one chunk's encoded records: BAM offsets as the encoder
+    gives them; SAM lines found by their newlines."""
+    if fmt == "bam":
+        return np.asarray(offsets, dtype=np.uint64)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 10).astype(np.uint64) + 1
+    return np.concatenate((np.zeros(1, np.uint64), ends))
+
+
+class SortedExtras:
+    """The extra records of one coordinate-sorted export (see the module docstring).
+
+    ``encode_chunk(i)`` returns ``(alignments, data, offsets)``: chunk ``i``'s records with its
+    extras interleaved per read (what an export of an unsorted dataset writes), encoded.
+    """
+
+    def __init__(self, n_chunks: int, fmt: str, encode_chunk: Callable[[int], tuple[Alignments, Any, Any]],
+                 *, memory_limit: int, submit: Callable[..., Future] | None = None, in_flight: int = 4) -> None:
+        self.n_chunks = n_chunks
+        self.fmt = fmt
+        self._encode_chunk = encode_chunk
+        self.memory_limit = max(1, int(memory_limit))
+        self._submit = submit
+        self.in_flight = max(1, in_flight)
+        self.first_keys = np.zeros(n_chunks, np.uint64)
+        self.count = 0
+        # in memory: sorted key and record arrays per chunk of output; or one merged file on disk
+        self._mem: list[tuple[int, int, bytes]] = []
+        self._mem_bytes = 0
+        self._seq = 0
+        self._tmp: str | None = None
+        self._runs: list[str] = []
+        self._merged: str | None = None
+        self._ranges: list[tuple[int, int, int]] = []  # per chunk: file offset, length, records
+        self._by_chunk: list[list[tuple[int, bytes]]] = []
+        self._lock = threading.Lock()
+
+    # -- the first pass ---------------------------------------------------------------------
+    def build(self, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Encode every chunk's extras and note each chunk's first primary key."""
+        if self._submit is None:
+            for i in range(self.n_chunks):
+                if cancelled():
+                    raise InterruptedError("export cancelled")
+                self._absorb(i, *self._chunk_extras(i))
+        else:
+            # chunks in parallel, absorbed in order (so equal keys keep the dataset's order)
+            futures: dict[int, Future] = {}
+            nxt = 0
+            while nxt < self.n_chunks or futures:
+                while nxt < self.n_chunks and len(futures) < self.in_flight:
+                    futures[nxt] = self._submit(self._chunk_extras, nxt)
+                    nxt += 1
+                first = min(futures)
+                fut = futures.pop(first)
+                if cancelled():
+                    for f in futures.values():
+                        f.cancel()
+                    raise InterruptedError("export cancelled")
+                self._absorb(first, *fut.result())
+        self._finish()
+
+    def _chunk_extras(self, i: int) -> tuple[int, np.ndarray, list[bytes]]:
+        al, data, offsets = self._encode_chunk(i)
+        flags = np.asarray(al.fields["flag"])
+        keys = alignment_keys(al)
+        extra = (flags & EXTRA_FLAGS) != 0
+        primary = np.flatnonzero(~extra)
+        first = int(keys[primary[0]]) if len(primary) else 0
+        idx = np.flatnonzero(extra)
+        if not len(idx):
+            return first, np.zeros(0, np.uint64), []
+        off = record_offsets(data, offsets, self.fmt)
+        mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        recs = [bytes(mv[int(off[j]):int(off[j + 1])]) for j in idx]
+        return first, keys[idx], recs
+
+    def _absorb(self, i: int, first: int, keys: np.ndarray, recs: list[bytes]) -> None:
+        self.first_keys[i] = first
+        for k, r in zip(keys.tolist(), recs):
+            self._mem.append((k, self._seq, r))
+            self._seq += 1
+            self._mem_bytes += len(r) + 64
+        self.count += len(recs)
+        if self._mem_bytes > self.memory_limit:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="persona-extras-")
+        self._mem.sort(key=lambda t: (t[0], t[1]))
+        path = os.path.join(self._tmp, f"run{len(self._runs):06d}")
+        with open(path, "wb") as f:
+            for k, s, r in self._mem:
+                f.write(_REC.pack(k, s, len(r)))
+                f.write(r)
+        self._runs.append(path)
+        self._mem = []
+        self._mem_bytes = 0
+
+    def _bounds(self) -> np.ndarray:
+        """The first key each chunk takes (chunk 0: from 0), made non-decreasing."""
+        b = np.maximum.accumulate(self.first_keys) if self.n_chunks else self.first_keys
+        b = b.copy()
+        if self.n_chunks:
+            b[0] = 0
+        return b
+
+    def _finish(self) -> None:
+        bounds = self._bounds()
+        if not self._runs:  # everything fits in memory
+            self._mem.sort(key=lambda t: (t[0], t[1]))
+            self._by_chunk = [[] for _ in range(self.n_chunks)]
+            if self.n_chunks:
+                keys = np.fromiter((t[0] for t in self._mem), np.uint64, len(self._mem))
+                owner = np.searchsorted(bounds, keys, side="right") - 1
+                for (k, _, r), c in zip(self._mem, owner.tolist()):
+                    self._by_chunk[c].append((k, r))
+            self._mem = []
+            return
+        self._spill()  # the last records join the runs; then one merged file, ranges per chunk
+        assert self._tmp is not None
+        self._merged = os.path.join(self._tmp, "merged")
+        self._ranges = [(0, 0, 0)] * self.n_chunks
+        with open(self._merged, "wb") as out:
+            chunk, start, n = 0, 0, 0
+            for k, s, r in heapq.merge(*(self._read_run(p) for p in self._runs)):
+                c = int(np.searchsorted(bounds, np.uint64(k), side="right")) - 1
+                if c != chunk:
+                    self._ranges[chunk] = (start, out.tell() - start, n)
+                    chunk, start, n = c, out.tell(), 0
+                out.write(_REC.pack(k, s, len(r)))
+                out.write(r)
+                n += 1
+            self._ranges[chunk] = (start, out.tell() - start, n)
+        for p in self._runs:
+            os.unlink(p)
+        self._runs = []
+
+    @staticmethod
+    def _read_run(path: str) -> Iterator[tuple[int, int, bytes]]:
+        with open(path, "rb", buffering=1 << 20) as f:
+            while True:
+                head = f.read(_REC.size)
+                if not head:
+                    return
+                k, s, n = _REC.unpack(head)
+                yield k, s, f.read(n)
+
+    def _chunk(self, i: int) -> list[tuple[int, bytes]]:
+        if self._merged is None:
+            with self._lock:
+                got, self._by_chunk[i] = self._by_chunk[i], []
+            return got
+        off, length, n = self._ranges[i]
+        if not n:
+            return []
+        with open(self._merged, "rb") as f:
+            f.seek(off)
+            buf = f.read(length)
+        out, p = [], 0
+        for _ in range(n):
+            k, _s, m = _REC.unpack_from(buf, p)
+            p += _REC.size
+            out.append((k, buf[p:p + m]))
+            p += m
+        return out
+
+    # -- the export pass --------------------------------------------------------------------
+    def merge_into(self, i: int, primary: Alignments, data: Any, offsets: Any) -> tuple[bytes, int]:
+        """Chunk ``i``'s encoded primary records (``data``/``offsets`` as the encoder returned
+        them) with its extras interleaved by coordinate; returns ``(records, n_extras)``."""
+        extras = self._chunk(i)
+        if not extras:
+            return data, 0
+        keys = np.maximum.accumulate(alignment_keys(primary)) if len(primary) else np.zeros(0, np.uint64)
+        ekeys = np.fromiter((k for k, _ in extras), np.uint64, len(extras))
+        at = np.searchsorted(keys, ekeys, side="right")  # after the primaries of an equal key
+        off = record_offsets(data, offsets, self.fmt)
+        mv = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        parts: list[Any] = []
+        prev = 0
+        for pos, (_, rec) in zip(at.tolist(), extras):
+            if pos != prev:
+                parts.append(mv[int(off[prev]):int(off[pos])])
+                prev = pos
+            parts.append(rec)
+        parts.append(mv[int(off[prev]):int(off[len(off) - 1])])
+        return b"".join(parts), len(extras)
+
+    def close(self) -> None:
+        self._mem = []
+        self._by_chunk = []
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None

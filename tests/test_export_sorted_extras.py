@@ -1,0 +1,169 @@
+"""A coordinate-sorted export with supplementary (and secondary) alignments: every record at its own
+coordinate, ``@HD SO:coordinate``, indexable, Picard-valid, the same records as the unsorted export,
+and the same output whether the extras stay in memory or spill to temporary runs."""
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, require_tool
+from persona.agd.records import Alignments
+from persona.align.reference import add_reference
+from persona.apps import export_sorted
+from persona.apps.align import align_dataset
+from persona.apps.export_sam import export_sam
+from persona.apps.export_sorted import SortedExtras
+from persona.apps.importer import ImportRequest
+from persona.apps.sort import SortRequest
+from persona.runtime import Runtime
+
+REF = FIXTURES / "measles" / "MH356245.1.fasta"
+COMP = str.maketrans("ACGT", "TGCA")
+
+
+def _rc(s: str) -> str:
+    return s.translate(COMP)[::-1]
+
+
+@pytest.fixture(scope="module")
+def sorted_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Reads simulated on measles, half reverse-complemented; one in five is a chimera of two
+    distant pieces (minimap2 gives it a supplementary alignment); aligned with 2 secondaries kept,
+    then coordinate-sorted."""
+    d = tmp_path_factory.mktemp("sortedextras")
+    ref = "".join(REF.read_text().split("\n")[1:])
+    rng = random.Random(11)
+    reads = []
+    for i in range(1500):
+        start = rng.randrange(0, len(ref) - 200)
+        a = ref[start:start + 150]
+        if i % 5 == 0:  # chimera: the second half comes from far away
+            far = (start + 7000) % (len(ref) - 200)
+            a = a[:75] + ref[far:far + 75]
+        reads.append((f"r{i}", a if i % 2 else _rc(a)))
+    (d / "r.fq").write_text("".join(f"@{n}\n{s}\n+\n{'I' * len(s)}\n" for n, s in reads))
+    add_reference("measles", REF, d / "refs")
+    with Runtime(threads=2) as rt:
+        rt.run(ImportRequest(inputs=(str(d / "r.fq"),), output=str(d / "agd"), name="ds",
+                             chunk_size=200))
+        align_dataset(d / "agd", "measles", references_url=str(d / "refs"), secondary=2, runtime=rt, name="ds")
+        rt.run(SortRequest(dataset=str(d / "agd"), input_name="ds", group_chunks=3))
+    return d
+
+
+def _records(path: Path) -> list[str]:
+    return subprocess.run(["samtools", "view", str(path)], check=True, capture_output=True,
+                          text=True).stdout.splitlines()
+
+
+def _check_sorted(lines: list[str], contigs: list[str]) -> None:
+    order = {c: i for i, c in enumerate(contigs)}
+    keys = [(order.get(f[2], len(order)), int(f[3])) if f[2] != "*" else (len(order), 0)
+            for f in (ln.split("\t") for ln in lines)]
+    assert keys == sorted(keys), "records are not in coordinate order"
+
+
+def test_sorted_export_places_extras_at_their_coordinates(sorted_ds: Path, tmp_path: Path) -> None:
+    require_tool("samtools")
+    bam = tmp_path / "sorted.bam"
+    s = export_sam(sorted_ds / "agd", bam, name="ds_sorted")
+    assert s.sort_order == "coordinate"
+    header = subprocess.run(["samtools", "view", "-H", str(bam)], check=True, capture_output=True,
+                            text=True).stdout
+    assert header.splitlines()[0].startswith("@HD\tVN:1.6\tSO:coordinate")
+    lines = _records(bam)
+    flags = [int(ln.split("\t")[1]) for ln in lines]
+    n_supp = sum(1 for f in flags if f & 0x800)
+    n_sec = sum(1 for f in flags if f & 0x100)
+    assert n_supp >= 50, f"the chimeras should give supplementary alignments, got {n_supp}"
+    assert s.secondary_records == n_supp + n_sec
+    _check_sorted(lines, ["MH356245.1"])
+    # the same records as the unsorted (aligned) dataset's export, record for record
+    unsorted = tmp_path / "unsorted.bam"
+    export_sam(sorted_ds / "agd", unsorted, name="ds", read_group={"ID": "ds_sorted"})
+    assert sorted(_records(unsorted)) == sorted(lines)
+    # samtools sort agrees on the (contig, position) sequence, and the index works
+    st = tmp_path / "st.bam"
+    subprocess.run(["samtools", "sort", "-o", str(st), str(unsorted)], check=True)
+    assert [ln.split("\t")[2:4] for ln in _records(st)] == [ln.split("\t")[2:4] for ln in lines]
+    assert (tmp_path / "sorted.bam.bai").exists()
+    region = subprocess.run(["samtools", "view", "-c", str(bam), "MH356245.1:7000-7100"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    expect = sum(1 for ln in lines if (f := ln.split("\t"))[2] != "*"
+                 and int(f[3]) <= 7100 and int(f[3]) + 500 >= 7000)
+    assert 0 < int(region) <= expect
+
+
+def test_sorted_sam_export_and_picard(sorted_ds: Path, tmp_path: Path) -> None:
+    from test_export_sam import picard_validate
+
+    sam = tmp_path / "sorted.sam"
+    export_sam(sorted_ds / "agd", sam, fmt="sam", name="ds_sorted")
+    text = sam.read_text().splitlines()
+    assert text[0].startswith("@HD\tVN:1.6\tSO:coordinate")
+    _check_sorted([ln for ln in text if not ln.startswith("@")], ["MH356245.1"])
+    bam = tmp_path / "sorted.bam"
+    export_sam(sorted_ds / "agd", bam, name="ds_sorted")
+    assert picard_validate(bam) == []
+
+
+def test_spilled_extras_give_the_same_output(sorted_ds: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    require_tool("samtools")
+    in_memory = tmp_path / "mem.bam"
+    export_sam(sorted_ds / "agd", in_memory, name="ds_sorted")
+    spills: list[int] = []
+
+    class Tiny(SortedExtras):
+        def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
+            kw["memory_limit"] = 4096  # a few records per run
+            super().__init__(*a, **kw)
+
+        def _spill(self) -> None:
+            spills.append(len(self._mem))
+            super()._spill()
+
+    monkeypatch.setattr(export_sorted, "SortedExtras", Tiny)
+    spilled = tmp_path / "spill.bam"
+    export_sam(sorted_ds / "agd", spilled, name="ds_sorted")
+    assert len(spills) > 5
+    assert _records(spilled) == _records(in_memory)
+
+
+def _fake_alignments(keys: list[tuple[int, int, int]]) -> Alignments:
+    """Records of (ref, pos, flag)."""
+    al = Alignments.empty(len(keys))
+    al.fields["ref_index"] = [k[0] for k in keys]
+    al.fields["position"] = [k[1] for k in keys]
+    al.fields["flag"] = [k[2] for k in keys]
+    return al
+
+
+@pytest.mark.parametrize("limit", [1 << 20, 40])
+def test_extras_go_to_the_chunk_of_their_coordinate(limit: int) -> None:
+    """Two chunks of primaries; extras before, inside, between, after them and at equal keys,
+    as SAM lines (the record text says where it came from)."""
+    chunks = [[(0, 10, 0), (0, 20, 0), (0, 30, 0)], [(0, 40, 0), (1, 5, 0), (-1, -1, 4)]]
+    extras = {0: [(1, 7, 0x800), (0, 20, 0x800)], 1: [(0, 2, 0x100), (0, 35, 0x800), (2, 1, 0x800)]}
+
+    def encode(i: int):  # type: ignore[no-untyped-def]
+        recs = chunks[i] + extras[i]
+        al = _fake_alignments(recs)
+        data = "".join(f"{i}:{r}:{p}:{f}\n" for r, p, f in recs).encode()
+        return al, data, None
+
+    sx = SortedExtras(2, "sam", encode, memory_limit=limit)
+    sx.build()
+    out = []
+    for i in range(2):
+        al = _fake_alignments(chunks[i])
+        data = "".join(f"{i}:{r}:{p}:{f}\n" for r, p, f in chunks[i]).encode()
+        merged, n = sx.merge_into(i, al, data, None)
+        out.append((merged.decode().split(), n))
+    sx.close()
+    assert out[0] == (["1:0:2:256", "0:0:10:0", "0:0:20:0", "0:0:20:2048", "0:0:30:0", "1:0:35:2048"], 3)
+    assert out[1] == (["1:0:40:0", "1:1:5:0", "0:1:7:2048", "1:2:1:2048", "1:-1:-1:4"], 2)
