@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS requests (
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_state ON requests(state);
+CREATE TABLE IF NOT EXISTS partitions (
+    step_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    attempt TEXT NOT NULL,
+    result TEXT NOT NULL,
+    PRIMARY KEY (step_id, idx)
+);
 """
 
 _COLUMNS = ("label", "state", "step", "feeds_done", "records_done", "records_total_done", "error", "summaries",
@@ -136,6 +143,27 @@ class RequestTable:
             rows = self._db.execute("SELECT * FROM requests WHERE state IN ('queued', 'running') "
                                     "ORDER BY seq").fetchall()
         return [self._row(r) for r in rows]  # type: ignore[misc]
+
+    # -- partitions (the coordinator's global gates) ------------------------------------------
+    def commit_partition(self, step_id: str, index: int, attempt: str, result: Mapping[str, Any]) -> bool:
+        """Record partition ``index`` of ``step_id`` as done by ``attempt``; False when another
+        attempt was recorded first (a duplicate result, discarded)."""
+        with self._lock:
+            cur = self._db.execute("INSERT OR IGNORE INTO partitions (step_id, idx, attempt, result) "
+                                   "VALUES (?, ?, ?, ?)", (step_id, index, attempt, json.dumps(result, default=str)))
+            return cur.rowcount == 1
+
+    def partitions(self, step_id: str) -> dict[int, tuple[str, dict[str, Any]]]:
+        """The committed partitions of ``step_id``: ``{index: (attempt, result)}``."""
+        with self._lock:
+            rows = self._db.execute("SELECT idx, attempt, result FROM partitions WHERE step_id=?",
+                                    (step_id,)).fetchall()
+        return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+
+    def drop_partitions(self, step_id: str) -> None:
+        """Forget ``step_id``'s partitions (its step committed, failed or was cancelled)."""
+        with self._lock:
+            self._db.execute("DELETE FROM partitions WHERE step_id=?", (step_id,))
 
     def counts(self) -> Mapping[tuple[str, str], int]:
         """``{(kinds, state): n}`` over the whole table (the requests gauge)."""
