@@ -209,3 +209,54 @@ def test_window_equals_whole_dataset(simulated_sam: Path, tmp_path: Path) -> Non
             rt.run(MarkdupRequest(dataset=str(loc), name="s", window=1))
         except DatasetError as e:
             assert "window" in str(e)
+
+
+def test_remove_duplicates_equals_picard(simulated_sam: Path, tmp_path: Path) -> None:
+    """--remove (Picard's REMOVE_DUPLICATES=true): a new dataset without the duplicates, the kept
+    records' flags as Picard writes them; the input dataset is left as it was."""
+    picard = require_tool("PicardCommandLine")
+    require_tool("samtools")
+    loc = tmp_path / "agd"
+    with Runtime(threads=2) as rt:
+        rt.run(ImportRequest(inputs=(str(simulated_sam),), output=str(loc), name="ds", chunk_size=700))
+        rt.run(SortRequest(dataset=str(loc), input_name="ds", group_chunks=2))
+        export_sam(loc, tmp_path / "sorted.bam", name="ds_sorted", secondary=False, runtime=rt)
+        gen = Dataset.open(loc, "ds_sorted").manifest.generation
+        s = rt.run(MarkdupRequest(dataset=str(loc), name="ds_sorted", remove=True, metrics=str(tmp_path / "o.txt")))
+        export_sam(loc, tmp_path / "ours.bam", name="ds_sorted_dedup", secondary=False, runtime=rt)
+    subprocess.run([picard, "MarkDuplicates", f"I={tmp_path / 'sorted.bam'}", f"O={tmp_path / 'picard.bam'}",
+                    f"M={tmp_path / 'picard.txt'}", "REMOVE_DUPLICATES=true"], check=True, capture_output=True)
+
+    def records(bam: Path) -> list[tuple[str, ...]]:
+        out = subprocess.run(["samtools", "view", str(bam)], capture_output=True, text=True, check=True).stdout
+        return [tuple(ln.split("\t")[:6]) for ln in out.splitlines()]
+
+    ours, theirs = records(tmp_path / "ours.bam"), records(tmp_path / "picard.bam")
+    assert s.duplicates > 300 and len(ours) == s.kept == s.records - s.duplicates
+    assert ours == theirs
+    assert read_metrics(str(tmp_path / "o.txt")) == read_metrics(str(tmp_path / "picard.txt"))
+    src = Dataset.open(loc, "ds_sorted")
+    assert src.manifest.generation == gen  # the input is unchanged
+    out = Dataset.open(loc, "ds_sorted_dedup")
+    assert out.manifest.sort == "coordinate" and out.manifest.provenance[-1].get("removed") is True
+
+
+def test_sort_markdup_equals_sort_then_markdup(simulated_sam: Path, tmp_path: Path) -> None:
+    """sort --markdup marks during the merge exactly what markdup on the sorted dataset marks."""
+    import numpy as np
+
+    loc = tmp_path / "agd"
+    with Runtime(threads=2) as rt:
+        rt.run(ImportRequest(inputs=(str(simulated_sam),), output=str(loc), name="ds", chunk_size=600))
+        rt.run(SortRequest(dataset=str(loc), input_name="ds", group_chunks=2, name="a"))
+        a = rt.run(MarkdupRequest(dataset=str(loc), name="a", metrics=str(tmp_path / "a.txt")))
+        b = rt.run(SortRequest(dataset=str(loc), input_name="ds", group_chunks=2, name="b", markdup=True,
+                               metrics=str(tmp_path / "b.txt"), run_block=211))
+
+    def flags(name: str) -> np.ndarray:
+        ds = Dataset.open(loc, name)
+        return np.concatenate([ds.read_column(i, "results").fields["flag"] for i in range(len(ds.chunks))])
+
+    assert b.duplicates == a.duplicates > 300
+    assert np.array_equal(flags("a"), flags("b"))
+    assert read_metrics(str(tmp_path / "a.txt")) == read_metrics(str(tmp_path / "b.txt"))

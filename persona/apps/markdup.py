@@ -63,7 +63,7 @@ import numpy as np
 
 from persona._native import markdup as md_kernel
 from persona.agd import Dataset
-from persona.agd.columns import RESULTS, is_secondary_column
+from persona.agd.columns import RESULTS, decode_column, is_secondary_column
 from persona.agd.records import (
     FLAG_DUPLICATE,
     FLAG_MATE_UNMAPPED,
@@ -106,11 +106,20 @@ class MarkdupRequest(Request):
     threads: int | None = None
     replicas: dict[str, int] = field(default_factory=dict)
     capacity: int | None = None
+    #: Picard's REMOVE_DUPLICATES: write a new dataset (``out_name`` at ``output``; default
+    #: ``<name>_dedup`` beside the input) holding every record but the duplicates; the input is unchanged
+    remove: bool = False
+    output: str | None = None
+    out_name: str | None = None
+    overwrite: bool = False
 
     def resolved(self, config: "Config") -> "MarkdupRequest":
         if self.threads is not None and self.threads < 0:
             raise ConfigError(f"threads must be >= 0, got {self.threads}", key="threads")
-        return replace(self, dataset=os.fspath(self.dataset), capacity=self.capacity or config.ptf.default_capacity)
+        if not self.remove and (self.output or self.out_name):
+            raise ConfigError("an output dataset is written only with remove (--remove)", key="output")
+        return replace(self, dataset=os.fspath(self.dataset), capacity=self.capacity or config.ptf.default_capacity,
+                       window=self.window if self.window is not None else config.markdup.window)
 
     def plan(self, runtime: "Runtime", request_id: str) -> "MarkdupJob":
         return MarkdupJob(self, request_id, runtime)
@@ -487,6 +496,8 @@ class MarkdupSummary(Summary):
     windowed: bool = False
     #: the most ends held at once (open groups and waiting mates)
     held_max: int = 0
+    #: with remove: the records written to the new dataset
+    kept: int = 0
 
 
 class MarkdupJob(Job):
@@ -512,6 +523,21 @@ class MarkdupJob(Job):
         self._next = 0
 
     def begin(self) -> None:
+        if self.request.remove:
+            from persona.storage import open_store
+
+            r = self.request
+            loc = r.output or self.ds.store.url
+            self.out_store = self.runtime.store(loc) if "://" in loc else open_store(loc)
+            same = self.out_store.url == self.ds.store.url
+            self.out_name = r.out_name or (f"{self.ds.name}_dedup" if same else self.ds.name)
+            if same and self.out_name == self.ds.name:
+                raise DatasetError(f"removing duplicates of {self.ds.name!r} into itself: choose another name or "
+                                   "location", store=self.out_store.url)
+            self.txn = Transaction(self.out_store, self.out_name, app="markdup", new=True, overwrite=r.overwrite,
+                                   attempt=self.attempt, request_id=self.request_id)
+            self.txn.begin()
+            return
         self.txn = self.ds.begin_columns(app="markdup", attempt=self.attempt, request_id=self.request_id)
 
     def feeds(self) -> list[FeedDescriptor]:
@@ -562,9 +588,66 @@ class MarkdupJob(Job):
         self.txn.put_column_file(chunk, RESULTS, self.ds.encode_column_file(chunk, RESULTS, res))
         return int(mask.sum())
 
+    def _write_without(self, dups: np.ndarray) -> Any:
+        """REMOVE_DUPLICATES: every chunk of the input without its duplicates (each becomes one output chunk,
+        empty ones none), the kept records' 0x400 flags cleared, as a new dataset; returns its manifest."""
+        from persona._native import sort as sort_kernel
+        from persona.agd.chunk import encode_chunk
+        from persona.agd.columns import encode_column
+        from persona.agd.ragged import RaggedArray
+
+        assert self.txn is not None
+        txn = self.txn
+        firsts = []
+        at = 0
+        keeps = []
+        for ref in self.ds.chunks:
+            lo, hi = np.searchsorted(dups, [ref.first, ref.last])
+            keep = np.ones(ref.num_records, dtype=bool)
+            keep[dups[lo:hi] - ref.first] = False
+            keeps.append(np.flatnonzero(keep).astype(np.int64))
+            firsts.append(at)
+            at += len(keeps[-1])
+
+        def write(i: int) -> int:
+            idx = keeps[i]
+            if not len(idx):
+                return 0
+            files = {}
+            for c in self.ds.columns:
+                h, raw = self.ds.read_raw(i, c)
+                if c == RESULTS:
+                    res = decode_column(RESULTS, raw, key=self.ds.chunk_key(i, c))
+                    res.fields["flag"] &= ~np.uint32(FLAG_DUPLICATE)
+                    raw = encode_column(RESULTS, res)
+                o, d = sort_kernel.ragged_take(raw.offsets, np.ascontiguousarray(raw.data), idx)
+                files[c] = encode_chunk(RaggedArray(o, d, validate=False), record_type=h.record_type,
+                                        first_ordinal=firsts[i], name=self.out_name, compression=self.ds.compression)
+            txn.write_encoded(firsts[i], len(idx), files)
+            return len(idx)
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix=f"markdup-{self.request_id[:6]}") as pool:
+            kept = sum(pool.map(write, range(len(self.ds.chunks))))
+        m = self.ds.manifest
+        entry = self.provenance(inputs=[{"dataset": self.ds.store.url, "name": self.ds.name,
+                                         "generation": m.generation}], duplicates=int(len(dups)), removed=True)
+        extra = {k: v for k, v in m.extra.items() if k != "coordinate_ranges"}  # chunk ranges changed
+        return txn.commit(list(self.ds.columns), sort=m.sort, reference=m.reference,
+                          reference_contigs=list(m.reference_contigs), paired=False if m.paired else m.paired,
+                          extra=extra, provenance=[*m.provenance, entry]), kept
+
     def commit(self, outputs: list[Any]) -> MarkdupSummary:
         assert self.txn is not None
         dups, metrics = self.decider.finish()
+        if self.request.remove:
+            manifest, kept = self._write_without(dups)
+            if self.request.metrics:
+                write_metrics(self.request.metrics, [metrics], command=f"persona markdup --remove "
+                                                                       f"{self.request.dataset}")
+            return MarkdupSummary(**self.summary_base(), name=manifest.name, location=self.out_store.url,
+                                  records=self.decider.records, duplicates=len(dups),
+                                  metrics=[metrics.__dict__.copy()], metrics_file=self.request.metrics,
+                                  windowed=self.windowed, held_max=self.decider.held_max, kept=kept)
 
         def rewrite(i: int) -> int:
             ref = self.ds.chunks[i]
