@@ -305,6 +305,20 @@ def _load_index(st: Store, info: ReferenceInfo, aligner: str, options: AlignerOp
     if local is not None and os.path.isfile(local):
         _verify(Path(local), desc, key)
         return backend.load_index(local, options)
+    # A remote reference store (ceph://, s3://): the machine's reference cache (fetched once per
+    # machine, checked on every use), unless the config turns it off.
+    from persona.storage.refcache import CacheIntegrityError, node_cache
+
+    cache = node_cache() if local is None and not st.url.startswith("memory://") else None
+    if cache is not None and desc.get("sha256") and desc.get("size") is not None:
+        try:
+            with cache.open(st, key, sha256=desc["sha256"], size=int(desc["size"]),
+                            suffix=backend.INDEX_SUFFIX) as use:
+                return backend.load_index(use.path, options)
+        except StoreKeyError:
+            raise ReferenceNotFoundError(f"index of reference {info.name!r} is missing", key=key) from None
+        except CacheIntegrityError as e:
+            raise ReferenceNotFoundError(f"index is corrupt: {e}", key=key) from None
     with tempfile.TemporaryDirectory(prefix="persona-idx-") as tmp:
         path = Path(tmp) / f"index{backend.INDEX_SUFFIX}"
         try:

@@ -1,0 +1,150 @@
+"""The compute node's reference cache (persona/storage/refcache.py): fetched once per machine by
+concurrent processes, checked on every use (a damaged copy is fetched again), bounded in size
+(least recently used evicted, never an entry in use), and wired into reference loading."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from persona.config import load_config, set_config
+from persona.storage import Store, open_store
+from persona.storage.refcache import CacheIntegrityError, NodeCache, node_cache
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+
+
+def _put(store: Store, key: str, size: int) -> tuple[str, int]:
+    data = os.urandom(size)
+    store.put(key, data)
+    return hashlib.sha256(data).hexdigest(), size
+
+
+_WORKER = """
+import json, sys
+from persona.storage import open_store
+from persona.storage.refcache import NodeCache
+cache = NodeCache(sys.argv[1], 1 << 30)
+with cache.open(open_store(sys.argv[2]), sys.argv[3], sha256=sys.argv[4], size=int(sys.argv[5]), suffix=".mmi") as u:
+    data = u.path.read_bytes()
+print(json.dumps({"fetched": u.fetched, "path": str(u.path), "n": len(data)}))
+"""
+
+
+@pytest.mark.parametrize("source", ["file", pytest.param("ceph", marks=pytest.mark.ceph)])
+def test_two_processes_fetch_once(source: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if source == "ceph":
+        url = request.getfixturevalue("ceph_cluster").ceph_url(f"rc-{uuid.uuid4().hex[:10]}")
+    else:
+        url = str(tmp_path / "refs")
+    store = open_store(url)
+    digest, size = _put(store, "ref/minimap2-sr.mmi", 24 * MiB)
+    cache_dir = tmp_path / "cache"
+    args = [sys.executable, "-c", _WORKER, str(cache_dir), url, "ref/minimap2-sr.mmi", digest, str(size)]
+    procs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(o["fetched"] for o in outs) == [False, True]  # one fetched, the other waited and used it
+    assert outs[0]["path"] == outs[1]["path"] and all(o["n"] == size for o in outs)
+    assert [p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock")] == [f"{digest}.mmi"]
+    if source == "ceph":
+        for k in store.list():
+            store.delete(k)
+
+
+def test_corruption_is_detected_and_refetched(tmp_path: Path) -> None:
+    store = open_store(f"memory://rc-{uuid.uuid4().hex[:8]}")
+    digest, size = _put(store, "idx", 3 * MiB)
+    cache = NodeCache(tmp_path / "cache", 64 * MiB)
+    with cache.open(store, "idx", sha256=digest, size=size) as u:
+        assert u.fetched and not u.refetched
+        path = u.path
+    with cache.open(store, "idx", sha256=digest, size=size) as u:
+        assert not u.fetched  # a warm cache
+    with open(path, "r+b") as f:  # a bit flipped on the local disk
+        f.seek(size // 2)
+        b = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([b[0] ^ 1]))
+    with cache.open(store, "idx", sha256=digest, size=size) as u:
+        assert u.fetched and u.refetched
+        assert hashlib.sha256(u.path.read_bytes()).hexdigest() == digest
+    assert cache.fetches == 2
+    path.write_bytes(b"short")  # truncated
+    with cache.open(store, "idx", sha256=digest, size=size) as u:
+        assert u.refetched and u.path.stat().st_size == size
+
+
+def test_damaged_store_object_is_refused(tmp_path: Path) -> None:
+    store = open_store(f"memory://rc-{uuid.uuid4().hex[:8]}")
+    digest, size = _put(store, "idx", MiB)
+    store.put("idx", b"x" * size)  # replaced behind the description's back
+    cache = NodeCache(tmp_path / "cache", 64 * MiB)
+    with pytest.raises(CacheIntegrityError, match="damaged in the store"):
+        with cache.open(store, "idx", sha256=digest, size=size):
+            pass
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_eviction_by_size_least_recently_used_first(tmp_path: Path) -> None:
+    store = open_store(f"memory://rc-{uuid.uuid4().hex[:8]}")
+    objs = {k: _put(store, k, MiB) for k in "abcde"}
+    cache = NodeCache(tmp_path / "cache", int(2.5 * MiB))
+
+    def use(k: str) -> bool:
+        with cache.open(store, k, sha256=objs[k][0], size=MiB) as u:
+            return u.fetched
+
+    def cached() -> set[str]:
+        names = {p.name for p, _, _ in cache.entries()}
+        return {k for k, (d, _) in objs.items() if d in names}
+
+    assert use("a") and use("b")
+    assert not use("a")  # a is now the most recently used
+    assert use("c")  # 3 MiB > 2.5: b, the least recently used, goes
+    assert cached() == {"a", "c"} and cache.total_bytes() <= cache.max_bytes
+    # an entry in use is never evicted, even when it is the oldest
+    with cache.open(store, "a", sha256=objs["a"][0], size=MiB):
+        os.utime(cache.dir / objs["a"][0], (1, 1))
+        assert use("d")
+        assert use("e")
+        assert "a" in cached()
+    assert cache.total_bytes() <= cache.max_bytes + MiB
+
+
+@pytest.mark.ceph
+@pytest.mark.timeout(300)
+def test_reference_loading_uses_the_node_cache(ceph_cluster, tmp_path: Path) -> None:
+    from persona.align.reference import ReferenceCache, add_reference
+
+    url = ceph_cluster.ceph_url(f"refs-{uuid.uuid4().hex[:10]}")
+    set_config(load_config(env={}, overrides={"storage.reference_cache.dir": str(tmp_path / "cache")}))
+    try:
+        info = add_reference("sample", REPO / "persona" / "data" / "sample_reference.fasta", url)
+        cache = node_cache()
+        assert cache is not None and cache.dir == tmp_path / "cache"
+        before = cache.fetches
+        for _ in range(2):  # two fresh processes' worth of loads: one fetch
+            rc = ReferenceCache()
+            ref = rc.acquire("sample", url)
+            assert ref.contigs == info.contigs
+            rc.release(ref)
+        assert cache.fetches == before + 1
+        (digest,) = [v["sha256"] for v in info.indexes.values()]
+        assert any(p.name.startswith(digest) for p, _, _ in cache.entries())
+    finally:
+        set_config(None)
+        store = open_store(url)
+        for k in store.list():
+            store.delete(k)
