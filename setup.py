@@ -263,7 +263,19 @@ def native_extensions() -> list:
 def main() -> None:
     from Cython.Build import cythonize
     from setuptools import setup
+    from setuptools.command.build_py import build_py
     from setuptools.command.sdist import sdist
+
+    class BuildPy(build_py):
+        """Ship the service's .proto files inside the package (``persona/protos/``): an installed
+        wheel compiles its gRPC code from them (persona.service.proto), with no source tree around."""
+
+        def run(self) -> None:
+            super().run()
+            for src in sorted((HERE / "protos").rglob("*.proto")):
+                dst = Path(self.build_lib) / "persona" / "protos" / src.relative_to(HERE / "protos")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                self.copy_file(str(src), str(dst))
 
     class Sdist(sdist):
         """An sdist that carries minimap2's sources under third_party/ (MANIFEST.in leaves out the rest)."""
@@ -275,7 +287,7 @@ def main() -> None:
     os.chdir(HERE)  # relative source paths below are relative to the project
     skip = os.environ.get("PERSONA_SKIP_NATIVE", "") not in ("", "0")
     setup(
-        cmdclass={"sdist": Sdist},
+        cmdclass={"sdist": Sdist, "build_py": BuildPy},
         ext_modules=[] if skip else cythonize(
             native_extensions(),
             language_level=3,

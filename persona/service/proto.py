@@ -32,9 +32,13 @@ _lock = threading.Lock()
 
 
 def protos_root() -> Path:
-    """The ``protos/`` directory: ``$PERSONA_PROTOS``, else the source tree's."""
+    """The ``protos/`` directory: ``$PERSONA_PROTOS``, else the source tree's, else the copy an
+    installed wheel carries in the package (``persona/protos/``, put there by setup.py's build_py)."""
     env = os.environ.get("PERSONA_PROTOS")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "protos"
+    here = Path(__file__).resolve()
+    root = Path(env) if env else here.parents[2] / "protos"
+    if not env and not (root / PROTO).is_file():
+        root = here.parents[1] / "protos"
     if not (root / PROTO).is_file():
         raise PersonaError(f"cannot find {PROTO} under {root} (set PERSONA_PROTOS to the protos/ directory)")
     return root
