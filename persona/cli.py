@@ -189,6 +189,14 @@ def cmd_export(args: argparse.Namespace) -> int:
                         name=args.name, level=args.level, read_group=read_group,
                         secondary=not args.no_secondary, secondary_seq=args.secondary_seq,
                         command_line=" ".join(["persona", *sys.argv[1:]]), reference=args.reference)
+    import dataclasses
+
+    regions = list(args.regions or []) + list(args.region or [])
+    if args.output2 is not None and not _fastq_output(args):
+        regions.insert(0, args.output2)  # `export ds out.bam chr1:1-100`: a region, not a second output
+        req = dataclasses.replace(req, output2=None)
+    if regions:
+        req = dataclasses.replace(req, regions=tuple(regions))
     s = _run(args, req, _num_records(dataset, args.name), "export", args.threads or cfg.export.threads or None)
     sec = f", {s.secondary_records} secondary" if s.secondary_records else ""
     where = "standard output" if s.path == "-" else " and ".join(s.paths)
@@ -340,16 +348,50 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fastq_output(args: argparse.Namespace) -> bool:
+    from persona.apps.export import format_for
+
+    try:
+        return format_for(args.output, args.format) == "fastq"
+    except Exception:  # noqa: BLE001 - the request reports a bad format itself
+        return False
+
+
+def _sorted_say(args: argparse.Namespace, s: Any, what: str) -> None:
+    md = ""
+    if s.metrics:
+        md = f"; {s.duplicates} duplicates ({100 * s.metrics[0]['PERCENT_DUPLICATION']:.2f} % duplication)"
+    _say(args, f"{what} {s.records} records by {s.order} into {s.name} at {s.location} "
+               f"({s.chunks} chunks, {s.runs} runs{md}) in {s.seconds:.2f} s")
+
+
 def cmd_sort(args: argparse.Namespace) -> int:
     from persona.apps.sort import SortRequest
 
     dataset = _location(args.dataset, args)
     req = SortRequest(dataset=dataset, output=_location(args.output, args) if args.output else None,
                       name=args.out_name, input_name=args.name, order=args.order, group_chunks=args.group_chunks,
-                      merge_memory=args.merge_memory, overwrite=args.overwrite, threads=args.threads or None)
+                      merge_memory=args.merge_memory, overwrite=args.overwrite, threads=args.threads or None,
+                      markdup=args.markdup, metrics=args.metrics, window=args.window)
     s = _run(args, req, _num_records(dataset, args.name), "sort", args.threads or None)
-    _say(args, f"sorted {s.records} records by {s.order} into {s.name} at {s.location} "
-               f"({s.chunks} chunks, {s.runs} runs) in {s.seconds:.2f} s")
+    _sorted_say(args, s, "sorted")
+    return 0
+
+
+def cmd_align_sort(args: argparse.Namespace) -> int:
+    from persona.apps.align_sort import AlignSortRequest
+
+    dataset = _location(args.dataset, args)
+    paired = True if args.paired else False if args.single else None
+    req = AlignSortRequest(dataset=dataset, output=_location(args.output, args) if args.output else None,
+                           name=args.out_name, input_name=args.name, group_chunks=args.group_chunks,
+                           merge_memory=args.merge_memory, overwrite=args.overwrite, threads=args.threads or None,
+                           markdup=args.markdup, metrics=args.metrics, window=args.window,
+                           reference=_reference_name(args.reference, args), aligner=args.aligner,
+                           preset=args.preset, secondary=args.secondary, work_item_reads=args.work_item_reads,
+                           references_url=args.store, paired=paired, read_group=args.read_group or {})
+    s = _run(args, req, _num_records(dataset, args.name), "align-sort", args.threads or None)
+    _sorted_say(args, s, f"aligned against {s.reference} and sorted")
     return 0
 
 
@@ -358,11 +400,16 @@ def cmd_markdup(args: argparse.Namespace) -> int:
 
     dataset = _location(args.dataset, args)
     req = MarkdupRequest(dataset=dataset, name=args.name, metrics=args.metrics, threads=args.threads or None,
-                         window=args.window)
+                         window=args.window, remove=args.remove,
+                         output=_location(args.output, args) if args.output else None, out_name=args.out_name)
     s = _run(args, req, _num_records(dataset, args.name), "markdup", args.threads or None)
     pct = s.metrics[0]["PERCENT_DUPLICATION"] if s.metrics else 0.0
-    _say(args, f"marked {s.duplicates} of {s.records} records as duplicates in {s.name} "
-               f"({100 * pct:.2f} % duplication) in {s.seconds:.2f} s")
+    if args.remove:
+        _say(args, f"left {s.duplicates} duplicates of {s.records} records out of {s.name} at {s.location} "
+                   f"({100 * pct:.2f} % duplication) in {s.seconds:.2f} s")
+    else:
+        _say(args, f"marked {s.duplicates} of {s.records} records as duplicates in {s.name} "
+                   f"({100 * pct:.2f} % duplication) in {s.seconds:.2f} s")
     return 0
 
 
@@ -687,7 +734,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("export", cmd_export, "export a dataset to BAM, SAM or FASTQ")
     sp.add_argument("dataset", help="dataset location or manifest path")
     sp.add_argument("output", help="output file (.bam, .sam, .cram, .fastq[.gz]; R1 for pairs); - is standard output")
-    sp.add_argument("output2", nargs="?", help="FASTQ output for read 2 of pairs")
+    sp.add_argument("output2", nargs="?", help="FASTQ output for read 2 of pairs; for SAM/BAM/CRAM the first REGION")
+    sp.add_argument("regions", nargs="*", metavar="REGION",
+                    help="coordinate-sorted SAM/BAM/CRAM: only records overlapping these regions (samtools syntax: "
+                         "chr1, chr1:1000-2000; 1-based, inclusive; each record once, as samtools view -M), "
+                         "reading only the chunks that overlap")
+    sp.add_argument("--region", action="append", help="a region (repeatable; same as a REGION argument)")
     sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
     sp.add_argument("-f", "--format", choices=["bam", "sam", "fastq", "cram"],
                     help="default: from the suffix (SAM for -)")
@@ -793,6 +845,41 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--group-chunks", type=_positive, help="chunks sorted together into one run (default 4)")
     sp.add_argument("--merge-memory", type=_positive, help="bytes the merge may buffer (default 256 MiB)")
     sp.add_argument("--overwrite", action="store_true", help="replace a dataset of the same name")
+    sp.add_argument("--markdup", action="store_true",
+                    help="mark duplicates during the merge (coordinate order; Picard MarkDuplicates rules)")
+    sp.add_argument("-M", "--metrics", help="with --markdup: Picard-format duplication metrics file")
+    sp.add_argument("--window", type=_non_negative, help="with --markdup: bases past a position before its "
+                                                         "duplicates are decided (default markdup.window)")
+    threads(sp, "threads")
+
+    sp = add("align-sort", cmd_align_sort,
+             "align a dataset's reads and sort them by coordinate in one pipeline, into a new dataset")
+    sp.add_argument("dataset", help="dataset location or manifest path (unaligned reads, e.g. an imported FASTQ)")
+    sp.add_argument("-r", "--reference", required=True,
+                    help="reference name (see 'persona reference list') or a FASTA path")
+    sp.add_argument("-o", "--output", help="location of the sorted dataset (default: the input's)")
+    sp.add_argument("-n", "--name", help="input dataset name, where the location holds several")
+    sp.add_argument("--out-name", help="name of the sorted dataset (default: the input's name, or "
+                                       "<name>_sorted in the input's location)")
+    sp.add_argument("--markdup", action="store_true",
+                    help="mark duplicates during the merge (Picard MarkDuplicates rules)")
+    sp.add_argument("-M", "--metrics", help="with --markdup: Picard-format duplication metrics file")
+    sp.add_argument("--window", type=_non_negative, help="with --markdup: bases past a position before its "
+                                                         "duplicates are decided (default markdup.window)")
+    sp.add_argument("--aligner", choices=["minimap2", "mappy"], help="aligner backend (default: align.aligner)")
+    sp.add_argument("--preset", help="aligner preset (default: align.preset, 'sr')")
+    sp.add_argument("--secondary", type=_non_negative, default=0, help="secondary alignment columns to write")
+    sp.add_argument("--work-item-reads", type=_positive, help="reads per aligner work item")
+    sp.add_argument("--store", help="reference store URL (default: align.references_url)")
+    sp.add_argument("-R", "--read-group", type=parse_read_group,
+                    help="read group line recorded with the alignment, e.g. '@RG\\tID:run1\\tSM:NA12878\\tLB:lib1'")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--paired", action="store_true", help="treat the reads as interleaved pairs")
+    g.add_argument("--single", action="store_true", help="treat the reads as single-end")
+    sp.add_argument("--group-chunks", type=_positive, help="chunks aligned and sorted together into one run "
+                                                            "(default sort.group_chunks)")
+    sp.add_argument("--merge-memory", type=_positive, help="bytes the merge may buffer (default sort.merge_memory)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a dataset of the same name")
     threads(sp, "threads")
 
     sp = add("markdup", cmd_markdup, "mark duplicate reads (Picard MarkDuplicates rules), flag 0x400 in results")
@@ -802,6 +889,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--window", type=_non_negative,
                     help="coordinate-sorted input: bases past a position before its duplicates are decided "
                          "(default 10000; 0: decide at the end, memory grows with the dataset)")
+    sp.add_argument("--remove", action="store_true",
+                    help="Picard's REMOVE_DUPLICATES: write a new dataset without the duplicates (the input stays "
+                         "as it is); see -o and --out-name")
+    sp.add_argument("-o", "--output", help="with --remove: location of the new dataset (default: the input's)")
+    sp.add_argument("--out-name", help="with --remove: its name (default <name>_dedup in the input's location)")
     threads(sp, "threads")
 
     sp = add("demo", cmd_demo,
