@@ -1,0 +1,170 @@
+"""Region export: the records of a coordinate-sorted dataset that overlap samtools-style regions.
+
+``persona export ds out.bam chr1:1000-2000 chr2`` writes what ``samtools view -M ds.bam REGION...``
+gives on an indexed BAM of the same dataset (``-M``: each record once, in file order, however
+many of the regions it overlaps; for one region that is plain ``samtools view``):
+
+* a region is ``CONTIG``, ``CONTIG:BEG`` or ``CONTIG:BEG-END``, 1-based and inclusive; commas in
+  numbers are allowed; ``{CONTIG}:BEG-END`` for a contig whose name holds ':';
+* a record overlaps when it lies on the contig and its alignment span ``[pos, pos + reference
+  length)`` meets ``[BEG-1, END)``; a record without reference length (unmapped, placed at its mate)
+  counts as one base, as samtools counts it;
+* only the chunks that may hold such records are read: sort records each output chunk's first and
+  last (reference, position) and its longest reference span in the manifest
+  (``coordinate_ranges``), so a chunk is read when its records' positions may fall in
+  ``[BEG-1 - longest span, END)``. Like a BAM index, without an index file.
+
+Only primary records (``results``) are written: a region export leaves the ``secondary<N>`` columns
+out (as ``--no-secondary``), since their records lie at coordinates the chunk ranges do not cover.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from persona._native import markdup as md_kernel
+from persona.agd.columns import RESULTS
+from persona.apps.export import ExportJob
+from persona.apps.job import FeedDescriptor, Work
+from persona.errors import ConfigError, DatasetError
+
+if TYPE_CHECKING:
+    from persona.agd import Dataset
+
+#: an unmapped record's reference in coordinate order (samtools compares the tid unsigned: -1 last)
+_LAST_REF = 1 << 31
+_REGION = re.compile(r"^(?:\{(?P<braced>[^}]+)\}|(?P<name>[^:]+))(?::(?P<beg>[\d,]+)?(?:-(?P<end>[\d,]+)?)?)?$")
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region: contig index, 0-based start, end (exclusive; None: the contig's end)."""
+
+    text: str
+    ref: int
+    start: int
+    end: int
+
+
+def parse_region(text: str, contigs: dict[str, tuple[int, int]]) -> Region:
+    """``text`` (samtools syntax) against ``contigs`` (name -> (index, length))."""
+    t = text.strip()
+    if t in contigs:  # a contig name that itself contains ':' or '-'
+        idx, length = contigs[t]
+        return Region(text, idx, 0, length)
+    m = _REGION.match(t)
+    if not m:
+        raise ConfigError(f"region {text!r}: expected CONTIG, CONTIG:BEG or CONTIG:BEG-END (1-based, inclusive)",
+                          key="regions")
+    name = m.group("braced") or m.group("name")
+    if name not in contigs:
+        shown = ", ".join(list(contigs)[:8]) + (" ..." if len(contigs) > 8 else "")
+        raise DatasetError(f"region {text!r}: no contig {name!r} in the dataset's reference (contigs: {shown})")
+    idx, length = contigs[name]
+    beg = int(m.group("beg").replace(",", "")) if m.group("beg") else 1
+    end = int(m.group("end").replace(",", "")) if m.group("end") else length
+    if beg < 1 or end < beg:
+        raise ConfigError(f"region {text!r}: the start must be >= 1 and not after the end", key="regions")
+    return Region(text, idx, beg - 1, end)
+
+
+def plan_regions(ds: "Dataset", texts: tuple[str, ...] | list[str]) -> tuple[list[Region], list[int]]:
+    """The parsed regions and the indices of the chunks that may hold their records (in order)."""
+    m = ds.manifest
+    if m.sort != "coordinate":
+        raise DatasetError(f"dataset {ds.name!r} is not sorted by coordinate (sort: {m.sort or 'none'}): a "
+                           "region export needs coordinate order; run persona sort first", store=ds.store.url)
+    if RESULTS not in ds.columns:
+        raise DatasetError(f"dataset {ds.name!r} is not aligned: no region to export", store=ds.store.url)
+    contigs = {c.name: (c.index, c.length) for c in m.reference_contigs}
+    regions = [parse_region(t, contigs) for t in texts]
+    ranges = m.extra.get("coordinate_ranges")
+    if not isinstance(ranges, list) or len(ranges) != len(ds.chunks):
+        return regions, list(range(len(ds.chunks)))  # sorted without ranges: read every chunk, filter all
+    span = max((int(r[4]) for r in ranges), default=0)
+
+    def key(ref: int, pos: int) -> tuple[int, int]:
+        return (ref if ref >= 0 else _LAST_REF, pos)
+
+    chosen = []
+    for i, r in enumerate(ranges):
+        lo, hi = key(int(r[0]), int(r[1])), key(int(r[2]), int(r[3]))
+        if any(lo <= (g.ref, g.end - 1) and hi >= (g.ref, g.start - span) for g in regions):
+            chosen.append(i)
+    return regions, chosen
+
+
+def overlap_mask(al: Any, regions: list[Region]) -> np.ndarray:
+    """Which records of ``al`` (Alignments) overlap any of ``regions``."""
+    f = al.fields
+    ref = f["ref_index"]
+    pos = f["position"].astype(np.int64)
+    span = md_kernel.reference_lengths(al.cigars.offsets, al.cigars.data)
+    end = pos + np.maximum(span, 1)
+    keep = np.zeros(len(f), dtype=bool)
+    for g in regions:
+        keep |= (ref == g.ref) & (pos < g.end) & (end > g.start)
+    return keep
+
+
+class RegionExportJob(ExportJob):
+    """An export of the records overlapping ``request.regions`` (see the module docstring)."""
+
+    kind: ClassVar[str] = "export"
+
+    def __init__(self, request: Any, request_id: str, runtime: Any) -> None:
+        super().__init__(request, request_id, runtime)
+        if self.fmt == "fastq":
+            raise ConfigError("a region export writes SAM, BAM or CRAM", key="regions")
+        self.regions, self.chosen = plan_regions(self.ds, request.regions)
+        # primaries only (see the module docstring)
+        for c in self.sec_columns:
+            self.tag_columns.pop(c, None)
+        self.sec_columns = []
+        self.columns = [c for c in self.columns if c in ("base", "qual", "metadata", RESULTS)
+                        or c == self.tag_columns.get(RESULTS)]
+        self.read_columns = tuple(self.columns)
+        self._at = 0
+
+    def feeds(self) -> list[FeedDescriptor]:
+        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, tuple(self.read_columns))
+                for i in self.chosen]
+
+    def stage_decode(self, w: Work) -> Work:
+        w = super().stage_decode(w)
+        keep = np.flatnonzero(overlap_mask(w.data[RESULTS], self.regions))
+        w.data = {c: _take(v, keep) for c, v in w.data.items()}
+        return w
+
+    def stage_write(self, w: Work) -> Work:
+        """One replica: the chosen chunks in order (early ones wait, bounded by the gates)."""
+        self._pending[w.desc.chunk] = w.data
+        w.data = None
+        while self._at < len(self.chosen) and self.chosen[self._at] in self._pending:
+            i = self.chosen[self._at]
+            for k, data in enumerate(self._pending.pop(i)):
+                self._write(k, data)
+            self._at += 1
+            self.advance(self.ds.chunks[i].num_records)
+        return w
+
+
+def _take(value: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of a decoded column (RaggedArray or Alignments)."""
+    from persona._native import sort as sort_kernel
+    from persona.agd.ragged import RaggedArray
+    from persona.agd.records import Alignments
+
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    if isinstance(value, Alignments):
+        o, d = sort_kernel.ragged_take(value.cigars.offsets, value.cigars.data, idx)
+        tags = None
+        if value.tags is not None:
+            to, td = sort_kernel.ragged_take(value.tags.offsets, value.tags.data, idx)
+            tags = RaggedArray(to, td, validate=False)
+        return Alignments(value.fields[idx], RaggedArray(o, d, validate=False), value.present[idx], tags)
+    o, d = sort_kernel.ragged_take(value.offsets, np.ascontiguousarray(value.data), idx)
+    return RaggedArray(o, d, validate=False)
