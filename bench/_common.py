@@ -18,7 +18,8 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-OUT = BENCH / "out"
+# `persona bench` passes its input cache (default ~/.cache/persona/bench); run alone, bench/out/
+OUT = Path(os.environ["PERSONA_BENCH_CACHE"]) if os.environ.get("PERSONA_BENCH_CACHE") else BENCH / "out"
 
 
 def shared_data() -> Path:

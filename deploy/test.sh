@@ -9,6 +9,8 @@ TEST_APT="samtools picard-tools minimap2 art-nextgen-simulation-tools bwa seqtk 
 TEST_APT="$TEST_APT ceph-mon ceph-osd ceph-common radosgw python3-rados"
 # the service's deployment checks: promtool (metrics and scrape config), systemd-analyze verify, openssl (test CAs)
 TEST_APT="$TEST_APT prometheus systemd openssl"
+# a real headless browser for the benchmark report test (tests/test_bench_report.py)
+TEST_APT="$TEST_APT chromium"
 bash deploy/setup.sh --extras test,mappy,minibwa --apt "$TEST_APT"
 set +e
 .venv/bin/python -m pytest "$@"
