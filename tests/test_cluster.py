@@ -49,10 +49,10 @@ class Cluster:
     """A coordinator subprocess and worker subprocesses sharing one config and one file store."""
 
     def __init__(self, root: Path, refs: Path, *, lease: int = 2, partition: int = 2, speculate_min: float = 60.0,
-                 worker_host: str = "127.0.0.1", extra: str = "") -> None:
+                 listen_host: str = "127.0.0.1", extra: str = "") -> None:
         self.root = root
         self.worker_port = free_port()
-        self.worker_host = worker_host
+        self.worker_host = "127.0.0.1"
         self.config = root / "cluster.yaml"
         self.config.write_text(f"""\
 align:
@@ -60,7 +60,7 @@ align:
   threads: 1
 service:
   listen: "127.0.0.1:0"
-  worker_listen: "{worker_host}:{self.worker_port}"
+  worker_listen: "{listen_host}:{self.worker_port}"
   metrics_listen: null
   db_path: "{root / 'state' / 'service.db'}"
   roots: "{root}"
@@ -397,6 +397,66 @@ def test_sigterm_drains_a_worker(cluster, sample, tmp_path):
         assert st["state"] == "done", st["error"]
     assert_like_cli(sample, ds)
     assert "lost (no heartbeat" not in cl.log()  # it left; nothing had to expire
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def netns():
+    """A network namespace joined to this one by a veth pair: ``(namespace, host-side link, host address)``."""
+    if os.geteuid() != 0:
+        pytest.skip("the network-partition test needs root (ip netns)")
+    if shutil.which("ip") is None:
+        pytest.skip("the network-partition test needs the ip command (iproute2)")
+    tag = f"{os.getpid() % 10000}"
+    ns, host_if, ns_if = f"persona-{tag}", f"pvh{tag}", f"pvw{tag}"
+    subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+    _ip("netns", "add", ns)
+    try:
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _ip("link", "set", ns_if, "netns", ns)
+        _ip("addr", "add", f"{subnet}.1/24", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("netns", "exec", ns, "ip", "addr", "add", f"{subnet}.2/24", "dev", ns_if)
+        _ip("netns", "exec", ns, "ip", "link", "set", ns_if, "up")
+        _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        yield ns, host_if, f"{subnet}.1"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=30)
+
+
+def test_network_partition_moves_partitions_and_discards_late_results(cluster, sample, tmp_path, netns):
+    ns, host_if, host_addr = netns
+    cl = cluster(lease=2, listen_host="0.0.0.0")
+    cl.start_coordinator()
+    cl.start_worker(address=f"127.0.0.1:{cl.worker_port}")
+    cut = cl.start_worker(address=f"{host_addr}:{cl.worker_port}", prefix=("ip", "netns", "exec", ns))
+    cl.wait_workers(2)
+    ds = fresh(sample, tmp_path, "n")
+    with cl.client() as c:
+        rid = c.submit(align_request(ds))
+
+        def cut_is_busy() -> bool:
+            return any(w["worker_id"].split("/")[1] == str(cut.pid) and w["running_requests"]
+                       for w in c.cluster_status()["workers"])
+
+        poll(lambda: progress(c, rid) >= 2 and cut_is_busy(), WAIT, "the namespaced worker to hold partitions")
+        _ip("link", "set", host_if, "down")
+        try:
+            st = c.wait(rid, timeout=WAIT)  # its partitions move to the worker on loopback
+            assert st["state"] == "done", st["error"]
+            assert "lost (no heartbeat" in cl.log()
+        finally:
+            _ip("link", "set", host_if, "up")
+        # back on the network: its late result is discarded, never committed; it registers again
+        poll(lambda: "from " in cl.log() and " discarded: " in cl.log(), 60, "the late result to arrive and be discarded")
+        poll(lambda: len(c.cluster_status()["workers"]) == 2, 60, "the namespaced worker to rejoin")
+    assert cut.poll() is None
+    poll(lambda: not [p for p in ds.iterdir() if "~" in p.name], 30, "the discarded attempt's files to go")
+    assert_like_cli(sample, ds)
 
 
 def test_coordinator_killed_and_restarted_resumes_from_committed_partitions(cluster, sample, tmp_path):

@@ -168,7 +168,11 @@ class Worker:
         from persona.service.proto import modules
 
         creds = security.worker_api_channel_credentials(self.config)
-        self._channel = security.open_channel(self.coordinator, creds)
+        # keepalives: a connection whose path went away (a network partition) is noticed and
+        # replaced within seconds, so the worker is back as soon as the path is
+        self._channel = security.open_channel(self.coordinator, creds, options=[
+            ("grpc.keepalive_time_ms", 5000), ("grpc.keepalive_timeout_ms", 3000),
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)])
         self._stub = modules()[1].WorkerServiceStub(self._channel)
         self._md = security.bearer_metadata(self.token)
 
