@@ -277,6 +277,31 @@ def test_paths_dotdot_absolute_and_symlink_escapes(tmp_path):
         roots.confine_request({"kind": "export", "dataset": str(root), "output": str(root / "link" / "x.bam")})
     ok = roots.confine_request({"kind": "import", "inputs": ["in/ok.fastq"], "output": "agd"})
     assert ok["inputs"] == [str(root / "in" / "ok.fastq")] and ok["output"] == str(root / "agd")
+    # an export's CRAM reference is a path too; dataset names cannot climb
+    with pytest.raises(PathNotAllowed, match="export.reference"):
+        roots.confine_request({"kind": "export", "dataset": str(root), "output": "x.cram",
+                               "reference": str(outside / "ref.fa")})
+    for key in ("name", "input_name", "out_name"):
+        with pytest.raises(PathNotAllowed, match=f"sort.{key}: a dataset name"):
+            roots.confine_request({"kind": "sort", "dataset": str(root), key: "../../elsewhere"})
+    with pytest.raises(PathNotAllowed, match="import.name"):
+        roots.confine_request({"kind": "import", "inputs": ["in/ok.fastq"], "output": "agd", "name": "/etc/x"})
+
+
+def test_store_url_options_are_the_roots_own():
+    """``?endpoint=`` or ``?conf=`` in a request would point the service's credentials elsewhere."""
+    from persona.service.paths import PathNotAllowed, Roots
+
+    roots = Roots(["s3://bucket/data?endpoint=http://rgw:80", "ceph://pool/ns"])
+    assert roots.confine("s3://bucket/data/x") == "s3://bucket/data/x"
+    assert roots.confine("s3://bucket/data/x?endpoint=http://rgw:80") == "s3://bucket/data/x?endpoint=http://rgw:80"
+    assert roots.confine("ceph://pool/ns/ds") == "ceph://pool/ns/ds"
+    for bad in ("s3://bucket/data/x?endpoint=http://evil:80", "ceph://pool/ns/ds?conf=/tmp/other.conf",
+                "ceph://pool/ns/ds?id=admin&keyring=/etc/ceph/ceph.client.admin.keyring"):
+        with pytest.raises(PathNotAllowed, match="store options"):
+            roots.confine(bad, "align.dataset")
+    with pytest.raises(PathNotAllowed, match="outside the stores"):
+        roots.confine("s3://bucket/other?endpoint=http://rgw:80")
 
 
 def test_service_refuses_escaping_requests_over_tls(tls_server, pki, tmp_path):
