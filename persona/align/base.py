@@ -51,9 +51,10 @@ from persona.errors import AlignerError
 #: and optionally ``INDEX_FAMILY``: backends of one family read the same stored index file.
 #: Modules are imported lazily, so a backend's dependencies load only when used.
 #: ``minimap2`` is the native kernel (GIL released); ``mappy`` the same minimap2 through mappy;
-#: ``minibwa`` BWA-MEM-class alignment through the minibwa package (optional extra).
+#: ``minibwa`` BWA-MEM-class alignment through the minibwa package (optional extra);
+#: ``snap`` our SNAP-style seed-and-extend aligner (native kernel, GIL released).
 BACKENDS: dict[str, str] = {"minimap2": "persona.align.minimap2", "mappy": "persona.align.mappy_backend",
-                            "minibwa": "persona.align.minibwa_backend"}
+                            "minibwa": "persona.align.minibwa_backend", "snap": "persona.align.snap_backend"}
 KNOWN_ALIGNERS = tuple(BACKENDS)
 
 
