@@ -195,3 +195,19 @@ def test_serve_watch_outside_the_roots_is_not_submitted(tmp_path):
         assert f'persona_trigger_errors_total{{watch="{elsewhere}"}} 1.0' in text  # logged once, not every poll
     finally:
         s.close()
+
+
+def test_serve_watch_options_are_checked_before_serving(tmp_path, capsys):
+    from persona.cli import main
+
+    db = str(tmp_path / "db")
+    cases = [(["serve", "--then", "align"], "--then needs --watch"),
+             (["serve", "--watch", str(tmp_path), "--output", str(tmp_path / "o")], "--watch needs --then"),
+             (["serve", "--watch", str(tmp_path), "--then", "align,sort", "--output", str(tmp_path / "o")],
+              "--then align needs a reference"),
+             (["serve", "--watch", str(tmp_path), "--then", "frob"], "expected kinds"),
+             (["serve", "--watch", str(tmp_path), "--then", "import"], "needs --output")]
+    for argv, message in cases:
+        assert main([*argv, "--db", db, "--listen", "127.0.0.1:0", "--metrics-listen", "none"]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "db").exists()  # nothing was started
