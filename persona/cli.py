@@ -165,12 +165,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     req = ImportRequest(inputs=tuple(args.inputs), output=_location(args.output, args), name=args.name,
                         format=args.format, chunk_size=args.chunk_size, compression=args.compression,
                         level=args.level, interleaved=args.interleaved, overwrite=args.overwrite,
-                        exclusive_location=not args.allow_several,
+                        collate=args.collate, exclusive_location=not args.allow_several,
                         read_group=args.read_group or {}, threads=args.threads)
     s = _run(args, req, None, "import", args.threads or cfg.import_.threads or None)
     skipped = s.skipped_secondary + s.skipped_supplementary
     _say(args, f"imported {s.records} records into {s.chunks} chunks: {s.location} ({s.name}"
                + (f", sort {s.sort}" if s.sort else "") + ")"
+               + ("; mates collated (sorted by read name)" if getattr(s, "collated", False) else "")
                + (f"; skipped {skipped} secondary/supplementary records" if skipped else ""))
     return 0
 
@@ -724,6 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="chunk compression; gzip for datasets the original Persona must read")
     sp.add_argument("--level", type=_level, help="compression level")
     sp.add_argument("--interleaved", action="store_true", help="one FASTQ holding both mates, alternating")
+    sp.add_argument("--collate", action=argparse.BooleanOptionalAction, default=None,
+                    help="SAM/BAM of pairs: sort by read name so mates sit side by side and align as pairs "
+                         "(default: when the header says SO:coordinate and the reads are paired)")
     sp.add_argument("-R", "--read-group", type=parse_read_group,
                     help="read group line, e.g. '@RG\\tID:run1\\tSM:NA12878\\tPL:ILLUMINA'")
     sp.add_argument("--overwrite", action="store_true", help="replace a dataset of the same name")

@@ -157,15 +157,16 @@ def test_cram_export(aligned, tmp_path: Path) -> None:
 
 @pytest.mark.tools
 def test_coordinate_sorted_paired_bam_aligns_as_pairs_after_a_name_sort(aligned, tmp_path: Path) -> None:
-    """A paired BAM sorted by coordinate: align refuses to lose the pairing; sorted by name, it aligns as
-    pairs and gives the same flagstat as the FASTQ import it came from."""
+    """A paired BAM sorted by coordinate, imported as it is (--no-collate): align refuses to lose the
+    pairing; sorted by name, it aligns as pairs and gives the same flagstat as the FASTQ import it came
+    from. Imported by default, it is collated and aligns as pairs at once."""
     samtools = require_tool("samtools")
     py = " ".join(CLI)
     env = {**os.environ, "PERSONA_ALIGN__REFERENCES_URL": str(aligned["refs"])}
     t = tmp_path
     assert _sh(f"{py} export {aligned['ds']} - -f bam --no-secondary | {samtools} sort -o {t}/cs.bam -",
                env=env).returncode == 0
-    assert _sh(f"{py} import {t}/cs.bam -o {t}/imp -n c -q", env=env).returncode == 0
+    assert _sh(f"{py} import {t}/cs.bam -o {t}/imp -n c -q --no-collate", env=env).returncode == 0
     r = _sh(f"{py} align {t}/imp -r measles -q", env=env)
     assert r.returncode == 1 and b"sort it by read name first" in r.stderr
     assert _sh(f"{py} sort {t}/imp -o {t}/byname --order queryname -q", env=env).returncode == 0
@@ -177,6 +178,11 @@ def test_coordinate_sorted_paired_bam_aligns_as_pairs_after_a_name_sort(aligned,
 
     a, b = json.loads(ours), json.loads(theirs)
     assert a["properly_paired"] == b["properly_paired"] and a["mapped"] == b["mapped"] and a["paired"] == 8000
+    r = _sh(f"{py} import {t}/cs.bam -o {t}/collated -n c", env=env)
+    assert r.returncode == 0 and b"mates collated" in r.stderr, r.stderr
+    assert _sh(f"{py} align {t}/collated -r measles -q", env=env).returncode == 0
+    c = json.loads(_sh(f"{py} stats {t}/collated --json", env=env).stdout)
+    assert c["properly_paired"] == b["properly_paired"] and c["mapped"] == b["mapped"] and c["paired"] == 8000
 
 
 @pytest.mark.tools

@@ -186,8 +186,8 @@ class AlignJob(DatasetReadJob):
                         "one by one", store=ds.store.url)
                 raise DatasetError(
                     f"dataset {ds.name!r} holds paired reads whose mates are not next to each other (e.g. a "
-                    "coordinate-sorted BAM): sort it by read name first (persona sort DS -o DS2 --order "
-                    "queryname) and align that, or pass --single to align the reads one by one",
+                    "coordinate-sorted BAM): sort it by read name first (persona sort DS -o DS2 --order queryname, or "
+                    "import the BAM with --collate) and align that, or pass --single to align the reads one by one",
                     store=ds.store.url)
         if paired:
             for ref in ds.chunks:

@@ -26,7 +26,11 @@ Choices (documented contract):
   an export gives back the same tags.
 * Records keep file order. The manifest says ``paired: true`` only if every
   record is paired and they come as read1, read2 with equal names, adjacent
-  (a queryname-grouped file); a coordinate-sorted BAM is not interleaved.
+  (a queryname-grouped file). A coordinate-sorted BAM of pairs is not
+  interleaved: the import collates it (``ImportRequest.collate``, on by default
+  for such a file): the records are imported under a staging name, then
+  sorted by read name (``persona sort --order queryname``: bounded memory)
+  into the dataset, so that mates sit side by side and align as pairs.
 * ``sort`` is the header's ``@HD SO`` (``unknown`` without one); ``reference``
   is the first ``@SQ UR`` (else ``AS``, else the input file name) and
   ``reference_contigs`` the ``@SQ`` lines.
@@ -315,6 +319,32 @@ class SamSource:
             finally:
                 _close(af)
             self.aligned = "reference_contigs" in self._fields
+
+    def peek_paired(self, records: int = 2000) -> bool:
+        """Whether most of the first ``records`` primary records of the file are paired (0x1);
+        False for standard input, which cannot be read twice."""
+        if str(self.path) == "-":
+            return False
+        af = _open(self.path)
+        try:
+            seen = paired = 0
+            for rec in af.fetch(until_eof=True):
+                if rec.flag & (FLAG_SECONDARY | FLAG_SUPPLEMENTARY):
+                    continue
+                seen += 1
+                paired += bool(rec.flag & FLAG_PAIRED)
+                if seen >= records:
+                    break
+        except (OSError, ValueError):
+            return False  # the import proper names the bad record
+        finally:
+            _close(af)
+        return seen > 0 and paired * 2 > seen
+
+    @property
+    def sort_order(self) -> str:
+        """The header's ``@HD SO`` (``unknown`` without one)."""
+        return str(self._fields.get("sort") or "unknown")
 
     @property
     def columns(self) -> list[str]:

@@ -27,6 +27,8 @@ converted and written (PTF streaming ingress; the arity is declared at the end):
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -41,6 +43,8 @@ from persona.agd.transaction import Transaction
 from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work, file_fingerprint
 from persona.errors import ConfigError, DatasetError, InputFormatError
 from persona.storage import Store, open_store
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from persona.config import Config
@@ -114,6 +118,10 @@ class ImportRequest(Request):
     read_group: dict[str, str] = field(default_factory=dict)
     threads: int | None = None
     queue_depth: int | None = None
+    #: SAM/BAM of pairs whose mates are not adjacent: sort the dataset by read name so that mates sit
+    #: side by side (align then aligns them as pairs). None: when the header says SO:coordinate and
+    #: the records are paired (not for standard input, which is read once)
+    collate: bool | None = None
 
     def resolved(self, config: "Config") -> "ImportRequest":
         if not self.inputs:
@@ -185,6 +193,8 @@ class ImportSummary(Summary):
     empty_sequence: int = 0
     missing_quality: int = 0
     bases_replaced: int = 0
+    #: a coordinate-sorted SAM/BAM of pairs was sorted by read name (mates side by side)
+    collated: bool = False
     manifest: Manifest | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -416,6 +426,18 @@ class ImportSamJob(ImportJob):
 
         self.source = SamSource(request.inputs[0], chunk_size=request.chunk_size or 100_000)
         self.columns = tuple(self.source.columns)
+        self.final_name = self.name
+        self.collate = request.collate
+        if self.collate is None:
+            self.collate = self.source.sort_order == "coordinate" and self.source.peek_paired()
+        if self.collate:
+            # records go to a staging dataset first; commit sorts them by name into the dataset
+            from persona.agd.transaction import read_manifest
+
+            if not request.overwrite and read_manifest(self.store, self.final_name) is not None:
+                raise DatasetError(f"dataset {self.final_name!r} already exists (pass overwrite to replace it)",
+                                   store=self.store.url)
+            self.name = f"{self.final_name}.collate-{self.attempt[:8]}"
 
     def begin(self) -> None:
         self.source.open()
@@ -454,7 +476,39 @@ class ImportSamJob(ImportJob):
             extra = dict(self.fields.get("extra") or {})
             extra["read_group"] = dict(self.request.read_group)
             self.fields["extra"] = extra
-        return super().commit(outputs)
+        summary = super().commit(outputs)
+        if not self.collate:
+            return summary
+        return self._collate(summary)
+
+    def _collate(self, staged: ImportSummary) -> ImportSummary:
+        """Sort the staging dataset by read name into the dataset, then remove the staging one."""
+        from persona.agd import Dataset
+        from persona.apps.copy import remove_dataset
+        from persona.apps.sort import SortRequest
+
+        try:
+            self.runtime.run(SortRequest(dataset=self.request.output, input_name=self.name, name=self.final_name,
+                                         order="queryname", overwrite=self.request.overwrite,
+                                         compression=self.request.compression, level=self.request.level))
+        finally:
+            try:
+                remove_dataset(self.store, self.name)
+            except Exception as e:  # noqa: BLE001 - the import itself succeeded or failed already
+                log.warning("could not remove the staging dataset %s: %s", self.name, e)
+        ds = Dataset.open(self.store, self.final_name)
+        m = ds.manifest
+        return replace(staged, name=self.final_name, records=m.num_records, chunks=len(m.records),
+                       columns=tuple(m.columns), paired=bool(ds.paired), sort=m.sort or "", manifest=m,
+                       collated=True)
+
+    def abort(self, error: BaseException | None) -> None:
+        super().abort(error)
+        if self.collate and self.txn is not None and self.txn.state not in ("open", "new"):
+            from persona.apps.copy import remove_dataset
+
+            with contextlib.suppress(Exception):
+                remove_dataset(self.store, self.name)
 
     def earlier_provenance(self) -> list[dict[str, Any]]:
         pgs = self.source.imported_programs
