@@ -809,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("fasta")
     sp.add_argument("--aligner", default="minimap2")
-    sp.add_argument("--preset", help="aligner preset to index for (default: align.preset, 'sr')")
+    sp.add_argument("--preset", help="aligner preset to index for (default: align.preset, 'sr'; "
+                                     "snap: 'sr' picks the seed length by genome size, s16..s32 fix it)")
     sp.add_argument("--overwrite", action="store_true", help="replace a reference of the same name")
     sp.add_argument("--store", help="reference store URL (default: align.references_url)")
     sp = ref_sub.add_parser("list", help="list stored references", parents=[common])
@@ -821,7 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-r", "--reference", required=True,
                     help="reference name (see 'persona reference list') or a FASTA path")
     sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
-    sp.add_argument("--aligner", choices=["minimap2", "mappy", "minibwa"],
+    sp.add_argument("--aligner", choices=["minimap2", "mappy", "minibwa", "snap"],
                     help="aligner backend (default: align.aligner)")
     threads(sp, "aligner threads")
     sp.add_argument("--work-item-reads", type=_positive, help="reads per aligner work item")
@@ -870,7 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-M", "--metrics", help="with --markdup: Picard-format duplication metrics file")
     sp.add_argument("--window", type=_non_negative, help="with --markdup: bases past a position before its "
                                                          "duplicates are decided (default markdup.window)")
-    sp.add_argument("--aligner", choices=["minimap2", "mappy"], help="aligner backend (default: align.aligner)")
+    sp.add_argument("--aligner", choices=["minimap2", "mappy", "snap"], help="aligner backend (default: align.aligner)")
     sp.add_argument("--preset", help="aligner preset (default: align.preset, 'sr')")
     sp.add_argument("--secondary", type=_non_negative, default=0, help="secondary alignment columns to write")
     sp.add_argument("--work-item-reads", type=_positive, help="reads per aligner work item")

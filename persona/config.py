@@ -129,12 +129,28 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class SnapConfig:
+    """Parameters of the ``snap`` aligner (SNAP's defaults; the seed length is the index's preset)."""
+
+    max_dist: int = _key(min=0, max=60)
+    max_dist_paired: int = _key(min=0, max=60)
+    max_seeds: int = _key(min=1)
+    max_seeds_paired: int = _key(min=1)
+    max_hits: int = _key(min=1)
+    extra_depth: int = _key(min=0)
+    min_spacing: int = _key(min=0)
+    max_spacing: int = _key(min=0)
+    min_read_len: int = _key(min=0)
+
+
+@dataclass(frozen=True)
 class AlignConfig:
-    aligner: str = _key(choices=("minimap2", "mappy", "minibwa"))
+    aligner: str = _key(choices=("minimap2", "mappy", "minibwa", "snap"))
     threads: int = _key(min=0)
     work_item_reads: int = _key(min=1)
     preset: str = _key()
     references_url: str = _key()
+    snap: SnapConfig = _key()
 
 
 @dataclass(frozen=True)
