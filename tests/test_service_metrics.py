@@ -134,3 +134,64 @@ def test_gauges_follow_the_runtime_at_scrape_time(service, tmp_path):
     while "persona_ptf_stage_feeds_total{" not in _scrape(service.metrics.address):
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+@pytest.mark.cluster
+def test_coordinator_reports_worker_liveness(tmp_path):
+    """A real coordinator (in-process) and a real worker process: the scrape shows the worker up,
+    then down once it was SIGKILLed and its lease ran out."""
+    import os
+    import signal
+    import sys
+
+    from persona.config import load_config
+    from persona.service.coordinator import Coordinator
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(f"""\
+align:
+  references_url: "{tmp_path / 'refs'}"
+  threads: 1
+service:
+  listen: "127.0.0.1:0"
+  worker_listen: "127.0.0.1:0"
+  metrics_listen: "127.0.0.1:0"
+  db_path: "{tmp_path / 'state' / 'service.db'}"
+  roots: "{tmp_path}"
+  lease_seconds: 1
+""")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    coord = Coordinator(load_config(cfg_path, env={}))
+    asyncio.run_coroutine_threadsafe(coord.start(), loop).result(60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    worker = subprocess.Popen([sys.executable, "-m", "persona.cli", "--config", str(cfg_path), "worker",
+                               "--coordinator", coord.worker_address, "-t", "1"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up_lines() -> list[str]:
+            return [ln for ln in _scrape(coord.metrics.address).splitlines() if ln.startswith("persona_worker_up{")]
+
+        deadline = time.monotonic() + 60
+        while not any(ln.endswith(" 1.0") for ln in up_lines()):
+            assert time.monotonic() < deadline, "the worker never showed as up"
+            time.sleep(0.2)
+        (line,) = up_lines()  # the registered worker only: a coordinator has no embedded worker listed
+        worker_id = line.split('"')[1]
+        assert worker_id != coord.worker_id
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        deadline = time.monotonic() + 30
+        while f'persona_worker_up{{worker="{worker_id}"}} 0.0' not in _scrape(coord.metrics.address):
+            assert time.monotonic() < deadline, "the lost worker still shows as up"
+            time.sleep(0.2)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+        try:
+            asyncio.run_coroutine_threadsafe(coord.stop(0), loop).result(60)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)

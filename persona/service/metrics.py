@@ -33,11 +33,14 @@ Plus ``persona_service_up`` (1) and ``persona_build_info``.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from persona.errors import PersonaError
+
+log = logging.getLogger(__name__)
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600)
 
@@ -63,6 +66,9 @@ class Metrics:
 
         self.registry = prom.CollectorRegistry(auto_describe=True)
         r = self.registry
+        # first in the registry: the hooks refresh gauges before they are collected
+        self._hooks: list[Callable[[], None]] = []
+        r.register(_HookCollector(self._hooks))
         self.finished = prom.Counter("persona_requests_finished", "Requests that reached a final state",
                                      ["kind", "state"], registry=r)
         self.duration = prom.Histogram("persona_request_duration_seconds", "Request duration, submit to finish",
@@ -137,6 +143,12 @@ class Metrics:
         if n:
             self.requeued.labels(kind, reason).inc(n)
 
+    def add_scrape_hook(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` at each scrape, before the metrics are read (to refresh gauges from live
+        state, e.g. worker liveness from the membership table). A hook that raises is logged and
+        skipped: a scrape never fails for it."""
+        self._hooks.append(fn)
+
     # -- serving ------------------------------------------------------------------------------
     def serve(self, listen: str) -> str:
         """Serve ``/metrics`` over HTTP on ``HOST:PORT`` (port 0: a free one); returns the address."""
@@ -154,6 +166,22 @@ class Metrics:
 
     def text(self) -> bytes:
         return _prom().generate_latest(self.registry)
+
+
+class _HookCollector:
+    def __init__(self, hooks: list[Callable[[], None]]) -> None:
+        self.hooks = hooks
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        for fn in list(self.hooks):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a scrape must not fail for a hook
+                log.exception("metrics scrape hook %r failed", fn)
+        return iter(())
 
 
 class _TableCollector:

@@ -183,6 +183,7 @@ class Service:
         self._stopped: asyncio.Event | None = None
         self._ref_lock = threading.Lock()
         self.trigger_specs = list(triggers)
+        self._workers_seen: set[str] = set()
         self.triggers: list[Any] = []
         self._trigger_tasks: list[asyncio.Task[None]] = []
 
@@ -202,7 +203,7 @@ class Service:
         await self._server.start()
         if self.metrics_listen:
             self.metrics.serve(self.metrics_listen)
-        self.metrics.worker_heartbeat(self.worker_id)
+        self.metrics.add_scrape_hook(self._worker_metrics)
         self.state = "running"
         for row in self.table.unfinished():
             log.info("resuming request %s (%s, step %d of %d)", row["id"], "+".join(s["kind"] for s in row["steps"]),
@@ -210,6 +211,35 @@ class Service:
             self._start(row)
         await self._start_triggers()
         return self.address
+
+    def _worker_metrics(self) -> None:
+        """Scrape hook: worker liveness from :meth:`cluster_status` (the embedded worker here, the
+        registered workers in a coordinator); a worker that left the list shows as down."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._stopping:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+
+        async def workers() -> list[dict[str, Any]]:
+            return list(self.cluster_status()["workers"])
+
+        if running is loop:  # scraped from the loop itself (a test): read directly
+            listed = self.cluster_status()["workers"]
+        else:
+            listed = asyncio.run_coroutine_threadsafe(workers(), loop).result(5)
+        seen = set()
+        for w in listed:
+            seen.add(w["worker_id"])
+            if w["state"] in ("running", "draining"):
+                self.metrics.worker_heartbeat(w["worker_id"], w["last_heartbeat"] or None)
+            else:
+                self.metrics.worker_lost(w["worker_id"])
+        for gone in self._workers_seen - seen:
+            self.metrics.worker_lost(gone)
+        self._workers_seen |= seen
 
     async def _start_triggers(self) -> None:
         from persona.service.triggers import Trigger
