@@ -451,15 +451,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if tls:
         cfg = cfg.with_overrides(tls)
     triggers = []
-    if args.watch:
-        if not args.then:
+    # each --watch option has an environment twin (systemd units): PERSONA_WATCH (comma-separated), ...
+    watch = args.watch or [p.strip() for p in os.environ.get("PERSONA_WATCH", "").split(",") if p.strip()]
+    then_text = args.then or os.environ.get("PERSONA_THEN")
+    if watch:
+        if not then_text:
             raise PersonaError("persona serve --watch needs --then KIND[,KIND...] (what to run on new inputs)")
-        then = parse_kinds(args.then)
-        for prefix in args.watch:
-            triggers.append(TriggerSpec(watch=prefix, then=then, output=args.output or "", reference=args.reference,
-                                        sort_order=args.order, export_format=args.export_format,
-                                        poll_seconds=args.poll))
-    elif args.then:
+        then = parse_kinds(then_text)
+        output = args.output or os.environ.get("PERSONA_WATCH_OUTPUT") or ""
+        reference = args.reference or os.environ.get("PERSONA_WATCH_REFERENCE")
+        poll = args.poll if args.poll is not None else float(os.environ.get("PERSONA_WATCH_POLL") or 10.0)
+        for prefix in watch:
+            triggers.append(TriggerSpec(watch=prefix, then=then, output=output, reference=reference,
+                                        sort_order=args.order, export_format=args.export_format, poll_seconds=poll))
+    elif then_text:
         raise PersonaError("persona serve --then needs --watch PREFIX")
     return serve(cfg, listen=args.listen, db_path=args.db, roots=args.roots, threads=args.threads or None,
                  address_file=args.address_file, triggers=triggers, **kw)
@@ -936,7 +941,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tls-key", help="the private key of --tls-cert (PEM; default: service.tls_key)")
     sp.add_argument("--watch", action="append", metavar="STORE_PREFIX",
                     help="submit a request when a new FASTQ pair (R1/R2 names) or AGD dataset appears under this "
-                         "directory or store URL (repeatable; each input runs once, across restarts too)")
+                         "directory or store URL (repeatable; each input runs once, across restarts too; env "
+                         "PERSONA_WATCH, comma-separated; likewise PERSONA_THEN, PERSONA_WATCH_OUTPUT, "
+                         "PERSONA_WATCH_REFERENCE, PERSONA_WATCH_POLL)")
     sp.add_argument("--then", metavar="KIND[,KIND...]",
                     help="what --watch runs: kinds from import, align, sort, markdup, export, stats (a FASTQ pair is "
                          "imported first)")
@@ -946,7 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--watch: the sort order (default coordinate)")
     sp.add_argument("--export-format", choices=["bam", "sam", "cram"], default="bam",
                     help="--watch: the export format (default bam)")
-    sp.add_argument("--poll", type=float, default=10.0, help="--watch: seconds between listings (default 10)")
+    sp.add_argument("--poll", type=float, help="--watch: seconds between listings (default 10)")
     threads(sp, "aligner threads")
 
     sp = add("coordinator", cmd_coordinator, "run the cluster coordinator: the gRPC API, the request table and the "

@@ -197,7 +197,7 @@ def test_serve_watch_outside_the_roots_is_not_submitted(tmp_path):
         s.close()
 
 
-def test_serve_watch_options_are_checked_before_serving(tmp_path, capsys):
+def test_serve_watch_options_are_checked_before_serving(tmp_path, capsys, monkeypatch):
     from persona.cli import main
 
     db = str(tmp_path / "db")
@@ -211,3 +211,9 @@ def test_serve_watch_options_are_checked_before_serving(tmp_path, capsys):
         assert main([*argv, "--db", db, "--listen", "127.0.0.1:0", "--metrics-listen", "none"]) == 1
         assert message in capsys.readouterr().err
     assert not (tmp_path / "db").exists()  # nothing was started
+    # the environment twins
+    monkeypatch.setenv("PERSONA_WATCH", str(tmp_path))
+    monkeypatch.setenv("PERSONA_THEN", "import,align")
+    monkeypatch.setenv("PERSONA_WATCH_OUTPUT", str(tmp_path / "o"))
+    assert main(["serve", "--db", db, "--listen", "127.0.0.1:0", "--metrics-listen", "none"]) == 1
+    assert "--then align needs a reference" in capsys.readouterr().err
