@@ -177,3 +177,66 @@ def reference_lengths(const uint64_t[:] cig_off, const uint8_t[:] cig):
                     num = 0
             o[i] = total
     return out
+
+
+cdef inline int64_t _aux_size(uint8_t t) noexcept nogil:
+    if t == 65 or t == 99 or t == 67:  # A c C
+        return 1
+    if t == 115 or t == 83:  # s S
+        return 2
+    if t == 105 or t == 73 or t == 102:  # i I f
+        return 4
+    return -1
+
+
+def aux_string(const uint64_t[:] off, const uint8_t[:] data, bytes tag):
+    """Per record of BAM aux bytes, the ``Z`` (or ``H``) value of ``tag`` (e.g. ``b"RG"``):
+    ``(hash uint64, start int64, end int64)``, FNV-1a of the value and its span in ``data``; start -1
+    (hash 0) where the record has no such tag. A malformed aux field stops the record's scan."""
+    cdef Py_ssize_t n = off.shape[0] - 1, i
+    if len(tag) != 2:
+        raise ValueError("a tag has two characters")
+    cdef uint8_t t0 = tag[0], t1 = tag[1], typ, sub
+    hashes = np.zeros(max(n, 0), dtype=np.uint64)
+    starts = np.full(max(n, 0), -1, dtype=np.int64)
+    ends = np.full(max(n, 0), -1, dtype=np.int64)
+    cdef uint64_t[:] hs = hashes
+    cdef int64_t[:] st = starts
+    cdef int64_t[:] en = ends
+    cdef int64_t k, e, j, size, cnt
+    cdef uint64_t h
+    with nogil:
+        for i in range(n):
+            k = <int64_t>off[i]
+            e = <int64_t>off[i + 1]
+            while k + 3 <= e:
+                typ = data[k + 2]
+                if typ == 90 or typ == 72:  # Z H: up to the NUL
+                    j = k + 3
+                    while j < e and data[j] != 0:
+                        j += 1
+                    if data[k] == t0 and data[k + 1] == t1:
+                        h = 14695981039346656037ULL
+                        for size in range(k + 3, j):
+                            h = (h ^ data[size]) * 1099511628211ULL
+                        hs[i] = h
+                        st[i] = k + 3
+                        en[i] = j
+                        break
+                    k = j + 1
+                elif typ == 66:  # B: subtype, count, values
+                    if k + 8 > e:
+                        break
+                    sub = data[k + 3]
+                    size = _aux_size(sub)
+                    if size < 0:
+                        break
+                    cnt = <int64_t>data[k + 4] | (<int64_t>data[k + 5] << 8) | (<int64_t>data[k + 6] << 16) \
+                        | (<int64_t>data[k + 7] << 24)
+                    k = k + 8 + cnt * size
+                else:
+                    size = _aux_size(typ)
+                    if size < 0:
+                        break
+                    k = k + 3 + size
+    return hashes, starts, ends

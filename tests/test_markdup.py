@@ -260,3 +260,22 @@ def test_sort_markdup_equals_sort_then_markdup(simulated_sam: Path, tmp_path: Pa
     assert b.duplicates == a.duplicates > 300
     assert np.array_equal(flags("a"), flags("b"))
     assert read_metrics(str(tmp_path / "a.txt")) == read_metrics(str(tmp_path / "b.txt"))
+
+
+def test_two_libraries_equal_picard(simulated_sam: Path, tmp_path: Path) -> None:
+    """Two read groups of two libraries (RG tags on the records): duplicates only within a library, one
+    metrics row per library, as Picard decides and counts them."""
+    import zlib
+
+    lines = simulated_sam.read_text().splitlines()
+    head = [ln for ln in lines if ln.startswith("@")]
+    body = [ln for ln in lines if not ln.startswith("@")]
+    head += ["@RG\tID:g1\tSM:s\tLB:libA\tPL:ILLUMINA", "@RG\tID:g2\tSM:s\tLB:libB\tPL:ILLUMINA"]
+    tagged = [ln + ("\tRG:Z:g1" if zlib.crc32(ln.split("\t")[0].encode()) % 3 else "\tRG:Z:g2") for ln in body]
+    sam = tmp_path / "rg.sam"
+    sam.write_text("\n".join(head + tagged) + "\n")
+    s, differ, picard_dups = _compare_with_picard(sam, tmp_path, 700)
+    assert differ == 0 and s.duplicates == picard_dups > 100
+    assert [m["LIBRARY"] for m in s.metrics] == ["Unknown Library", "libA", "libB"]
+    one = Dataset.open(tmp_path / "agd", "ds_sorted")
+    assert "tags" in one.columns

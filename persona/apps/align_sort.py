@@ -117,11 +117,11 @@ class AlignSortJob(SortJob):
         # the old alignment (if any) is replaced, as align replaces it; results stands for the new one
         return [c for c in self.ds.columns if not (is_alignment_column(c) or is_tags_column(c))] + [RESULTS]
 
-    def library(self) -> str:
+    def library_override(self) -> str | None:
         from persona.apps.markdup import library_of
 
-        rg = self.request.read_group or self.ds.manifest.extra.get("read_group")
-        return library_of(rg)
+        # align -R gives every record this read group (the tags column is made anew by the aligner)
+        return library_of(self.request.read_group) if self.request.read_group else None
 
     def _check_input(self) -> None:
         for c in (BASE, QUAL):

@@ -289,7 +289,7 @@ class Decider:
     def add(self, out: dict[str, Any], first: int) -> None:
         flag = out["flag"]
         n = len(flag)
-        ordinal = np.arange(first, first + n, dtype=np.int64)
+        ordinal = out["ord"] if "ord" in out else np.arange(first, first + n, dtype=np.int64)
         self.records += n
         m = self.m
         unmapped = (flag & FLAG_UNMAPPED) != 0
@@ -297,7 +297,7 @@ class Decider:
         mapped = ~unmapped & ~secsup
         paired_mm = mapped & ((flag & FLAG_PAIRED) != 0) & ((flag & FLAG_MATE_UNMAPPED) == 0)
         m.UNMAPPED_READS += int(unmapped.sum())
-        m.SECONDARY_OR_SUPPLEMENTARY_RDS += int(secsup.sum()) + int(out["secondary"])
+        m.SECONDARY_OR_SUPPLEMENTARY_RDS += int(secsup.sum()) + int(np.sum(out["secondary"]))
         m.UNPAIRED_READS_EXAMINED += int((mapped & ~paired_mm).sum())
         self.pairs_examined += int(paired_mm.sum())
         ref = out["ref"]
@@ -432,14 +432,23 @@ class Decider:
         return dups, self.m
 
 
+def _secondary_rows(columns: list[Any], n: int) -> np.ndarray:
+    """Per row, how many of the (still-encoded) ``secondary<N>`` columns hold a record (absent: empty)."""
+    out = np.zeros(n, dtype=np.int32)
+    for raw in columns:
+        out += (raw.lengths != 0)
+    return out
+
+
 def library_of(read_group: Any) -> str:
     """Picard's library of a read group: its ``LB``, else :data:`UNKNOWN_LIBRARY`."""
     return (read_group.get("LB") if isinstance(read_group, dict) else None) or UNKNOWN_LIBRARY
 
 
-def chunk_ends(res: Any, qual: Any, meta: Any, secondary: int) -> dict[str, Any]:
+def chunk_ends(res: Any, qual: Any, meta: Any, secondary: Any) -> dict[str, Any]:
     """The ends of one chunk's records for a :class:`Decider` (``res``: decoded results; ``qual`` and
-    ``meta``: the still-encoded quality and name records; ``secondary``: present secondary records)."""
+    ``meta``: the still-encoded quality and name records; ``secondary``: each row's present secondary
+    records)."""
     f = res.fields
     flag = np.ascontiguousarray(f["flag"])
     pos = np.ascontiguousarray(f["position"])
@@ -449,6 +458,91 @@ def chunk_ends(res: Any, qual: Any, meta: Any, secondary: int) -> dict[str, Any]
             "score": score, "hash": hashes, "loc": loc, "secondary": secondary}
 
 
+class Libraries:
+    """Picard's libraries: each record's is the ``LB`` of its read group (its ``RG`` tag in the ``tags``
+    column, else the dataset's read group), ``Unknown Library`` where that read group has none or is not
+    declared; duplicates are decided within a library only (one :class:`Decider` per library, fed that
+    library's records with their ordinals). Metrics: one row per library of any read group (Picard's
+    LibraryIdGenerator), by library name (Picard's sorted map)."""
+
+    def __init__(self, extra: dict[str, Any], margin: int | None, default: str | None = None) -> None:
+        rg = extra.get("read_group")
+        self.default = default or library_of(rg)
+        self.by_id: dict[bytes, str] = {}
+        for g in extra.get("read_groups") or []:
+            if isinstance(g, dict) and g.get("ID"):
+                self.by_id[str(g["ID"]).encode()] = library_of(g)
+        if isinstance(rg, dict) and rg.get("ID") and default is None:
+            self.by_id.setdefault(str(rg["ID"]).encode(), self.default)
+        self.margin = margin
+        # Picard has a metrics row for the library of every @RG of the header (export writes the
+        # dataset's read group and the imported ones), records or not
+        self.names: list[str] = [self.default]
+        for name in self.by_id.values():
+            self._index(name)
+        self.deciders: dict[int, Decider] = {}
+
+    @property
+    def per_record(self) -> bool:
+        """Whether records may name other libraries than the default (then the ``tags`` column is read)."""
+        return len(set(self.by_id.values()) | {self.default}) > 1
+
+    def _index(self, name: str) -> int:
+        if name not in self.names:
+            self.names.append(name)
+        return self.names.index(name)
+
+    def of_records(self, tags: Any, n: int) -> np.ndarray | None:
+        """Each record's library index (None: all the default), from its ``RG:Z`` tag."""
+        if tags is None or not self.per_record:
+            return None
+        hashes, starts, ends = md_kernel.aux_string(tags.offsets, np.ascontiguousarray(tags.data), b"RG")
+        lib = np.zeros(n, dtype=np.int32)
+        uniq, first = np.unique(hashes, return_index=True)
+        data = tags.data
+        for h, i in zip(uniq, first):
+            if starts[i] < 0:
+                continue  # no RG tag: the dataset's read group
+            rg_id = bytes(data[int(starts[i]):int(ends[i])])
+            lib[hashes == h] = self._index(self.by_id.get(rg_id, UNKNOWN_LIBRARY))
+        return lib
+
+    def decider(self, k: int) -> Decider:
+        d = self.deciders.get(k)
+        if d is None:
+            d = self.deciders[k] = Decider(self.names[k], self.margin)
+        return d
+
+    def add(self, out: dict[str, Any], first: int) -> None:
+        lib = out.pop("lib", None)
+        if lib is None or not len(lib) or (lib == 0).all():
+            self.decider(0).add(out, first)
+            return
+        ordinal = np.arange(first, first + len(lib), dtype=np.int64)
+        for k in np.unique(lib):
+            sel = lib == k
+            sub = {key: (v[sel] if isinstance(v, np.ndarray) else v) for key, v in out.items()}
+            sub["ord"] = ordinal[sel]
+            self.decider(int(k)).add(sub, first)
+
+    @property
+    def records(self) -> int:
+        return sum(d.records for d in self.deciders.values())
+
+    @property
+    def held_max(self) -> int:
+        return sum(d.held_max for d in self.deciders.values())
+
+    def finish(self) -> tuple[np.ndarray, list[DuplicationMetrics]]:
+        dups, metrics = [], []
+        for k in sorted(range(len(self.names)), key=lambda k: self.names[k]):  # by name, as Picard writes them
+            d, m = self.decider(k).finish()
+            dups.append(d)
+            metrics.append(m)
+        all_dups = np.sort(np.concatenate(dups)) if dups else np.zeros(0, np.int64)
+        return all_dups, metrics
+
+
 class MergeMarker:
     """Duplicate marking fused into a coordinate sort's merge (as bamsormadup and elPrep do): each
     output chunk's ends are computed where it is encoded (:meth:`ends`, any thread) and fed to one
@@ -456,16 +550,18 @@ class MergeMarker:
     ordinals and the metrics. ``flagged``: first ordinals of output chunks that already held a 0x400
     flag (to be cleared where the record is no duplicate)."""
 
-    def __init__(self, library: str, window: int) -> None:
-        self.decider = Decider(library, window if window > 0 else None)
+    def __init__(self, extra: dict[str, Any], window: int, library: str | None = None) -> None:
+        self.libraries = Libraries(extra, window if window > 0 else None, library)
         self.flagged: set[int] = set()
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[int, dict[str, Any]]] = {}
         self._next = 0
 
     def ends(self, res: Any, values: dict[str, Any]) -> dict[str, Any]:
-        secondary = sum(int(np.count_nonzero(v.lengths)) for c, v in values.items() if is_secondary_column(c))
-        return chunk_ends(res, values["qual"], values["metadata"], secondary)
+        secondary = _secondary_rows([v for c, v in values.items() if is_secondary_column(c)], len(res))
+        out = chunk_ends(res, values["qual"], values["metadata"], secondary)
+        out["lib"] = self.libraries.of_records(values.get("tags"), len(res))
+        return out
 
     def add(self, index: int, first: int, ends: dict[str, Any]) -> None:
         with self._lock:
@@ -474,14 +570,13 @@ class MergeMarker:
             self._pending[index] = (first, ends)
             while self._next in self._pending:
                 f, e = self._pending.pop(self._next)
-                self.decider.add(e, f)
+                self.libraries.add(e, f)
                 self._next += 1
 
     def finish(self) -> tuple[np.ndarray, list[DuplicationMetrics]]:
         if self._pending:
             raise DatasetError(f"duplicate marking lost output chunks before {min(self._pending)}")
-        dups, metrics = self.decider.finish()
-        return dups, [metrics]
+        return self.libraries.finish()
 
 
 @dataclass
@@ -517,7 +612,9 @@ class MarkdupJob(Job):
         self.txn: Transaction | None = None
         window = request.window if request.window is not None else DEFAULT_WINDOW
         self.windowed = self.ds.manifest.sort == "coordinate" and window > 0
-        self.decider = Decider(self.library, window if self.windowed else None)
+        self.decider = Libraries(self.ds.manifest.extra, window if self.windowed else None)
+        self.in_columns = (RESULTS, "qual", "metadata") + \
+            (("tags",) if self.decider.per_record and "tags" in self.ds.columns else ())
         self._order_lock = threading.Lock()
         self._pending: dict[int, Any] = {}
         self._next = 0
@@ -541,7 +638,7 @@ class MarkdupJob(Job):
         self.txn = self.ds.begin_columns(app="markdup", attempt=self.attempt, request_id=self.request_id)
 
     def feeds(self) -> list[FeedDescriptor]:
-        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, (RESULTS, "qual", "metadata"))
+        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, self.in_columns)
                 for i in range(len(self.ds.chunks))]
 
     def stage_read(self, w: Work) -> Work:
@@ -557,12 +654,12 @@ class MarkdupJob(Job):
         res = self.ds.decode_file(i, RESULTS, w.data[RESULTS])
         qual = self.ds.decode_file(i, "qual", w.data["qual"])
         meta = self.ds.decode_file(i, "metadata", w.data["metadata"])
-        secondary = 0
-        for c in self.secondary_columns:  # present rows: non-empty records (no decode needed)
-            _, raw = self.ds.read_raw(i, c)
-            secondary += int(np.count_nonzero(raw.lengths))
+        tags = self.ds.decode_file(i, "tags", w.data["tags"]) if "tags" in w.data else None
+        # present rows: non-empty records (no decode needed)
+        secondary = _secondary_rows([self.ds.read_raw(i, c)[1] for c in self.secondary_columns], len(res))
         w.data = None
         w.out = chunk_ends(res, qual, meta, secondary)
+        w.out["lib"] = self.decider.of_records(tags, len(res))
         w.n = len(w.out["flag"])
         return w
 
@@ -642,11 +739,11 @@ class MarkdupJob(Job):
         if self.request.remove:
             manifest, kept = self._write_without(dups)
             if self.request.metrics:
-                write_metrics(self.request.metrics, [metrics], command=f"persona markdup --remove "
+                write_metrics(self.request.metrics, metrics, command=f"persona markdup --remove "
                                                                        f"{self.request.dataset}")
             return MarkdupSummary(**self.summary_base(), name=manifest.name, location=self.out_store.url,
                                   records=self.decider.records, duplicates=len(dups),
-                                  metrics=[metrics.__dict__.copy()], metrics_file=self.request.metrics,
+                                  metrics=[m.__dict__.copy() for m in metrics], metrics_file=self.request.metrics,
                                   windowed=self.windowed, held_max=self.decider.held_max, kept=kept)
 
         def rewrite(i: int) -> int:
@@ -664,10 +761,10 @@ class MarkdupJob(Job):
         manifest = self.txn.commit([RESULTS], provenance=entry)
         self.ds.manifest = manifest
         if self.request.metrics:
-            write_metrics(self.request.metrics, [metrics], command=f"persona markdup {self.request.dataset}")
+            write_metrics(self.request.metrics, metrics, command=f"persona markdup {self.request.dataset}")
         return MarkdupSummary(**self.summary_base(), name=self.ds.name, location=self.ds.store.url,
                               records=self.decider.records, duplicates=len(dups),
-                              metrics=[metrics.__dict__.copy()], metrics_file=self.request.metrics,
+                              metrics=[m.__dict__.copy() for m in metrics], metrics_file=self.request.metrics,
                               windowed=self.windowed, held_max=self.decider.held_max)
 
     def abort(self, error: BaseException | None) -> None:

@@ -273,16 +273,16 @@ class SortJob(Job):
         self.ranges: dict[int, list[int]] = {}
         self.marker: MergeMarker | None = None
         if r.markdup:
-            self.marker = MergeMarker(self.library(), r.window if r.window is not None else DEFAULT_WINDOW)
+            self.marker = MergeMarker(self.ds.manifest.extra, r.window if r.window is not None else DEFAULT_WINDOW,
+                                      self.library_override())
 
     def input_columns(self) -> list[str]:
         """The columns carried to the output (align-sort: without the old alignment's)."""
         return list(self.ds.columns)
 
-    def library(self) -> str:
-        from persona.apps.markdup import library_of
-
-        return library_of(self.ds.manifest.extra.get("read_group"))
+    def library_override(self) -> str | None:
+        """The library of every record whatever its read group (align-sort -R), else None."""
+        return None
 
     def _check_input(self) -> None:
         if self.request.markdup:
