@@ -78,6 +78,11 @@ def test_trigger_on_a_memory_store_builds_the_chain():
     assert t.key(f) != first[0][3] and t.key(f) == Trigger(spec).key(f)  # keys are stable across instances
     with pytest.raises(ValueError, match="needs a reference"):
         TriggerSpec(watch="x", then=("align",), output="y")
+    # the triggers' own outputs are never inputs: output inside the watched prefix, or the prefix itself
+    for output, expect in (("memory://trigger-test/agd", ["fastq-pair"]), ("memory://trigger-test", ["fastq-pair"]),
+                           ("memory://elsewhere", ["agd", "fastq-pair"])):
+        t = Trigger(TriggerSpec(watch="memory://trigger-test", then=("stats",), output=output, poll_seconds=0.1))
+        assert sorted(f.kind for _ in range(2) for f, *_ in t.poll()) == expect, output
 
 
 # -- a real service ---------------------------------------------------------------------------------

@@ -77,8 +77,10 @@ class Found:
 class Watcher:
     """What is ready, from successive listings ``{key: size}`` of a prefix (pure bookkeeping)."""
 
-    def __init__(self, *, ignore: Iterable[str] = ()) -> None:
+    def __init__(self, *, ignore: Iterable[str] = (), datasets: bool = True) -> None:
+        """``ignore``: key prefixes never looked at; ``datasets`` False: AGD manifests are not inputs."""
         self.ignore = tuple(p.rstrip("/") + "/" for p in ignore if p)
+        self.datasets = datasets
         self._previous: dict[str, int] = {}
         self._reported: set[tuple[str, ...]] = set()
 
@@ -92,7 +94,8 @@ class Watcher:
                 continue
             directory, base = posixpath.split(key)
             if base.endswith(MANIFEST_SUFFIX) and len(base) > len(MANIFEST_SUFFIX):
-                found.append(Found("agd", base[: -len(MANIFEST_SUFFIX)], directory, (key,)))
+                if self.datasets:
+                    found.append(Found("agd", base[: -len(MANIFEST_SUFFIX)], directory, (key,)))
                 continue
             m = _FASTQ.match(base)
             if m:
@@ -159,7 +162,10 @@ class Trigger:
         if not self.store.supports_listing:
             raise ConfigError(f"--watch {spec.watch}: this store cannot list its keys")
         self.polls = 0
-        self.watcher = Watcher(ignore=[self._inside_watch(spec.output)] if self._inside_watch(spec.output) else [])
+        # the triggers' own outputs are never inputs: a prefix inside the watched one is skipped;
+        # output = the watched prefix itself: only FASTQ pairs are inputs there
+        inside = self._inside_watch(spec.output)
+        self.watcher = Watcher(ignore=[inside] if inside else [], datasets=inside != "")
 
     def _inside_watch(self, location: str) -> str | None:
         """``location``'s key prefix inside the watched store, or None when it lies elsewhere."""
