@@ -1,8 +1,18 @@
-"""Chunk put/get throughput per store backend: file, ceph, s3.
+"""Storage benchmarks: chunk throughput per backend, align on Ceph/S3 vs local disk, persona cp.
 
-For each backend, chunk size (1 MiB and 16 MiB: an app's chunk files are in this range) and
-number of requests in flight (1 and 8, threads sharing one store as pipeline stages do), it puts
-a set of distinct objects, then gets them all back (checking the bytes), and reports MB/s.
+1. **Chunks.** For each backend (file, ceph, s3), chunk size (1, 4 and 16 MiB: an app's chunk files
+   are in this range) and number of requests in flight (1 and 8, threads sharing one store as
+   pipeline stages do), it puts a set of distinct objects, then gets them all back (checking the
+   bytes), and reports MB/s.
+2. **Align.** The same real reads (yeast SRR5204809, the first N pairs; the packaged sample where
+   ../shared/data is absent) imported once, copied to each backend, then aligned there with input
+   and output in that store (the results column written back to it), same threads, same
+   reference (a local index), runs interleaved; median seconds and the ratio local / store
+   (goal >= 0.95: I/O overlapped with compute).
+3. **cp.** ``persona cp`` of that dataset file -> Ceph -> S3 (MB/s, 8 files in flight) against the
+   reference tools moving the same bytes: ``rados put`` (the chunk files concatenated into one
+   object per 64 MiB: one process, no per-file start) and ``aws s3 cp --recursive`` of the same
+   files (or boto3's ``upload_file`` with 8 threads where the aws CLI is absent: then said so).
 
     python bench/bench_store.py [--quick] [--backends file,ceph,s3] [--ceph-url URL] [--s3-url URL]
 
@@ -10,7 +20,8 @@ Without --ceph-url/--s3-url it uses the throwaway cluster of deploy/ceph.sh in $
 (or /tmp/persona-ceph) when one is running there, else starts one in a temporary directory for
 the run (and stops it after), reporting how long the start took. A backend that cannot run here
 (no Ceph packages) is reported as skipped with the reason. ``--quick`` (under a minute) moves
-less data per case. The last line printed is one JSON object with every number.
+less data per case and aligns fewer reads once. The last line printed is one JSON object with
+every number.
 """
 from __future__ import annotations
 
@@ -30,6 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from persona.storage import Store, open_store  # noqa: E402
+
+import statistics  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -122,13 +135,208 @@ def _case(store: Store, size: int, inflight: int, total: int) -> dict:
             "put_MBps": round(mb / (t1 - t0), 1), "get_MBps": round(mb / (t2 - t1), 1)}
 
 
+def _reads(pairs: int, notes: dict, note: str = "align_reads") -> tuple[Path, Path]:
+    """The first ``pairs`` pairs of yeast SRR5204809 as plain FASTQ in bench/out (cached)."""
+    import gzip
+    import itertools
+
+    sys.path.insert(0, str(REPO / "bench"))
+    out = REPO / "bench" / "out" / f"store_yeast_{pairs}"
+    try:
+        from _common import real_sets
+
+        src = real_sets()["yeast"]
+        notes[note] = f"yeast SRR5204809, first {pairs} pairs (2x50)"
+    except SystemExit:
+        src = {"r1": REPO / "persona" / "data" / "sample_R1.fastq.gz", "r2": REPO / "persona" / "data" /
+               "sample_R2.fastq.gz", "ref": REPO / "persona" / "data" / "sample_reference.fasta"}
+        out = REPO / "bench" / "out" / f"store_sample_{pairs}"
+        notes[note] = "../shared/data absent: the packaged measles sample (4,000 pairs)"
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in ("r1", "r2"):
+        dst = out / f"{k}.fastq"
+        if not dst.exists():
+            with gzip.open(src[k], "rt") as f, open(dst.with_suffix(".tmp"), "w") as o:
+                o.write("".join(itertools.chain.from_iterable(itertools.islice(zip(*[f] * 4), pairs))))
+            os.replace(dst.with_suffix(".tmp"), dst)
+        files.append(dst)
+    refs = out.parent / f"store_refs_{out.name.split('_')[1]}"  # one index for every read count
+    if not (refs / "ref" / "reference.json").exists():
+        from persona.align.reference import add_reference
+
+        add_reference("ref", src["ref"], str(refs))
+    return files[0], files[1]
+
+
+def _bench_align(stores: dict[str, str], args: argparse.Namespace, notes: dict, tmp: Path) -> dict:
+    """Align one dataset with input and output in each store; median seconds, ratio local / store."""
+    from persona.apps.align import AlignRequest
+    from persona.apps.copy import copy_dataset
+    from persona.apps.importer import ImportRequest
+    from persona.runtime import Runtime
+
+    pairs = args.pairs or (10_000 if args.quick else 100_000)
+    chunk = args.chunk_pairs or max(1000, pairs // 5)
+    r1, r2 = _reads(pairs, notes)
+    refs = str(r1.parent.parent / f"store_refs_{r1.parent.name.split('_')[1]}")
+    local = str(tmp / "align-local")
+    out: dict = {"pairs": pairs, "chunk_pairs": chunk, "threads": args.threads, "runs": args.runs}
+    with Runtime(threads=args.threads) as rt:
+        rt.run(ImportRequest(inputs=(str(r1), str(r2)), output=local, name="reads", chunk_size=chunk))
+        locs = {"file": local}
+        for backend, url in stores.items():
+            copy_dataset(local, url, threads=8)
+            locs[backend] = url
+        # untimed warm-up: the reference index loads once per process, the aligner's pool starts
+        rt.run(AlignRequest(dataset=local, reference="ref", references_url=refs))
+        times: dict[str, list[float]] = {b: [] for b in locs}
+        for _ in range(args.runs):  # interleaved: drift on a shared machine hits every backend alike
+            for backend, loc in locs.items():
+                t0 = time.perf_counter()
+                rt.run(AlignRequest(dataset=loc, reference="ref", references_url=refs))
+                times[backend].append(time.perf_counter() - t0)
+    med = {b: statistics.median(v) for b, v in times.items()}
+    out["seconds"] = {b: round(v, 3) for b, v in med.items()}
+    out["ratio_local_over_store"] = {b: round(med["file"] / med[b], 3) for b in locs if b != "file"}
+    for b, v in med.items():
+        ratio = f"  ratio local/{b} {med['file'] / v:.3f}" if b != "file" else ""
+        print(f"align {b:5s} {pairs} pairs, {args.threads} threads: median {v:.2f} s{ratio}", flush=True)
+    return out
+
+
+def _cp_dataset(args: argparse.Namespace, notes: dict) -> str:
+    """The dataset ``persona cp`` moves: all 100,000 yeast pairs in chunks of 10,000 (6.5 MB), or
+    without --quick the simulated 1M pairs of bench/out/sim_1000000 when another bench made them;
+    imported once into bench/out and reused."""
+    from persona.apps.importer import ImportRequest
+    from persona.runtime import Runtime
+
+    sim = REPO / "bench" / "out" / "sim_1000000"
+    if not args.quick and (sim / "sim_R1.fastq.gz").exists():
+        r1, r2, tag = sim / "sim_R1.fastq.gz", sim / "sim_R2.fastq.gz", "sim1m"
+        notes["cp_reads"] = "simulated 1M pairs of sacCer3 (bench/out/sim_1000000)"
+    else:
+        r1, r2 = _reads(100_000, notes, "cp_reads")
+        tag = r1.parent.name
+        notes["cp_reads"] += ", chunks of 10,000 pairs"
+    loc = REPO / "bench" / "out" / f"store_cp_{tag}"
+    if not (loc / "reads_metadata.json").exists():
+        shutil.rmtree(loc, ignore_errors=True)
+        with Runtime(threads=args.threads) as rt:
+            rt.run(ImportRequest(inputs=(str(r1), str(r2)), output=str(loc), name="reads", chunk_size=10_000))
+    return str(loc)
+
+
+def _dataset_files(loc: str) -> list[Path]:
+    return sorted(p for p in Path(loc).iterdir() if p.is_file() and "_metadata" not in p.name
+                  and "writer" not in p.name)
+
+
+def _bench_cp(local: str, ceph_url: str | None, s3_url: str | None, root: Path | None, tmp: Path,
+              notes: dict) -> dict:
+    """persona cp file -> ceph -> s3 against rados put / aws s3 cp of the same bytes."""
+    from persona.apps.copy import copy_dataset
+
+    files = _dataset_files(local)
+    nbytes = sum(p.stat().st_size for p in files)
+    mb = nbytes / 1e6
+    out: dict = {"files": len(files), "MB": round(mb, 1)}
+    env = dict(os.environ)
+    if ceph_url is not None and root is not None:
+        t0 = time.perf_counter()
+        copy_dataset(local, ceph_url, threads=8)
+        ours = time.perf_counter() - t0
+        blob = tmp / "blob"
+        limit = 64 * MiB
+        parts, cur, size = [], [], 0
+        for p in files:
+            if cur and size + p.stat().st_size > limit:
+                parts.append(cur)
+                cur, size = [], 0
+            cur.append(p)
+            size += p.stat().st_size
+        parts.append(cur)
+        blobs = []
+        for i, group in enumerate(parts):  # concatenated before timing: rados put moves the same bytes
+            b = blob.with_suffix(f".{i}")
+            with open(b, "wb") as o:
+                for p in group:
+                    o.write(p.read_bytes())
+            blobs.append(b)
+        ns = f"bench-rados-{uuid.uuid4().hex[:8]}"
+        base = ["rados", "-c", str(root / "ceph.conf"), "--id", "persona", "--keyring",
+                str(root / "client.persona.keyring"), "-p", "persona", "-N", ns]
+        t0 = time.perf_counter()
+        for i, b in enumerate(blobs):
+            subprocess.run([*base, "put", f"blob{i}", str(b)], check=True, capture_output=True, timeout=300)
+        ref = time.perf_counter() - t0
+        for i, _ in enumerate(blobs):
+            subprocess.run([*base, "rm", f"blob{i}"], capture_output=True, timeout=60)
+        out["file_to_ceph"] = {"persona_cp_MBps": round(mb / ours, 1), "rados_put_MBps": round(mb / ref, 1),
+                               "ratio": round(ref / ours, 3)}
+        print(f"cp    file->ceph {mb:.1f} MB: persona cp {mb / ours:8.1f} MB/s  rados put {mb / ref:8.1f} MB/s  "
+              f"ratio {ref / ours:.3f}", flush=True)
+    if s3_url is not None:
+        src = ceph_url if ceph_url is not None else local
+        t0 = time.perf_counter()
+        copy_dataset(src, s3_url, threads=8)
+        ours = time.perf_counter() - t0
+        bucket = s3_url.split("://", 1)[1].split("/", 1)[0]
+        endpoint = os.environ.get("PERSONA_S3_ENDPOINT")
+        dest = f"s3://{bucket}/aws-cp-{uuid.uuid4().hex[:8]}"
+        staging = tmp / "aws-src"
+        staging.mkdir(exist_ok=True)
+        for p in files:
+            os.link(p, staging / p.name)
+        aws = shutil.which("aws")
+        refs: dict[str, float] = {}
+        if aws is not None:
+            cmd = [aws, "s3", "cp", "--recursive", "--only-show-errors", str(staging), dest]
+            if endpoint:
+                cmd += ["--endpoint-url", endpoint]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+            if proc.returncode == 0:
+                refs["aws s3 cp --recursive"] = time.perf_counter() - t0
+            else:
+                notes["aws_cli"] = f"aws s3 cp failed: {proc.stderr.strip()[-200:]}"
+        else:
+            notes["aws_cli"] = "absent: boto3 upload_file is the only reference"
+        import boto3
+        from concurrent.futures import ThreadPoolExecutor as Pool
+
+        client = boto3.client("s3", endpoint_url=endpoint)
+        prefix = f"boto3-{uuid.uuid4().hex[:8]}"
+        t0 = time.perf_counter()
+        with Pool(8) as pool:
+            list(pool.map(lambda p: client.upload_file(str(p), bucket, f"{prefix}/{p.name}"), files))
+        refs["boto3 upload_file x8"] = time.perf_counter() - t0
+        leg = "ceph_to_s3" if ceph_url is not None else "file_to_s3"
+        best = min(refs, key=refs.get)  # type: ignore[arg-type]
+        out[leg] = {"persona_cp_MBps": round(mb / ours, 1),
+                    "references_MBps": {k: round(mb / v, 1) for k, v in refs.items()},
+                    "references_from": "local files (the reference tools cannot read Ceph)",
+                    "ratio_vs_fastest_reference": round(refs[best] / ours, 3)}
+        shown = "  ".join(f"{k} {mb / v:8.1f} MB/s" for k, v in refs.items())
+        print(f"cp    {leg.replace('_to_', '->')} {mb:.1f} MB: persona cp {mb / ours:8.1f} MB/s  {shown}  "
+              f"ratio vs {best} {refs[best] / ours:.3f}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="less data per case (the whole run under a minute)")
     ap.add_argument("--backends", default="file,ceph,s3")
-    ap.add_argument("--sizes", default="1,16", help="chunk sizes in MiB")
+    ap.add_argument("--sizes", default=None, help="chunk sizes in MiB (default 1,4,16; --quick 1,4)")
     ap.add_argument("--inflight", default="1,8", help="requests in flight")
-    ap.add_argument("--mib-per-case", type=int, default=None, help="data per case (default 256, --quick 24)")
+    ap.add_argument("--mib-per-case", type=int, default=None, help="data per case (default 256, --quick 16)")
+    ap.add_argument("--sections", default="chunks,align,cp", help="which parts to run")
+    ap.add_argument("--pairs", type=int, default=None, help="read pairs to align (default 100000, --quick 10000)")
+    ap.add_argument("--chunk-pairs", type=int, default=None, help="pairs per chunk of the aligned dataset "
+                    "(default: a fifth of them)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="align threads (all backends)")
+    ap.add_argument("--runs", type=int, default=None, help="align runs per backend (default 3, --quick 1)")
     ap.add_argument("--ceph-url", default=None)
     ap.add_argument("--s3-url", default=None)
     ap.add_argument("--ceph-port", type=int, default=40400)
@@ -136,10 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmp", default=None, help="directory for the file backend (default: a temp dir)")
     args = ap.parse_args(argv)
     args._started = None
+    args.runs = args.runs or (1 if args.quick else 3)
     backends = [b for b in args.backends.split(",") if b]
-    sizes = [int(s) * MiB for s in args.sizes.split(",")]
+    sections = {x for x in args.sections.split(",") if x}
+    sizes = [int(s) * MiB for s in (args.sizes or ("1,4" if args.quick else "1,4,16")).split(",")]
     inflights = [int(x) for x in args.inflight.split(",")]
-    total = (args.mib_per_case or (24 if args.quick else 256)) * MiB
+    total = (args.mib_per_case or (16 if args.quick else 256)) * MiB
     notes: dict = {}
     t_start = time.perf_counter()
     args._cluster_dir = None
@@ -147,25 +357,51 @@ def main(argv: list[str] | None = None) -> int:
         args._cluster_dir = _cluster(args, notes)
     tmp = Path(args.tmp or tempfile.mkdtemp(prefix="persona-bench-store-"))
     results: dict[str, object] = {}
+    out: dict = {}
+    made_buckets: list[Store] = []
     try:
+        stores: dict[str, Store] = {}
         for backend in backends:
             store = _open(backend, args, notes, tmp)
             if isinstance(store, str):
                 results[backend] = {"skipped": store}
                 print(f"{backend:5s} skipped: {store}", flush=True)
                 continue
-            rows = []
-            for size in sizes:
-                for inflight in inflights:
-                    row = _case(store, size, inflight, total)
-                    rows.append(row)
-                    print(f"{backend:5s} {row['size_mib']:3d} MiB x{inflight}: put {row['put_MBps']:8.1f} MB/s  "
-                          f"get {row['get_MBps']:8.1f} MB/s  ({row['objects']} objects)", flush=True)
-            results[backend] = {"url": store.url.split("?")[0], "cases": rows}
+            stores[backend] = store
             if backend == "s3" and args.s3_url is None:
-                store._client.delete_bucket(Bucket=store.bucket)  # type: ignore[attr-defined]
-            store.close()
+                made_buckets.append(store)
+        if "chunks" in sections:
+            for backend, store in stores.items():
+                rows = []
+                for size in sizes:
+                    for inflight in inflights:
+                        row = _case(store, size, inflight, total)
+                        rows.append(row)
+                        print(f"{backend:5s} {row['size_mib']:3d} MiB x{inflight}: put {row['put_MBps']:8.1f} MB/s  "
+                              f"get {row['get_MBps']:8.1f} MB/s  ({row['objects']} objects)", flush=True)
+                results[backend] = {"url": store.url.split("?")[0], "cases": rows}
+        remote = {b: st.child(f"align-{uuid.uuid4().hex[:6]}").url for b, st in stores.items() if b != "file"}
+        if "align" in sections:
+            out["align"] = _bench_align(remote, args, notes, tmp)
+        if "cp" in sections and ({"ceph", "s3"} & set(stores)):
+            local = _cp_dataset(args, notes)
+            ceph = stores["ceph"].child(f"cp-{uuid.uuid4().hex[:6]}").url if "ceph" in stores else None
+            s3 = stores["s3"].child(f"cp-{uuid.uuid4().hex[:6]}").url if "s3" in stores else None
+            out["cp"] = _bench_cp(local, ceph, s3, args._cluster_dir, tmp, notes)
+        for backend, store in stores.items():
+            if backend != "file":
+                for k in store.list():
+                    store.delete(k)
     finally:
+        for store in made_buckets:
+            try:
+                client, bucket = store._client, store.bucket  # type: ignore[attr-defined]
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                    for obj in page.get("Contents", ()):
+                        client.delete_object(Bucket=bucket, Key=obj["Key"])
+                client.delete_bucket(Bucket=bucket)
+            except Exception as exc:  # noqa: BLE001 - a leftover bucket on a throwaway cluster
+                notes["cleanup"] = str(exc)
         if args.tmp is None:
             shutil.rmtree(tmp, ignore_errors=True)
         if args._started is not None:
@@ -177,9 +413,9 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             subprocess.run(["bash", str(REPO / "deploy" / "ceph.sh"), "purge", str(args._started)],
                            capture_output=True, timeout=120)
-    out = {"bench": "store", "quick": args.quick, "mib_per_case": total // MiB, "cpus": os.cpu_count(),
-           "wall_s": round(time.perf_counter() - t_start, 1), **notes, "results": results}
-    print(json.dumps(out))
+    summary = {"bench": "store", "quick": args.quick, "mib_per_case": total // MiB, "cpus": os.cpu_count(),
+               "wall_s": round(time.perf_counter() - t_start, 1), **notes, "chunks": results, **out}
+    print(json.dumps(summary))
     return 0
 
 
