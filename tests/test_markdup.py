@@ -279,3 +279,33 @@ def test_two_libraries_equal_picard(simulated_sam: Path, tmp_path: Path) -> None
     assert [m["LIBRARY"] for m in s.metrics] == ["Unknown Library", "libA", "libB"]
     one = Dataset.open(tmp_path / "agd", "ds_sorted")
     assert "tags" in one.columns
+
+
+def test_optical_large_sets_equal_picard(tmp_path: Path) -> None:
+    """Optical duplicates in sets of 2, 3, 5 and 1,500 pairs (Illumina names: tile, x, y), with clusters
+    linked only through other ends: Picard's clustering for sets of 4 and more, its pairwise comparison
+    below; the same READ_PAIR_OPTICAL_DUPLICATES and flags as Picard."""
+    rng = random.Random(9)
+    ref = "".join(REF.read_text().split("\n")[1:])
+    head = ["@HD\tVN:1.6\tSO:unsorted", f"@SQ\tSN:MH356245.1\tLN:{len(ref)}"]
+    body = []
+    n = 0
+    for start, size in ((1000, 2), (3000, 3), (5000, 5), (7000, 1500)):
+        centers = [(rng.randrange(1101, 1103), rng.randrange(1000, 30000), rng.randrange(1000, 30000))
+                   for _ in range(max(1, size // 12))]
+        for k in range(size):
+            tile, cx, cy = rng.choice(centers)
+            # chains: ends 70 px apart link clusters transitively (each within 100 px of the next)
+            x, y = cx + rng.randrange(-150, 150), cy + rng.randrange(-150, 150)
+            name = f"M1:7:FC1:1:{tile}:{x}:{y}"
+            n += 1
+            q1 = "".join(chr(33 + rng.choice([20, 30, 37])) for _ in range(100))
+            q2 = "".join(chr(33 + rng.choice([20, 30, 37])) for _ in range(100))
+            s1, s2 = ref[start:start + 100], ref[start + 200:start + 300]
+            body.append(f"{name}\t99\tMH356245.1\t{start + 1}\t60\t100M\t=\t{start + 201}\t300\t{s1}\t{q1}")
+            body.append(f"{name}\t147\tMH356245.1\t{start + 201}\t60\t100M\t=\t{start + 1}\t-300\t{s2}\t{q2}")
+    sam = tmp_path / "optical.sam"
+    sam.write_text("\n".join(head + body) + "\n")
+    s, differ, picard_dups = _compare_with_picard(sam, tmp_path, 800)
+    assert differ == 0 and s.duplicates == picard_dups == 2 * (1 + 2 + 4 + 1499)
+    assert int(s.metrics[0]["READ_PAIR_OPTICAL_DUPLICATES"]) > 100
