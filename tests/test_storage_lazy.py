@@ -116,3 +116,18 @@ def test_object_changed_while_read_is_an_error() -> None:
     store.put("obj", DATA[: 2 * KiB])  # replaced by a shorter object while being read
     with pytest.raises(StoreError, match="ended early"):
         list(r)
+
+
+def test_block_size_and_prefetch_from_the_config() -> None:
+    from persona.config import load_config, set_config
+
+    store = open_store(f"memory://lazy-{uuid.uuid4().hex[:8]}")
+    store.put("obj", DATA[:300 * KiB])
+    set_config(load_config(env={}, overrides={"storage.read_block_kb": 64, "storage.read_prefetch": 3}))
+    try:
+        r = BlockReader(store, "obj")
+        assert (r.block_size, r.prefetch) == (64 * KiB, 3)
+        assert len(list(r)) == 5
+    finally:
+        set_config(None)
+    assert BlockReader(store, "obj", block_size=100 * KiB).prefetch == 2

@@ -70,10 +70,23 @@ def read_async(store: Store, key: str, start: int = 0, length: int | None = None
     return _executor().submit(store.get_range, key, start, length)
 
 
+def _configured(block_size: int | None, prefetch: int | None) -> tuple[int, int]:
+    """``storage.read_block_kb`` / ``storage.read_prefetch`` for what the caller left None."""
+    try:
+        from persona.config import get_config
+
+        st = get_config().storage
+        cfg_block, cfg_prefetch = st.read_block_kb << 10, st.read_prefetch
+    except Exception:  # noqa: BLE001 - an unreadable user config must not break reads: the defaults
+        cfg_block, cfg_prefetch = DEFAULT_BLOCK_SIZE, DEFAULT_PREFETCH
+    return (cfg_block if block_size is None else block_size, cfg_prefetch if prefetch is None else prefetch)
+
+
 class BlockReader:
     """The bytes ``[start, start+length)`` of one object (all of it by default), in blocks.
 
-    ``BlockReader(store, key, block_size=4 MiB, prefetch=2)``:
+    ``BlockReader(store, key, block_size=None, prefetch=None)`` (None: the configured
+    ``storage.read_block_kb`` and ``storage.read_prefetch``, 4 MiB and 2 by default):
 
     * ``for block in reader`` yields ``bytes`` blocks in order, each ``block_size`` long but
       the last; ``reader.read(n)`` returns up to ``n`` bytes (all that is left for ``n < 0``)
@@ -87,9 +100,11 @@ class BlockReader:
     One ``size`` call (a stat) happens at construction when ``length`` is None.
     """
 
-    def __init__(self, store: Store, key: str, block_size: int = DEFAULT_BLOCK_SIZE,
-                 prefetch: int = DEFAULT_PREFETCH, *, start: int = 0, length: int | None = None) -> None:
+    def __init__(self, store: Store, key: str, block_size: int | None = None,
+                 prefetch: int | None = None, *, start: int = 0, length: int | None = None) -> None:
         validate_key(key)
+        if block_size is None or prefetch is None:
+            block_size, prefetch = _configured(block_size, prefetch)
         if block_size < 1 or prefetch < 1 or start < 0 or (length is not None and length < 0):
             raise StoreUsageError(f"bad block reader: block_size={block_size} prefetch={prefetch} "
                                   f"start={start} length={length}", key=key, store=store.url)
