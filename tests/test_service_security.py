@@ -141,18 +141,6 @@ def test_tls_with_wrong_or_missing_token_is_unauthenticated(tls_server, pki):
                 assert e.value.code == "UNAUTHENTICATED"
 
 
-def test_cli_tls_ca_flag(tls_server, pki, tmp_path):
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
-    base = [sys.executable, "-m", "persona.cli", "status", "--address", tls_server.address, "--token",
-            tls_server.service.token, "--json"]
-    ok = subprocess.run([*base, "--tls-ca", str(pki["ca"])], capture_output=True, text=True, timeout=60, env=env)
-    assert ok.returncode == 0, ok.stderr
-    plain = subprocess.run(base, capture_output=True, text=True, timeout=60, env=env)
-    assert plain.returncode != 0 and "UNAVAILABLE" in plain.stderr
-
-
 def test_bad_tls_settings_are_named(tmp_path, pki):
     from persona.service import security
     from persona.service.security import TlsError
@@ -318,3 +306,41 @@ def test_service_refuses_escaping_requests_over_tls(tls_server, pki, tmp_path):
             with pytest.raises(ServiceError) as e:
                 c.submit(bad)
             assert e.value.code == "INVALID_ARGUMENT" and ("outside" in str(e.value) or "'..'" in str(e.value))
+
+
+def test_persona_serve_tls_flags(tmp_path, pki):
+    """``persona serve --tls-cert --tls-key`` (a real process) and ``persona status --tls-ca``."""
+    import signal
+    import sys
+    import time
+
+    _config(tmp_path)  # writes persona.yaml (no TLS in it: the flags turn it on)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    persona = [sys.executable, "-m", "persona.cli", "--config", str(tmp_path / "persona.yaml")]
+    addr = tmp_path / "addr"
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([*persona, "serve", "--tls-cert", str(pki["server_crt"]), "--tls-key",
+                             str(pki["server_key"]), "--address-file", str(addr)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not addr.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+        address = addr.read_text().strip()
+        ok = subprocess.run([*persona, "status", "--address", address, "--tls-ca", str(pki["ca"])],
+                            capture_output=True, text=True, timeout=60, env=env)
+        assert ok.returncode == 0 and "running" in ok.stdout, ok.stderr
+        plain = subprocess.run([*persona, "status", "--address", address], capture_output=True, text=True,
+                               timeout=60, env=env)
+        assert plain.returncode != 0 and "UNAVAILABLE" in plain.stderr
+        assert "(TLS)" in (tmp_path / "serve.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    assert proc.returncode == 0
