@@ -94,6 +94,8 @@ def align_threads(results: dict[str, Any]) -> Result:
                 st = data.at(e, "sets", s, k)
                 if st is not None and t:
                     label = k.removesuffix("_reads_s").replace("_", " ")
+                    label = {"kernel": "mappy loop (bare)", "mm2 kernel": "persona's kernel (bare loop)"}.get(
+                        label, label)
                     if label == "binary":
                         label = f"{j.get('binary', aligner or 'minimap2')} binary"
                     elif aligner:
@@ -415,7 +417,9 @@ def store_rates(results: dict[str, Any]) -> Result:
     es = [e for e in data.entries(results, "store") if data.runs(e)]
     if not es:
         return _why(results, "store")
-    res = _dicts(data.first(es[0]).get("results"))
+    j = data.first(es[0])
+    top = "chunks" if isinstance(j.get("chunks"), dict) else "results"  # the key changed once: read both
+    res = _dicts(j.get(top))
     rows = []
     for backend, r in res.items():
         cases = r.get("cases")
@@ -423,7 +427,7 @@ def store_rates(results: dict[str, Any]) -> Result:
             if not isinstance(case, dict):
                 continue
             for op in ("put", "get"):
-                st = data.at(es[0], "results", backend, "cases", i, f"{op}_MBps")
+                st = data.at(es[0], top, backend, "cases", i, f"{op}_MBps")
                 if st is not None:
                     rows.append((f"{backend} {op} {case.get('size_mib')} MiB x{case.get('inflight')}", st))
     if not rows:
@@ -437,34 +441,43 @@ def store_rates(results: dict[str, Any]) -> Result:
 
 # -- every ratio at a glance --------------------------------------------------------------------------
 def ratios(results: dict[str, Any]) -> Result:
-    rows = ratio_rows(results)
+    rows = ratio_rows(results, headline=True)
     if not rows:
         return "no benchmark produced a ratio"
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 0.26 * len(rows) + 1.3))
-    y = list(range(len(rows)))
-    sts = [r[2] for r in rows]
-    ax.barh(y, [s.median for s in sts], xerr=_err(sts), capsize=2,
-            color=[OURS if data.goal_met(r[1], s.median, 1.0 if r[3] is None else r[3]) else OTHER
-                   for r, s in zip(rows, sts)])
-    for yi, r in zip(y, rows):
-        if r[3] is not None:
-            ax.plot([r[3], r[3]], [yi - 0.4, yi + 0.4], color="k", linewidth=2)
+    fig, ax = plt.subplots(figsize=(8, 0.24 * len(rows) + 1.3))
+    for y, (_, path, st, goal) in enumerate(rows):
+        met = data.goal_met(path, st.median, 1.0 if goal is None else goal)
+        ax.errorbar([st.median], [y], xerr=[[st.median - st.lo], [st.hi - st.median]], fmt="o", capsize=2,
+                    color=OURS if met else OTHER)
+        if goal is not None:
+            ax.plot([goal], [y], marker="|", color="k", markersize=11, markeredgewidth=2)
     ax.axvline(1.0, color="k", linestyle=":", linewidth=1)
-    ax.set_yticks(y, [f"{r[0]}: {r[1]}" for r in rows], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("ratio (black tick: the benchmark's goal; orange: short of it, or of 1 where none)")
-    ax.set_title("every ratio measured side by side", fontsize=10)
+    ax.set_xscale("log")
+    lo = min(min(r[2].lo for r in rows), min((r[3] for r in rows if r[3]), default=1.0), 1.0)
+    hi = max(max(r[2].hi for r in rows), 1.0)
+    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
+             if lo / 2.5 <= t <= hi * 2.5]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_yticks(range(len(rows)), [f"{r[0]}: {r[1].removeprefix('sets.')}" for r in rows], fontsize=7)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel("ratio, log scale (|: the benchmark's goal; orange: short of it, or of 1 where none)")
+    ax.set_title("every headline ratio measured side by side", fontsize=10)
+    ax.grid(alpha=0.3, axis="x", which="both")
     fig.tight_layout()
     return fig
 
 
-def ratio_rows(results: dict[str, Any]) -> list[tuple[str, str, Stat, float | None]]:
-    """(benchmark, ratio path, median/spread, goal) for every ratio in every benchmark."""
+def ratio_rows(results: dict[str, Any], headline: bool = False) -> list[tuple[str, str, Stat, float | None]]:
+    """(benchmark, ratio path, median/spread, goal) for every ratio in every benchmark; ``headline``
+    leaves out the non-default variants (bench_size's other compression levels)."""
     rows = []
     for key, e in results.get("benchmarks", {}).items():
         j = data.first(e)
         for path in data.ratio_paths(j):
+            if headline and "variants" in path and path[path.index("variants") + 1:][:1] != ("default",):
+                continue
             st = data.at(e, *path)
             if st is not None:
                 rows.append((key, ".".join(path), st, data.goal_for(j, path)))

@@ -54,7 +54,8 @@ def _status_rows(results: dict[str, Any]) -> list[list[str]]:
         ok = sum(r.get("status") == "ok" for r in reps)
         wall = data.stat([r.get("wall_s") for r in reps])
         rows.append([key, e.get("status", "not-run"), f"{ok}/{len(reps)}" if reps else "-",
-                     f"{wall.median:.0f}" if wall else "-", " ".join(e.get("args", [])) or "-"])
+                     f"{wall.median:.0f}" if wall else "-", " ".join(e.get("args", [])) or "-",
+                     f"{(e.get('commit') or '-')[:10]} {e.get('at', '')}".strip()])
     return rows
 
 
@@ -87,7 +88,9 @@ def _machine_lines(results: dict[str, Any]) -> list[str]:
         f"{' — ' + g['subject'] if g.get('subject') else ''}",
         f"run: {results.get('started', '?')} to {results.get('finished', '(unfinished)')}, "
         f"{'quick' if results.get('quick') else 'full'}, {results.get('reps', '?')} repetition(s) per benchmark",
-    ]
+    ] + ([f"kept from the run of {results['updated_from'].get('started')}: "
+          f"{', '.join(results['updated_from'].get('kept', []))} (see 'measured at')"]
+         if results.get("updated_from") else [])
 
 
 def _tool_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -114,7 +117,7 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
 def render_md(results: dict[str, Any], figs: list[tuple[plots.Figure, Path | None, str]]) -> str:
     parts = ["# Persona benchmark report", "", *[f"- {ln}" for ln in _machine_lines(results)], "",
              "## How to read it", "", HOW_TO_READ, "",
-             "## Benchmarks", "", _md_table(["benchmark", "status", "reps ok", "median wall s", "arguments"],
+             "## Benchmarks", "", _md_table(["benchmark", "status", "reps ok", "median wall s", "arguments", "measured at"],
                                              _status_rows(results)), "",
              "## Against the thesis", "",
              _md_table(["claim", "thesis", "ours (median [range])", "comparable", "why"],
@@ -167,7 +170,7 @@ def render_html(results: dict[str, Any], figs: list[tuple[plots.Figure, Path | N
     body += ["</ul><h2>How to read it</h2>"]
     body += [f"<p>{e(p).replace('**', '')}</p>" for p in HOW_TO_READ.split("\n\n")]
     body += ["<h2>Benchmarks</h2>",
-             _h_table(["benchmark", "status", "reps ok", "median wall s", "arguments"], _status_rows(results), 1),
+             _h_table(["benchmark", "status", "reps ok", "median wall s", "arguments", "measured at"], _status_rows(results), 1),
              "<h2>Against the thesis</h2>",
              _h_table(["claim", "thesis", "ours (median [range])", "comparable", "why"],
                       [[r.claim, r.thesis, r.ours, r.comparable, r.why] for r in thesis.rows(results)]),

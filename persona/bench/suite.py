@@ -184,6 +184,17 @@ def inputs_record(cache: Path) -> dict[str, Any]:
     return {"cache": str(cache), "cached": files[:60], "real_data": data, "real": real}
 
 
+def _previous(path: Path, quick: bool) -> dict[str, Any] | None:
+    """An earlier results.json in the output folder, when it is a run of the same kind."""
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(prev, dict) or not isinstance(prev.get("benchmarks"), dict) or prev.get("quick") != quick:
+        return None
+    return prev
+
+
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
@@ -224,10 +235,28 @@ def run_suite(out: Path, *, quick: bool = False, only: list[str] | None = None, 
         "machine": mach, "git": environment.git_state(root),
         "tools": environment.find_tools(install, say), "benchmarks": {},
     }
+    previous = _previous(out / "results.json", quick) if only else None
+    if previous is not None:
+        # --only refreshes those benchmarks in an earlier run's results, keeping the others (each entry
+        # records the commit and time it was measured at)
+        kept = {k: v for k, v in previous["benchmarks"].items() if v.get("name") not in names}
+        results["benchmarks"] = kept
+        results["updated_from"] = {"started": previous.get("started"), "git": previous.get("git"),
+                                   "kept": sorted(kept)}
+        say(f"keeping {len(kept)} earlier results of {out / 'results.json'}; re-running {', '.join(names)}")
     missing = [k for k, v in results["tools"].items() if "missing" in v]
     if missing:
         say(f"reference tools not available: {', '.join(missing)} (the benchmarks needing them say so)")
     cores = mach.get("cpus_usable") or 1
+    common = bench_dir / "_common.py"
+    if not quick and common.exists():
+        # the simulated reads several full benchmarks share: made once here (minutes), then cached
+        say(f"making the simulated inputs (once; cached in {cache}) ...")
+        results["inputs_step"] = run_once([sys.executable, str(common)], root, env, out / "logs" / "inputs",
+                                          timeout, say, "inputs")
+        if results["inputs_step"]["returncode"] == 0:  # it prints the paths, not a JSON object
+            results["inputs_step"]["status"] = "ok"
+        say(f"    inputs: {results['inputs_step']['status']} in {results['inputs_step']['wall_s']:.0f} s")
     for i, name in enumerate(names, 1):
         script = scripts.get(name)
         if script is None:
@@ -238,7 +267,9 @@ def run_suite(out: Path, *, quick: bool = False, only: list[str] | None = None, 
         for v in plan(name, script_help(script, env, min(60.0, timeout)), quick, cores):
             key = v.key(name)
             entry: dict[str, Any] = {"name": name, "variant": v.label, "params": v.params,
-                                     "script": str(script.relative_to(root)), "args": list(v.args), "reps": []}
+                                     "script": str(script.relative_to(root)), "args": list(v.args), "reps": [],
+                                     "commit": results["git"].get("commit"),
+                                     "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
             results["benchmarks"][key] = entry
             for r in range(reps):
                 say(f"[{i}/{len(names)}] {key} rep {r + 1}/{reps}: {script.name} {' '.join(v.args)}")
