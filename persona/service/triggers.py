@@ -13,7 +13,7 @@ Every ``poll`` seconds the prefix is listed (any :class:`~persona.storage.base.S
 * an **AGD dataset**: a manifest ``<name>_metadata.json`` (written last, when the dataset's
   transaction commits: its presence means the dataset is complete). The chain is ``--then``
   (without ``import``) on that dataset. Datasets under ``output`` are the triggers' own results
-  and are never picked up.
+  and are never picked up (``output`` equal to the watched prefix: only FASTQ pairs are inputs).
 
 Idempotency: each input is submitted with the idempotency key ``trigger:<sha256 of the store
 URL, the input's keys and the chain>``; the request table (SQLite) keeps the key, so the same input
