@@ -49,6 +49,9 @@ def test_watcher_pairs_naming_conventions_and_stable_sizes():
     assert w2.observe({"s_R1.fq": 4, "s_R2.fq": 4}) == []  # grew
     (ready,) = w2.observe({"s_R1.fq": 4, "s_R2.fq": 4})
     assert ready == Found("fastq-pair", "s", "", ("s_R1.fq", "s_R2.fq"))
+    # an input that left the listing is forgotten (bounded memory); back again, it is found again
+    assert w.observe({}) == [] and not w._reported
+    assert [f.name for f in w.observe({"ds/yeast_metadata.json": 100})] == ["yeast"]
     # forget: reported again at the next poll where it is ready
     w2.forget(ready)
     assert w2.observe({"s_R1.fq": 4, "s_R2.fq": 4}) == [ready]

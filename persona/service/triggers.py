@@ -109,6 +109,9 @@ class Watcher:
             if all(sizes[k] > 0 and previous.get(k) == sizes[k] for k in (r1, r2)):
                 found.append(Found("fastq-pair", _dataset_name(sample + tail), directory, (r1, r2)))
         out = [f for f in found if f.keys not in self._reported]
+        # remember only inputs still listed: memory follows the listing, not the service's age (an
+        # input that comes back is found again; the request table's idempotency key stops a rerun)
+        self._reported = {k for k in self._reported if all(x in sizes for x in k)}
         self._reported.update(f.keys for f in out)
         return out
 
