@@ -210,12 +210,16 @@ def _copy_files(ds: Dataset, dst: Store, dname: str, cols: Sequence[str], attemp
     src, manifest = ds.store, ds.manifest
     lock = threading.Lock()
     sums: dict[tuple[int, str], str] = {}
+    # One listing says which files an earlier attempt left (a resumed copy); the others need no
+    # round trip to find out they are not there yet.
+    present = {k for k in dst.list(f"{dname}_") if f"~{attempt}." in k} if dst.supports_listing else None
 
     def one(i: int, ref: ChunkRef, col: str) -> None:
         src_key = ref.key(col)
         dst_key = f"{chunk_path(dname, ref.first)}~{attempt}.{col}"
         expected = ref.checksums.get(col)
-        if expected and _existing_matches(dst, dst_key, expected, None):
+        maybe_there = present is None or dst_key in present
+        if expected and maybe_there and _existing_matches(dst, dst_key, expected, None):
             with lock:
                 summary.files_skipped += 1
                 sums[(i, col)] = expected
