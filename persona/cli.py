@@ -646,6 +646,7 @@ EXAMPLES = {
   persona export /data/agd/yeast out.bam                 BAM (format from the suffix)
   persona export /data/agd/yeast - | samtools sort -o s.bam -    to a pipe (SAM unless -f bam)
   persona export /data/agd/yeast - -f bam | samtools view -c -
+  persona export /data/agd/yeast_sorted r.bam chr1:1000-2000 chr2   regions of a coordinate-sorted dataset
   persona export /data/agd/yeast r1.fq.gz r2.fq.gz      paired FASTQ""",
     "align": """examples:
   persona reference add sacCer3 sacCer3.fa
@@ -678,6 +679,17 @@ EXAMPLES = {
     "demo": """examples:
   persona demo
   persona demo --workdir /tmp/demo""",
+    "sort": """examples:
+  persona sort /data/agd/yeast                           coordinate order into yeast_sorted
+  persona sort /data/agd/yeast --order queryname -o /data/agd/byname
+  persona sort /data/agd/yeast --markdup -M dup_metrics.txt   mark duplicates during the merge""",
+    "align-sort": """examples:
+  persona import R1.fq.gz R2.fq.gz -o /data/agd -n s1 -R '@RG\\tID:r1\\tSM:s1\\tLB:lib1'
+  persona align-sort /data/agd -n s1 -r sacCer3 --markdup -M dup_metrics.txt
+  persona export /data/agd s1.bam -n s1_sorted             sorted, duplicate-marked, indexed BAM""",
+    "markdup": """examples:
+  persona markdup /data/agd/yeast_sorted -M dup_metrics.txt       flag 0x400 in place
+  persona markdup /data/agd/yeast_sorted --remove                 a new dataset without duplicates""",
     "bench": """examples:
   persona bench --quick --out bench/report
   persona bench --only align,sort --reps 3
@@ -692,7 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="persona", description=__doc__.splitlines()[0],
         epilog="examples:\n  persona demo\n  persona import R1.fq.gz R2.fq.gz -o ds && persona align ds -r ref "
-               "&& persona export ds out.bam\n\n'persona COMMAND --help' shows each command's options.",
+               "&& persona export ds out.bam\n  persona import R1.fq.gz R2.fq.gz -o ds && persona align-sort ds -r ref "
+               "--markdup -o sorted && persona export sorted out.bam\n\n'persona COMMAND --help' shows each "
+               "command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action=_VersionAction, help="print the version and exit")
     p.add_argument("--config", default=os.environ.get("PERSONA_CONFIG"),
@@ -907,7 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
     threads(sp, "threads")
 
     sp = add("demo", cmd_demo,
-             "the embedded default job on the bundled sample: import, align, export BAM, summary")
+             "the embedded default job on the bundled sample: import, align-sort --markdup, export BAM, summary")
     sp.add_argument("--workdir", help="where to put the outputs (default: a new temporary directory)")
 
     sp = add("bench", cmd_bench, "run the benchmark suite of bench/ and write a report with plots")

@@ -1,7 +1,8 @@
 """The embedded default job: the whole chain on the bundled sample, local files, one process.
 
-import FASTQ pair -> index the reference -> align -> sort by coordinate -> mark duplicates
--> export an indexed BAM -> summary.
+import FASTQ pair -> index the reference -> align-sort --markdup (align, sort by coordinate and mark
+duplicates in one request: thesis §5.7's fused pipeline, duplicates marked during the merge) ->
+export an indexed BAM -> summary.
 Each step calls the same library function as its CLI command, so the demo is
 also a smoke test of a fresh installation.
 """
@@ -29,12 +30,10 @@ def sample_files() -> dict[str, Path]:
 
 def run_demo(workdir: str | None = None, *, out=print, runtime=None) -> int:
     from persona.align.reference import add_reference
-    from persona.apps.align import align_dataset
+    from persona.apps.align_sort import AlignSortRequest
     from persona.apps.export_sam import export_sam
     from persona.apps.import_fastq import import_fastq
     from persona.apps.info import dataset_info
-    from persona.apps.markdup import MarkdupRequest
-    from persona.apps.sort import SortRequest
     from persona.apps.stats import alignment_stats
     from persona.runtime import default_runtime
 
@@ -56,11 +55,11 @@ def run_demo(workdir: str | None = None, *, out=print, runtime=None) -> int:
     step("import", import_fastq, files["r1"], files["r2"], out=dataset, name="sample", chunk_size=1000,
          runtime=runtime)
     step("reference", add_reference, "measles", files["reference"], store_url=refs)
-    step("align", align_dataset, dataset, "measles", references_url=refs, runtime=runtime)
     rt = runtime or default_runtime()
     sorted_ds = str(base / "sorted")
-    step("sort", rt.run, SortRequest(dataset=dataset, output=sorted_ds, order="coordinate"))
-    step("markdup", rt.run, MarkdupRequest(dataset=sorted_ds, metrics=str(base / "duplicate_metrics.txt")))
+    step("align-sort", rt.run, AlignSortRequest(dataset=dataset, output=sorted_ds, reference="measles",
+                                                references_url=refs, markdup=True,
+                                                metrics=str(base / "duplicate_metrics.txt")))
     # primary records only, so the BAM is coordinate-sorted and gets its .bai
     step("export", export_sam, sorted_ds, bam, fmt="bam", read_group={"PL": "ILLUMINA"}, runtime=runtime,
          secondary=False)
@@ -71,6 +70,7 @@ def run_demo(workdir: str | None = None, *, out=print, runtime=None) -> int:
     out(f"{'step':<10} {'seconds':>8}")
     for label, secs in timings:
         out(f"{label:<10} {secs:>8.2f}")
+    out(f"{'total':<10} {sum(s for _, s in timings):>8.2f}")
     out("")
     out(f"reads            {stats.total:,} ({info['chunks']} chunks, {info['bytes_total']:,} bytes AGD)")
     out(f"mapped           {stats.mapped:,} ({stats.pct(stats.mapped, stats.total):.2f}%)")
