@@ -32,8 +32,12 @@ def _with_extras(results: dict[str, Any]) -> dict[str, Any]:
     """The recorded set plus benchmarks in the shapes the report also reads (accuracy per
     aligner, a scale-out series, a recovery time), for the figures no recorded run has yet."""
     r = copy.deepcopy(results)
-    acc = {"aligners": {"persona-minimap2": {"reads": 20000, "correct_mapq10": 19500, "wrong_mapq10": 12},
-                        "bwa": {"reads": 20000, "correct_mapq10": 19400, "wrong_mapq10": 20}}}
+    acc = {"wgsim.persona minimap2": {"reads": 40000, "mapped": 0.99, "correct": 0.98, "correct_q10": 0.975,
+                                      "wrong_q10": 0.0006, "wrong_among_q10": 0.0007, "reads_s": 52000},
+           "wgsim.bwa mem": {"reads": 40000, "mapped": 0.99, "correct": 0.979, "correct_q10": 0.97,
+                             "wrong_q10": 0.001, "wrong_among_q10": 0.0011, "reads_s": 21000},
+           "minibwa_vs_bwa_speed": {"wgsim": 1.2},
+           "counts": {"persona": {"reads": 20000, "correct_mapq10": 19500, "wrong_mapq10": 12}}}
     r["benchmarks"]["align_accuracy"] = {"name": "align_accuracy", "variant": "", "status": "ok",
                                          "reps": [{"status": "ok", "wall_s": 3.0, "json": acc}]}
     svc = {"scale_out": {"1": {"throughput_records_s": 1000.0}, "2": {"throughput_records_s": 1900.0},
@@ -125,7 +129,8 @@ def test_unexpected_shapes_do_not_break_the_report(recorded: dict[str, Any]) -> 
 def test_figures_for_accuracy_scale_out_and_recovery(rendered: tuple[dict[str, Any], dict[str, Path]]) -> None:
     r, paths = rendered
     assert plots._accuracy_rows(data.first(r["benchmarks"]["align_accuracy"])) == [
-        ("persona-minimap2", 0.975, 0.0006), ("bwa", 0.97, 0.001)]
+        ("wgsim.persona minimap2", 0.975, 0.0006), ("wgsim.bwa mem", 0.97, 0.001),
+        ("counts/persona", 0.975, 0.0006)]  # counts are read as fractions of the reads
     for fid in ("align_accuracy", "scale_out", "recovery"):
         assert paths[fid].read_bytes().startswith(PNG_MAGIC), fid
     eff = {row.claim: row for row in thesis.rows(r)}["Figure 6.3: scale-out of align"]

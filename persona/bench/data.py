@@ -98,8 +98,8 @@ def ratio_paths(obj: dict[str, Any]) -> list[tuple[str, ...]]:
     """Paths of the ratios a benchmark prints (``ratio*``, ``*_over_*``, ``*speedup*``, ``vs_*``)."""
     def is_ratio(k: str) -> bool:
         k = k.lower()
-        return (k.startswith("ratio") or "_over_" in k or "speedup" in k or k.startswith("vs_")
-                or k.startswith("agreement")) and not k.startswith("goal")
+        return (k.startswith("ratio") or "_over_" in k or "_vs_" in k or "speedup" in k or k.startswith("vs_")
+                or k.startswith("agree")) and not k.startswith("goal")
 
     # the leaf itself (``ratio_vs_binary``) or a dict of them (``ratio_local_over_store: {ceph: ..}``)
     return numeric_leaves(obj, lambda p: is_ratio(p[-1]) or (len(p) > 1 and is_ratio(p[-2])))

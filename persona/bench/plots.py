@@ -44,7 +44,8 @@ def _why(results: dict[str, Any], name: str, what: str = "") -> str:
 
 
 def _is_ours(label: str) -> bool:
-    return label.lower().startswith(("persona", "ours", "agd"))
+    low = label.lower()
+    return "persona" in low or low.startswith(("ours", "agd"))
 
 
 def _err(stats: list[Stat]) -> list[list[float]]:
@@ -141,7 +142,7 @@ def _accuracy_rows(obj: Any) -> list[tuple[str, float, float]]:
             if not total:
                 continue
             c, w = c / total, w / total
-        rows.append(("/".join(p for p in path if p not in ("aligners", "sets", "results")) or "aligner", c, w))
+        rows.append(("/".join(path) or "aligner", c, w))
     return rows
 
 
@@ -149,11 +150,19 @@ def align_accuracy(results: dict[str, Any]) -> Result:
     es = [e for e in data.entries(results, "align_accuracy") if data.runs(e)]
     if not es:
         return _why(results, "align_accuracy")
-    rows = _accuracy_rows(data.first(es[0]))
+    j = data.first(es[0])
+    rows = _accuracy_rows(j)
     if not rows:
         return _why(results, "align_accuracy", "correct/wrong figures")
+    # the speed of each aligner on the same reads, where the benchmark reports it
+    speed = [(label, st) for label in (r[0] for r in rows)
+             if (st := data.at(es[0], *label.split("/"), "reads_s")) is not None]
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.6))
+    height = 0.42 * len(rows) + 1.6
+    if speed:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(8, height))
     y = list(range(len(rows)))
     ax.barh(y, [r[1] for r in rows], color=[OURS if _is_ours(r[0]) else THEIRS for r in rows], label="correct")
     ax.barh(y, [r[2] for r in rows], left=[r[1] for r in rows], color="#d62728", label="wrong")
@@ -162,10 +171,13 @@ def align_accuracy(results: dict[str, Any]) -> Result:
     for yi, r in zip(y, rows):
         ax.annotate(f" {100 * r[1]:.2f}% correct, {100 * r[2]:.3f}% wrong", (r[1] + r[2], yi), va="center",
                     fontsize=7)
-    ax.set_xlim(0, 1.45)
-    ax.set_xlabel("fraction of reads (MAPQ >= 10 where reported)")
+    ax.set_xlim(0, 1.6)
+    ax.set_xlabel("fraction of all reads (MAPQ >= 10 where reported)")
     ax.set_title("aligner accuracy on simulated reads", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
+    if speed:
+        _bars(ax2, [s[0] for s in speed], [s[1] for s in speed], "reads / s (index load included)",
+              "speed on the same reads")
     fig.tight_layout()
     return fig
 

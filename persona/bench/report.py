@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -163,12 +164,18 @@ def _h_table(headers: list[str], rows: list[list[str]], status_col: int | None =
     return "".join(out) + "</table>"
 
 
+def _inline(text: str) -> str:
+    """The markdown of HOW_TO_READ (bold, code) as HTML."""
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def render_html(results: dict[str, Any], figs: list[tuple[plots.Figure, Path | None, str]]) -> str:
     e = html.escape
     body = ["<h1>Persona benchmark report</h1><ul>"]
     body += [f"<li>{e(ln)}</li>" for ln in _machine_lines(results)]
     body += ["</ul><h2>How to read it</h2>"]
-    body += [f"<p>{e(p).replace('**', '')}</p>" for p in HOW_TO_READ.split("\n\n")]
+    body += [f"<p>{_inline(e(p))}</p>" for p in HOW_TO_READ.split("\n\n")]
     body += ["<h2>Benchmarks</h2>",
              _h_table(["benchmark", "status", "reps ok", "median wall s", "arguments", "measured at"], _status_rows(results), 1),
              "<h2>Against the thesis</h2>",

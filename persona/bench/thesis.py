@@ -24,17 +24,25 @@ class Row:
     why: str
 
 
-def _stat(results: dict[str, Any], name: str, *path: Any, variant: str | None = None) -> Stat | None:
-    """The figure from the entry of ``name`` (the variant with the most threads when there are several)."""
+def _threads_of(e: dict[str, Any]) -> int:
+    t = e.get("params", {}).get("threads") or data.first(e).get("threads") or 0
+    return int(t) if data.is_number(t) else 0
+
+
+def _measured(results: dict[str, Any], name: str, *path: Any) -> tuple[Stat | None, int]:
+    """The figure from the entry of ``name`` (the variant with the most threads when there are
+    several), and that entry's thread count."""
     es = [e for e in data.entries(results, name) if data.runs(e)]
-    if variant is not None:
-        es = [e for e in es if e.get("variant") == variant]
-    es.sort(key=lambda e: e.get("params", {}).get("threads") or data.first(e).get("threads") or 0, reverse=True)
+    es.sort(key=_threads_of, reverse=True)
     for e in es:
         st = data.at(e, *path)
         if st is not None:
-            return st
-    return None
+            return st, _threads_of(e)
+    return None, 0
+
+
+def _stat(results: dict[str, Any], name: str, *path: Any) -> Stat | None:
+    return _measured(results, name, *path)[0]
 
 
 def _first_set(results: dict[str, Any], name: str) -> str | None:
@@ -62,11 +70,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
 
     # Table 6.1: Persona (AGD) vs standalone SNAP, 47 aligner threads
     s = _first_set(results, "align")
-    st = _stat(results, "align", "sets", s, "ratio_vs_binary") if s else None
+    st, t = _measured(results, "align", "sets", s, "ratio_vs_binary") if s else (None, 0)
     out.append(Row(
         "Table 6.1: align, persona vs the standalone aligner",
         "1.63x (single disk), 0.99x (RAID0), 1.54x (Ceph); SNAP, 47 threads",
-        f"{st.fmt()}x vs the minimap2 binary ({s}, {_threads(results, 'align')} threads)" if st else "not measured",
+        f"{st.fmt()}x vs the minimap2 binary ({s}, {t} threads)" if st else "not measured",
         "partly" if st else "not measured",
         "Same kind of ratio (our pipeline vs the aligner's own program on the same reads), but the thesis' gain came "
         "from disk I/O (a single HDD starved SNAP; with RAID0 it was 0.99x); here the inputs sit in the page "
