@@ -233,94 +233,116 @@ def _dataset_files(loc: str) -> list[Path]:
                   and "writer" not in p.name)
 
 
-def _bench_cp(local: str, ceph_url: str | None, s3_url: str | None, root: Path | None, tmp: Path,
+def _wipe(store: Store) -> None:
+    for k in store.list():
+        store.delete(k)
+
+
+def _bench_cp(local: str, ceph: Store | None, s3: Store | None, root: Path | None, tmp: Path, runs: int,
               notes: dict) -> dict:
-    """persona cp file -> ceph -> s3 against rados put / aws s3 cp of the same bytes."""
+    """persona cp file -> ceph -> s3 against rados put / aws s3 cp / boto3 of the same bytes;
+    ``runs`` rounds, each ours then the references (interleaved), medians."""
     from persona.apps.copy import copy_dataset
 
     files = _dataset_files(local)
-    nbytes = sum(p.stat().st_size for p in files)
-    mb = nbytes / 1e6
-    out: dict = {"files": len(files), "MB": round(mb, 1)}
-    env = dict(os.environ)
-    if ceph_url is not None and root is not None:
+    mb = sum(p.stat().st_size for p in files) / 1e6
+    out: dict = {"files": len(files), "MB": round(mb, 1), "runs": runs, "cp_threads": 8}
+    times: dict[str, list[float]] = {}
+
+    def timed_run(label: str, fn: object) -> None:
         t0 = time.perf_counter()
-        copy_dataset(local, ceph_url, threads=8)
-        ours = time.perf_counter() - t0
-        blob = tmp / "blob"
-        limit = 64 * MiB
-        parts, cur, size = [], [], 0
-        for p in files:
-            if cur and size + p.stat().st_size > limit:
-                parts.append(cur)
-                cur, size = [], 0
-            cur.append(p)
-            size += p.stat().st_size
-        parts.append(cur)
-        blobs = []
-        for i, group in enumerate(parts):  # concatenated before timing: rados put moves the same bytes
-            b = blob.with_suffix(f".{i}")
+        fn()  # type: ignore[operator]
+        times.setdefault(label, []).append(time.perf_counter() - t0)
+
+    # the references' inputs, made before any timing: rados put takes the chunk files
+    # concatenated (one object per 64 MiB), aws s3 cp / boto3 the files themselves
+    blobs: list[Path] = []
+    group: list[Path] = []
+    for p in [*files, None]:
+        if p is None or (group and sum(q.stat().st_size for q in group) + p.stat().st_size > 64 * MiB):
+            b = tmp / f"blob.{len(blobs)}"
             with open(b, "wb") as o:
-                for p in group:
-                    o.write(p.read_bytes())
+                for q in group:
+                    o.write(q.read_bytes())
             blobs.append(b)
-        ns = f"bench-rados-{uuid.uuid4().hex[:8]}"
-        base = ["rados", "-c", str(root / "ceph.conf"), "--id", "persona", "--keyring",
-                str(root / "client.persona.keyring"), "-p", "persona", "-N", ns]
-        t0 = time.perf_counter()
-        for i, b in enumerate(blobs):
-            subprocess.run([*base, "put", f"blob{i}", str(b)], check=True, capture_output=True, timeout=300)
-        ref = time.perf_counter() - t0
-        for i, _ in enumerate(blobs):
-            subprocess.run([*base, "rm", f"blob{i}"], capture_output=True, timeout=60)
+            group = []
+        if p is not None:
+            group.append(p)
+    staging = tmp / "aws-src"
+    staging.mkdir(exist_ok=True)
+    for p in files:
+        os.link(p, staging / p.name)
+    endpoint = os.environ.get("PERSONA_S3_ENDPOINT")
+    aws = shutil.which("aws")
+    if s3 is not None and aws is None:
+        notes["aws_cli"] = "absent: boto3 upload_file is the only reference"
+    client = None
+    if s3 is not None:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=endpoint)
+
+    for _ in range(runs):
+        src: object = local
+        if ceph is not None and root is not None:
+            dst_ceph = ceph.child(f"cp-{uuid.uuid4().hex[:8]}")
+            timed_run("file_to_ceph persona cp", lambda: copy_dataset(local, dst_ceph, threads=8))
+            ns = f"bench-rados-{uuid.uuid4().hex[:8]}"
+            base = ["rados", "-c", str(root / "ceph.conf"), "--id", "persona", "--keyring",
+                    str(root / "client.persona.keyring"), "-p", "persona", "-N", ns]
+
+            def rados_put() -> None:
+                for i, b in enumerate(blobs):
+                    subprocess.run([*base, "put", f"blob{i}", str(b)], check=True, capture_output=True, timeout=300)
+
+            timed_run("file_to_ceph rados put", rados_put)
+            for i, _b in enumerate(blobs):
+                subprocess.run([*base, "rm", f"blob{i}"], capture_output=True, timeout=60)
+            src = dst_ceph
+        if s3 is not None and client is not None:
+            dst_s3 = s3.child(f"cp-{uuid.uuid4().hex[:8]}")
+            timed_run("to_s3 persona cp", lambda: copy_dataset(src, dst_s3, threads=8))  # type: ignore[arg-type]
+            bucket = s3.bucket  # type: ignore[attr-defined]
+            if aws is not None:
+                cmd = [aws, "s3", "cp", "--recursive", "--only-show-errors", str(staging),
+                       f"s3://{bucket}/aws-cp-{uuid.uuid4().hex[:8]}"] + (["--endpoint-url", endpoint] if endpoint else [])
+
+                def aws_cp() -> None:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"aws s3 cp failed: {proc.stderr.strip()[-300:]}")
+
+                timed_run("to_s3 aws s3 cp --recursive", aws_cp)
+            prefix = f"boto3-{uuid.uuid4().hex[:8]}"
+
+            def boto3_upload() -> None:
+                with ThreadPoolExecutor(8) as pool:
+                    list(pool.map(lambda p: client.upload_file(str(p), bucket, f"{prefix}/{p.name}"), files))
+
+            timed_run("to_s3 boto3 upload_file x8", boto3_upload)
+            _wipe(dst_s3)
+        if not isinstance(src, str):
+            _wipe(src)  # type: ignore[arg-type]
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    if "file_to_ceph persona cp" in med:
+        ours, ref = med["file_to_ceph persona cp"], med["file_to_ceph rados put"]
         out["file_to_ceph"] = {"persona_cp_MBps": round(mb / ours, 1), "rados_put_MBps": round(mb / ref, 1),
                                "ratio": round(ref / ours, 3)}
         print(f"cp    file->ceph {mb:.1f} MB: persona cp {mb / ours:8.1f} MB/s  rados put {mb / ref:8.1f} MB/s  "
-              f"ratio {ref / ours:.3f}", flush=True)
-    if s3_url is not None:
-        src = ceph_url if ceph_url is not None else local
-        t0 = time.perf_counter()
-        copy_dataset(src, s3_url, threads=8)
-        ours = time.perf_counter() - t0
-        bucket = s3_url.split("://", 1)[1].split("/", 1)[0]
-        endpoint = os.environ.get("PERSONA_S3_ENDPOINT")
-        dest = f"s3://{bucket}/aws-cp-{uuid.uuid4().hex[:8]}"
-        staging = tmp / "aws-src"
-        staging.mkdir(exist_ok=True)
-        for p in files:
-            os.link(p, staging / p.name)
-        aws = shutil.which("aws")
-        refs: dict[str, float] = {}
-        if aws is not None:
-            cmd = [aws, "s3", "cp", "--recursive", "--only-show-errors", str(staging), dest]
-            if endpoint:
-                cmd += ["--endpoint-url", endpoint]
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-            if proc.returncode == 0:
-                refs["aws s3 cp --recursive"] = time.perf_counter() - t0
-            else:
-                notes["aws_cli"] = f"aws s3 cp failed: {proc.stderr.strip()[-200:]}"
-        else:
-            notes["aws_cli"] = "absent: boto3 upload_file is the only reference"
-        import boto3
-        from concurrent.futures import ThreadPoolExecutor as Pool
-
-        client = boto3.client("s3", endpoint_url=endpoint)
-        prefix = f"boto3-{uuid.uuid4().hex[:8]}"
-        t0 = time.perf_counter()
-        with Pool(8) as pool:
-            list(pool.map(lambda p: client.upload_file(str(p), bucket, f"{prefix}/{p.name}"), files))
-        refs["boto3 upload_file x8"] = time.perf_counter() - t0
-        leg = "ceph_to_s3" if ceph_url is not None else "file_to_s3"
-        best = min(refs, key=refs.get)  # type: ignore[arg-type]
+              f"ratio {ref / ours:.3f}  (medians of {runs})", flush=True)
+    if "to_s3 persona cp" in med:
+        leg = "ceph_to_s3" if ceph is not None else "file_to_s3"
+        ours = med["to_s3 persona cp"]
+        refs = {k.removeprefix("to_s3 "): v for k, v in med.items() if k.startswith("to_s3 ") and "persona" not in k}
+        best = min(refs, key=refs.__getitem__)
         out[leg] = {"persona_cp_MBps": round(mb / ours, 1),
                     "references_MBps": {k: round(mb / v, 1) for k, v in refs.items()},
                     "references_from": "local files (the reference tools cannot read Ceph)",
                     "ratio_vs_fastest_reference": round(refs[best] / ours, 3)}
         shown = "  ".join(f"{k} {mb / v:8.1f} MB/s" for k, v in refs.items())
         print(f"cp    {leg.replace('_to_', '->')} {mb:.1f} MB: persona cp {mb / ours:8.1f} MB/s  {shown}  "
-              f"ratio vs {best} {refs[best] / ours:.3f}", flush=True)
+              f"ratio vs {best} {refs[best] / ours:.3f}  (medians of {runs})", flush=True)
     return out
 
 
@@ -385,9 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             out["align"] = _bench_align(remote, args, notes, tmp)
         if "cp" in sections and ({"ceph", "s3"} & set(stores)):
             local = _cp_dataset(args, notes)
-            ceph = stores["ceph"].child(f"cp-{uuid.uuid4().hex[:6]}").url if "ceph" in stores else None
-            s3 = stores["s3"].child(f"cp-{uuid.uuid4().hex[:6]}").url if "s3" in stores else None
-            out["cp"] = _bench_cp(local, ceph, s3, args._cluster_dir, tmp, notes)
+            out["cp"] = _bench_cp(local, stores.get("ceph"), stores.get("s3"), args._cluster_dir, tmp, args.runs,
+                                  notes)
         for backend, store in stores.items():
             if backend != "file":
                 for k in store.list():
