@@ -144,3 +144,23 @@ def test_align_sort_cli(reads: dict[str, Path], tmp_path: Path) -> None:
     ds = Dataset.open(out, "ds")
     assert ds.manifest.sort == "coordinate" and ds.num_records == 5_600
     assert read_metrics(str(tmp_path / "m.txt"))[0]["LIBRARY"] == "libA"
+
+
+def test_failure_leaves_nothing(reads: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure after the merge (here: while deciding duplicates at the commit) removes the runs and the
+    output's chunk files; the input is untouched."""
+    from persona.apps import markdup as md_mod
+
+    loc = tmp_path / "a"
+    _import(reads, loc)
+    before = sorted(p.name for p in loc.iterdir())
+
+    def boom(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("decider on fire")
+
+    monkeypatch.setattr(md_mod.MergeMarker, "finish", boom)
+    with Runtime(threads=2) as rt:
+        with pytest.raises(Exception, match="decider on fire"):
+            rt.run(AlignSortRequest(dataset=str(loc), input_name="ds", reference="measles", group_chunks=1,
+                                    references_url=str(reads["refs"]), markdup=True))
+    assert sorted(p.name for p in loc.iterdir()) == before
