@@ -332,12 +332,17 @@ class ExportJob(DatasetReadJob):
             return self.ds.decode_file(i, c, self.ds.read_file(i, c))
 
         values = {c: load(c) for c in self.sec_columns}
-        if not any(values[c].present.any() for c in self.sec_columns):
+        rows = np.flatnonzero(np.logical_or.reduce([values[c].present for c in self.sec_columns]))
+        if not len(rows):
             return load("results"), b"", None
         for c in self.columns:
             if c not in values:
                 values[c] = load(c)
-        al, data, offsets, _ = self._encode(i, values, interleave=True)
+        # only the reads that have extras are encoded, and the first read (its key bounds the chunk)
+        from persona.apps.export_sorted import take_rows
+
+        rows = np.union1d(rows, [0]).astype(np.int64)
+        al, data, offsets, _ = self._encode(i, {c: take_rows(v, rows) for c, v in values.items()}, interleave=True)
         return al, data, offsets
 
     def _attach_tags(self, i: int, column: str, al: Any, values: dict[str, Any]) -> None:

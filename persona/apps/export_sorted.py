@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from persona._native import sort as sort_kernel
+from persona.agd.ragged import RaggedArray
 from persona.agd.records import Alignments
 
 #: a spilled record: key, sequence number, length of the record bytes
@@ -56,6 +57,17 @@ def alignment_keys(al: Alignments) -> np.ndarray:
     return sort_kernel.coordinate_keys(np.ascontiguousarray(f["flag"], dtype=np.uint32),
                                        np.ascontiguousarray(f["ref_index"], dtype=np.int32),
                                        np.ascontiguousarray(f["position"], dtype=np.int64))
+
+
+def take_rows(value: Any, rows: np.ndarray) -> Any:
+    """Rows ``rows`` (int64, ascending) of a decoded column: a :class:`RaggedArray` or
+    :class:`Alignments` (fields, CIGARs, presence and tags)."""
+    if isinstance(value, Alignments):
+        tags = take_rows(value.tags, rows) if value.tags is not None else None
+        return Alignments(value.fields[rows], take_rows(value.cigars, rows), value.present[rows], tags)
+    off, data = sort_kernel.ragged_take(np.ascontiguousarray(value.offsets, dtype=np.uint64),
+                                        np.ascontiguousarray(value.data, dtype=np.uint8), rows)
+    return RaggedArray(off, data, validate=False)
 
 
 def record_offsets(data: Any, offsets: Any, fmt: str) -> np.ndarray:
