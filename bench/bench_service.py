@@ -5,13 +5,25 @@ throughput / latency percentiles at 1, 2, 4 (8 without --quick) concurrent reque
 
 Input: the bundled sample (persona/data), its pairs repeated ``--copies`` times for the concurrency
 runs. One `persona serve` subprocess on loopback; the same machine and thread budget for the CLI.
-Last line: a JSON object. Coordinator capacity, scale-out and recovery benchmarks need the
-multi-process coordinator/worker split (not built yet) and are not measured here.
+
+The cluster (``--part cluster``, or ``all``, the default):
+
+* coordinator capacity: partitions per second one `persona coordinator` process hands out and takes
+  back (Pull, Report, the durable partition record) to no-op workers (threads of this process, each
+  its own gRPC channel on loopback), and the arithmetic for 1,000 workers at the thesis' chunk size
+  (100,000 reads) and per-machine align rate (1354 Mbases/s over 32 machines, §6.2);
+* scale-out: one align request on 1 then 2 `persona worker` processes of one thread each;
+  efficiency = speed-up / 2;
+* recovery: a worker SIGKILLed mid-request; seconds until the coordinator re-queued its partitions
+  (against the lease period) and the request's slowdown against the fault-free 2-worker run.
+
+Last line: a JSON object.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
+import math
 import os
 import statistics
 import subprocess
@@ -20,6 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, emit_json, table  # noqa: E402
@@ -53,12 +66,244 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+# -- the cluster ---------------------------------------------------------------------------------
+THESIS_CHUNK_READS = 100_000
+THESIS_MACHINE_BASES_S = 1354e6 / 32  # align, 32 machines (thesis §6.2, Figure 6.3)
+THESIS_READ_LEN = 101
+
+
+def _capacity_coordinator(cfg: str, partitions: int, addr_file: str) -> None:
+    """Child process: a coordinator whose one open step has ``partitions`` partitions of no work."""
+    import asyncio
+
+    from persona.config import load_config
+    from persona.service.coordinator import Coordinator
+    from persona.service.gates import Partition, StepGate
+
+    async def run() -> None:
+        svc = Coordinator(load_config(cfg, env={}))
+        await svc.start()
+        gate = StepGate("capacity.0", "capacity", {"kind": "stats", "dataset": "none"},
+                        [Partition(i, i, i + 1) for i in range(partitions)], whole=True)
+        svc.gates.add(gate)
+        svc._work.set()
+        Path(addr_file + ".tmp").write_text(str(svc.worker_address))
+        os.replace(addr_file + ".tmp", addr_file)
+        while gate.remaining:
+            await asyncio.sleep(0.05)
+        await svc.stop(0)
+
+    asyncio.run(run())
+
+
+def _noop_workers(address: str, token: str, n: int, deadline: float) -> int:
+    """``n`` no-op workers (threads): register, then Pull one partition and Report it done, until
+    nothing is left or the deadline; returns the partitions reported."""
+    import grpc
+
+    from persona.service.convert import to_struct
+    from persona.service.proto import modules
+
+    pb2, pb2_grpc = modules()
+    md = [("authorization", f"Bearer {token}")]
+    done = [0] * n
+
+    def loop(k: int) -> None:
+        with grpc.insecure_channel(address) as ch:
+            stub = pb2_grpc.WorkerServiceStub(ch)
+            wid = stub.Register(pb2.RegisterRequest(host="noop", pid=k, threads=1, credits=1), metadata=md,
+                                timeout=30).worker_id
+            empty = to_struct({})
+            while time.monotonic() < deadline:
+                try:
+                    parts = stub.Pull(pb2.PullRequest(worker_id=wid, max_partitions=1), metadata=md,
+                                      timeout=30).partitions
+                except grpc.RpcError:  # the coordinator stops once every partition is in
+                    return
+                if not parts:
+                    return
+                try:
+                    stub.Report(pb2.ReportRequest(worker_id=wid, attempt=parts[0].attempt, ok=True, result=empty),
+                                metadata=md, timeout=30)
+                except grpc.RpcError:
+                    return
+                done[k] += 1
+
+    ths = [threading.Thread(target=loop, args=(k,)) for k in range(n)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    return sum(done)
+
+
+def _cluster_cfg(root: Path, *, lease: int, partition: int) -> tuple[Path, int]:
+    import socket
+
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    cfg = root / f"cluster-{port}.yaml"
+    cfg.write_text(f"align:\n  references_url: \"{root / 'refs'}\"\n  threads: 1\n"
+                   f"service:\n  listen: \"127.0.0.1:0\"\n  worker_listen: \"127.0.0.1:{port}\"\n"
+                   f"  metrics_listen: null\n  db_path: \"{root / f'state-{port}' / 'db'}\"\n  roots: \"{root}\"\n"
+                   f"  lease_seconds: {lease}\n  partition_size: {partition}\n  speculate_min_seconds: 600.0\n")
+    return cfg, port
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, what: str) -> str:
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"{what} did not start")
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def capacity(root: Path, quick: bool) -> dict[str, float]:
+    cfg, _ = _cluster_cfg(root, lease=30, partition=1)
+    partitions = 3000 if quick else 20000
+    addr = root / "capacity.addr"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    proc = subprocess.Popen([sys.executable, __file__, "--capacity-coordinator", str(cfg), str(partitions), str(addr)],
+                            env=env, stderr=subprocess.DEVNULL)
+    try:
+        address = _wait_file(addr, proc, "the capacity coordinator")
+        token = (root / f"state-{address.rsplit(':', 1)[1]}" / "worker-token").read_text().strip()
+        t = time.perf_counter()
+        n = _noop_workers(address, token, 8, time.monotonic() + (8 if quick else 60))
+        wall = time.perf_counter() - t
+    finally:
+        proc.terminate()  # it stops by itself once every partition is in; not when the time ran out
+        proc.wait(60)
+    rate = n / wall
+    return {"partitions": n, "seconds": wall, "partitions_s": rate}
+
+
+def _coordinator(cfg: Path, root: Path, tag: str) -> tuple[subprocess.Popen, str, Path]:
+    addr, log = root / f"{tag}.addr", root / f"{tag}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    proc = subprocess.Popen([*PERSONA, "--config", str(cfg), "coordinator", "--address-file", str(addr)], env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    return proc, _wait_file(addr, proc, "persona coordinator").split()[0], log
+
+
+def _workers(cfg: Path, port: int, n: int) -> list[subprocess.Popen]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    return [subprocess.Popen([*PERSONA, "--config", str(cfg), "worker", "--coordinator", f"127.0.0.1:{port}", "-t", "1",
+                              "--credits", "1"], env=env, stderr=subprocess.DEVNULL) for _ in range(n)]
+
+
+def _timed_align(cfg: Path, root: Path, src: Path, n_workers: int, tag: str, *, kill_after: int = 0
+                 ) -> dict[str, float]:
+    """One align of a copy of ``src`` on ``n_workers`` workers; ``kill_after``: SIGKILL one worker once
+    that many chunks are done and time until the coordinator re-queued its partitions."""
+    import shutil
+
+    from persona.config import load_config
+    from persona.service.client import Client
+
+    ds = root / f"{tag}-ds"
+    shutil.copytree(src, ds)
+    cfg_port = int(load_config(cfg, env={}).service.worker_listen.rsplit(":", 1)[1])
+    coord, address, log = _coordinator(cfg, root, tag)
+    workers = _workers(cfg, cfg_port, n_workers)
+    out: dict[str, float] = {}
+    try:
+        c = Client(address, config=load_config(cfg, env={}))
+        deadline = time.monotonic() + 120
+        while len(c.cluster_status()["workers"]) < n_workers:
+            if time.monotonic() > deadline:
+                sys.exit("workers did not register")
+            time.sleep(0.1)
+        # warm: each worker loads the index once (a service keeps it loaded)
+        warm = root / f"{tag}-warm"
+        shutil.copytree(src, warm)
+        c.wait(c.submit({"kind": "align", "dataset": str(warm), "reference": "sample_reference"}), timeout=600)
+        t = time.perf_counter()
+        rid = c.submit({"kind": "align", "dataset": str(ds), "reference": "sample_reference"})
+        if kill_after:
+            while c.get(rid)["feeds_done"] < kill_after:
+                time.sleep(0.02)
+            workers[-1].kill()
+            killed = time.perf_counter()
+            while "lost (no heartbeat" not in log.read_text():
+                if time.perf_counter() - killed > 120:
+                    sys.exit("the killed worker was never declared lost")
+                time.sleep(0.02)
+            out["recovery_s"] = time.perf_counter() - killed
+        st = c.wait(rid, timeout=3600)
+        out["seconds"] = time.perf_counter() - t
+        out["records"] = st["records_total_done"]
+        assert st["state"] == "done", st["error"]
+        c.close()
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+        for w in workers:
+            try:
+                w.wait(60)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        coord.terminate()
+        coord.wait(60)
+    return out
+
+
+def cluster_bench(root: Path, quick: bool) -> dict[str, Any]:
+    cap = capacity(root, quick)
+    p = 4  # service.partition_size's default, chunks per partition
+    chunks_s_per_worker = THESIS_MACHINE_BASES_S / THESIS_READ_LEN / THESIS_CHUNK_READS
+    need = 1000 * chunks_s_per_worker / p
+    print(f"coordinator capacity: {cap['partitions_s']:,.0f} partitions/s ({cap['partitions']} partitions to 8 no-op "
+          f"workers over gRPC on loopback, each recorded durably)")
+    print(f"1,000 workers at the thesis' rate: {THESIS_MACHINE_BASES_S / 1e6:.1f} Mbases/s per machine / "
+          f"{THESIS_READ_LEN} bases / {THESIS_CHUNK_READS:,} reads per chunk = {chunks_s_per_worker:.2f} chunks/s "
+          f"per worker; at P = {p} chunks per partition: 1,000 x {chunks_s_per_worker:.2f} / {p} = {need:,.0f} "
+          f"partitions/s needed; capacity / need = {cap['partitions_s'] / need:.2f}; this capacity feeds 1,000 "
+          f"workers from P = {math.ceil(1000 * chunks_s_per_worker / cap['partitions_s'])} chunks per partition")
+    copies = 2 if quick else 6
+    r1, r2 = repeat_fastq(root, copies)
+    src = root / "scale-src"
+    cli_cfg, _ = _cluster_cfg(root, lease=2, partition=2)
+    cli(cli_cfg, "import", str(r1), str(r2), "-o", str(src), "-c", "500")
+    cfg, _ = _cluster_cfg(root, lease=2, partition=2)
+    one = _timed_align(cfg, root, src, 1, "one")
+    cfg, _ = _cluster_cfg(root, lease=2, partition=2)
+    two = _timed_align(cfg, root, src, 2, "two")
+    eff = one["seconds"] / two["seconds"] / 2
+    print(f"scale-out on align ({one['records']:,.0f} records): 1 worker {one['seconds']:.2f} s, 2 workers "
+          f"{two['seconds']:.2f} s: efficiency {eff:.2f} of linear (goal >= 0.9; {os.cpu_count()} cores shared)")
+    cfg, _ = _cluster_cfg(root, lease=2, partition=2)
+    hurt = _timed_align(cfg, root, src, 2, "kill", kill_after=4)
+    print(f"recovery: worker SIGKILLed; its partitions re-queued after {hurt['recovery_s']:.2f} s (lease 2 s: "
+          f"{hurt['recovery_s'] / 2:.2f} lease periods, goal <= 2); request {hurt['seconds']:.2f} s vs "
+          f"{two['seconds']:.2f} s fault-free ({hurt['seconds'] / two['seconds']:.2f}x)")
+    return {"capacity_partitions_s": cap["partitions_s"], "partitions_s_needed_1000_workers": need,
+            "capacity_over_need": cap["partitions_s"] / need, "scale_out_1_s": one["seconds"],
+            "scale_out_2_s": two["seconds"], "scale_out_efficiency": eff, "recovery_s": hurt["recovery_s"],
+            "recovery_lease_periods": hurt["recovery_s"] / 2, "recovery_slowdown": hurt["seconds"] / two["seconds"]}
+
+
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--capacity-coordinator":
+        _capacity_coordinator(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="under a minute: fewer levels and repeats")
     ap.add_argument("--copies", type=int, default=0, help="sample copies per align request (default 2, quick 1)")
     ap.add_argument("--threads", type=int, default=0, help="aligner threads (0: the cores allowed)")
+    ap.add_argument("--part", choices=["all", "service", "cluster"], default="all",
+                    help="persona serve's benchmarks, the cluster's, or both")
     a = ap.parse_args()
+    if a.part == "cluster":
+        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+            root = Path(tmp)
+            cfg, _ = _cluster_cfg(root, lease=2, partition=2)
+            cli(cfg, "reference", "add", "sample_reference", str(REF))
+            emit_json({"bench": "service-cluster", **cluster_bench(root, a.quick)})
+        return
     copies = a.copies or (1 if a.quick else 2)
     levels = [1, 2, 4] if a.quick else [1, 2, 4, 8]
     repeats = 3 if a.quick else 5
@@ -137,6 +382,13 @@ def main() -> None:
             proc.terminate()
             proc.wait(120)
 
+    clus: dict[str, Any] = {}
+    if a.part == "all":
+        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+            croot = Path(tmp)
+            ccfg, _ = _cluster_cfg(croot, lease=2, partition=2)
+            cli(ccfg, "reference", "add", "sample_reference", str(REF))
+            clus = cluster_bench(croot, a.quick)
     base = conc[1]["throughput_records_s"]
     print(table(["concurrent", "records/s", "p50 s", "p99 s"], rows))
     print(f"throughput at 4 concurrent / 1: {conc[4]['throughput_records_s'] / base:.2f} (goal >= 0.95)")
@@ -145,7 +397,7 @@ def main() -> None:
           f"({m_cli / m_svc:.1f}x)")
     emit_json({"bench": "service", "copies": copies, "small_cli_s": m_cli, "small_service_s": m_svc,
                "small_speedup": m_cli / m_svc, "concurrency": conc,
-               "throughput_4_over_1": conc[4]["throughput_records_s"] / base})
+               "throughput_4_over_1": conc[4]["throughput_records_s"] / base, "cluster": clus})
 
 
 if __name__ == "__main__":

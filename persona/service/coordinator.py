@@ -156,6 +156,8 @@ class Coordinator(Service):
         self._steps: dict[str, tuple[StepGate, StepHandle, Any]] = {}
         self._work = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
+        self._pending: list[tuple[tuple[str, int, str, dict[str, Any]], asyncio.Future[bool]]] = []
+        self._flushing = False
         self.worker_listen = worker_listen or sc.worker_listen
         self.worker_address: str | None = None
         self._worker_server: Any = None
@@ -266,6 +268,7 @@ class Coordinator(Service):
                     handle.done_feeds += p.stop - p.start
                     handle.done_records += int(p.result.get("records", 0))
             await self._wait(live, gate, handle)
+            live.records_total_done += live.records_done
             summary = await asyncio.to_thread(self._commit_align, live, step_id, request, ds, txn, gate, started)
         except BaseException as exc:
             stopping = self._stopping and not live.cancel_requested
@@ -397,7 +400,7 @@ class Coordinator(Service):
         if not gate.whole:
             result = {**result, "range": [part.start, part.stop]}
         try:
-            fresh = self.table.commit_partition(gate.step_id, part.index, attempt, result)
+            fresh = await self._record(gate.step_id, part.index, attempt, result)
         except Exception as exc:  # noqa: BLE001 - not durable: run it again
             log.warning("cannot record partition %d of %s: %s", part.index, gate.step_id, exc)
             self.gates.unaccept(gate, part)
@@ -414,6 +417,28 @@ class Coordinator(Service):
             if gate.state == "done" and not handle.finished.done():
                 handle.finished.set_result(None)
         return True
+
+    async def _record(self, step_id: str, index: int, attempt: str, result: dict[str, Any]) -> bool:
+        """Record an accepted partition durably before it is acknowledged. Reports arriving while a
+        write is in flight are written together in the next one (a group commit: one fsync for many)."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append(((step_id, index, attempt, result), fut))
+        if not self._flushing:
+            self._flushing = True
+            try:
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    try:
+                        fresh = await asyncio.to_thread(self.table.commit_partitions, [row for row, _ in batch])
+                    except Exception as exc:  # noqa: BLE001 - each waiter gets the error
+                        for _, f in batch:
+                            f.set_exception(exc)
+                    else:
+                        for (_, f), ok in zip(batch, fresh):
+                            f.set_result(ok)
+            finally:
+                self._flushing = False
+        return await fut
 
     def _delete_reported(self, result: dict[str, Any]) -> None:
         """A discarded align attempt's files (its report lists them)."""

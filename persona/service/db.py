@@ -153,6 +153,24 @@ class RequestTable:
                                    "VALUES (?, ?, ?, ?)", (step_id, index, attempt, json.dumps(result, default=str)))
             return cur.rowcount == 1
 
+    def commit_partitions(self, rows: list[tuple[str, int, str, Mapping[str, Any]]]) -> list[bool]:
+        """:meth:`commit_partition` for many ``(step_id, index, attempt, result)`` in one transaction
+        (one fsync: the coordinator's group commit)."""
+        out = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for step_id, index, attempt, result in rows:
+                    cur = self._db.execute("INSERT OR IGNORE INTO partitions (step_id, idx, attempt, result) "
+                                           "VALUES (?, ?, ?, ?)", (step_id, index, attempt,
+                                                                   json.dumps(result, default=str)))
+                    out.append(cur.rowcount == 1)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return out
+
     def partitions(self, step_id: str) -> dict[int, tuple[str, dict[str, Any]]]:
         """The committed partitions of ``step_id``: ``{index: (attempt, result)}``."""
         with self._lock:

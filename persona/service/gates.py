@@ -67,10 +67,16 @@ class StepGate:
 
     def __post_init__(self) -> None:
         self.queue.extend(p.index for p in self.partitions if not p.done)
+        self._remaining = sum(1 for p in self.partitions if not p.done)
 
     @property
     def remaining(self) -> int:
-        return sum(1 for p in self.partitions if not p.done)
+        return self._remaining
+
+    def mark(self, part: Partition, attempt: str, result: dict[str, Any] | None) -> None:
+        """Set or (``attempt`` empty) clear partition ``part``'s result, counting what remains."""
+        self._remaining += int(part.done) - int(bool(attempt))
+        part.done_attempt, part.result = attempt, result
 
     @property
     def finished(self) -> bool:
@@ -275,7 +281,7 @@ class GlobalGates:
             if not part.attempts:
                 gate.queue.appendleft(part.index)
             return ReportOutcome("retry", error, gate, part)
-        part.done_attempt, part.result = attempt, result
+        gate.mark(part, attempt, result)
         gate.durations.append(now - started)
         if w is not None:
             w.done += 1
@@ -287,7 +293,7 @@ class GlobalGates:
 
     def unaccept(self, gate: StepGate, part: Partition) -> None:
         """The owner could not record an accepted result durably: the partition runs again."""
-        part.done_attempt, part.result = "", None
+        gate.mark(part, "", None)
         if gate.state == "done":
             gate.state = "open"
         if part.index not in gate.queue:
