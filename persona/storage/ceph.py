@@ -47,7 +47,7 @@ from urllib.parse import quote, unquote
 
 import rados
 
-from persona.errors import StoreError, StoreKeyError
+from persona.errors import StoreError
 from persona.storage.base import Store, StoreUsageError, validate_key
 from persona.storage.remote import (
     StoreNotFoundError,
