@@ -119,30 +119,42 @@ def last_json(stdout: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the script and everything it started (its process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def run_once(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, timeout: float,
              progress: Progress, what: str) -> dict[str, Any]:
     """One run of a script: its status, wall time, JSON and the tail of its standard error."""
-    out_path, err_path = log.with_suffix(".out"), log.with_suffix(".err")
+    out_path, err_path = log.with_name(log.name + ".out"), log.with_name(log.name + ".err")
     t0 = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         # a session of its own: a timeout stops the script and every process it started
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
         status = None
         next_note = t0 + 60
-        while status is None:
-            try:
-                proc.wait(timeout=min(5.0, timeout))
-                status = "ok" if proc.returncode == 0 else "failed"
-            except subprocess.TimeoutExpired:
-                now = time.monotonic()
-                if now - t0 > timeout:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    status = "timeout"
-                elif now >= next_note:
-                    last = _tail(err_path, 400).strip().splitlines()
-                    progress(f"    {what}: running {now - t0:.0f} s" + (f" ({last[-1][:100]})" if last else ""))
-                    next_note = now + 60
+        try:
+            while status is None:
+                try:
+                    proc.wait(timeout=min(5.0, timeout))
+                    status = "ok" if proc.returncode == 0 else "failed"
+                except subprocess.TimeoutExpired:
+                    now = time.monotonic()
+                    if now - t0 > timeout:
+                        _stop(proc)
+                        status = "timeout"
+                    elif now >= next_note:
+                        last = _tail(err_path, 400).strip().splitlines()
+                        progress(f"    {what}: running {now - t0:.0f} s" + (f" ({last[-1][:100]})" if last else ""))
+                        next_note = now + 60
+        except BaseException:  # Ctrl-C reaches only the suite (the script has a session of its own)
+            _stop(proc)
+            raise
     wall = time.monotonic() - t0
     stdout = out_path.read_text(errors="replace")
     rep: dict[str, Any] = {"status": status, "returncode": proc.returncode, "wall_s": round(wall, 2)}
