@@ -46,6 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from persona import counters
 from persona.agd import BASE, METADATA, QUAL, RESULTS, Dataset, Manifest
 from persona.agd.ragged import RaggedArray
 from persona.agd.columns import is_secondary_column, is_tags_column, tags_column
@@ -214,6 +215,7 @@ class AlignJob(DatasetReadJob):
     def stage_align(self, w: Work) -> Work:
         cols: dict[str, RaggedArray] = w.data
         assert self.reference is not None and self.request.work_item_reads is not None
+        counters.add("bases", ("align", "align"), int(cols[BASE].offsets[-1]) if len(cols[BASE]) else 0)
         w.data = self.runtime.executor.align(
             self.reference.aligner, cols[BASE], cols.get(QUAL), cols.get(METADATA), paired=self.paired,
             work_item_reads=self.request.work_item_reads, key=self.ds.chunk_key(w.desc.chunk, BASE))

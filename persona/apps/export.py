@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, IO, Any, ClassVar
 import numpy as np
 
 import persona
+from persona import counters
 from persona.agd import BASE, METADATA, QUAL, Dataset
 from persona.agd.columns import TAGS, column_sort_key, is_alignment_column, tags_column
 from persona.agd.ragged import RaggedArray
@@ -267,6 +268,7 @@ class ExportJob(DatasetReadJob):
         values = w.data
         meta, bases, quals = values[METADATA], values[BASE], values[QUAL]
         w.n = len(meta)
+        counters.add("bases", ("export", "encode"), int(bases.offsets[-1]) if len(bases) else 0)
         if self.fmt == "fastq":
             if self.paired and len(meta) % 2:
                 raise DatasetError(f"paired dataset chunk {self.ds.chunks[i].path} holds an odd number of "

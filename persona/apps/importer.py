@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import zstandard
 
+from persona import counters
 from persona.agd import READ_COLUMNS, CompressionType, Manifest, encode_column_chunk
+from persona.agd.ragged import RaggedArray
 from persona.agd.transaction import Transaction
 from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work, file_fingerprint
 from persona.errors import ConfigError, DatasetError, InputFormatError
@@ -250,6 +252,8 @@ class ImportJob(Job):
         w.out_files[column] = self._encoded(w, column, value)
 
     def _encoded(self, w: Work, column: str, value: Any) -> bytes:
+        if column == "base" and isinstance(value, RaggedArray) and len(value):
+            counters.add("bases", ("import", "encode"), int(value.offsets[-1]))
         return encode_column_chunk(column, value, first_ordinal=w.first, name=self.name,
                                    compression=self.request.compression or "zstd", level=self.level_of(column))
 

@@ -20,10 +20,11 @@ from :mod:`persona.ptf.introspection`, label ``pipeline`` = the app, ``stage`` /
 Counted by whoever does the work (functions below, for ``persona serve``, the coordinator and workers):
 
 * ``persona_bases_processed_total`` / ``persona_stage_records_processed_total``: by app and stage
-  (:meth:`Metrics.processed`);
+  (:meth:`Metrics.processed`; the apps count the bases they import, align and export in
+  :mod:`persona.counters`, brought in at each scrape);
 * ``persona_store_bytes_total`` (by scheme and op ``read``/``write``) and ``persona_store_errors_total``
-  (by scheme and op): :meth:`Metrics.store_io`, :meth:`Metrics.store_error`, or any store wrapped
-  by :class:`MeteredStore`;
+  (by scheme and op): every store of the process counts its own I/O in :mod:`persona.counters`
+  (brought in at each scrape); :meth:`Metrics.store_io`, :meth:`Metrics.store_error` for others;
 * ``persona_worker_up`` / ``persona_worker_last_heartbeat_timestamp_seconds`` (by worker):
   :meth:`Metrics.worker_heartbeat`, :meth:`Metrics.worker_lost`, :meth:`Metrics.worker_removed`;
 * ``persona_partitions_requeued_total`` (by kind and reason, e.g. ``lease_expired``, ``straggler``):
@@ -101,6 +102,9 @@ class Metrics:
             r.register(_TableCollector(counts))
         if runtime_stats is not None:
             r.register(_RuntimeCollector(runtime_stats))
+        # what the apps and stores counted in this process (persona.counters), since the last scrape
+        self._seen: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._hooks.append(self._sync_process_counters)
         self._server: Any = None
         self._thread: Any = None
         self.address: str | None = None
@@ -142,6 +146,21 @@ class Metrics:
         """``n`` partitions of a ``kind`` request were re-queued (``lease_expired``, ``straggler``, ...)."""
         if n:
             self.requeued.labels(kind, reason).inc(n)
+
+    def _sync_process_counters(self) -> None:
+        """Bring the bases and store counters up to :mod:`persona.counters`' totals."""
+        from persona import counters
+
+        targets = {"bases": self.bases, "store_bytes": self.store_bytes, "store_errors": self.store_errors}
+        for name, series in counters.snapshot().items():
+            counter = targets.get(name)
+            if counter is None:
+                continue
+            for labels, total in series.items():
+                delta = total - self._seen.get((name, labels), 0.0)
+                if delta > 0:
+                    counter.labels(*labels).inc(delta)
+                    self._seen[(name, labels)] = total
 
     def add_scrape_hook(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` at each scrape, before the metrics are read (to refresh gauges from live
@@ -254,38 +273,3 @@ class _RuntimeCollector:
                 fam.add_metric([labels[k] for k in labels], value)
         yield from families.values()
 
-
-class MeteredStore:
-    """A store wrapper (any backend) that reports bytes read and written and I/O errors to
-    ``metrics``; everything else goes to the wrapped store unchanged."""
-
-    def __init__(self, store: Any, metrics: Metrics) -> None:
-        self._store = store
-        self._metrics = metrics
-        self._scheme = str(store.url).split("://", 1)[0] if "://" in str(store.url) else "file"
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if not callable(attr) or name not in ("get", "get_range", "put", "put_if_absent", "list", "size",
-                                               "exists", "delete", "copy"):
-            return attr
-        op = "read" if name in ("get", "get_range", "list", "size", "exists") else "write"
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            from persona.errors import StoreError, StoreKeyError
-
-            try:
-                out = attr(*args, **kwargs)
-            except StoreKeyError:
-                raise  # a missing key is an answer, not an error of the store
-            except StoreError:
-                self._metrics.store_error(self._scheme, op)
-                raise
-            if name in ("get", "get_range"):
-                self._metrics.store_io(self._scheme, "read", len(out))
-            elif name in ("put", "put_if_absent"):
-                self._metrics.store_io(self._scheme, "write", memoryview(args[1] if len(args) > 1 else
-                                                                         kwargs["data"]).nbytes)
-            return out
-
-        return call

@@ -157,11 +157,7 @@ class Trigger:
         from persona.storage.registry import open_store
 
         self.spec = spec
-        self.store = open_store(spec.watch)
-        if metrics is not None:
-            from persona.service.metrics import MeteredStore
-
-            self.store = MeteredStore(self.store, metrics)
+        self.store = open_store(spec.watch)  # its I/O is counted by the store itself (persona.counters)
         if not self.store.supports_listing:
             raise ConfigError(f"--watch {spec.watch}: this store cannot list its keys")
         self.polls = 0

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, BinaryIO, Self
 
+from persona import counters
 from persona.errors import StoreError, StoreKeyError
 
 __all__ = [
@@ -123,8 +124,17 @@ class Store(ABC):
     supports_listing: bool = True
     supports_partial_reads: bool = True  # get_range reads only the range, not the whole object
     cheap_copy: bool = False  # copy() moves no bytes (hard link, shared buffer)
+    #: bytes and I/O errors are counted in :mod:`persona.counters` (metrics); False for views of
+    #: another store, whose parent counts them
+    counts_io: bool = True
 
     _closed: bool = False
+
+    @property
+    def scheme(self) -> str:
+        """The URL scheme (``file``, ``memory``, ``ceph``, ``s3``, ...)."""
+        url = self.url
+        return url.split("://", 1)[0] if "://" in url else "file"
 
     # ----------------------------------------------------------------- identity
     @property
@@ -147,7 +157,10 @@ class Store(ABC):
         self._check_open()
         validate_key(key)
         with self._translate(key):
-            return self._get(key)
+            data = self._get(key)
+        if self.counts_io:
+            counters.add("store_bytes", (self.scheme, "read"), len(data))
+        return data
 
     def get_range(self, key: str, start: int, length: int | None = None) -> bytes:
         """Bytes ``[start, start+length)`` of the object (to its end when ``length`` is None).
@@ -165,7 +178,10 @@ class Store(ABC):
                 raise self._missing(key)
             return b""
         with self._translate(key):
-            return self._get_range(key, start, length)
+            data = self._get_range(key, start, length)
+        if self.counts_io:
+            counters.add("store_bytes", (self.scheme, "read"), len(data))
+        return data
 
     def put(self, key: str, data: Buffer) -> None:
         """Store ``data`` under ``key`` atomically, replacing any previous object."""
@@ -176,6 +192,8 @@ class Store(ABC):
         buf = as_buffer(data)
         with self._translate(key, writing=True):
             self._put(key, buf)
+        if self.counts_io:
+            counters.add("store_bytes", (self.scheme, "write"), memoryview(buf).nbytes)
 
     def put_if_absent(self, key: str, data: Buffer) -> bool:
         """Store ``data`` under ``key`` only if no object is there (an atomic exclusive create).
@@ -350,6 +368,9 @@ class _ErrorTranslator:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None:
             return
+        if self.store.counts_io and not isinstance(exc, (StoreKeyError, FileNotFoundError, KeyError)) \
+                and isinstance(exc, (StoreError, OSError)):
+            counters.add("store_errors", (self.store.scheme, "write" if self.writing else "read"), 1)
         if isinstance(exc, StoreKeyError):
             # Raised by a wrapped store (PrefixStore): re-label with the key and URL the caller used.
             if exc.context.get("store") == self.store.url:
@@ -366,6 +387,8 @@ class _ErrorTranslator:
 
 class PrefixStore(Store):
     """A view of ``parent`` restricted to keys under ``prefix/``; closing it leaves the parent open."""
+
+    counts_io = False  # the parent counts
 
     def __init__(self, parent: Store, prefix: str) -> None:
         self.parent = parent
