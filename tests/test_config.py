@@ -185,7 +185,7 @@ def test_empty_user_file(tmp_path: Path, home: dict[str, str]) -> None:
 def test_to_dict_and_yaml_round_trip(tmp_path: Path, home: dict[str, str]) -> None:
     cfg = load_config(env=home, overrides={"agd.compression": "gzip", "storage.default_url": "/srv/data"})
     d = cfg.to_dict()
-    assert set(d) == {"agd", "storage", "import", "export", "align", "ptf", "logging", "service"}
+    assert set(d) == {"agd", "storage", "import", "export", "align", "sort", "markdup", "ptf", "logging", "service"}
     assert d["import"] == {"threads": 0, "queue_depth": 2}
     text = cfg.to_yaml()
     assert text.startswith("# sources: defaults, override\n")
