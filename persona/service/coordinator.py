@@ -198,9 +198,13 @@ class Coordinator(Service):
         period = max(0.05, min(1.0, self.gates.lease_seconds / 4))
         while True:
             await asyncio.sleep(period)
+            steps = {sid: g.step.get("kind", "") for sid, g in self.gates.gates.items()}
             for w in self.gates.expire(time.time()):
                 log.warning("worker %s lost (no heartbeat for %.1f s): its partitions are re-queued",
                             w.worker_id, self.gates.lease_seconds)
+                self.metrics.worker_lost(w.worker_id)
+                for sid in w.attempts.values():
+                    self.metrics.partitions_requeued(steps.get(sid, ""), "lease_expired")
                 self._work.set()
 
     def cluster_status(self) -> dict[str, Any]:
@@ -354,6 +358,7 @@ class Coordinator(Service):
     # -- the worker API (called on the loop by WorkerServicer) --------------------------------
     def w_register(self, host: str, pid: int, threads: int, credits: int) -> Any:
         w = self.gates.register(host, pid, threads, credits, time.time())
+        self.metrics.worker_heartbeat(w.worker_id)
         log.info("worker %s registered (%d threads, %d credits)", w.worker_id, threads, w.credits)
         self._work.set()
         return w
@@ -367,6 +372,7 @@ class Coordinator(Service):
             if out is None or out:
                 for h in out or ():
                     if h.speculative:
+                        self.metrics.partitions_requeued(h.gate.step.get("kind", ""), "straggler")
                         log.info("straggler: partition %d of %s also given to %s", h.partition.index,
                                  h.gate.step_id, worker_id)
                     entry = self._steps.get(h.gate.step_id)
@@ -506,7 +512,10 @@ class WorkerServicer(modules()[1].WorkerServiceServicer):  # type: ignore[misc]
         known, drop = self.coordinator.gates.heartbeat(request.worker_id, request.state, list(request.attempts),
                                                        time.time())
         if request.state == "stopped":
+            self.coordinator.metrics.worker_removed(request.worker_id)
             self.coordinator._work.set()
+        elif known:
+            self.coordinator.metrics.worker_heartbeat(request.worker_id)
         return modules()[0].HeartbeatResponse(known=known, lease_seconds=self.coordinator.gates.lease_seconds,
                                               drop=drop)
 
