@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,20 @@ def test_render_only_through_the_cli(recorded: dict[str, Any], tmp_path: Path) -
 
 
 # -- the suite runner ------------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for init to reap it counts as ended)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def _script(d: Path, name: str, body: str) -> None:
     (d / f"bench_{name}.py").write_text(textwrap.dedent(body))
 
@@ -170,6 +185,11 @@ def test_suite_runs_each_script_and_records_outcomes(tmp_path: Path) -> None:
         print("starting"); print("samtools: not found", file=sys.stderr); sys.exit(3)
     """)
     _script(bench, "size", "print('no json here')\n")
+    _script(bench, "leaky", """
+        import json, subprocess, sys
+        child = subprocess.Popen(["sleep", "300"])  # a server it forgets to stop
+        print(json.dumps({"child": child.pid}))
+    """)
     _script(bench, "slow", "import argparse, time\nargparse.ArgumentParser().parse_args()\ntime.sleep(60)\n")
     notes: list[str] = []
     out = tmp_path / "out"
@@ -187,10 +207,13 @@ def test_suite_runs_each_script_and_records_outcomes(tmp_path: Path) -> None:
     again = suite.run_suite(out, quick=True, bench_dir=bench, install=False, progress=notes.append, only=["sort"])
     assert set(again["benchmarks"]) == set(b) and again["updated_from"]["kept"] == ["align[t1]", "align[t2]",
                                                                                    "chain", "size"]
-    slow = suite.run_suite(tmp_path / "out2", bench_dir=bench, timeout=1, install=False, progress=notes.append,
-                           only=["slow"])["benchmarks"]["slow"]
+    second = suite.run_suite(tmp_path / "out2", bench_dir=bench, timeout=2, install=False,
+                             progress=notes.append, only=["slow", "leaky"])["benchmarks"]
+    slow = second["slow"]
     assert slow["status"] == "timeout" and slow["reps"][0]["wall_s"] < 20
-    assert "stopped after 1 s" in slow["reps"][0]["stderr_tail"]
+    assert "stopped after 2 s" in slow["reps"][0]["stderr_tail"]
+    assert second["leaky"]["status"] == "ok"
+    assert not _alive(second["leaky"]["reps"][0]["json"]["child"])  # what it left running was stopped
     assert any("align[t2] rep 2/2" in n for n in notes)
     assert {"cpu_model", "cpus", "memory_gib"} <= res["machine"].keys() and "samtools" in res["tools"]
     with pytest.raises(ValueError, match="no benchmark named nope"):

@@ -119,8 +119,14 @@ def last_json(stdout: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def _exited(pid: int) -> bool:
+    """Whether the process has ended, leaving it unreaped: its pid, and so its process group's id,
+    cannot be reused until :func:`_stop` has killed the group and reaped it."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the script and everything it started (its process group)."""
+    """Kill what is left of the script's process group (the script too, when it still runs), then reap it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -136,25 +142,24 @@ def run_once(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, timeout:
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         # a session of its own: a timeout stops the script and every process it started
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
-        status = None
+        timed_out = False
         next_note = t0 + 60
         try:
-            while status is None:
-                try:
-                    proc.wait(timeout=min(5.0, timeout))
-                    status = "ok" if proc.returncode == 0 else "failed"
-                except subprocess.TimeoutExpired:
-                    now = time.monotonic()
-                    if now - t0 > timeout:
-                        _stop(proc)
-                        status = "timeout"
-                    elif now >= next_note:
-                        last = _tail(err_path, 400).strip().splitlines()
-                        progress(f"    {what}: running {now - t0:.0f} s" + (f" ({last[-1][:100]})" if last else ""))
-                        next_note = now + 60
-        except BaseException:  # Ctrl-C reaches only the suite (the script has a session of its own)
+            while not _exited(proc.pid):
+                now = time.monotonic()
+                if now - t0 > timeout:
+                    timed_out = True
+                    break
+                if now >= next_note:
+                    last = _tail(err_path, 400).strip().splitlines()
+                    progress(f"    {what}: running {now - t0:.0f} s" + (f" ({last[-1][:100]})" if last else ""))
+                    next_note = now + 60
+                time.sleep(0.2)
+        finally:
+            # on a timeout, Ctrl-C (it reaches only the suite: the script has a session of its own) or a
+            # normal end alike: nothing the script started outlives it (a server it did not stop)
             _stop(proc)
-            raise
+    status = "timeout" if timed_out else "ok" if proc.returncode == 0 else "failed"
     wall = time.monotonic() - t0
     stdout = out_path.read_text(errors="replace")
     rep: dict[str, Any] = {"status": status, "returncode": proc.returncode, "wall_s": round(wall, 2)}
