@@ -35,8 +35,17 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=1_000_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--scale", type=int, default=0, metavar="K",
+                    help="peak memory of sort and markdup on the input and on K copies of it (bench_sort --scale)")
     args = ap.parse_args()
     require("samtools")
+    if args.scale:
+        import bench_sort
+
+        sys.argv = [sys.argv[0], "--scale", str(args.scale), "--threads", str(args.threads)] + \
+            (["--quick"] if args.quick else []) + ["--pairs", str(args.pairs)]
+        bench_sort.main()
+        return
     t, runs = args.threads, args.runs or (2 if args.quick else 3)
     inp = aligned_inputs(args.quick, args.pairs, t)
     d = inp["dir"]
@@ -68,6 +77,11 @@ def main() -> None:
                                    1 if args.quick else runs)
     rows.append(["persona sort + markdup (unsorted AGD)", tail_w, tail_m, 1.0])
     result.update(persona_sort_markdup_s=round(tail_w, 3))
+    # align-sort --markdup's tail proper: duplicates marked during the merge (one request)
+    fused_w, fused_m = timed_process([*PERSONA, "sort", str(agd), "-n", "aligned", "--out-name", "fused",
+                                      "--overwrite", "--markdup", "-t", str(t), "--quiet"], 1 if args.quick else runs)
+    rows.append(["persona sort --markdup (unsorted AGD, in the merge)", fused_w, fused_m, 1.0])
+    result.update(persona_sort_markdup_fused_s=round(fused_w, 3), persona_sort_markdup_fused_peak_mib=round(fused_m, 1))
     ours_bam = d / "ours_md.bam"
     run([*PERSONA, "export", str(agd), str(ours_bam), "-n", "sorted", "--no-secondary", "-t", str(t), "--quiet"])
     ours_flags = dup_flags(ours_bam)
@@ -98,6 +112,7 @@ def main() -> None:
         result[f"ratio_vs_{key}"] = round(w / ours_w, 3)
         if key == "samtools_chain":
             result["ratio_sort_markdup_vs_samtools_chain"] = round(w / tail_w, 3)
+            result["ratio_sort_markdup_fused_vs_samtools_chain"] = round(w / fused_w, 3)
     picard_flags = dup_flags(d / "picard_md.bam") if (d / "picard_md.bam").exists() else []
     if picard_flags:
         same = sum(a == b for a, b in zip(ours_flags, picard_flags)) / max(1, len(ours_flags))

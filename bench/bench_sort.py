@@ -11,6 +11,15 @@ dataset imported from it are cached in ``bench/out/``.
 
 Each contender runs as its own process under ``/usr/bin/time`` (wall time, peak RSS). The last
 line is a JSON object.
+
+``--scale K``: memory against dataset size instead. The input dataset and a dataset of K copies of it
+(each copy on its own renamed copy of the reference's contigs, read names suffixed: K times the
+records at the same depth) are sorted (``persona sort``) and the sorted ones duplicate-marked
+(``persona markdup``), each under ``/usr/bin/time``: peak RSS must stay flat (bounded by the
+configuration: sort.group_chunks, sort.merge_memory, markdup.window), not grow K times.
+
+    python bench/bench_sort.py --scale 4     # 2M and 8M records
+    python bench/bench_sort.py --quick --scale 4
 """
 from __future__ import annotations
 
@@ -74,6 +83,72 @@ def timed_process(cmd: list[str], runs: int, before: list[str] | None = None) ->
     return statistics.median(walls), max(rss)
 
 
+def replicated(agd: Path, name: str, copies: int) -> str:
+    """A dataset ``<name>_x<copies>`` beside ``name``: ``copies`` copies of its records, copy k on contigs
+    renamed ``<contig>_k`` (reference indexes shifted), read names suffixed ``_k`` (cached)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import numpy as np
+
+    from persona.agd import Dataset
+    from persona.agd.chunk import encode_chunk
+    from persona.agd.columns import RESULTS, decode_column, encode_column
+    from persona.agd.format import CompressionType
+    from persona.agd.ragged import RaggedArray
+    from persona.agd.transaction import Transaction
+
+    out = f"{name}_x{copies}"
+    if (agd / f"{out}_metadata.json").exists():
+        return out
+    ds = Dataset.open(agd, name)
+    m = ds.manifest
+    contigs = sorted(m.reference_contigs, key=lambda c: c.index)
+    nc = len(contigs)
+    txn = Transaction(ds.store, out, app="bench-replicate", new=True, overwrite=True)
+    txn.begin()
+    first = 0
+    for k in range(copies):
+        print(f"replicating {name}: copy {k + 1} of {copies} ...", file=sys.stderr, flush=True)
+        for i in range(len(ds.chunks)):
+            files = {}
+            n = ds.chunks[i].num_records
+            for c in ds.columns:
+                h, raw = ds.read_raw(i, c)
+                if c == RESULTS:
+                    res = decode_column(RESULTS, raw)
+                    f = res.fields
+                    for col in ("ref_index", "next_ref_index"):
+                        f[col] = np.where(f[col] >= 0, f[col] + k * nc, f[col])
+                    raw = encode_column(RESULTS, res)
+                elif c == "metadata":
+                    raw = RaggedArray.from_list([bytes(x) + b"_%d" % k for x in raw])
+                files[c] = encode_chunk(raw, record_type=h.record_type, first_ordinal=first, name=out,
+                                        compression=CompressionType.ZSTD, level=1)
+            txn.write_encoded(first, n, files)
+            first += n
+    rc = [{"name": f"{c.name}_{k}", "length": c.length, "index": k * nc + c.index}
+          for k in range(copies) for c in contigs]
+    txn.commit(list(ds.columns), sort=m.sort, reference=f"{m.reference}_x{copies}", reference_contigs=rc,
+               paired=m.paired, extra=dict(m.extra))
+    return out
+
+
+def scale(inp: dict[str, Path], copies: int, threads: int) -> dict[str, float]:
+    """Peak RSS (MiB) and seconds of persona sort and markdup on the dataset and on ``copies`` copies."""
+    agd = inp["agd"]
+    big = replicated(agd, "aligned", copies)
+    rows, res = [], {}
+    for label, name in (("1x", "aligned"), (f"{copies}x", big)):
+        sort_w, sort_m = timed_process([*PERSONA, "sort", str(agd), "-n", name, "--out-name", f"{name}_s",
+                                        "--overwrite", "-t", str(threads), "--quiet"], 1)
+        md_w, md_m = timed_process([*PERSONA, "markdup", str(agd), "-n", f"{name}_s", "-t", str(threads),
+                                    "--quiet"], 1)
+        rows += [[f"persona sort, {label}", sort_w, sort_m], [f"persona markdup, {label}", md_w, md_m]]
+        res.update({f"sort_{label}_s": round(sort_w, 2), f"sort_{label}_peak_mib": round(sort_m, 1),
+                    f"markdup_{label}_s": round(md_w, 2), f"markdup_{label}_peak_mib": round(md_m, 1)})
+    print(table(["run", "seconds", "peak MiB"], rows))
+    return res
+
+
 def in_process(agd: Path, threads: int, runs: int) -> float:
     """Median seconds of the sort request on a warm Runtime (a worker of the service: no interpreter
     start, imports or pipeline construction in the time)."""
@@ -98,11 +173,22 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=1_000_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--scale", type=int, default=0, metavar="K",
+                    help="peak memory of sort and markdup on the input and on K copies of it (flat = bounded)")
     args = ap.parse_args()
     require("samtools")
     runs = args.runs or 3
     t = args.threads
     inp = aligned_inputs(args.quick, args.pairs, t)
+    if args.scale:
+        records = int(subprocess.run(["samtools", "view", "-c", str(inp["bam"])], capture_output=True, text=True,
+                                     check=True).stdout)
+        print(f"{records} and {args.scale * records} records, {t} threads")
+        res = scale(inp, args.scale, t)
+        growth = {k: round(res[f"{k}_{args.scale}x_peak_mib"] / res[f"{k}_1x_peak_mib"], 3) for k in ("sort", "markdup")}
+        emit_json({"bench": "sort_scale", "records": records, "copies": args.scale, "threads": t,
+                   "quick": args.quick, **res, "peak_growth": growth})
+        return
     d = inp["dir"]
     records = int(subprocess.run(["samtools", "view", "-c", str(inp["bam"])], capture_output=True, text=True,
                                  check=True).stdout)
