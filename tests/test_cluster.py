@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("grpc")
 
-from test_service import PERSONA, REF, R1, R2, big_fastq  # noqa: E402
+from test_service import DATA, PERSONA, REF, R1, R2, big_fastq, body  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 WAIT = 120
@@ -63,7 +63,7 @@ service:
   worker_listen: "{listen_host}:{self.worker_port}"
   metrics_listen: null
   db_path: "{root / 'state' / 'service.db'}"
-  roots: "{root}"
+  roots: "{root},{DATA}"
   lease_seconds: {lease}
   partition_size: {partition}
   speculate_factor: 2.0
@@ -318,6 +318,32 @@ def test_two_workers_align_like_the_cli_then_a_sigkilled_worker_is_replaced(clus
                        else None, 3 * 2 + 10, "the dead worker's lease to expire")
         assert len(workers) == 2 and time.monotonic() - killed_at < WAIT
     assert "lost (no heartbeat" in cl.log()
+
+
+def test_a_chain_of_kinds_runs_on_the_workers_as_the_cli_runs_it(cluster, tmp_path):
+    """import and export run whole on a worker, align in partitions across both: the export is the CLI's."""
+    from persona.apps.export import ExportRequest
+    from persona.apps.importer import ImportRequest
+
+    cl = cluster(partition=1)
+    cl.start_coordinator()
+    cl.start_worker()
+    cl.start_worker()
+    cl.wait_workers(2)
+    ds = tmp_path / "chain"
+    with cl.client() as c:
+        st = c.wait(c.submit(ImportRequest(inputs=(str(R1), str(R2)), output=str(ds), chunk_size=1000),
+                             align_request(ds), ExportRequest(dataset=str(ds), output=str(tmp_path / "chain.sam"))),
+                    timeout=WAIT)
+    assert st["state"] == "done", st["error"]
+    assert [s["kind"] for s in st["summaries"]] == ["import", "align", "export"]
+    assert st["summaries"][1]["partitions"] == st["summaries"][1]["chunks"] >= 4
+    run = lambda *a: subprocess.run([*PERSONA, "--config", str(cl.config), *a, "-q"], env=env(),  # noqa: E731
+                                    check=True, capture_output=True, timeout=WAIT)
+    run("import", str(R1), str(R2), "-o", str(tmp_path / "cli"), "-c", "1000")
+    run("align", str(tmp_path / "cli"), "-r", "sample_reference")
+    run("export", str(tmp_path / "cli"), str(tmp_path / "cli.sam"))
+    assert body(tmp_path / "chain.sam") == body(tmp_path / "cli.sam")
 
 
 def test_small_request_behind_a_large_one_is_not_starved(cluster, sample, tmp_path):
