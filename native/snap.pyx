@@ -474,6 +474,12 @@ cdef struct ReadCtx:
     int32_t *table       # candidate hash: index + 1, 0 empty
     int32_t table_cap
     int32_t *used        # slots of table in use (cleared per read)
+    int64_t *bkey        # 16-bp bins of read starts (per direction): seeds voting for the area
+    int32_t *bweight
+    int32_t *blast
+    int32_t *btable
+    int32_t *bused
+    int32_t n_bins
     int32_t *order       # scoring order scratch
     int32_t *scored      # indices of scored candidates
     int32_t n_scored
@@ -527,7 +533,14 @@ cdef int _init_ctx(ReadCtx *c, int32_t max_cands) noexcept nogil:
     c.used = <int32_t*>malloc(max_cands * sizeof(int32_t))
     c.order = <int32_t*>malloc(max_cands * sizeof(int32_t))
     c.scored = <int32_t*>malloc(max_cands * sizeof(int32_t))
+    c.bkey = <int64_t*>malloc(max_cands * sizeof(int64_t))
+    c.bweight = <int32_t*>malloc(max_cands * sizeof(int32_t))
+    c.blast = <int32_t*>malloc(max_cands * sizeof(int32_t))
+    c.btable = <int32_t*>calloc(c.table_cap, sizeof(int32_t))
+    c.bused = <int32_t*>malloc(max_cands * sizeof(int32_t))
     if c.cands == NULL or c.table == NULL or c.used == NULL or c.order == NULL or c.scored == NULL:
+        return -1
+    if c.bkey == NULL or c.bweight == NULL or c.blast == NULL or c.btable == NULL or c.bused == NULL:
         return -1
     return _grow_ctx(c, 512)
 
@@ -542,13 +555,21 @@ cdef void _free_ctx(ReadCtx *c) noexcept nogil:
     free(c.used)
     free(c.order)
     free(c.scored)
+    free(c.bkey)
+    free(c.bweight)
+    free(c.blast)
+    free(c.btable)
+    free(c.bused)
 
 
 cdef void _reset_ctx(ReadCtx *c) noexcept nogil:
     cdef int32_t i
     for i in range(c.n_cands):
         c.table[c.used[i]] = 0
+    for i in range(c.n_bins):
+        c.btable[c.bused[i]] = 0
     c.n_cands = 0
+    c.n_bins = 0
     c.n_scored = 0
     c.applied[0] = 0
     c.applied[1] = 0
@@ -573,14 +594,54 @@ cdef inline int32_t _find(ReadCtx *c, int64_t key) noexcept nogil:
         s = (s + 1) & mask
 
 
+cdef inline int32_t _bin_weight(ReadCtx *c, int64_t key) noexcept nogil:
+    """Seeds voting for bin ``key`` (0 if none)."""
+    cdef uint64_t mask = c.table_cap - 1
+    cdef uint64_t s = _mix64(<uint64_t>key) & mask
+    cdef int32_t v
+    while True:
+        v = c.btable[s]
+        if v == 0:
+            return 0
+        if c.bkey[v - 1] == key:
+            return c.bweight[v - 1]
+        s = (s + 1) & mask
+
+
+cdef inline void _add_bin(ReadCtx *c, int64_t key, int32_t seed_id) noexcept nogil:
+    cdef uint64_t mask = c.table_cap - 1
+    cdef uint64_t s = _mix64(<uint64_t>key) & mask
+    cdef int32_t v
+    while True:
+        v = c.btable[s]
+        if v == 0:
+            break
+        if c.bkey[v - 1] == key:
+            if c.blast[v - 1] != seed_id:
+                c.bweight[v - 1] += 1
+                c.blast[v - 1] = seed_id
+            return
+        s = (s + 1) & mask
+    if c.n_bins >= c.cap_cands:
+        return
+    c.bkey[c.n_bins] = key
+    c.bweight[c.n_bins] = 1
+    c.blast[c.n_bins] = seed_id
+    c.bused[c.n_bins] = <int32_t>s
+    c.n_bins += 1
+    c.btable[s] = c.n_bins
+
+
 cdef inline int _add_hit(ReadCtx *c, int dir, int64_t loc, int64_t seed_pos, int32_t seed_off,
                          int32_t seed_id) noexcept nogil:
-    """One seed hit voting for read start ``loc`` in direction ``dir``; -1 when the table is full."""
-    cdef int64_t key = ((loc >> BIN_SHIFT) << 1) | dir
+    """One seed hit voting for read start ``loc`` (exactly: one candidate per diagonal, each anchored
+    at its own seed) and for its 16-bp bin in direction ``dir``."""
+    cdef int64_t key = (loc << 1) | dir
     cdef uint64_t mask = c.table_cap - 1
     cdef uint64_t s = _mix64(<uint64_t>key) & mask
     cdef int32_t v
     cdef Cand *x
+    _add_bin(c, ((loc >> BIN_SHIFT) << 1) | dir, seed_id)
     while True:
         v = c.table[s]
         if v == 0:
@@ -959,12 +1020,24 @@ cdef class Mapper:
         cdef int k = ix.seed_len, L = c.L, off = x.seed_off, dir = x.dir
         cdef int64_t p = x.seed_pos
         cdef int mf = L - off - k, mb = off, ef, eb, df = 0, db = 0, nf = 0, nb = 0, i, j, q, nm
+        cdef int clip_l = 0, clip_r = 0, ci
+        cdef int64_t cs, ce
         cdef const uint8_t *R = c.codes[dir]
         cdef const uint8_t *Q = c.quals[dir]
         cdef double prob
         cdef int64_t matches
         if limit > MAXK:
             limit = MAXK
+        # read bases hanging over the contig's ends are clipped, not aligned against the padding
+        ci = _contig_of(ix, p)
+        cs = ix.contig_start[ci]
+        ce = ix.contig_end[ci]
+        if p - mb < cs:
+            clip_l = mb - <int>(p - cs if p > cs else 0)
+            mb -= clip_l
+        if p + k + mf > ce:
+            clip_r = mf - <int>(ce - p - k if ce > p + k else 0)
+            mf -= clip_r
         # the text each half may read must lie inside the genome array
         if p - mb - limit - 1 < 0 or <uint64_t>(p + k + mf + limit + 1) > ix.genome_len:
             x.state = 2
@@ -1012,6 +1085,11 @@ cdef class Mapper:
                 return -1
             # backward half reversed (read order), the seed, the forward half
             j = 0
+            if clip_l:
+                out.runs[0].op = OP_S
+                out.runs[0].len = clip_l
+                out.runs[0].ppos = 0
+                j = 1
             for i in range(nb - 1, -1, -1):
                 out.runs[j] = self.runs_b[i]
                 out.runs[j].ppos = off - self.runs_b[i].ppos - self.runs_b[i].len
@@ -1030,30 +1108,31 @@ cdef class Mapper:
                 out.runs[j] = self.runs_a[i]
                 out.runs[j].ppos = off + k + self.runs_a[i].ppos
                 j += 1
+            if clip_r:
+                out.runs[j].op = OP_S
+                out.runs[j].len = clip_r
+                out.runs[j].ppos = L - clip_r
+                j += 1
             out.n_runs = j
         return 0
 
     cdef int _merged(self, ReadCtx *c, Cand *x) noexcept nogil:
-        """Whether ``x`` lies within MERGE_DIST of a location already scored in its direction."""
+        """Whether ``x`` lies within MERGE_DIST of a perfect (0-edit) location already scored in its
+        direction: it cannot do better there (a tandem repeat's shifted seed hits)."""
         cdef int32_t i
         cdef Cand *y
         for i in range(c.n_scored):
             y = &c.cands[c.scored[i]]
-            if y.dir == x.dir and y.state == 1 and x.loc - y.start <= MERGE_DIST and y.start - x.loc <= MERGE_DIST:
+            if (y.dir == x.dir and y.state == 1 and y.d == 0 and x.loc - y.start <= MERGE_DIST
+                    and y.start - x.loc <= MERGE_DIST):
                 return 1
         return 0
 
     cdef int _weight(self, ReadCtx *c, Cand *x) noexcept nogil:
-        """Seeds supporting ``x``'s bin and its two neighbours (an indel moves hits across bins)."""
-        cdef int w = x.weight
-        cdef int32_t j
-        j = _find(c, x.key - 2)
-        if j >= 0:
-            w += c.cands[j].weight
-        j = _find(c, x.key + 2)
-        if j >= 0:
-            w += c.cands[j].weight
-        return w
+        """Seeds voting for ``x``'s 16-bp bin and its two neighbours (an indel moves a read's hits to
+        nearby diagonals): an upper bound of the seeds an alignment near ``x`` can hold."""
+        cdef int64_t b = ((x.loc >> BIN_SHIFT) << 1) | x.dir
+        return _bin_weight(c, b) + _bin_weight(c, b - 2) + _bin_weight(c, b + 2)
 
     cdef int _score_pending(self, ReadCtx *c, bint bounded) noexcept nogil:
         """Score unscored candidates best-weight first while they can still beat the limit."""
@@ -1063,7 +1142,7 @@ cdef class Mapper:
         for i in range(c.n_cands):
             x = &c.cands[i]
             if x.state == 0:
-                self.sortbuf[2 * n] = self._weight(c, x)
+                self.sortbuf[2 * n] = x.weight
                 self.sortbuf[2 * n + 1] = i
                 n += 1
         if n == 0:
@@ -1073,9 +1152,9 @@ cdef class Mapper:
         for i in range(n):
             idx = <int32_t>self.sortbuf[2 * i + 1]
             x = &c.cands[idx]
-            w = <int>self.sortbuf[2 * i]
             limit = (c.best_d if c.best_d < self.max_dist else self.max_dist) + self.extra_depth
             if bounded:
+                w = self._weight(c, x)
                 lb = (c.applied[x.dir] - w) // (c.wraps + 1)
                 if lb > limit:
                     continue
@@ -1084,12 +1163,36 @@ cdef class Mapper:
                 continue
             if self._score(c, x, limit, 0, NULL) < 0:
                 return -1
+            self._add_scored(c, idx)
+        return 0
+
+    cdef void _add_scored(self, ReadCtx *c, int32_t idx, bint append=True) noexcept nogil:
+        """Record a scored candidate; of two results within MERGE_DIST on one strand only the better
+        counts (the other is state 3), and the read's best is kept up to date."""
+        cdef Cand *x = &c.cands[idx]
+        cdef Cand *y
+        cdef int32_t i
+        if append:
             c.scored[c.n_scored] = idx
             c.n_scored += 1
-            if x.state == 1 and (x.d < c.best_d or (x.d == c.best_d and x.prob > c.cands[c.best].prob)):
-                c.best_d = x.d
-                c.best = idx
-        return 0
+        if x.state != 1:
+            return
+        for i in range(c.n_scored):
+            if c.scored[i] == idx:
+                continue
+            y = &c.cands[c.scored[i]]
+            if y.state == 1 and y.dir == x.dir and x.start - y.start <= MERGE_DIST and y.start - x.start <= MERGE_DIST:
+                if x.d < y.d or (x.d == y.d and x.prob > y.prob):
+                    y.state = 3
+                    if c.best == c.scored[i]:
+                        c.best = -1
+                        c.best_d = NO_SCORE
+                else:
+                    x.state = 3
+                    return
+        if c.best < 0 or x.d < c.best_d or (x.d == c.best_d and x.prob > c.cands[c.best].prob):
+            c.best_d = x.d
+            c.best = idx
 
     cdef int _apply_seed(self, ReadCtx *c, int off, int seed_id) noexcept nogil:
         """Look up the seed at read offset ``off``; 0 done, 1 the seed holds an N, -1 out of room."""
@@ -1237,7 +1340,7 @@ cdef class Mapper:
         clip = 0
         i = 0
         while i < n:
-            if r.runs[i].op == OP_I:
+            if r.runs[i].op == OP_I or r.runs[i].op == OP_S:
                 clip += r.runs[i].len
                 r.runs[i].len = 0
                 i += 1
@@ -1261,7 +1364,7 @@ cdef class Mapper:
         rl = 0
         j = n - 1
         while j >= i:
-            if r.runs[j].op == OP_I:
+            if r.runs[j].op == OP_I or r.runs[j].op == OP_S:
                 rl += r.runs[j].len
                 r.runs[j].len = 0
                 j -= 1
@@ -1410,7 +1513,7 @@ cdef class Mapper:
     cdef int _rescue(self, ReadCtx *a, ReadCtx *b) noexcept nogil:
         """Score ``b``'s seeded candidates lying in the pair window of ``a``'s scored locations."""
         cdef int32_t i, j, n_a = a.n_scored
-        cdef int64_t lo, hi, bin_
+        cdef int64_t lo, hi
         cdef Cand *x
         cdef Cand *y
         cdef int limit = self.max_dist, was
@@ -1424,14 +1527,9 @@ cdef class Mapper:
             else:            # mate forward, to the left
                 lo = x.end - self.max_spacing - MERGE_DIST
                 hi = x.end - self.min_spacing + MERGE_DIST
-            bin_ = lo >> BIN_SHIFT
-            while bin_ <= (hi >> BIN_SHIFT):
-                j = _find(b, (bin_ << 1) | (1 - x.dir))
-                bin_ += 1
-                if j < 0:
-                    continue
+            for j in range(b.n_cands):
                 y = &b.cands[j]
-                if y.state == 1 or y.state == 3:
+                if y.dir == x.dir or y.loc < lo or y.loc > hi or y.state == 1 or y.state == 3:
                     continue
                 was = y.state   # 0: never scored; 2: beyond the single-end limit, worth a wider look
                 if self._merged(b, y):
@@ -1439,9 +1537,7 @@ cdef class Mapper:
                     continue
                 if self._score(b, y, limit, 0, NULL) < 0:
                     return -1
-                if was == 0:
-                    b.scored[b.n_scored] = j
-                    b.n_scored += 1
+                self._add_scored(b, j, was == 0)   # a re-scored one is listed already
         return 0
 
     cdef int _best_pair(self, ReadCtx *a, ReadCtx *b, int32_t *ia, int32_t *ib, double *p_best,
