@@ -1,0 +1,178 @@
+"""The whole chain: paired FASTQ.gz -> coordinate-sorted, duplicate-marked BAM, 2 threads, same reads.
+
+Contenders (each a sequence of processes under ``/usr/bin/time``: wall seconds summed, peak RSS the
+largest of its steps; a pipeline is one step):
+
+* persona: ``persona import R1 R2`` -> ``persona align-sort --markdup`` -> ``persona export out.bam``
+  (the BAM indexed, as export does for coordinate-sorted output);
+* ``minimap2 -ax sr | samtools fixmate -m | samtools sort | samtools markdup`` (then ``samtools index``,
+  so both ends have an indexed BAM);
+* ``minimap2 -ax sr | bamsormadup`` (biobambam2; it writes the index itself with ``index=1``).
+
+Every contender gets a prebuilt index (persona's registered reference; minimap2's ``.mmi``), so no
+index building is timed. Reads: ~1M simulated pairs of sacCer3 (art_illumina, ``bench/_common.py``);
+``--quick``: the first 20,000 pairs of the real yeast set (under a minute).
+
+A fourth row runs our three requests on one warm in-process Runtime, as ``persona serve`` runs them
+(no interpreter start, imports or reference load in the time): what a chain costs a running service. The duplicate count of each output is
+printed too (they should agree closely: samtools markdup and bamsormadup are not Picard).
+
+    python bench/bench_chain.py --quick
+    python bench/bench_chain.py --runs 3
+
+The ratio is the faster reference's seconds over ours. The last line is a JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from _common import OUT, emit_json, real_sets, require, simulated_pairs, table
+
+PERSONA = [sys.executable, "-m", "persona.cli"]
+
+
+def inputs(quick: bool, pairs: int) -> dict[str, Path]:
+    # quick: real yeast reads (nothing to simulate); else the simulated set (made once, minutes)
+    src = real_sets()["yeast"] if quick else simulated_pairs(1_000_000)
+    n = 20_000 if quick else pairs
+    d = OUT / (f"chain_yeast_{n}" if quick else f"chain_{n}")
+    d.mkdir(parents=True, exist_ok=True)
+    out = {"dir": d, "r1": d / "r1.fq.gz", "r2": d / "r2.fq.gz", "ref": d / "ref.fa", "mmi": d / "ref.mmi",
+           "refs": d / "refs"}
+    for mate in ("r1", "r2"):
+        if not out[mate].exists():
+            tmp = out[mate].with_suffix(".tmp")
+            with gzip.open(src[mate], "rt") as fin, gzip.open(tmp, "wt", compresslevel=6) as dst:
+                for i, line in enumerate(fin):
+                    if i >= 4 * n:
+                        break
+                    dst.write(line)
+            tmp.rename(out[mate])
+    if not out["ref"].exists():
+        with gzip.open(real_sets()["yeast"]["ref"], "rb") as src, open(out["ref"], "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    if not out["mmi"].exists():
+        subprocess.run([require("minimap2"), "-x", "sr", "-d", str(out["mmi"]), str(out["ref"])], check=True,
+                       capture_output=True)
+    if not (out["refs"]).exists():
+        subprocess.run([*PERSONA, "reference", "add", "sacCer3", str(out["ref"]), "--store", str(out["refs"]),
+                        "--quiet"], check=True)
+    return out
+
+
+def timed(cmd: list[str] | str) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of one step (a shell pipeline when ``cmd`` is a string)."""
+    argv = ["bash", "-o", "pipefail", "-c", cmd] if isinstance(cmd, str) else cmd
+    r = subprocess.run(["/usr/bin/time", "-f", "%e %M", *argv], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{cmd} failed:\n{r.stderr[-3000:]}")
+    wall, kb = r.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(kb) / 1024
+
+
+def chain(steps: list[list[str] | str], before: list[str] | None = None) -> tuple[float, float]:
+    if before:
+        subprocess.run(before, check=False)
+    walls, peaks = zip(*(timed(s) for s in steps))
+    return sum(walls), max(peaks)
+
+
+def warm_chain(inp: dict[str, Path], threads: int, runs: int) -> float:
+    """Median seconds of import -> align-sort --markdup -> export as requests on one warm Runtime."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import time
+
+    from persona.apps.align_sort import AlignSortRequest
+    from persona.apps.export import ExportRequest
+    from persona.apps.importer import ImportRequest
+    from persona.runtime import Runtime
+
+    d = inp["dir"]
+    loc = str(d / "agd_warm")
+    walls = []
+    with Runtime(threads=threads) as rt:
+        for i in range(runs + 1):  # the first run warms up (pipelines built, reference loaded)
+            t0 = time.perf_counter()
+            rt.run(ImportRequest(inputs=(str(inp["r1"]), str(inp["r2"])), output=loc, name="reads", overwrite=True,
+                                 exclusive_location=False, read_group={"ID": "sim", "SM": "sim", "LB": "lib1"}))
+            rt.run(AlignSortRequest(dataset=loc, input_name="reads", reference="sacCer3",
+                                    references_url=str(inp["refs"]), markdup=True, name="sorted", overwrite=True))
+            rt.run(ExportRequest(dataset=loc, name="sorted", output=str(d / "warm.bam")))
+            if i:
+                walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
+
+
+def duplicates(bam: Path) -> int:
+    return int(subprocess.run(["samtools", "view", "-c", "-f", "0x400", str(bam)], capture_output=True, text=True,
+                              check=True).stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="20,000 pairs, one run (under a minute)")
+    ap.add_argument("--pairs", type=int, default=1_000_000, help="pairs of the simulated set to use")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=None)
+    args = ap.parse_args()
+    for tool in ("minimap2", "samtools", "bamsormadup"):
+        require(tool)
+    t = str(args.threads)
+    runs = args.runs or (1 if args.quick else 3)
+    inp = inputs(args.quick, args.pairs)
+    d = inp["dir"]
+    agd = d / "agd"
+    ours = [
+        [*PERSONA, "import", str(inp["r1"]), str(inp["r2"]), "-o", str(agd), "-n", "reads", "--overwrite", "--allow-several",
+         "-t", t, "--quiet", "-R", "@RG\\tID:sim\\tSM:sim\\tLB:lib1\\tPL:ILLUMINA"],
+        [*PERSONA, "align-sort", str(agd), "-n", "reads", "-r", "sacCer3", "--store", str(inp["refs"]),
+         "--markdup", "-M", str(d / "ours.metrics"), "--out-name", "sorted", "--overwrite", "-t", t, "--quiet"],
+        [*PERSONA, "export", str(agd), str(d / "ours.bam"), "-n", "sorted", "-t", t, "--quiet"],
+    ]
+    mm2 = f"minimap2 -t {t} -ax sr {inp['mmi']} {inp['r1']} {inp['r2']} 2>/dev/null"
+    samtools = [f"{mm2} | samtools fixmate -m -@ {t} -u - - | samtools sort -@ {t} -u -T {d}/st - "
+                f"| samtools markdup -@ {t} - {d}/samtools.bam 2>/dev/null",
+                f"samtools index -@ {t} {d}/samtools.bam"]
+    bsmd = [f"{mm2} | bamsormadup threads={t} inputformat=sam tmpfile={d}/bsmd index=1 "
+            f"indexfilename={d}/bamsormadup.bam.bai > {d}/bamsormadup.bam 2>/dev/null"]
+    results: dict[str, list[tuple[float, float]]] = {"persona": [], "samtools": [], "bamsormadup": []}
+    for _ in range(runs):  # interleaved, so load changes on the shared machine hit all alike
+        results["persona"].append(chain(ours))
+        results["samtools"].append(chain(samtools))
+        results["bamsormadup"].append(chain(bsmd))
+    med = {k: (statistics.median(w for w, _ in v), max(m for _, m in v)) for k, v in results.items()}
+    warm = warm_chain(inp, args.threads, runs)
+    dups = {"persona": duplicates(d / "ours.bam"), "samtools": duplicates(d / "samtools.bam"),
+            "bamsormadup": duplicates(d / "bamsormadup.bam")}
+    records = int(subprocess.run(["samtools", "view", "-c", str(d / "ours.bam")], capture_output=True, text=True,
+                                 check=True).stdout)
+    ours_s = med["persona"][0]
+    faster = min(med["samtools"][0], med["bamsormadup"][0])
+    rows = [["persona import | align-sort --markdup | export", ours_s, med["persona"][1], 1.0, dups["persona"]],
+            ["minimap2 | fixmate | sort | markdup (+ index)", med["samtools"][0], med["samtools"][1],
+             med["samtools"][0] / ours_s, dups["samtools"]],
+            ["minimap2 | bamsormadup", med["bamsormadup"][0], med["bamsormadup"][1], med["bamsormadup"][0] / ours_s,
+             dups["bamsormadup"]],
+            ["persona, the same 3 requests on a warm runtime (service)", warm, float("nan"), faster / warm, ""]]
+    print(f"{records} records, {t} threads, median of {runs} run(s)")
+    print(table(["chain (FASTQ.gz -> sorted, duplicate-marked BAM)", "seconds", "peak MiB", "theirs/ours",
+                 "duplicates"], rows))
+    emit_json({"bench": "chain", "records": records, "threads": args.threads, "runs": runs, "quick": args.quick,
+               "persona_s": round(ours_s, 2), "persona_peak_mib": round(med["persona"][1], 1),
+               "samtools_s": round(med["samtools"][0], 2), "samtools_peak_mib": round(med["samtools"][1], 1),
+               "bamsormadup_s": round(med["bamsormadup"][0], 2),
+               "bamsormadup_peak_mib": round(med["bamsormadup"][1], 1),
+               "duplicates": dups, "ratio_vs_faster": round(faster / ours_s, 3),
+               "persona_warm_runtime_s": round(warm, 2), "ratio_warm_vs_faster": round(faster / warm, 3),
+               "ratio_vs_samtools": round(med["samtools"][0] / ours_s, 3),
+               "ratio_vs_bamsormadup": round(med["bamsormadup"][0] / ours_s, 3)})
+
+
+if __name__ == "__main__":
+    main()
