@@ -191,18 +191,51 @@ def _bench_align(stores: dict[str, str], args: argparse.Namespace, notes: dict, 
         # untimed warm-up: the reference index loads once per process, the aligner's pool starts
         rt.run(AlignRequest(dataset=local, reference="ref", references_url=refs))
         times: dict[str, list[float]] = {b: [] for b in locs}
+        cpus: dict[str, list[float]] = {b: [] for b in locs}
+        daemons: dict[str, list[float]] = {b: [] for b in locs}
         for _ in range(args.runs):  # interleaved: drift on a shared machine hits every backend alike
             for backend, loc in locs.items():
-                t0 = time.perf_counter()
+                d0, c0, t0 = _daemon_cpu(args._cluster_dir), _self_cpu(), time.perf_counter()
                 rt.run(AlignRequest(dataset=loc, reference="ref", references_url=refs))
                 times[backend].append(time.perf_counter() - t0)
+                cpus[backend].append(_self_cpu() - c0)
+                daemons[backend].append(_daemon_cpu(args._cluster_dir) - d0)
     med = {b: statistics.median(v) for b, v in times.items()}
     out["seconds"] = {b: round(v, 3) for b, v in med.items()}
     out["ratio_local_over_store"] = {b: round(med["file"] / med[b], 3) for b in locs if b != "file"}
+    # CPU seconds (this process, every thread) and the Ceph daemons' CPU seconds: on a loaded shared
+    # machine the wall ratio moves with the neighbours' load; these say what the store itself cost.
+    out["cpu_seconds"] = {b: round(statistics.median(v), 3) for b, v in cpus.items()}
+    out["ceph_daemons_cpu_seconds"] = {b: round(statistics.median(v), 3) for b, v in daemons.items()}
     for b, v in med.items():
         ratio = f"  ratio local/{b} {med['file'] / v:.3f}" if b != "file" else ""
-        print(f"align {b:5s} {pairs} pairs, {args.threads} threads: median {v:.2f} s{ratio}", flush=True)
+        print(f"align {b:5s} {pairs} pairs, {args.threads} threads: median {v:.2f} s (cpu "
+              f"{out['cpu_seconds'][b]:.2f} s, ceph daemons {out['ceph_daemons_cpu_seconds'][b]:.2f} s){ratio}",
+              flush=True)
+    try:
+        out["load_average"] = list(os.getloadavg())
+    except OSError:
+        pass
     return out
+
+
+def _self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _daemon_cpu(root: Path | None) -> float:
+    """CPU seconds used so far by the deploy/ceph.sh daemons (mon, OSD, radosgw) of ``root``."""
+    if root is None:
+        return 0.0
+    total = 0.0
+    for pidfile in (root / "run").glob("*.pid"):
+        try:
+            fields = Path(f"/proc/{int(pidfile.read_text())}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def _cp_dataset(args: argparse.Namespace, notes: dict) -> str:
