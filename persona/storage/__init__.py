@@ -8,6 +8,10 @@
 Bare paths and ``file://`` URLs are directories (:class:`FileStore`),
 ``memory://name`` is in-process (:class:`MemoryStore`), ``ceph://pool/ns`` and
 ``s3://bucket/prefix`` load optional backends on first use.
+
+:class:`BlockReader` / :func:`iter_objects` (:mod:`persona.storage.lazy`) read large objects a few
+blocks ahead (bounded memory); :mod:`persona.storage.refcache` keeps a compute node's local copies
+of reference indexes fetched from a store.
 """
 from persona.errors import StoreError, StoreKeyError, StoreUnavailableError
 from persona.storage.base import (
