@@ -437,7 +437,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # -- the service: persona serve / submit / status / cancel / watch -------------------------------
 #: the commands `persona submit KIND ...` takes (their arguments are the command's own)
-SUBMIT_KINDS = ("import", "align", "export", "sort", "markdup", "stats")
+SUBMIT_KINDS = ("import", "align", "export", "sort", "align-sort", "markdup", "stats")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
