@@ -274,6 +274,10 @@ class Coordinator(Service):
             await self._wait(live, gate, handle)
             live.records_total_done += live.records_done
             summary = await asyncio.to_thread(self._commit_align, live, step_id, request, ds, txn, gate, started)
+            # what losing attempts (revoked, speculative twins) had written so far goes now; what they
+            # write later is deleted when their result is discarded, or by the dataset's next writer
+            await asyncio.to_thread(delete_attempt_files, ds.store, ds.name, None,
+                                    attempts - {p.done_attempt for p in gate.partitions})
         except BaseException as exc:
             stopping = self._stopping and not live.cancel_requested
             if txn.state == "open":
@@ -400,8 +404,8 @@ class Coordinator(Service):
             self._work.set()
             return True
         if out.action == "failed":
-            self._close_step(gate.step_id, "failed", f"partition {part.index} (chunks [{part.start}, {part.stop})) "
-                                                      f"failed: {error}")
+            where = "" if gate.whole else f"partition {part.index} (chunks [{part.start}, {part.stop})) failed: "
+            self._close_step(gate.step_id, "failed", f"{where}{error} (after {part.failures} attempts)")
             return True
         if not gate.whole:
             result = {**result, "range": [part.start, part.stop]}
