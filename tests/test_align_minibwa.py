@@ -347,3 +347,22 @@ def test_cli_end_to_end_samtools_accepts_and_calmd_agrees(tmp_path: Path, capsys
     ours, theirs = nm_md(sam.read_text()), nm_md(calmd.stdout)
     assert len(ours) >= 8000 and ours == theirs
     assert sum(md is not None for _, md in ours) > 7000
+
+
+@pytest.mark.small_data
+def test_hot_path_gives_what_the_general_path_gives(human, tmp_path_factory, monkeypatch) -> None:
+    """Reads with one record each take an inlined path; it must build the very rows and tags the
+    general path (pairing.add_chosen_pair + per-record tags) builds."""
+    r1, r2 = head_fastq(human["r1"], 800), head_fastq(human["r2"], 800)
+    bases, names = interleave(r1, r2)
+    al = aligner_for(human["ref"], tmp_path_factory)
+    fast_p, fast_s = al.align(bases, names=names, paired=True), al.align(bases, names=names)
+    monkeypatch.setattr(al, "_simple", lambda raw, read: None)
+    slow_p, slow_s = al.align(bases, names=names, paired=True), al.align(bases, names=names)
+    for fast, slow in ((fast_p, slow_p), (fast_s, slow_s)):
+        assert np.array_equal(fast.primary.fields, slow.primary.fields)
+        assert list(fast.primary.cigars) == list(slow.primary.cigars)
+        assert list(fast.primary.tags) == list(slow.primary.tags)
+        assert len(fast.secondary) == len(slow.secondary)
+        for a, b in zip(fast.secondary, slow.secondary):
+            assert np.array_equal(a.present, b.present) and list(a.tags) == list(b.tags)

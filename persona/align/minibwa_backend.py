@@ -61,8 +61,16 @@ import numpy as np
 
 from persona.agd.manifest import Contig
 from persona.agd.ragged import RaggedArray
+from persona.agd.records import FLAG_REVERSE
 from persona.align.base import Aligner, AlignerOptions, AlignResult
-from persona.align.pairing import Hit, RecordSink, _secondaries, add_chosen_pair, add_single
+from persona.align.pairing import (
+    Hit,
+    RecordSink,
+    _secondaries,
+    add_chosen_pair,
+    add_single,
+    template_length,
+)
 from persona.errors import AlignerError, ReferenceNotFoundError
 
 #: the reference store's file for this backend: a tar of minibwa's two files plus reference.seq
@@ -256,8 +264,21 @@ def load_index(path: str | Path, options: AlignerOptions) -> MinibwaIndex:
 
 
 # ----------------------------------------------------------------------------- tags
+_AUX_INT: dict[tuple[bytes, int], bytes] = {}
+
+
 def _aux_int(tag: bytes, v: int) -> bytes:
     """An integer tag in the smallest BAM type (as htslib stores a SAM ``i`` value)."""
+    if -128 <= v < 1024:  # the common values, encoded once
+        key = (tag, v)
+        out = _AUX_INT.get(key)
+        if out is None:
+            out = _AUX_INT[key] = _encode_int(tag, v)
+        return out
+    return _encode_int(tag, v)
+
+
+def _encode_int(tag: bytes, v: int) -> bytes:
     if v < 0:
         if v >= -128:
             return tag + b"c" + struct.pack("<b", v)
@@ -269,6 +290,18 @@ def _aux_int(tag: bytes, v: int) -> bytes:
     if v <= 65535:
         return tag + b"S" + struct.pack("<H", v)
     return tag + b"I" + struct.pack("<I", v)
+
+
+def _mismatches(q: bytes, t: bytes) -> list[int]:
+    """Positions where two equally long byte strings differ, ascending (XOR of the two as one
+    integer: a handful of big-integer steps per mismatch instead of a loop over every base)."""
+    x = int.from_bytes(q, "little") ^ int.from_bytes(t, "little")
+    out = []
+    while x:
+        j = ((x & -x).bit_length() - 1) >> 3
+        out.append(j)
+        x &= ~(0xFF << (j << 3))
+    return out
 
 
 def compare_alignment(cigar: Sequence[tuple[str, int]], query: bytes, ref: bytes,
@@ -292,16 +325,21 @@ def compare_alignment(cigar: Sequence[tuple[str, int]], query: bytes, ref: bytes
                 run += n
                 score += a * n
             else:
-                qa = np.frombuffer(qs, np.uint8)
-                ta = np.frombuffer(ts, np.uint8)
-                amb = (qa == _N) | (ta == _N)
-                diff = (qa != ta) | amb
-                n_amb = int(amb.sum())
-                n_diff = int(diff.sum())
+                if _N in qs or _N in ts:  # an N on either side is a mismatch, even N against N
+                    qa = np.frombuffer(qs, np.uint8)
+                    ta = np.frombuffer(ts, np.uint8)
+                    amb = (qa == _N) | (ta == _N)
+                    diff = (qa != ta) | amb
+                    n_amb = int(amb.sum())
+                    where = np.flatnonzero(diff).tolist()
+                else:
+                    n_amb = 0
+                    where = _mismatches(qs, ts)
+                n_diff = len(where)
                 score += a * (n - n_diff) - b * (n_diff - n_amb) - ambi * n_amb
                 nm += n_diff
                 last = -1
-                for j in np.flatnonzero(diff).tolist():
+                for j in where:
                     md.append(str(run + j - last - 1))
                     md.append(chr(ts[j]))
                     run = 0
@@ -444,20 +482,62 @@ class MinibwaAligner(Aligner):
         prim = self._record_tags(primary, hits, measured, mate, paired)
         tags.add(prim, [self._record_tags(h, hits, measured, mate, False) for h in rest])
 
+    def _simple(self, raw: Sequence[Any], read: bytes) -> tuple[Hit, bytes] | None:
+        """The hot path: a read whose only record is its primary (no supplementary; secondaries,
+        if any, not asked for). Returns its :data:`Hit` and its NM, MD, AS tag bytes; None for
+        every other read (unmapped, supplementary, secondary columns), which takes the general path."""
+        p = None
+        keep_secondary = self.options.secondary > 0
+        for h in raw:
+            if h.is_primary:
+                if p is not None:
+                    return None
+                p = h
+            elif keep_secondary or h.is_supplementary:
+                return None
+        if p is None:
+            return None
+        ctg = p.contig
+        cig = p.cigar
+        if ctg is None or not cig:
+            return None
+        qs, qe, rev, ts, te = p.query_start, p.query_end, p.reverse, p.ref_start, p.ref_end
+        qlen = len(read)
+        if len(cig) == 1:
+            op, n = cig[0]
+            core = f"{n}{op}"
+        else:
+            core = "".join([f"{n}{op}" for op, n in cig])
+        left, right = (qlen - qe, qs) if rev else (qs, qlen - qe)
+        if left:
+            core = f"{left}S{core}"
+        if right:
+            core = f"{core}{right}S"
+        st = self._starts[ctg]
+        ref = self._index.seq[st + ts : st + te]
+        query = read.translate(_COMP)[::-1][qlen - qe : qlen - qs] if rev else read[qs:qe]
+        nm, md, score = compare_alignment(cig, query, ref, self._index.scoring)
+        hit = (self._rid[ctg], ts, te, rev, p.mapq, core.encode(), True, 0)
+        return hit, _aux_int(b"NM", nm) + b"MDZ" + md + b"\0" + _aux_int(b"AS", score)
+
+    @staticmethod
+    def _absent_extras(sink: RecordSink, tags: _TagSink) -> None:
+        """No extra record for the read just added: absent rows in the columns the block has."""
+        for i in range(len(sink.sec_rows)):
+            sink.add_absent_secondary(i)
+            tags.sec[i].append(b"")
+
     # -- Aligner ----------------------------------------------------------------------
     @staticmethod
     def _read_names(names: RaggedArray | None, n: int) -> list[str]:
         """Per read the name minibwa hashes: up to the first whitespace; '' when absent."""
         if names is None:
             return [""] * n
-        data = names.data.tobytes()
+        data = names.data.tobytes().replace(b"\0", b" ").decode("latin-1")  # one char per byte
         offs = names.offsets.tolist()
-        out = []
-        for i in range(n):
-            name = data[offs[i] : offs[i + 1]]
-            if b" " in name or b"\t" in name:
-                name = name.split(None, 1)[0]
-            out.append(name.replace(b"\0", b"").decode("latin-1"))
+        out = [data[offs[i] : offs[i + 1]] for i in range(n)]
+        if " " in data or "\t" in data:
+            out = [s.split(None, 1)[0] if s.strip() else "" for s in out]
         return out
 
     def _result(self, sink: RecordSink, tags: _TagSink) -> AlignResult:
@@ -485,7 +565,16 @@ class MinibwaAligner(Aligner):
             per_read[i] = r
         sink = RecordSink(self.options.secondary)
         tags = _TagSink(self.options.secondary)
+        simple = self._simple
         for i in range(n):
+            one = simple(per_read[i], reads[i]) if per_read[i] else None
+            if one is not None:
+                h, core = one
+                sink.rows.append((FLAG_REVERSE if h[3] else 0, h[4], h[0], h[1], -1, -1, 0))
+                sink.cigars.append(h[5])
+                tags.prim.append(core)
+                self._absent_extras(sink, tags)
+                continue
             hits = self._hits(per_read[i], len(reads[i]))
             add_single(sink, hits)  # type: ignore[arg-type]
             self._emit(tags, hits, hits[0] if hits else None, None, reads[i], False)
@@ -497,21 +586,45 @@ class MinibwaAligner(Aligner):
         idx = self._index
         n = len(bases) // 2
         data = bases.data.tobytes()
+        text = data.decode("ascii")  # minibwa takes str: decoded once, sliced per read
         offs = bases.offsets.tolist()
         qnames = self._read_names(names if self.options.use_names else None, 2 * n)
         sink = RecordSink(self.options.secondary)
         tags = _TagSink(self.options.secondary)
         map_pair, map_one = mb.map_pair, mb.map
         index, opts = idx.index, idx.opts
+        simple = self._simple
+        rows, cigars, prim = sink.rows, sink.cigars, tags.prim
         for i in range(n):
             s1 = data[offs[2 * i] : offs[2 * i + 1]]
             s2 = data[offs[2 * i + 1] : offs[2 * i + 2]]
             if s1 and s2:
-                r1, r2 = map_pair(index, opts, qnames[2 * i], s1.decode("ascii"), qnames[2 * i + 1],
-                                  s2.decode("ascii"))
+                r1, r2 = map_pair(index, opts, qnames[2 * i], text[offs[2 * i] : offs[2 * i + 1]],
+                                  qnames[2 * i + 1], text[offs[2 * i + 1] : offs[2 * i + 2]])
             else:  # an empty mate: the other one alone, unpaired
                 r1 = map_one(index, opts, qnames[2 * i], s1.decode("ascii")) if s1 else []
                 r2 = map_one(index, opts, qnames[2 * i + 1], s2.decode("ascii")) if s2 else []
+            a = simple(r1, s1) if r1 else None
+            b = simple(r2, s2) if a is not None and r2 else None
+            if b is not None:  # the hot path: one record per mate (pairing.add_chosen_pair, inlined)
+                (x, core1), (y, core2) = a, b  # type: ignore[misc]
+                ra, rb = x[3], y[3]
+                bits = 0x2 if _proper(r1) and _proper(r2) else 0
+                fa = 0x41 | bits | (0x10 if ra else 0) | (0x20 if rb else 0)
+                fb = 0x81 | bits | (0x10 if rb else 0) | (0x20 if ra else 0)
+                tl = template_length(x, y)
+                rows.append((fa, x[4], x[0], x[1], y[0], y[1], tl))
+                rows.append((fb, y[4], y[0], y[1], x[0], x[1], -tl))
+                cigars.append(x[5])
+                cigars.append(y[5])
+                prim.append(core1 + b"MCZ" + y[5] + b"\0" + _aux_int(b"MQ", y[4]))
+                prim.append(core2 + b"MCZ" + x[5] + b"\0" + _aux_int(b"MQ", x[4]))
+                if sink.sec_rows:
+                    for i in range(len(sink.sec_rows)):
+                        for _ in (0, 1):
+                            sink.add_absent_secondary(i)
+                            tags.sec[i].append(b"")
+                continue
             h1 = self._hits(r1, len(s1))
             h2 = self._hits(r2, len(s2))
             p1 = h1[0] if h1 else None
