@@ -485,7 +485,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise PersonaError("persona worker needs --coordinator HOST:PORT (the coordinator's worker API; "
                            "env PERSONA_COORDINATOR)")
     return run_worker(_config(args), coordinator=coordinator, token=args.token, threads=args.threads or None,
-                      credits=args.credits)
+                      credits=args.credits, metrics_listen=args.metrics_listen)
 
 
 class _Captured(Exception):
@@ -983,6 +983,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token", help="the worker credential (default: service.worker_token, else the worker-token "
                                     "file beside service.db_path)")
     sp.add_argument("--credits", type=int, help="partitions run at once (default: service.worker_credits)")
+    sp.add_argument("--metrics-listen", help="HOST:PORT of this worker's Prometheus /metrics ('none': off; default: "
+                                             "service.metrics_listen, skipped when that port is taken)")
     threads(sp, "aligner threads")
 
     sp = add("submit", cmd_submit, "submit a request to the service: a command and its arguments, as you would "

@@ -84,12 +84,12 @@ service:
         assert self.coord.poll() is None, log.read_text()
         self.address = addr.read_text().split()[0]
 
-    def start_worker(self, *, credits: int = 1, prefix: tuple[str, ...] = (), address: str | None = None
-                     ) -> subprocess.Popen:
+    def start_worker(self, *, credits: int = 1, prefix: tuple[str, ...] = (), address: str | None = None,
+                     args: tuple[str, ...] = ()) -> subprocess.Popen:
         log = self.root / f"worker-{len(self.workers)}.log"
         p = subprocess.Popen([*prefix, *PERSONA, "--config", str(self.config), "worker", "--coordinator",
                               address or f"{self.worker_host}:{self.worker_port}", "-t", "1", "--credits",
-                              str(credits)], env=env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                              str(credits), *args], env=env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
         self.workers.append(p)
         return p
 
@@ -327,7 +327,8 @@ def test_a_chain_of_kinds_runs_on_the_workers_as_the_cli_runs_it(cluster, tmp_pa
 
     cl = cluster(partition=1)
     cl.start_coordinator()
-    cl.start_worker()
+    metrics = f"127.0.0.1:{free_port()}"
+    cl.start_worker(args=("--metrics-listen", metrics))
     cl.start_worker()
     cl.wait_workers(2)
     ds = tmp_path / "chain"
@@ -344,6 +345,10 @@ def test_a_chain_of_kinds_runs_on_the_workers_as_the_cli_runs_it(cluster, tmp_pa
     run("align", str(tmp_path / "cli"), "-r", "sample_reference")
     run("export", str(tmp_path / "cli"), str(tmp_path / "cli.sam"))
     assert body(tmp_path / "chain.sam") == body(tmp_path / "cli.sam")
+    import urllib.request
+
+    scrape = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+    assert 'persona_records_processed_total{kind="align"}' in scrape  # the worker counts what it ran
 
 
 def test_small_request_behind_a_large_one_is_not_starved(cluster, sample, tmp_path):

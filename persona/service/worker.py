@@ -141,7 +141,8 @@ class Worker:
     """One worker process's loop (see the module docstring). :meth:`run` blocks until stopped."""
 
     def __init__(self, config: Any = None, *, coordinator: str, token: str | None = None,
-                 threads: int | None = None, credits: int | None = None, runtime: Any = None) -> None:
+                 threads: int | None = None, credits: int | None = None, runtime: Any = None,
+                 metrics_listen: str | None = None) -> None:
         from persona.config import get_config
         from persona.runtime import Runtime
 
@@ -161,6 +162,8 @@ class Worker:
         self._channel: Any = None
         self._stub: Any = None
         self.partitions_done = 0
+        self.metrics_listen = metrics_listen if metrics_listen is not None else sc.metrics_listen
+        self.metrics: Any = None
 
     # -- gRPC ----------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -197,6 +200,7 @@ class Worker:
 
         pb2 = modules()[0]
         self._connect()
+        self._serve_metrics()
         self.state = "running"
         hb = threading.Thread(target=self._heartbeats, name="worker-heartbeat", daemon=True)
         hb.start()
@@ -232,6 +236,20 @@ class Worker:
         finally:
             self._finish()
         return 0
+
+    def _serve_metrics(self) -> None:
+        """``/metrics`` of this worker (its runtime's pipelines, records and bases, store I/O)."""
+        from persona.service.metrics import Metrics
+
+        self.metrics = Metrics(None, runtime_stats=self.runtime.stats)
+        if not self.metrics_listen or self.metrics_listen in ("none", ""):
+            return
+        try:
+            self.metrics.serve(self.metrics_listen)
+            log.info("metrics on http://%s/metrics", self.metrics.address)
+        except OSError as exc:  # e.g. the coordinator on this machine holds the port: run without
+            log.warning("no metrics: cannot listen on %s (%s); pass --metrics-listen HOST:PORT",
+                        self.metrics_listen, exc)
 
     def _heartbeats(self) -> None:
         import grpc
@@ -293,6 +311,9 @@ class Worker:
             self._report(p, False, str(exc) or type(exc).__name__, {})
             return
         summary = h.result(0)
+        if self.metrics is not None:
+            self.metrics.records.labels(p.step.kind).inc(h.job.done_records)
+            self.metrics.feeds.labels(p.step.kind).inc(h.job.done_feeds)
         if p.whole:
             job = h.job
             self._report(p, True, "", {"summary": summary.to_dict(), "feeds": job.done_feeds,
@@ -362,6 +383,8 @@ class Worker:
                 pass
         if self._channel is not None:
             self._channel.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.state = "stopped"
 
 
@@ -380,11 +403,12 @@ def _token_beside(db_path: str) -> str:
 
 
 def run_worker(config: Any = None, *, coordinator: str, token: str | None = None, threads: int | None = None,
-               credits: int | None = None) -> int:
+               credits: int | None = None, metrics_listen: str | None = None) -> int:
     """``persona worker``: run until SIGTERM drained it (a second signal stops at once)."""
     import sys
 
-    w = Worker(config, coordinator=coordinator, token=token, threads=threads, credits=credits)
+    w = Worker(config, coordinator=coordinator, token=token, threads=threads, credits=credits,
+               metrics_listen=metrics_listen)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.drain())
     print(f"persona worker: pulling from {coordinator} ({w.runtime.threads} threads, {w.credits} credits)",
