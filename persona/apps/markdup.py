@@ -543,6 +543,7 @@ class Libraries:
         self.margin = margin
         # Picard has a metrics row for the library of every @RG of the header (export writes the
         # dataset's read group and the imported ones), records or not
+        self._lock = threading.Lock()
         self.names: list[str] = [self.default]
         for name in self.by_id.values():
             self._index(name)
@@ -554,9 +555,10 @@ class Libraries:
         return len(set(self.by_id.values()) | {self.default}) > 1
 
     def _index(self, name: str) -> int:
-        if name not in self.names:
-            self.names.append(name)
-        return self.names.index(name)
+        with self._lock:  # ends are computed on several encode threads
+            if name not in self.names:
+                self.names.append(name)
+            return self.names.index(name)
 
     def of_records(self, tags: Any, n: int) -> np.ndarray | None:
         """Each record's library index (None: all the default), from its ``RG:Z`` tag."""
