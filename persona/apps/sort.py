@@ -37,6 +37,22 @@ bytes. The new dataset is written in one transaction (``new=True``) with ``sort`
 set and the input's provenance plus this run's entry. Intermediate runs are
 removed after the commit and on failure or cancel.
 
+With ``markdup`` (coordinate order), duplicates are marked during the merge, as bamsormadup and
+elPrep do (:class:`persona.apps.markdup.MergeMarker`): the encode stage computes each output chunk's
+ends from the records it holds anyway, the write stage feeds them to the duplicate decider in output
+order, groups are decided as the merge passes them by ``window`` bases; at the commit the results
+files of the output chunks holding duplicates (or stale 0x400 flags) are rewritten within the same
+uncommitted attempt, then the one manifest commit makes the sorted, duplicate-marked dataset visible.
+
+A coordinate sort records, per output chunk, its first and last (reference, position) and the
+longest reference span of its mapped records in the manifest (``extra.coordinate_ranges``), which
+region exports use to read only the chunks that overlap (:mod:`persona.apps.region`).
+
+Run blocks are read back in ranged reads of at most :data:`READ_PART` bytes (``Store.get_range``),
+``prefetch`` blocks ahead per run on an I/O pool, the same on file, Ceph and S3 stores. Defaults come
+from the configuration (``sort.group_chunks``, ``sort.run_block``, ``sort.merge_memory``,
+``sort.prefetch``, ``markdup.window``).
+
 Memory is bounded by the parameters, not by the dataset: phase 1 holds
 ``threads`` groups (two copies each while permuting); the merge holds, per run,
 ``prefetch + 1`` blocks, and ``run_block`` is chosen so that all runs' blocks fit
