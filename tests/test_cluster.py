@@ -260,6 +260,20 @@ def test_straggler_gets_a_speculative_copy_and_the_loser_is_dropped():
     assert g.report(a.worker_id, h1.attempt, True, "", {}, now=7).action == "discarded"
 
 
+def test_failures_retry_then_fail_the_step_and_transient_ones_count_little():
+    g = gates()
+    w = g.register("a", 1, 1, 1, now=0)
+    g.add(gate("s", 1))
+    for _ in range(10):  # a busy dataset (a lost worker's claim not yet run out): retried
+        (h,) = g.pull(w.worker_id, 1, now=0)
+        assert g.report(w.worker_id, h.attempt, False, "busy", {"transient": True}, now=0).action == "retry"
+    actions = []
+    for _ in range(3):
+        (h,) = g.pull(w.worker_id, 1, now=0)
+        actions.append(g.report(w.worker_id, h.attempt, False, "bad chunk", {}, now=0).action)
+    assert actions == ["retry", "retry", "failed"]
+
+
 # -- the cluster, real processes ---------------------------------------------------------------
 def test_worker_api_needs_the_worker_credential(cluster, sample, tmp_path):
     import grpc

@@ -43,7 +43,7 @@ class Partition:
     attempts: dict[str, tuple[str, float]] = field(default_factory=dict)
     done_attempt: str = ""
     result: dict[str, Any] | None = None
-    failures: int = 0
+    failures: float = 0.0
 
     @property
     def done(self) -> bool:
@@ -275,7 +275,9 @@ class GlobalGates:
             self.discarded += 1
             return ReportOutcome("discarded", "partition already done", gate, part)
         if not ok:
-            part.failures += 1
+            # a transient failure (the dataset busy with a lost worker's claim) is retried without
+            # counting, up to a bound
+            part.failures += 1 if not result.get("transient") else 1 / 20
             if part.failures >= self.max_failures:
                 return ReportOutcome("failed", error, gate, part)
             if not part.attempts:

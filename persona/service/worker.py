@@ -308,6 +308,14 @@ class Worker:
     def _done(self, p: Any, h: Any) -> None:
         exc = h.exception(0)
         if exc is not None:
+            from persona.errors import DatasetBusyError
+
+            if isinstance(exc, DatasetBusyError):
+                # another writer's claim: most often the attempt of a lost worker whose claim has not
+                # run out yet. Not this partition's fault: report it as transient, after a pause.
+                self._stop.wait(min(5.0, self.lease))
+                self._report(p, False, str(exc), {"transient": True})
+                return
             self._report(p, False, str(exc) or type(exc).__name__, {})
             return
         summary = h.result(0)
