@@ -190,9 +190,16 @@ def _coordinator(cfg: Path, root: Path, tag: str) -> tuple[subprocess.Popen, str
 
 
 def _workers(cfg: Path, port: int, n: int) -> list[subprocess.Popen]:
+    """``n`` workers of one aligner thread each, each pinned to a core of its own where taskset and
+    enough cores allow (the scale-out question: one core -> two)."""
+    import shutil
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
-    return [subprocess.Popen([*PERSONA, "--config", str(cfg), "worker", "--coordinator", f"127.0.0.1:{port}", "-t", "1",
-                              "--credits", "1"], env=env, stderr=subprocess.DEVNULL) for _ in range(n)]
+    cores = sorted(os.sched_getaffinity(0))
+    pin = shutil.which("taskset") is not None and len(cores) >= n
+    return [subprocess.Popen([*(["taskset", "-c", str(cores[k])] if pin else []), *PERSONA, "--config", str(cfg),
+                              "worker", "--coordinator", f"127.0.0.1:{port}", "-t", "1", "--credits", "1"],
+                             env=env, stderr=subprocess.DEVNULL) for k in range(n)]
 
 
 def _timed_align(cfg: Path, root: Path, src: Path, n_workers: int, tag: str, *, kill_after: int = 0
