@@ -39,8 +39,14 @@ def _with_extras(results: dict[str, Any]) -> dict[str, Any]:
                              "wrong_q10": 0.001, "wrong_among_q10": 0.0011, "reads_s": 21000},
            "minibwa_vs_bwa_speed": {"wgsim": 1.2},
            "counts": {"persona": {"reads": 20000, "correct_mapq10": 19500, "wrong_mapq10": 12}}}
-    r["benchmarks"]["align_accuracy"] = {"name": "align_accuracy", "variant": "", "status": "ok",
-                                         "reps": [{"status": "ok", "wall_s": 3.0, "json": acc}]}
+    r["benchmarks"]["align_accuracy[synthetic]"] = {"name": "align_accuracy", "variant": "synthetic",
+                                                    "status": "ok",
+                                                    "reps": [{"status": "ok", "wall_s": 3.0, "json": acc}]}
+    conc = {str(n): {"throughput_records_s": 9000.0 * (1 - 0.02 * n), "p50_s": 1.1 * n, "p99_s": 1.3 * n,
+                     "latencies_s": [1.0 * n + 0.1 * k for k in range(n)]} for n in (1, 2, 4)}
+    r["benchmarks"]["service[shape]"] = {
+        "name": "service", "variant": "shape", "status": "ok",
+        "reps": [{"status": "ok", "wall_s": 9.0, "json": {"concurrency": conc, "throughput_4_over_1": 0.94}}]}
     svc = {"scale_out": {"1": {"throughput_records_s": 1000.0}, "2": {"throughput_records_s": 1900.0},
                          "4": {"throughput_records_s": 3500.0}},
            "recovery": {"kill_worker_s": 4.2}}
@@ -64,6 +70,7 @@ def test_recorded_set_renders_every_measured_figure(rendered: tuple[dict[str, An
     md, page = paths["md"].read_text(), paths["html"].read_text()
     measured = {e["name"] for e in recorded["benchmarks"].values() if e.get("status") == "ok"}
     expect = {"ratios"} | {f for f, n in (("align_threads", "align"), ("sort_markdup", "sort"),
+                                          ("align_accuracy", "align_accuracy"), ("sort_markdup", "chain"),
                                           ("import_rate", "import"), ("dataset_size", "size"),
                                           ("latency_throughput", "service"), ("latency_ccdf", "service"),
                                           ("store", "store")) if n in measured}
@@ -129,10 +136,10 @@ def test_unexpected_shapes_do_not_break_the_report(recorded: dict[str, Any]) -> 
 
 def test_figures_for_accuracy_scale_out_and_recovery(rendered: tuple[dict[str, Any], dict[str, Path]]) -> None:
     r, paths = rendered
-    assert plots._accuracy_rows(data.first(r["benchmarks"]["align_accuracy"])) == [
+    assert plots._accuracy_rows(data.first(r["benchmarks"]["align_accuracy[synthetic]"])) == [
         ("wgsim.persona minimap2", 0.975, 0.0006), ("wgsim.bwa mem", 0.97, 0.001),
         ("counts/persona", 0.975, 0.0006)]  # counts are read as fractions of the reads
-    for fid in ("align_accuracy", "scale_out", "recovery"):
+    for fid in ("align_accuracy", "scale_out", "recovery", "latency_throughput", "latency_ccdf"):
         assert paths[fid].read_bytes().startswith(PNG_MAGIC), fid
     eff = {row.claim: row for row in thesis.rows(r)}["Figure 6.3: scale-out of align"]
     assert eff.comparable == "not measured"  # no 'efficiency' figure printed: the plot computes it
@@ -271,7 +278,7 @@ def test_html_in_headless_chromium(rendered: tuple[dict[str, Any], dict[str, Pat
     assert got["errors"] == []
     assert all(r.startswith("data:") for r in got["resources"]), got["resources"]
     figures = len(paths) - 2
-    assert figures >= 8 and len(got["imgs"]) == figures
+    assert figures == len(plots.FIGURES) and len(got["imgs"]) == figures
     for img in got["imgs"]:
         assert img["complete"] and img["w"] > 200 and img["h"] > 100 and img["shown"] > 200, img
 

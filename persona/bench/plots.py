@@ -48,6 +48,10 @@ def _is_ours(label: str) -> bool:
     return "persona" in low or low.startswith(("ours", "agd"))
 
 
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
 def _err(stats: list[Stat]) -> list[list[float]]:
     return [[s.median - s.lo for s in stats], [s.hi - s.median for s in stats]]
 
@@ -61,7 +65,7 @@ def _bars(ax: Any, labels: list[str], stats: list[Stat], unit: str, title: str) 
     ax.set_xlabel(unit)
     ax.set_title(title, fontsize=10)
     for yi, s in zip(y, stats):
-        ax.annotate(f" {s.median:.3g}", (s.hi, yi), va="center", fontsize=7)
+        ax.annotate(f" {_fmt(s.median)}", (s.hi, yi), va="center", fontsize=7)
     ax.margins(x=0.18)
 
 
@@ -150,34 +154,50 @@ def align_accuracy(results: dict[str, Any]) -> Result:
     es = [e for e in data.entries(results, "align_accuracy") if data.runs(e)]
     if not es:
         return _why(results, "align_accuracy")
-    j = data.first(es[0])
-    rows = _accuracy_rows(j)
+    rows = _accuracy_rows(data.first(es[0]))
     if not rows:
         return _why(results, "align_accuracy", "correct/wrong figures")
     # the speed of each aligner on the same reads, where the benchmark reports it
     speed = [(label, st) for label in (r[0] for r in rows)
              if (st := data.at(es[0], *label.split("/"), "reads_s")) is not None]
     plt = _plt()
-    height = 0.42 * len(rows) + 1.6
-    if speed:
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [3, 2]})
-    else:
-        fig, ax = plt.subplots(figsize=(8, height))
+    panels = 3 if speed else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 0.34 * len(rows) + 1.5), sharey=True,
+                             squeeze=False)
+    labels = [r[0] for r in rows]
     y = list(range(len(rows)))
-    ax.barh(y, [r[1] for r in rows], color=[OURS if _is_ours(r[0]) else THEIRS for r in rows], label="correct")
-    ax.barh(y, [r[2] for r in rows], left=[r[1] for r in rows], color="#d62728", label="wrong")
-    ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
+    colors = [OURS if _is_ours(lb) else THEIRS for lb in labels]
+    correct = [100 * r[1] for r in rows]
+    wrong = [100 * r[2] for r in rows]
+    ax = axes[0][0]
+    ax.barh(y, correct, color=colors)
+    ax.set_xlim(max(0.0, min(correct) - 1.0), min(100.0, max(correct) + 0.6))  # the differences are small
+    ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
-    for yi, r in zip(y, rows):
-        ax.annotate(f" {100 * r[1]:.2f}% correct, {100 * r[2]:.3f}% wrong", (r[1] + r[2], yi), va="center",
-                    fontsize=7)
-    ax.set_xlim(0, 1.6)
-    ax.set_xlabel("fraction of all reads (MAPQ >= 10 where reported)")
-    ax.set_title("aligner accuracy on simulated reads", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel("correct, % of all reads")
+    ax.set_title("correct at MAPQ >= 10", fontsize=10)
+    for yi, v in zip(y, correct):
+        ax.annotate(f" {v:.2f}", (v, yi), va="center", fontsize=6)
+    ax = axes[0][1]
+    ax.barh(y, wrong, color=["#d62728" if _is_ours(lb) else "#e8a0a0" for lb in labels])
+    ax.set_xlabel("wrong, % of all reads")
+    ax.set_title("wrong at MAPQ >= 10", fontsize=10)
+    ax.set_xlim(0, max(max(wrong) * 1.35, 0.001))
+    for yi, v in zip(y, wrong):
+        ax.annotate(f" {v:.3f}", (v, yi), va="center", fontsize=6)
     if speed:
-        _bars(ax2, [s[0] for s in speed], [s[1] for s in speed], "reads / s (index load included)",
-              "speed on the same reads")
+        by_label = dict(speed)
+        ax = axes[0][2]
+        sts = [by_label.get(lb) for lb in labels]
+        ax.barh(y, [s.median if s else 0 for s in sts], color=colors,
+                xerr=_err([s or Stat(0, 0, 0, 0) for s in sts]), capsize=2)
+        ax.set_xlabel("reads / s (index load included)")
+        ax.set_title("speed on the same reads", fontsize=10)
+        for yi, st in zip(y, sts):
+            if st:
+                ax.annotate(f" {_fmt(st.median)}", (st.hi, yi), va="center", fontsize=6)
+        ax.margins(x=0.2)
+    fig.suptitle("aligners on simulated reads of known origin (blue/red: persona)", fontsize=10)
     fig.tight_layout()
     return fig
 
