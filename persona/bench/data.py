@@ -106,10 +106,10 @@ def ratio_paths(obj: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def lower_is_better(path: str | tuple[str, ...]) -> bool:
-    """Size ratios (``vs_bam``: AGD bytes over BAM bytes) are better below their goal; the
-    time ratios (theirs over ours) above it."""
+    """Size and memory ratios (``vs_bam``: AGD bytes over BAM bytes; ``ratio_memory``) are better
+    below their goal; the time ratios (theirs over ours) above it."""
     key = (path.split(".") if isinstance(path, str) else list(path))[-1]
-    return key.startswith(("vs_", "max_vs"))
+    return key.startswith(("vs_", "max_vs")) or "memory" in key  # ratio_memory: our RSS over theirs
 
 
 def goal_met(path: str | tuple[str, ...], value: float, goal: float) -> bool:

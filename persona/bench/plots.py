@@ -84,7 +84,7 @@ def align_threads(results: dict[str, Any]) -> Result:
     es = [e for e in data.entries(results, "align") if data.runs(e)]
     if not es:
         return _why(results, "align")
-    sets = list(_dicts(data.first(es[0]).get("sets")))
+    sets = list(dict.fromkeys(k for e in es for k in _dicts(data.first(e).get("sets"))))  # every variant's sets
     if not sets:
         return _why(results, "align", "per-set throughput")
     plt = _plt()
