@@ -22,6 +22,15 @@ Reads/s count reads (2 per pair). Goals: persona/binary >= 1.0, persona(warm)/ke
 
     python bench/bench_align.py            # real yeast + 1M simulated pairs (ART 2x101 on sacCer3)
     python bench/bench_align.py --quick    # the first 40,000 yeast pairs, median of 3 (< 1 min)
+
+``--aligner snap`` measures our SNAP-style kernel instead, beside ``snap-aligner`` (SNAP 2.0.2)
+with the same seed length (``--seed-len``, default 20) and thread count, on the same reads:
+``snap-aligner paired``/``single`` (FASTQ.gz in, SAM out, index load included) against
+``persona align --aligner snap`` on the imported dataset (paired, then every read single-end),
+plus the bare kernel loop (framework overhead), index build time and size, and the peak memory
+(RSS) of a process holding the loaded index after aligning the set, ours vs snap-aligner's.
+Sets: the yeast pairs (2x50) and wgsim pairs (2x101, 0.1 % SNPs, 15 % indels) on sacCer3
+(``--quick``: 40,000 yeast pairs and 100,000 wgsim pairs, median of 3).
 """
 from __future__ import annotations
 
@@ -197,13 +206,227 @@ def bench_set(label: str, r1: Path, r2: Path, ref_fasta: Path, threads: int, run
     }
 
 
+#: runs a command from a small fresh process, so its peak RSS is its own (a child forked from this big
+#: process would report this process's RSS at fork time as its ru_maxrss)
+_RSS_WRAPPER = """
+import os, subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = p.stderr.read()
+_, status, usage = os.wait4(p.pid, 0)
+rc = os.waitstatus_to_exitcode(status)
+if rc:
+    sys.exit(f"{sys.argv[1]} failed ({rc}): {err[-2000:].decode(errors='replace')}")
+print(usage.ru_maxrss / 1024)
+"""
+
+
+def _peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of a command run to completion."""
+    import subprocess
+    import time
+
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *cmd], capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(p.stderr[-2000:])
+    return time.perf_counter() - t, float(p.stdout.split()[-1])
+
+
+#: peak RSS (VmHWM, MiB) of a fresh process before loading the index and after aligning the set with it
+_SNAP_RSS_PROBE = """
+import sys
+from persona.agd import Dataset
+from persona.align.base import AlignerOptions
+from persona.align.reference import acquire_reference
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
+ds = Dataset.open(sys.argv[4])
+cols = [(ds.read_column(i, "base"), ds.read_column(i, "qual")) for i in range(len(ds.chunks))]
+base = hwm()
+ref = acquire_reference(sys.argv[1], sys.argv[2], aligner="snap", options=AlignerOptions(preset=sys.argv[3]))
+for b, q in cols:
+    ref.aligner.align(b, q, paired=True)
+print(base, hwm())
+"""
+
+
+def _wgsim_pairs(ref_fa: Path, pairs: int) -> tuple[Path, Path]:
+    """``pairs`` wgsim pairs 2x101 (0.1 % SNPs, 15 % of them indels, 0.2 % base errors), gzip'ed, cached."""
+    d = OUT / f"wgsim_{pairs}"
+    outs = (d / "R1.fastq.gz", d / "R2.fastq.gz")
+    if not outs[1].exists():
+        d.mkdir(parents=True, exist_ok=True)
+        run([require("wgsim"), "-S", "11", "-N", str(pairs), "-1", "101", "-2", "101", "-e", "0.002", "-r", "0.001",
+             "-R", "0.15", str(ref_fa), str(d / "R1.fq"), str(d / "R2.fq")])
+        for fq, gz in zip((d / "R1.fq", d / "R2.fq"), outs):
+            run(f"gzip -1 -c {fq} > {gz}.tmp && mv {gz}.tmp {gz} && rm {fq}", shell=True)
+    return outs
+
+
+def _plain_fasta(ref_fasta: Path) -> Path:
+    out = OUT / "sacCer3.fa"
+    if not out.exists():
+        with gzip.open(ref_fasta, "rb") as f, open(out.with_suffix(".tmp"), "wb") as g:
+            shutil.copyfileobj(f, g)
+        out.with_suffix(".tmp").rename(out)
+    return out
+
+
+def snap_reference(ref_fasta: Path, seed: int, threads: int) -> dict[str, object]:
+    """Our snap index and snap-aligner's of sacCer3 with seed length ``seed`` (built once; build times)."""
+    import time
+
+    snap = require("snap-aligner")
+    name, preset = "sacCer3", f"s{seed}"
+    info = reference_info(name, REFS) if (REFS / name / "reference.json").exists() else None
+    t_ours = None
+    if info is None or f"snap-{preset}" not in info.indexes:
+        t = time.perf_counter()
+        add_reference(name, ref_fasta, REFS, aligner="snap", preset=preset)
+        t_ours = time.perf_counter() - t
+        info = reference_info(name, REFS)
+    sdir = OUT / f"snap_aligner_idx_s{seed}"
+    t_theirs = None
+    if not (sdir / "GenomeIndex").exists():
+        shutil.rmtree(sdir, ignore_errors=True)
+        t_theirs = _peak_rss_mb([snap, "index", str(_plain_fasta(ref_fasta)), str(sdir), "-s", str(seed),
+                                 "-t" + str(threads)])[0]
+    return {"name": name, "preset": preset, "dir": sdir, "build_s": t_ours, "snap_build_s": t_theirs,
+            "index_mb": info.indexes[f"snap-{preset}"]["size"] / 2**20,
+            "snap_index_mb": sum(f.stat().st_size for f in sdir.iterdir()) / 2**20}
+
+
+def snap_kernel(aligner: object, items: list[tuple[object, object]], threads: int, paired: bool) -> None:
+    """The bare kernel loop: ``threads`` threads take work items in turn (one Mapper per thread)."""
+    it = iter(items)
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                item = next(it, None)
+            if item is None:
+                return
+            aligner.align(item[0], item[1], paired=paired)  # type: ignore[attr-defined]
+
+    ts = [threading.Thread(target=work) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def bench_snap_set(label: str, r1: Path, r2: Path, ref: dict[str, object], threads: int, runs: int,
+                   chunk_pairs: int) -> dict[str, float]:
+    import subprocess
+
+    snap = require("snap-aligner")
+    name, preset = str(ref["name"]), str(ref["preset"])
+    ds_dir = OUT / f"align_{label}"
+    shutil.rmtree(ds_dir, ignore_errors=True)
+    import_fastq(r1, r2, out=ds_dir, name=label, chunk_size=chunk_pairs)
+    ds = Dataset.open(ds_dir)
+    reads = ds.num_records
+    work_item = 2048
+    sam = OUT / f"snap_{label}.sam"
+    theirs_rss: list[float] = []
+
+    def binary_paired() -> None:
+        theirs_rss.append(_peak_rss_mb([snap, "paired", str(ref["dir"]), str(r1), str(r2), "-o", str(sam),
+                                        "-t", str(threads)])[1])
+
+    def binary_single() -> None:
+        _peak_rss_mb([snap, "single", str(ref["dir"]), str(r1), str(r2), "-o", str(sam), "-t", str(threads)])
+
+    def cold_cache() -> None:
+        refmod._default_cache.clear()
+
+    def ours(paired: bool) -> None:
+        align_dataset(ds_dir, name, aligner="snap", options=AlignerOptions(preset=preset), references_url=REFS,
+                      threads=threads, work_item_reads=work_item, paired=paired)
+
+    binary_paired()  # warm the page cache for both
+    t_bin_p = median_time(binary_paired, runs)
+    t_ours_p = median_time(lambda: ours(True), runs, setup=cold_cache)
+    t_bin_s = median_time(binary_single, runs)
+    t_ours_s = median_time(lambda: ours(False), runs, setup=cold_cache)
+    held = acquire_reference(name, REFS, aligner="snap", options=AlignerOptions(preset=preset))
+    try:
+        items = []
+        for i in range(len(ds.chunks)):
+            b, q = ds.read_column(i, "base"), ds.read_column(i, "qual")
+            items += [(b.slice(lo, min(lo + work_item, len(b))), q.slice(lo, min(lo + work_item, len(b))))
+                      for lo in range(0, len(b), work_item)]
+        t_kernel = median_time(lambda: snap_kernel(held.aligner, items, threads, True), runs)
+        t_warm = median_time(lambda: ours(True), runs)
+    finally:
+        release_reference(held)
+    probe = subprocess.run([sys.executable, "-c", _SNAP_RSS_PROBE, name, str(REFS), preset, str(ds_dir)],
+                           check=True, capture_output=True, text=True).stdout.split()
+    base_mb, ours_mb = float(probe[0]), float(probe[1])
+    sam.unlink(missing_ok=True)
+    return {
+        "reads": reads,
+        "snap_paired_reads_s": round(reads / t_bin_p), "persona_paired_reads_s": round(reads / t_ours_p),
+        "ratio_paired": round(t_bin_p / t_ours_p, 3),
+        "snap_single_reads_s": round(reads / t_bin_s), "persona_single_reads_s": round(reads / t_ours_s),
+        "ratio_single": round(t_bin_s / t_ours_s, 3),
+        "kernel_paired_reads_s": round(reads / t_kernel), "persona_warm_paired_reads_s": round(reads / t_warm),
+        "ratio_warm_vs_kernel": round(t_kernel / t_warm, 3),
+        # ours: the index's share of the process (RSS growth from loading it and aligning the set);
+        # snap-aligner: the whole process (index, reads, SAM buffers)
+        "snap_peak_rss_mb": round(min(theirs_rss), 1), "persona_index_rss_mb": round(ours_mb - base_mb, 1),
+        "persona_peak_rss_mb": round(ours_mb, 1), "persona_before_index_mb": round(base_mb, 1),
+        "ratio_memory": round((ours_mb - base_mb) / min(theirs_rss), 3),
+    }
+
+
+def main_snap(args: argparse.Namespace) -> None:
+    yeast = real_sets()["yeast"]
+    ref = snap_reference(yeast["ref"], args.seed_len, args.threads)
+    runs = 3 if args.quick else args.runs
+    if args.quick:
+        q1, q2 = head_pairs(yeast["r1"], yeast["r2"], 40_000, OUT / "align_yeast40k_fastq")
+        sets = [("yeast40k", q1, q2), ("wgsim100k", *_wgsim_pairs(_plain_fasta(yeast["ref"]), 100_000))]
+        args.chunk_pairs = min(args.chunk_pairs, 10_000)
+    else:
+        sets = [("yeast", yeast["r1"], yeast["r2"]),
+                ("wgsim1M", *_wgsim_pairs(_plain_fasta(yeast["ref"]), 1_000_000))]
+    results = {}
+    for label, r1, r2 in sets:
+        results[label] = bench_snap_set(label, r1, r2, ref, args.threads, runs, args.chunk_pairs)
+        shutil.rmtree(OUT / f"align_{label}", ignore_errors=True)
+    headers = ["set", "reads", "snap paired r/s", "ours paired r/s", "ratio", "snap single r/s",
+               "ours single r/s", "ratio", "kernel r/s", "ours warm r/s", "snap RSS MB", "ours index RSS MB"]
+    rows = [[k, v["reads"], v["snap_paired_reads_s"], v["persona_paired_reads_s"], v["ratio_paired"],
+             v["snap_single_reads_s"], v["persona_single_reads_s"], v["ratio_single"], v["kernel_paired_reads_s"],
+             v["persona_warm_paired_reads_s"], v["snap_peak_rss_mb"], v["persona_index_rss_mb"]]
+            for k, v in results.items()]
+    print(f"aligner=snap seed={args.seed_len} threads={args.threads} runs={runs} (median); index: ours "
+          f"{ref['index_mb']:.0f} MB (built in {ref['build_s'] or 0:.1f} s), snap-aligner {ref['snap_index_mb']:.0f} MB "
+          f"(built in {ref['snap_build_s'] or 0:.1f} s; 0: cached); goals: ratios >= 1.0, memory <= 1.0x")
+    print(table(headers, rows))
+    emit_json({"bench": "align", "aligner": "snap", "seed_len": args.seed_len, "threads": args.threads,
+               "quick": args.quick, "index_mb": round(ref["index_mb"], 1),  # type: ignore[arg-type]
+               "snap_index_mb": round(ref["snap_index_mb"], 1),  # type: ignore[arg-type]
+               "index_build_s": ref["build_s"], "snap_index_build_s": ref["snap_build_s"], "sets": results,
+               "goal_ratio": 1.0, "goal_memory": 1.0})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="first 40,000 yeast pairs, median of 3 runs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--chunk-pairs", type=int, default=25_000, help="pairs per AGD chunk (I/O size)")
+    ap.add_argument("--aligner", choices=["minimap2", "snap"], default="minimap2",
+                    help="snap: our SNAP-style kernel beside snap-aligner (see above)")
+    ap.add_argument("--seed-len", type=int, default=20, help="--aligner snap: seed length (both indexes)")
     args = ap.parse_args()
+    if args.aligner == "snap":
+        main_snap(args)
+        return
     yeast = real_sets()["yeast"]
     sets: list[tuple[str, Path, Path]] = []
     if args.quick:
