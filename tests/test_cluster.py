@@ -428,7 +428,7 @@ def test_cancel_releases_everything_and_leaves_no_partial_output(cluster, sample
 
 
 def test_sigterm_drains_a_worker(cluster, sample, tmp_path):
-    cl = cluster()
+    cl = cluster(lease=5)  # long enough that a loaded machine never loses a healthy worker here
     cl.start_coordinator()
     cl.start_worker()
     leaving = cl.start_worker()

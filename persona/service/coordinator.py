@@ -531,9 +531,12 @@ class WorkerServicer(modules()[1].WorkerServiceServicer):  # type: ignore[misc]
         out = await self.coordinator.w_pull(request.worker_id, max(1, request.max_partitions))
         if out is None:
             return pb2.PullResponse(known=False)
+        for h in out:
+            if "step" not in h.gate.cache:
+                h.gate.cache["step"] = step_to_message(h.gate.step)
         return pb2.PullResponse(known=True, partitions=[
             pb2.Partition(request_id=h.gate.request_id, step_id=h.gate.step_id, index=h.partition.index,
-                          attempt=h.attempt, step=step_to_message(h.gate.step), chunk_start=h.partition.start,
+                          attempt=h.attempt, step=h.gate.cache["step"], chunk_start=h.partition.start,
                           chunk_stop=h.partition.stop, whole=h.gate.whole, generation=h.gate.generation)
             for h in out])
 

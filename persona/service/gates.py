@@ -64,6 +64,8 @@ class StepGate:
     durations: list[float] = field(default_factory=list)
     state: str = "open"  # open, done, failed, cancelled
     error: str = ""
+    #: the owner's per-step cache (the step as a message, built once for all its partitions)
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.queue.extend(p.index for p in self.partitions if not p.done)
