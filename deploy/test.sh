@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 # The reference tools the tests compare against or use (samtools, Picard, minimap2, ...), and the
 # test extras (pytest, hypothesis, protobuf, mappy, minibwa).
 TEST_APT="samtools picard-tools minimap2 art-nextgen-simulation-tools bwa seqtk tabix"
+# snap-aligner: tests/test_align_snap.py compares our snap backend with SNAP 2.0.2 on the same reads
+TEST_APT="$TEST_APT snap-aligner"
 # a throwaway Ceph (mon, OSD, radosgw; deploy/ceph.sh) for the ceph:// and s3:// store tests
 TEST_APT="$TEST_APT ceph-mon ceph-osd ceph-common radosgw python3-rados"
 # the service's deployment checks: promtool (metrics and scrape config), systemd-analyze verify, openssl (test CAs)

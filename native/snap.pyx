@@ -279,6 +279,43 @@ cdef struct IdxView:     # what the aligner reads of a SnapIndex (raw pointers, 
     int n_contigs
 
 
+cdef extern from *:
+    void __builtin_prefetch(const void *p) nogil
+
+
+cdef void _prefetch_pass(const IdxView *ix, const uint8_t *R, int L, int off) noexcept nogil:
+    """Ask for the hash slots of one pass of seeds (offsets off, off + k, ...) ahead of their lookups:
+    the lookups are cache misses, and issued together their latencies overlap."""
+    cdef int k = ix.seed_len, i, n = 0
+    cdef uint64_t s, r, cn, t, key, base, size, slot
+    cdef bint bad
+    while off + k <= L and n < 8:
+        s = 0
+        r = 0
+        bad = 0
+        for i in range(k):
+            if R[off + i] > 3:
+                bad = 1
+                break
+            s = (s << 2) | R[off + i]
+            r |= <uint64_t>(3 - R[off + i]) << (2 * i)
+        if not bad:
+            cn = s if s <= r else r
+            t = cn >> ix.key_bits
+            key = cn & (((<uint64_t>1) << ix.key_bits) - 1)
+            base = ix.tab_off[t]
+            size = ix.tab_off[t + 1] - base
+            if size:
+                slot = _table_slot(key, size)
+                if ix.wide:
+                    __builtin_prefetch(&ix.vals[base + slot])
+                    __builtin_prefetch(&ix.keys[base + slot])
+                else:
+                    __builtin_prefetch(&ix.slots[base + slot])
+        off += k
+        n += 1
+
+
 cdef int _contig_of(const IdxView *ix, int64_t p) noexcept nogil:
     """The contig holding genome position ``p``, or the one before it (binary search)."""
     cdef int lo = 0, hi = ix.n_contigs - 1, mid
@@ -489,6 +526,7 @@ cdef struct ReadCtx:
     int32_t best_d
     int32_t best
     int32_t n_seeds_used
+    int32_t prefetched   # the first pass's slots were asked for already
 
 cdef struct Result:      # one read's chosen alignment
     int32_t mapped
@@ -578,6 +616,7 @@ cdef void _reset_ctx(ReadCtx *c) noexcept nogil:
     c.best_d = NO_SCORE
     c.best = -1
     c.n_seeds_used = 0
+    c.prefetched = 0
 
 
 cdef inline int32_t _find(ReadCtx *c, int64_t key) noexcept nogil:
@@ -1274,6 +1313,8 @@ cdef class Mapper:
                 continue
             if pass_ > 0:
                 c.wraps += 1
+            if pass_ > 0 or not c.prefetched:
+                _prefetch_pass(&self.index.view, c.codes[0], L, off)
             while off + k <= L:
                 if c.applied[0] + c.applied[1] >= max_seeds or seed_id >= 2 * max_seeds:
                     return self._score_pending(c, 1)
@@ -1593,6 +1634,10 @@ cdef class Mapper:
             if n0 < 0 or n1 < 0:
                 return -1
             if n0 <= self.max_dist and n1 <= self.max_dist:
+                _prefetch_pass(&self.index.view, c0.codes[0], l0, 0)
+                _prefetch_pass(&self.index.view, c1.codes[0], l1, 0)
+                c0.prefetched = 1
+                c1.prefetched = 1
                 if self._search(c0, self.max_seeds, 1) < 0 or self._search(c1, self.max_seeds, 1) < 0:
                     return -1
                 if not self._best_pair(c0, c1, &i0, &i1, &pb, &pa):
