@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="file,ceph,s3")
     ap.add_argument("--sizes", default=None, help="chunk sizes in MiB (default 1,4,16; --quick 1,4)")
     ap.add_argument("--inflight", default="1,8", help="requests in flight")
-    ap.add_argument("--mib-per-case", type=int, default=None, help="data per case (default 256, --quick 16)")
+    ap.add_argument("--mib-per-case", type=int, default=None, help="data per case (default 256, --quick 8)")
     ap.add_argument("--sections", default="chunks,align,cp", help="which parts to run")
     ap.add_argument("--pairs", type=int, default=None, help="read pairs to align (default 100000, --quick 10000)")
     ap.add_argument("--chunk-pairs", type=int, default=None, help="pairs per chunk of the aligned dataset "
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = {x for x in args.sections.split(",") if x}
     sizes = [int(s) * MiB for s in (args.sizes or ("1,4" if args.quick else "1,4,16")).split(",")]
     inflights = [int(x) for x in args.inflight.split(",")]
-    total = (args.mib_per_case or (16 if args.quick else 256)) * MiB
+    total = (args.mib_per_case or (8 if args.quick else 256)) * MiB
     notes: dict = {}
     t_start = time.perf_counter()
     args._cluster_dir = None
