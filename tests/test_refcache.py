@@ -148,3 +148,10 @@ def test_reference_loading_uses_the_node_cache(ceph_cluster, tmp_path: Path) -> 
         store = open_store(url)
         for k in store.list():
             store.delete(k)
+
+
+def test_unusable_cache_directory_is_no_cache(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert node_cache(blocker / "cache", 10) is None  # logged; reference loading fetches to a temp file
+    assert node_cache(tmp_path / "ok", 10) is node_cache(tmp_path / "ok", 10)

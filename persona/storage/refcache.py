@@ -208,5 +208,9 @@ def node_cache(directory: str | os.PathLike[str] | None = None, max_mb: int | No
     with _caches_lock:
         cache = _caches.get(key)
         if cache is None:
-            cache = _caches[key] = NodeCache(key[0], key[1] << 20)
+            try:
+                cache = _caches[key] = NodeCache(key[0], key[1] << 20)
+            except OSError as exc:  # an unwritable cache directory must not stop the aligner
+                log.warning("reference cache %s unusable (%s): fetching indexes to temporary files", key[0], exc)
+                return None
         return cache
