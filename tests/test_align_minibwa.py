@@ -370,3 +370,29 @@ def test_hot_path_gives_what_the_general_path_gives(human, tmp_path_factory, mon
         assert len(fast.secondary) == len(slow.secondary)
         for a, b in zip(fast.secondary, slow.secondary):
             assert np.array_equal(a.present, b.present) and list(a.tags) == list(b.tags)
+
+
+def test_reference_store_without_local_files(tmp_path_factory) -> None:
+    """From a store with no local paths (memory://) the bundle is copied to a scratch file that is
+    removed after loading: the memory-mapped reference bases must outlive it."""
+    from persona.align.reference import ReferenceCache, add_reference
+    from persona.storage.memory import MemoryStore
+
+    ref = small_sets()["measles"]["ref"]
+    url = "memory://minibwa-test-refs"
+    try:
+        info = add_reference("measles", ref, url, aligner="minibwa")
+        assert info.indexes["minibwa-sr"]["key"].endswith(mbb.INDEX_SUFFIX)
+        cache = ReferenceCache()
+        held = cache.acquire("measles", url, aligner="minibwa")
+        try:
+            genome = "".join(l.strip() for l in open(ref) if not l.startswith(">")).upper()
+            read = genome[5000:5060] + ("A" if genome[5060] != "A" else "C") + genome[5061:5100]
+            res = held.aligner.align(ragged([read]))
+            tags = pysam_tags(res.primary.tags[0])
+            assert res.primary.fields[0]["position"] == 5000
+            assert tags["NM"] == 1 and tags["MD"] == f"60{genome[5060]}39"
+        finally:
+            cache.release(held)
+    finally:
+        MemoryStore.drop("minibwa-test-refs")
