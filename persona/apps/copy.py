@@ -149,14 +149,14 @@ def copy_dataset(
     if columns is None:
         cols = list(manifest.columns)
     else:
-        cols = [c for c in dict.fromkeys(columns)]
+        cols = list(dict.fromkeys(columns))
         unknown = [c for c in cols if c not in manifest.columns]
         if unknown:
             raise DatasetError(f"dataset {manifest.name!r} has no column(s) {', '.join(unknown)} "
                                f"(it has {', '.join(manifest.columns)})", store=src.url)
         if not cols:
             raise DatasetError("no columns to copy")
-    if _plain_url(src) == _plain_url(dst) and dname == manifest.name:
+    if _plain_url(src) == _plain_url(dst):
         raise DatasetError(f"source and destination are the same dataset ({manifest.name!r} in {src.url})")
     threads = max(1, int(threads))
     attempt = _copy_attempt(src, manifest, cols, dname)
@@ -168,8 +168,8 @@ def copy_dataset(
     try:
         base = read_manifest(dst, dname)
         if base is not None and not overwrite:
-            raise DatasetError(f"dataset {dname!r} already exists in {_plain_url(dst)} (choose another name, "
-                               "or overwrite it)", store=dst.url)
+            raise DatasetError(f"dataset {dname!r} already exists in {_plain_url(dst)} (remove it with "
+                               "persona rm, or replace it: --overwrite)", store=dst.url)
         records = _copy_files(ds, dst, dname, cols, attempt, threads, summary, verify_destination, progress,
                               _after_file)
         new = manifest.with_updates(
