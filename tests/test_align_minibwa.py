@@ -19,7 +19,7 @@ import pytest
 from conftest import require_tool, small_sets
 
 from persona.agd.ragged import RaggedArray
-from persona.agd.records import FLAG_SECONDARY, FLAG_SUPPLEMENTARY, FLAG_UNMAPPED
+from persona.agd.records import FLAG_SUPPLEMENTARY, FLAG_UNMAPPED
 from persona.align.base import AlignerOptions, AlignResult, make_aligner
 from persona.align.fasta import read_contig_table
 from persona.errors import AlignerError, ReferenceNotFoundError
@@ -287,12 +287,10 @@ def test_results_are_pure_per_read(yeast, tmp_path_factory) -> None:
         pieces = ex.align(al, bases, names=names, paired=True, work_item_reads=214)
     finally:
         ex.close()
-    for paired, res in ((True, pieces),
-                        (False, None)):
-        if not paired:
-            whole = al.align(bases, names=names)
-            res = AlignResult.concat([al.align(bases.slice(lo, min(lo + 333, n)), names=names.slice(lo, min(lo + 333, n)))
-                                      for lo in range(0, n, 333)])
+    single_whole = al.align(bases, names=names)
+    single_pieces = AlignResult.concat([al.align(bases.slice(lo, min(lo + 333, n)),
+                                                 names=names.slice(lo, min(lo + 333, n))) for lo in range(0, n, 333)])
+    for whole, res in ((whole, pieces), (single_whole, single_pieces)):
         assert np.array_equal(whole.primary.fields, res.primary.fields)
         assert list(whole.primary.cigars) == list(res.primary.cigars)
         assert list(whole.primary.tags) == list(res.primary.tags)

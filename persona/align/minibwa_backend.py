@@ -51,7 +51,6 @@ import os
 import struct
 import tarfile
 import tempfile
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -413,7 +412,6 @@ class MinibwaAligner(Aligner):
         self._rid: Mapping[str, int] = {c.name: c.index for c in self.contigs}
         self._starts = {c.name: index.base + index.starts[i] for i, c in enumerate(self.contigs)}
         self._names = [c.name for c in self.contigs]
-        self._local = threading.local()
 
     def with_options(self, options: AlignerOptions) -> MinibwaAligner:
         if options.preset != self.options.preset or dict(options.extra) != dict(self.options.extra):
@@ -478,7 +476,8 @@ class MinibwaAligner(Aligner):
                      else b"", [])
             return
         rc = read.translate(_COMP)[::-1]
-        measured = {id(h): self._measure(h, read, rc) for h in hits if h is primary or h[6] or h in rest}
+        want = {id(h) for h in rest}
+        measured = {id(h): self._measure(h, read, rc) for h in hits if h is primary or h[6] or id(h) in want}
         prim = self._record_tags(primary, hits, measured, mate, paired)
         tags.add(prim, [self._record_tags(h, hits, measured, mate, False) for h in rest])
 
