@@ -317,6 +317,10 @@ def aligner_version(aligner: str) -> str | None:
             from importlib.metadata import version
 
             return f"mappy {version('mappy')}"
+        if aligner == "minibwa":
+            from importlib.metadata import version
+
+            return f"minibwa {version('minibwa')}"
     except Exception:  # noqa: BLE001 - provenance is best effort
         return None
     return None
