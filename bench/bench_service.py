@@ -94,7 +94,12 @@ def _capacity_coordinator(cfg: str, partitions: int, addr_file: str) -> None:
             await asyncio.sleep(0.05)
         await svc.stop(0)
 
-    asyncio.run(run())
+    try:  # as `persona coordinator` runs
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
 
 
 def _noop_workers(address: str, token: str, n: int, deadline: float) -> int:
@@ -115,18 +120,19 @@ def _noop_workers(address: str, token: str, n: int, deadline: float) -> int:
             wid = stub.Register(pb2.RegisterRequest(host="noop", pid=k, threads=1, credits=1), metadata=md,
                                 timeout=30).worker_id
             empty = to_struct({})
+            parts: list[Any] = []
             while time.monotonic() < deadline:
                 try:
-                    parts = stub.Pull(pb2.PullRequest(worker_id=wid, max_partitions=1), metadata=md,
-                                      timeout=30).partitions
+                    if not parts:
+                        parts = list(stub.Pull(pb2.PullRequest(worker_id=wid, max_partitions=1), metadata=md,
+                                               timeout=30).partitions)
+                        if not parts:
+                            return
+                    # the report pulls the next partition in the same round trip, as persona worker does
+                    parts = list(stub.Report(pb2.ReportRequest(worker_id=wid, attempt=parts[0].attempt, ok=True,
+                                                               result=empty, pull=1),
+                                             metadata=md, timeout=30).partitions)
                 except grpc.RpcError:  # the coordinator stops once every partition is in
-                    return
-                if not parts:
-                    return
-                try:
-                    stub.Report(pb2.ReportRequest(worker_id=wid, attempt=parts[0].attempt, ok=True, result=empty),
-                                metadata=md, timeout=30)
-                except grpc.RpcError:
                     return
                 done[k] += 1
 
@@ -175,16 +181,30 @@ def capacity(root: Path, quick: bool) -> dict[str, float]:
         # 8 no-op workers in 2 processes (4 threads each): their own gRPC cost is not one GIL's; each
         # child prints its count and the seconds from its first pull to its last report
         seconds = 4 if quick else 30
+        cpu0 = _cpu_of(proc.pid)
         kids = [subprocess.Popen([sys.executable, __file__, "--noop-workers", address, token, "4", str(seconds)],
                                  env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
         outs = [k.communicate(timeout=seconds + 120)[0].split() for k in kids]
         n = sum(int(o[-2]) for o in outs)
         wall = max(float(o[-1]) for o in outs)
+        cpu = _cpu_of(proc.pid) - cpu0
     finally:
         proc.terminate()  # it stops by itself once every partition is in; not when the time ran out
         proc.wait(60)
     rate = n / wall
-    return {"partitions": n, "seconds": wall, "partitions_s": rate}
+    # on a shared machine the wall rate is what the neighbours leave; the coordinator's own CPU per
+    # partition says what one core of its own would serve
+    return {"partitions": n, "seconds": wall, "partitions_s": rate, "coordinator_cpu_s": cpu,
+            "partitions_per_cpu_s": n / cpu if cpu > 0 else 0.0}
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _coordinator(cfg: Path, root: Path, tag: str) -> tuple[subprocess.Popen, str, Path]:
@@ -280,12 +300,15 @@ def cluster_bench(root: Path, quick: bool) -> dict[str, Any]:
     chunks_s_per_worker = THESIS_MACHINE_BASES_S / THESIS_READ_LEN / THESIS_CHUNK_READS
     need = 1000 * chunks_s_per_worker / p
     print(f"coordinator capacity: {cap['partitions_s']:,.0f} partitions/s ({cap['partitions']} partitions to 8 no-op "
-          f"workers in 2 processes over gRPC on loopback, each pulled, reported and recorded durably)")
+          f"workers in 2 processes over gRPC on loopback, each pulled, reported and recorded durably); the coordinator "
+          f"used {cap['coordinator_cpu_s']:.2f} CPU s: {cap['partitions_per_cpu_s']:,.0f} partitions per CPU second")
     print(f"1,000 workers at the thesis' rate: {THESIS_MACHINE_BASES_S / 1e6:.1f} Mbases/s per machine / "
           f"{THESIS_READ_LEN} bases / {THESIS_CHUNK_READS:,} reads per chunk = {chunks_s_per_worker:.2f} chunks/s "
           f"per worker; at P = {p} chunks per partition: 1,000 x {chunks_s_per_worker:.2f} / {p} = {need:,.0f} "
           f"partitions/s needed; capacity / need = {cap['partitions_s'] / need:.2f}; this capacity feeds 1,000 "
-          f"workers from P = {math.ceil(1000 * chunks_s_per_worker / cap['partitions_s'])} chunks per partition")
+          f"workers from P = {math.ceil(1000 * chunks_s_per_worker / cap['partitions_s'])} chunks per partition "
+          f"(one core of its own: capacity / need = {cap['partitions_per_cpu_s'] / need:.2f}, P >= "
+          f"{math.ceil(1000 * chunks_s_per_worker / max(1.0, cap['partitions_per_cpu_s']))})")
     copies = 1 if quick else 6
     r1, r2 = repeat_fastq(root, copies)
     src = root / "scale-src"
@@ -306,6 +329,7 @@ def cluster_bench(root: Path, quick: bool) -> dict[str, Any]:
           f"{hurt['recovery_s'] / 2:.2f} lease periods, goal <= 2); request {hurt['seconds']:.2f} s vs "
           f"{two['seconds']:.2f} s fault-free ({hurt['seconds'] / two['seconds']:.2f}x)")
     return {"capacity_partitions_s": cap["partitions_s"], "partitions_s_needed_1000_workers": need,
+            "capacity_partitions_per_cpu_s": cap["partitions_per_cpu_s"],
             "capacity_over_need": cap["partitions_s"] / need, "scale_out_1_s": one["seconds"],
             "scale_out_2_s": two["seconds"], "scale_out_efficiency": eff, "recovery_s": hurt["recovery_s"],
             "recovery_lease_periods": hurt["recovery_s"] / 2, "recovery_slowdown": hurt["seconds"] / two["seconds"]}

@@ -399,7 +399,9 @@ def test_straggler_partition_is_speculatively_rerun(cluster, sample, tmp_path):
         finally:
             os.kill(slow.pid, signal.SIGCONT)
         assert st["state"] == "done", st["error"]
-    # the straggler, running again, is told to drop its copy (or its result is discarded): its files go
+    # the straggler, running again, drops its copy (told so by a heartbeat) or finishes it: either way
+    # its result reaches the coordinator, is discarded, and its files are gone by then
+    poll(lambda: " discarded: " in cl.log(), 60, "the straggler's late result to be discarded")
     poll(lambda: not [p for p in ds.iterdir() if "~" in p.name], 30, "the straggler's files to be removed")
     assert_like_cli(sample, ds)
     assert "straggler: partition" in cl.log()

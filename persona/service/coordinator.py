@@ -367,8 +367,8 @@ class Coordinator(Service):
         self._work.set()
         return w
 
-    async def w_pull(self, worker_id: str, n: int) -> list[Any] | None:
-        deadline = time.monotonic() + PULL_WAIT
+    async def w_pull(self, worker_id: str, n: int, wait: float = PULL_WAIT) -> list[Any] | None:
+        deadline = time.monotonic() + wait
         while True:
             if self.state != "running" and self.state != "draining":
                 return []
@@ -523,22 +523,26 @@ class WorkerServicer(modules()[1].WorkerServiceServicer):  # type: ignore[misc]
         return modules()[0].HeartbeatResponse(known=known, lease_seconds=self.coordinator.gates.lease_seconds,
                                               drop=drop)
 
-    @_worker_rpc
-    async def Pull(self, request: Any, context: Any) -> Any:
+    @staticmethod
+    def _partitions(out: list[Any]) -> list[Any]:
         from persona.service.convert import step_to_message
 
+        pb2 = modules()[0]
+        for h in out:
+            if "step" not in h.gate.cache:
+                h.gate.cache["step"] = step_to_message(h.gate.step)
+        return [pb2.Partition(request_id=h.gate.request_id, step_id=h.gate.step_id, index=h.partition.index,
+                              attempt=h.attempt, step=h.gate.cache["step"], chunk_start=h.partition.start,
+                              chunk_stop=h.partition.stop, whole=h.gate.whole, generation=h.gate.generation)
+                for h in out]
+
+    @_worker_rpc
+    async def Pull(self, request: Any, context: Any) -> Any:
         pb2 = modules()[0]
         out = await self.coordinator.w_pull(request.worker_id, max(1, request.max_partitions))
         if out is None:
             return pb2.PullResponse(known=False)
-        for h in out:
-            if "step" not in h.gate.cache:
-                h.gate.cache["step"] = step_to_message(h.gate.step)
-        return pb2.PullResponse(known=True, partitions=[
-            pb2.Partition(request_id=h.gate.request_id, step_id=h.gate.step_id, index=h.partition.index,
-                          attempt=h.attempt, step=h.gate.cache["step"], chunk_start=h.partition.start,
-                          chunk_stop=h.partition.stop, whole=h.gate.whole, generation=h.gate.generation)
-            for h in out])
+        return pb2.PullResponse(known=True, partitions=self._partitions(out))
 
     @_worker_rpc
     async def Report(self, request: Any, context: Any) -> Any:
@@ -546,7 +550,10 @@ class WorkerServicer(modules()[1].WorkerServiceServicer):  # type: ignore[misc]
 
         result = _ints(from_struct(request.result))
         ok = await self.coordinator.w_report(request.worker_id, request.attempt, request.ok, request.error, result)
-        return modules()[0].ReportResponse(accepted=ok)
+        out: list[Any] | None = []
+        if request.pull > 0:  # the next partitions in the same round trip (no waiting for work here)
+            out = await self.coordinator.w_pull(request.worker_id, request.pull, wait=0.0)
+        return modules()[0].ReportResponse(accepted=ok, known=out is not None, partitions=self._partitions(out or []))
 
 
 # -- persona coordinator ---------------------------------------------------------------------

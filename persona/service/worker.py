@@ -336,10 +336,13 @@ class Worker:
         from persona.service.convert import to_struct
         from persona.service.proto import modules
 
+        # pull the next partition in the same round trip while this one's credit comes free
+        pull = 1 if self.state == "running" and not self._stop.is_set() else 0
         msg = modules()[0].ReportRequest(worker_id=self.worker_id, attempt=p.attempt, ok=ok, error=error,
-                                         result=to_struct(result))
+                                         result=to_struct(result), pull=pull)
         deadline = time.monotonic() + max(30.0, 10 * self.lease)
         delay = 0.2
+        nxt: list[Any] = []
         try:
             while True:
                 try:
@@ -347,7 +350,10 @@ class Worker:
                     if ok and not r.accepted:
                         log.info("partition %d of %s: result discarded by the coordinator", p.index, p.step_id)
                     self.partitions_done += int(ok and r.accepted)
-                    return
+                    if not r.known and msg.worker_id == self.worker_id:
+                        self._reregister.set()
+                    nxt = list(r.partitions)
+                    break
                 except grpc.RpcError as exc:
                     if time.monotonic() > deadline or exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                         log.warning("partition %d of %s: result not delivered (%s)", p.index, p.step_id, exc.code())
@@ -358,6 +364,8 @@ class Worker:
             with self._lock:
                 self._open.pop(p.attempt, None)
                 self._lock.notify_all()
+        for q in nxt:
+            self._start(q)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def drain(self) -> None:
