@@ -4,8 +4,10 @@ The coordinator runs no pipeline itself. Each step of a request becomes a
 :class:`~persona.service.gates.StepGate`: an align step is split into partitions of
 ``service.partition_size`` chunks, every other kind is one partition holding the whole step.
 Workers (:mod:`persona.service.worker`) register over the worker API (``WorkerService`` in
-``protos/persona/v1/persona.proto``, a separate credential: ``service.worker_token``), renew a
-lease with heartbeats, pull partitions as their credits allow and report each attempt's result.
+``protos/persona/v1/persona.proto``, on its own port ``service.worker_listen``, mutual TLS when the
+``worker_tls_*`` keys are set, and its own credential ``service.worker_token``: a client token
+opens nothing there), renew a lease with heartbeats, pull partitions as their credits allow and
+report each attempt's result (a report pulls the next partition in the same round trip).
 
 Align output is one column transaction held by the coordinator: it claims the dataset when the
 step starts; workers write each chunk's files under their partition attempt's unique key

@@ -2,9 +2,10 @@
 
 The worker registers with the coordinator (``WorkerService``, the worker credential), renews its
 lease with a heartbeat every third of the lease, pulls partitions while it has free credits
-(``--credits``, default ``service.worker_credits``) and runs each as a local batch in the
-Runtime's long-lived pipeline of its kind (the thesis' nested batches: a partition is a batch
-here, a part of the request's batch at the coordinator). Data moves through the shared store only:
+(``--credits``, default ``service.worker_credits``; a report pulls the next one in the same round
+trip) and runs each as a local batch in the Runtime's long-lived pipeline of its kind (the
+thesis' nested batches: a partition is a batch here, a part of the request's batch at the
+coordinator). Data moves through the shared store only:
 
 * an align partition (chunks ``[start, stop)``) writes each chunk's output files under its
   attempt's unique key ``<name>_<first>~<attempt>.<column>`` and reports the keys and checksums;
