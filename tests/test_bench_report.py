@@ -46,7 +46,9 @@ def _with_extras(results: dict[str, Any]) -> dict[str, Any]:
                      "latencies_s": [1.0 * n + 0.1 * k for k in range(n)]} for n in (1, 2, 4)}
     r["benchmarks"]["service[shape]"] = {
         "name": "service", "variant": "shape", "status": "ok",
-        "reps": [{"status": "ok", "wall_s": 9.0, "json": {"concurrency": conc, "throughput_4_over_1": 0.94}}]}
+        "reps": [{"status": "ok", "wall_s": 9.0, "json": {"concurrency": conc, "throughput_4_over_1": 0.94,
+                                                            "cluster": {"scale_out_1_s": 10.0, "scale_out_2_s": 5.4,
+                                                                        "scale_out_efficiency": 0.93}}}]}
     svc = {"scale_out": {"1": {"throughput_records_s": 1000.0}, "2": {"throughput_records_s": 1900.0},
                          "4": {"throughput_records_s": 3500.0}},
            "recovery": {"kill_worker_s": 4.2}}
@@ -141,8 +143,12 @@ def test_figures_for_accuracy_scale_out_and_recovery(rendered: tuple[dict[str, A
         ("counts/persona", 0.975, 0.0006)]  # counts are read as fractions of the reads
     for fid in ("align_accuracy", "scale_out", "recovery", "latency_throughput", "latency_ccdf"):
         assert paths[fid].read_bytes().startswith(PNG_MAGIC), fid
+    assert plots._scale_points(r)[1] == "throughput"  # the {workers: throughput} series comes first
+    only_flat = {**r, "benchmarks": {"s": r["benchmarks"]["service[shape]"]}}
+    pts, label = plots._scale_points(only_flat)
+    assert [(n, round(st.median, 3)) for n, st in pts] == [(1, 1.0), (2, 1.852)] and "relative" in label
     eff = {row.claim: row for row in thesis.rows(r)}["Figure 6.3: scale-out of align"]
-    assert eff.comparable == "not measured"  # no 'efficiency' figure printed: the plot computes it
+    assert eff.ours.startswith("efficiency 0.93")
     st = data.at(r["benchmarks"]["cluster"], "recovery", "kill_worker_s")
     assert (st.median, st.lo, st.hi, st.n) == (4.6, 4.2, 5.0, 2)
 

@@ -6,6 +6,7 @@ bars are the range over the suite's repetitions; the point or bar is their media
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -380,50 +381,77 @@ def _find(results: dict[str, Any], word: str) -> list[tuple[dict[str, Any], tupl
     return hits
 
 
-def scale_out(results: dict[str, Any]) -> Result:
+def _scale_points(results: dict[str, Any]) -> tuple[list[tuple[int, Stat]], str] | None:
+    """Throughput per worker count: a ``{workers: throughput}`` series, or flat ``scale_out_<n>_s``
+    times of the same work (throughput taken as 1 / time, relative to the smallest)."""
     for e, path, v in _find(results, "scale"):
-        if not isinstance(v, dict):
-            continue
-        pts = []
-        for n, x in v.items():
-            if not str(n).isdigit():
+        if isinstance(v, dict):
+            pts = _series(e, path, v)
+            if len(pts) >= 2:
+                return pts, "throughput"
+    for e in results.get("benchmarks", {}).values():
+        for path, v in data.walk(data.first(e)):
+            if not isinstance(v, dict):
                 continue
-            if data.is_number(x):
-                st = data.at(e, *path, n)
-            elif isinstance(x, dict):
-                k = next((k for k in x if data.is_number(x[k]) and
-                          any(w in k for w in ("throughput", "records_s", "reads_s", "bases_s"))), None)
-                st = data.at(e, *path, n, k) if k else None
-            else:
-                st = None
-            if st is not None:
-                pts.append((int(n), st))
-        if len(pts) < 2:
+            times = {int(m.group(1)): k for k in v if (m := re.fullmatch(r"scale_?out_(\d+)_s", k))}
+            if len(times) < 2:
+                continue
+            sts = {n: data.at(e, *path, k) for n, k in times.items()}
+            if any(st is None for st in sts.values()):
+                continue
+            n0 = min(sts)
+            t0 = sts[n0].median  # type: ignore[union-attr]
+            pts = [(n, Stat(t0 / st.median, t0 / st.hi, t0 / st.lo, st.n))  # type: ignore[union-attr]
+                   for n, st in sorted(sts.items())]
+            return pts, f"throughput relative to {n0} worker(s) (same work)"
+    return None
+
+
+def _series(e: dict[str, Any], path: tuple[str, ...], v: dict[str, Any]) -> list[tuple[int, Stat]]:
+    """``{workers: throughput or {..throughput..}}`` as (workers, throughput) points."""
+    pts = []
+    for n, x in v.items():
+        if not str(n).isdigit():
             continue
-        pts.sort()
-        base = pts[0][1].median / pts[0][0]
-        plt = _plt()
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-        xs = [p[0] for p in pts]
-        a1.errorbar(xs, [p[1].median for p in pts], yerr=_err([p[1] for p in pts]), marker="o", capsize=3,
-                    label="measured")
-        a1.plot(xs, [base * x for x in xs], "k:", label="linear (from the smallest)")
-        a1.set_xlabel("workers")
-        a1.set_ylabel("throughput")
-        a1.legend(fontsize=7)
-        a1.set_title("scale-out throughput", fontsize=10)
-        a2.plot(xs, [p[1].median / (base * p[0]) for p in pts], "o-")
-        a2.axhline(1.0, color="k", linestyle=":")
-        a2.set_ylim(0, 1.2)
-        a2.set_xlabel("workers")
-        a2.set_ylabel("efficiency = T(n) / (n T(1))")
-        a2.set_title("scale-out efficiency (thesis: linear to 32 servers)", fontsize=9)
-        for a in (a1, a2):
-            a.set_xticks(xs)
-            a.grid(alpha=0.3)
-        fig.tight_layout()
-        return fig
-    return "no benchmark reports a scale-out series yet (bench_service: workers -> throughput)"
+        st = None
+        if data.is_number(x):
+            st = data.at(e, *path, n)
+        elif isinstance(x, dict):
+            k = next((k for k in x if data.is_number(x[k]) and
+                      any(w in k for w in ("throughput", "records_s", "reads_s", "bases_s"))), None)
+            st = data.at(e, *path, n, k) if k else None
+        if st is not None:
+            pts.append((int(n), st))
+    return sorted(pts)
+
+
+def scale_out(results: dict[str, Any]) -> Result:
+    got = _scale_points(results)
+    if got is None:
+        return "no benchmark reports a scale-out series yet (bench_service: workers -> throughput)"
+    pts, ylabel = got
+    base = pts[0][1].median / pts[0][0]
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    xs = [p[0] for p in pts]
+    a1.errorbar(xs, [p[1].median for p in pts], yerr=_err([p[1] for p in pts]), marker="o", capsize=3,
+                label="measured")
+    a1.plot(xs, [base * x for x in xs], "k:", label="linear (from the smallest)")
+    a1.set_xlabel("workers")
+    a1.set_ylabel(ylabel, fontsize=8)
+    a1.legend(fontsize=7)
+    a1.set_title("scale-out throughput", fontsize=10)
+    a2.plot(xs, [p[1].median / (base * p[0]) for p in pts], "o-")
+    a2.axhline(1.0, color="k", linestyle=":")
+    a2.set_ylim(0, 1.2)
+    a2.set_xlabel("workers")
+    a2.set_ylabel("efficiency = T(n) / (n T(1))")
+    a2.set_title("scale-out efficiency (thesis: linear to 32 servers)", fontsize=9)
+    for a in (a1, a2):
+        a.set_xticks(xs)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def recovery(results: dict[str, Any]) -> Result:
