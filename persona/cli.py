@@ -1022,7 +1022,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "export" and not any(e.startswith("-") for e in extra):
+        args.regions = list(args.regions or []) + extra  # regions after options: `export ds o.bam -n x chr1`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     rt = None
     try:
         level = "DEBUG" if getattr(args, "verbose", False) else \

@@ -75,6 +75,10 @@ def test_region_cli_and_errors(sorted_ds: tuple[Path, Path], tmp_path: Path) -> 
     out = tmp_path / "c.bam"
     assert main(["export", str(loc), str(out), "MH356245.1:2000-2100", "-n", "ds_sorted", "--quiet"]) == 0
     assert _view(out) == _view(full, "MH356245.1:2000-2100")
+    # options before the regions, several regions
+    assert main(["export", str(loc), str(out), "-n", "ds_sorted", "--quiet", "MH356245.1:2000-2100",
+                 "MH356245.1:4000-4100"]) == 0
+    assert _view(out) == _view(full, "MH356245.1:2000-2100", "MH356245.1:4000-4100", multi=True)
     with Runtime(threads=2) as rt:
         with pytest.raises(PersonaError, match="no contig 'chrX'.*MH356245.1"):
             rt.run(ExportRequest(dataset=str(loc), name="ds_sorted", output=str(tmp_path / "x.bam"),
