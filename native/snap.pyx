@@ -283,22 +283,25 @@ cdef extern from *:
     void __builtin_prefetch(const void *p) nogil
 
 
-cdef void _prefetch_pass(const IdxView *ix, const uint8_t *R, int L, int off) noexcept nogil:
+cdef void _prefetch_pass(const IdxView *ix, const uint8_t *R, int L, int off, bint text=False) noexcept nogil:
     """Ask for the hash slots of one pass of seeds (offsets off, off + k, ...) ahead of their lookups:
-    the lookups are cache misses, and issued together their latencies overlap."""
+    the lookups are cache misses, and issued together (or a read ahead) their latencies overlap.
+    ``R`` holds base codes, or text bases when ``text``."""
     cdef int k = ix.seed_len, i, n = 0
     cdef uint64_t s, r, cn, t, key, base, size, slot
+    cdef uint8_t b
     cdef bint bad
     while off + k <= L and n < 8:
         s = 0
         r = 0
         bad = 0
         for i in range(k):
-            if R[off + i] > 3:
+            b = CODE[R[off + i]] if text else R[off + i]
+            if b > 3:
                 bad = 1
                 break
-            s = (s << 2) | R[off + i]
-            r |= <uint64_t>(3 - R[off + i]) << (2 * i)
+            s = (s << 2) | b
+            r |= <uint64_t>(3 - b) << (2 * i)
         if not bad:
             cn = s if s <= r else r
             t = cn >> ix.key_bits
@@ -1315,6 +1318,10 @@ cdef class Mapper:
                 c.wraps += 1
             if pass_ > 0 or not c.prefetched:
                 _prefetch_pass(&self.index.view, c.codes[0], L, off)
+                if pass_ == 0 and 2 * k >= L and self.n_shifts > 2:
+                    # a short read (one or two seeds a pass) needs several passes: ask for two more
+                    _prefetch_pass(&self.index.view, c.codes[0], L, self.shifts[1])
+                    _prefetch_pass(&self.index.view, c.codes[0], L, self.shifts[2])
             while off + k <= L:
                 if c.applied[0] + c.applied[1] >= max_seeds or seed_id >= 2 * max_seeds:
                     return self._score_pending(c, 1)
@@ -1636,6 +1643,10 @@ cdef class Mapper:
             if n0 <= self.max_dist and n1 <= self.max_dist:
                 _prefetch_pass(&self.index.view, c0.codes[0], l0, 0)
                 _prefetch_pass(&self.index.view, c1.codes[0], l1, 0)
+                if 2 * self.index.view.seed_len >= l0 and self.n_shifts > 1:
+                    _prefetch_pass(&self.index.view, c0.codes[0], l0, self.shifts[1])
+                if 2 * self.index.view.seed_len >= l1 and self.n_shifts > 1:
+                    _prefetch_pass(&self.index.view, c1.codes[0], l1, self.shifts[1])
                 c0.prefetched = 1
                 c1.prefetched = 1
                 if self._search(c0, self.max_seeds, 1) < 0 or self._search(c1, self.max_seeds, 1) < 0:
@@ -1795,9 +1806,20 @@ cdef class Mapper:
         cdef int s, failed = 0, proper
         self.cig.len = 0
         self.tags.len = 0
+        cdef const IdxView *ix = &self.index.view
+        cdef Py_ssize_t ahead
+        cdef int32_t la
         with nogil:
             i = 0
             while i < n and not failed:
+                # the next read's (pair's) first seeds are asked for while this one is aligned
+                ahead = i + (2 if paired else 1)
+                while ahead < n and ahead < i + (4 if paired else 2):
+                    la = <int32_t>(offsets[ahead + 1] - offsets[ahead])
+                    _prefetch_pass(ix, dp + offsets[ahead], la, 0, True)
+                    if 2 * ix.seed_len >= la and self.n_shifts > 1:
+                        _prefetch_pass(ix, dp + offsets[ahead], la, self.shifts[1], True)
+                    ahead += 1
                 if paired:
                     for s in range(2):
                         ls[s] = <int32_t>(offsets[i + s + 1] - offsets[i + s])
