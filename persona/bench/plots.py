@@ -85,39 +85,51 @@ def align_threads(results: dict[str, Any]) -> Result:
     es = [e for e in data.entries(results, "align") if data.runs(e)]
     if not es:
         return _why(results, "align")
-    sets = list(dict.fromkeys(k for e in es for k in _dicts(data.first(e).get("sets"))))  # every variant's sets
-    if not sets:
+
+    def aligner_of(e: dict[str, Any]) -> str:
+        return str(e.get("params", {}).get("aligner") or data.first(e).get("aligner") or "minimap2")
+
+    # one panel per (aligner, input set): the series of one panel ran on the same reads
+    panels: dict[tuple[str, str], dict[str, list[tuple[int, Stat]]]] = {}
+    for e in es:
+        j = data.first(e)
+        t = e.get("params", {}).get("threads") or j.get("threads")
+        if not data.is_number(t):
+            continue
+        for s_name, figs in _dicts(j.get("sets")).items():
+            for k in _contenders(figs, "_reads_s"):
+                st = data.at(e, "sets", s_name, k)
+                if st is None:
+                    continue
+                label = k.removesuffix("_reads_s").replace("_", " ")
+                label = {"kernel": "mappy loop (bare)", "mm2 kernel": "persona's kernel (bare loop)",
+                         "binary": "minimap2 binary", "kernel paired": "persona's kernel (bare loop), paired",
+                         "snap paired": "snap-aligner paired", "snap single": "snap-aligner single"}.get(label, label)
+                panels.setdefault((aligner_of(e), s_name), {}).setdefault(label, []).append((int(t), st))
+    if not panels:
         return _why(results, "align", "per-set throughput")
+    keys = list(panels)[:6]
+    cols = min(3, len(keys))
+    rows = (len(keys) + cols - 1) // cols
     plt = _plt()
-    fig, axes = plt.subplots(1, len(sets[:3]), figsize=(5.2 * len(sets[:3]), 3.8), squeeze=False)
-    for ax, s in zip(axes[0], sets[:3]):
-        series: dict[str, list[tuple[int, Stat]]] = {}
-        for e in es:
-            j = data.first(e)
-            t = e.get("params", {}).get("threads") or j.get("threads")
-            aligner = e.get("params", {}).get("aligner") or j.get("aligner")
-            for k in _contenders(_dicts(j.get("sets")).get(s, {}), "_reads_s"):
-                st = data.at(e, "sets", s, k)
-                if st is not None and t:
-                    label = k.removesuffix("_reads_s").replace("_", " ")
-                    label = {"kernel": "mappy loop (bare)", "mm2 kernel": "persona's kernel (bare loop)"}.get(
-                        label, label)
-                    if label == "binary":
-                        label = f"{j.get('binary', aligner or 'minimap2')} binary"
-                    elif aligner:
-                        label = f"{label} ({aligner})"
-                    series.setdefault(label, []).append((int(t), st))
-        for label, pts in sorted(series.items()):
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.2 * rows), squeeze=False)
+    for ax, (aligner, s_name) in zip(axes.flat, keys):
+        for i, (label, pts) in enumerate(sorted(panels[(aligner, s_name)].items())):
             pts.sort()
             xs, sts = [p[0] for p in pts], [p[1] for p in pts]
-            ax.errorbar(xs, [x.median for x in sts], yerr=_err(sts), marker="o", capsize=3, label=label,
-                        linestyle="-" if _is_ours(label) else "--")
+            ax.errorbar(xs, [x.median for x in sts], yerr=_err(sts), marker="os^vD<>"[i % 7], capsize=3,
+                        label=label, linestyle="-" if _is_ours(label) else "--")
         ax.set_xlabel("threads")
         ax.set_ylabel("reads / s")
-        ax.set_title(f"align throughput: {s}", fontsize=10)
-        ax.set_xticks(sorted({p[0] for pts in series.values() for p in pts}))
-        ax.legend(fontsize=7)
+        ax.set_title(f"{aligner}: {s_name}", fontsize=10)
+        ax.set_xticks(sorted({p[0] for pts in panels[(aligner, s_name)].values() for p in pts}))
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=6, loc="lower right")
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle("align throughput vs threads (solid: persona; dashed: the reference tool or bare loop)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
