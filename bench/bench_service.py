@@ -102,9 +102,9 @@ def _capacity_coordinator(cfg: str, partitions: int, addr_file: str) -> None:
         uvloop.run(run())
 
 
-def _noop_workers(address: str, token: str, n: int, deadline: float) -> int:
+def _noop_workers(address: str, token: str, n: int, deadline: float) -> tuple[int, float]:
     """``n`` no-op workers (threads): register, then Pull one partition and Report it done, until
-    nothing is left or the deadline; returns the partitions reported."""
+    nothing is left or the deadline; returns the partitions reported and the seconds it took."""
     import grpc
 
     from persona.service.convert import to_struct
@@ -215,70 +215,70 @@ def _coordinator(cfg: Path, root: Path, tag: str) -> tuple[subprocess.Popen, str
     return proc, _wait_file(addr, proc, "persona coordinator").split()[0], log
 
 
-def _workers(cfg: Path, port: int, n: int) -> list[subprocess.Popen]:
-    """``n`` workers of one aligner thread each, each pinned to a core of its own where taskset and
-    enough cores allow (the scale-out question: one core -> two)."""
+def _worker(cfg: Path, port: int, k: int) -> subprocess.Popen:
+    """Worker ``k``: one aligner thread, pinned to core ``k`` where taskset and enough cores allow
+    (the scale-out question: one core -> two)."""
     import shutil
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
     cores = sorted(os.sched_getaffinity(0))
-    pin = shutil.which("taskset") is not None and len(cores) >= n
-    return [subprocess.Popen([*(["taskset", "-c", str(cores[k])] if pin else []), *PERSONA, "--config", str(cfg),
-                              "worker", "--coordinator", f"127.0.0.1:{port}", "-t", "1", "--credits", "1"],
-                             env=env, stderr=subprocess.DEVNULL) for k in range(n)]
+    pin = shutil.which("taskset") is not None and len(cores) >= 2
+    return subprocess.Popen([*(["taskset", "-c", str(cores[k % len(cores)])] if pin else []), *PERSONA, "--config",
+                             str(cfg), "worker", "--coordinator", f"127.0.0.1:{port}", "-t", "1", "--credits", "1"],
+                            env=env, stderr=subprocess.DEVNULL)
 
 
-def _timed_align(cfg: Path, root: Path, src: Path, n_workers: int, tag: str, *, kill_after: int = 0,
-                 repeats: int = 1) -> dict[str, float]:
-    """The median of ``repeats`` aligns of a copy of ``src`` on ``n_workers`` workers (one cluster, warm);
-    ``kill_after``: SIGKILL one worker once that many chunks are done (one run) and time until the
-    coordinator re-queued its partitions."""
+def _cluster_runs(cfg: Path, root: Path, src: Path, *, repeats: int, kill_after: int) -> dict[str, float]:
+    """One coordinator: ``repeats`` aligns of copies of ``src`` on one worker, then on two (medians; each
+    worker warmed first: a service keeps its index loaded), then one more on two with the second
+    SIGKILLed once ``kill_after`` chunks are done: seconds until the coordinator re-queued its
+    partitions, and that request's time."""
     import shutil
 
     from persona.config import load_config
     from persona.service.client import Client
-    cfg_port = int(load_config(cfg, env={}).service.worker_listen.rsplit(":", 1)[1])
-    coord, address, log = _coordinator(cfg, root, tag)
-    workers = _workers(cfg, cfg_port, n_workers)
+
+    config = load_config(cfg, env={})
+    port = int(config.service.worker_listen.rsplit(":", 1)[1])
+    coord, address, log = _coordinator(cfg, root, "cluster")
+    workers: list[subprocess.Popen] = []
     out: dict[str, float] = {}
-    try:
-        c = Client(address, config=load_config(cfg, env={}))
-        deadline = time.monotonic() + 120
-        while len(c.cluster_status()["workers"]) < n_workers:
-            if time.monotonic() > deadline:
-                sys.exit("workers did not register")
-            time.sleep(0.1)
-        # warm: each worker loads the index once (a service keeps it loaded)
-        warm = root / f"{tag}-warm"
-        shutil.copytree(src, warm)
-        c.wait(c.submit({"kind": "align", "dataset": str(warm), "reference": "sample_reference"}), timeout=600)
-        times = []
-        for k in range(repeats - 1 if not kill_after else 0):
-            ds = root / f"{tag}-ds{k}"
-            shutil.copytree(src, ds)
-            t = time.perf_counter()
-            st = c.wait(c.submit({"kind": "align", "dataset": str(ds), "reference": "sample_reference"}), timeout=3600)
-            times.append(time.perf_counter() - t)
-            assert st["state"] == "done", st["error"]
-        ds = root / f"{tag}-ds"
+    serial = iter(range(1_000_000))
+
+    def align(c: Any) -> tuple[str, float]:
+        ds = root / f"align-{next(serial)}"
         shutil.copytree(src, ds)
-        t = time.perf_counter()
-        rid = c.submit({"kind": "align", "dataset": str(ds), "reference": "sample_reference"})
-        if kill_after:
-            while c.get(rid)["feeds_done"] < kill_after:
-                time.sleep(0.02)
-            workers[-1].kill()
-            killed = time.perf_counter()
-            while "lost (no heartbeat" not in log.read_text():
-                if time.perf_counter() - killed > 120:
-                    sys.exit("the killed worker was never declared lost")
-                time.sleep(0.02)
-            out["recovery_s"] = time.perf_counter() - killed
+        return c.submit({"kind": "align", "dataset": str(ds), "reference": "sample_reference"}), time.perf_counter()
+
+    def done(c: Any, rid: str, t: float) -> float:
         st = c.wait(rid, timeout=3600)
-        times.append(time.perf_counter() - t)
-        out["seconds"] = statistics.median(times)
-        out["records"] = st["records_total_done"]
         assert st["state"] == "done", st["error"]
+        out["records"] = st["records_total_done"]
+        return time.perf_counter() - t
+
+    try:
+        c = Client(address, config=config)
+        for n in (1, 2):
+            workers.append(_worker(cfg, port, n - 1))
+            deadline = time.monotonic() + 120
+            while len(c.cluster_status()["workers"]) < n:
+                if time.monotonic() > deadline:
+                    sys.exit("workers did not register")
+                time.sleep(0.1)
+            for _ in range(n):  # warm every worker (each loads the index once)
+                done(c, *align(c))
+            out[f"seconds_{n}"] = statistics.median(done(c, *align(c)) for _ in range(repeats))
+        rid, t = align(c)
+        while c.get(rid)["feeds_done"] < kill_after:
+            time.sleep(0.02)
+        workers[-1].kill()
+        killed = time.perf_counter()
+        while "lost (no heartbeat" not in log.read_text():
+            if time.perf_counter() - killed > 120:
+                sys.exit("the killed worker was never declared lost")
+            time.sleep(0.02)
+        out["recovery_s"] = time.perf_counter() - killed
+        out["seconds_killed"] = done(c, rid, t)
         c.close()
     finally:
         for w in workers:
@@ -316,23 +316,19 @@ def cluster_bench(root: Path, quick: bool) -> dict[str, Any]:
     cli(cli_cfg, "import", str(r1), str(r2), "-o", str(src), "-c", "500")
     cfg, _ = _cluster_cfg(root, lease=2, partition=p)
     repeats = 1 if quick else 3
-    one = _timed_align(cfg, root, src, 1, "one", repeats=repeats)
-    cfg, _ = _cluster_cfg(root, lease=2, partition=p)
-    two = _timed_align(cfg, root, src, 2, "two", repeats=repeats)
-    eff = one["seconds"] / two["seconds"] / 2
-    print(f"scale-out on align ({one['records']:,.0f} records, median of {repeats}): 1 worker {one['seconds']:.2f} s, "
-          f"2 workers "
-          f"{two['seconds']:.2f} s: efficiency {eff:.2f} of linear (goal >= 0.9; {os.cpu_count()} cores shared)")
-    cfg, _ = _cluster_cfg(root, lease=2, partition=p)
-    hurt = _timed_align(cfg, root, src, 2, "kill", kill_after=4)
-    print(f"recovery: worker SIGKILLed; its partitions re-queued after {hurt['recovery_s']:.2f} s (lease 2 s: "
-          f"{hurt['recovery_s'] / 2:.2f} lease periods, goal <= 2); request {hurt['seconds']:.2f} s vs "
-          f"{two['seconds']:.2f} s fault-free ({hurt['seconds'] / two['seconds']:.2f}x)")
+    r = _cluster_runs(cfg, root, src, repeats=repeats, kill_after=4)
+    one, two, hurt = r["seconds_1"], r["seconds_2"], r["seconds_killed"]
+    eff = one / two / 2
+    print(f"scale-out on align ({r['records']:,.0f} records, median of {repeats}): 1 worker {one:.2f} s, 2 workers "
+          f"{two:.2f} s: efficiency {eff:.2f} of linear (goal >= 0.9; {os.cpu_count()} cores shared)")
+    print(f"recovery: worker SIGKILLed; its partitions re-queued after {r['recovery_s']:.2f} s (lease 2 s: "
+          f"{r['recovery_s'] / 2:.2f} lease periods, goal <= 2); request {hurt:.2f} s vs {two:.2f} s fault-free "
+          f"({hurt / two:.2f}x)")
     return {"capacity_partitions_s": cap["partitions_s"], "partitions_s_needed_1000_workers": need,
             "capacity_partitions_per_cpu_s": cap["partitions_per_cpu_s"],
-            "capacity_over_need": cap["partitions_s"] / need, "scale_out_1_s": one["seconds"],
-            "scale_out_2_s": two["seconds"], "scale_out_efficiency": eff, "recovery_s": hurt["recovery_s"],
-            "recovery_lease_periods": hurt["recovery_s"] / 2, "recovery_slowdown": hurt["seconds"] / two["seconds"]}
+            "capacity_over_need": cap["partitions_s"] / need, "scale_out_1_s": one, "scale_out_2_s": two,
+            "scale_out_efficiency": eff, "recovery_s": r["recovery_s"], "recovery_lease_periods": r["recovery_s"] / 2,
+            "recovery_slowdown": hurt / two}
 
 
 def main() -> None:
