@@ -577,7 +577,8 @@ def run_coordinator(config: Any = None, *, listen: str | None = None, worker_lis
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, svc.on_signal)
-        print(f"persona coordinator: clients on {address}, workers on {svc.worker_address}; request table {svc.db_path}; client token "
+        print(f"persona coordinator: clients on {address}, workers on {svc.worker_address}; request table "
+              f"{svc.db_path}; client token "
               f"{'from config' if svc.config.service.token else token_file(svc.db_path)}; worker token "
               f"{'from config' if svc.config.service.worker_token else worker_token_file(svc.db_path)}",
               file=sys.stderr, flush=True)

@@ -101,7 +101,8 @@ class AlignPartitionJob(AlignJob):
             "n_secondary": max([0] + [sum(map(is_secondary_column, cols)) for cols in self._written.values()]),
             "info": {"contigs": info.manifest_contigs(), "make_tags": self.make_tags,
                      "secondary": self.opts.secondary, "aligner": self.request.aligner,
-                     "aligner_options": self.opts.to_dict(), "aligner_version": aligner_version(self.request.aligner or ""),
+                     "aligner_options": self.opts.to_dict(),
+                     "aligner_version": aligner_version(self.request.aligner or ""),
                      "reference": {"name": info.name, "checksum": getattr(info, "sha256", None)},
                      "reference_uri": ("file://" + info.source) if info.source.startswith("/") else ""},
         }
