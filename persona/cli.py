@@ -890,7 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-M", "--metrics", help="with --markdup: Picard-format duplication metrics file")
     sp.add_argument("--window", type=_non_negative, help="with --markdup: bases past a position before its "
                                                          "duplicates are decided (default markdup.window)")
-    sp.add_argument("--aligner", choices=["minimap2", "mappy", "snap"], help="aligner backend (default: align.aligner)")
+    sp.add_argument("--aligner", choices=["minimap2", "mappy", "minibwa", "snap"],
+                    help="aligner backend (default: align.aligner)")
     sp.add_argument("--preset", help="aligner preset (default: align.preset, 'sr')")
     sp.add_argument("--secondary", type=_non_negative, default=0, help="secondary alignment columns to write")
     sp.add_argument("--work-item-reads", type=_positive, help="reads per aligner work item")
