@@ -46,7 +46,7 @@ def main() -> None:
             (["--quick"] if args.quick else []) + ["--pairs", str(args.pairs)]
         bench_sort.main()
         return
-    t, runs = args.threads, args.runs or (2 if args.quick else 3)
+    t, runs = args.threads, args.runs or (1 if args.quick else 3)
     inp = aligned_inputs(args.quick, args.pairs, t)
     d = inp["dir"]
     agd = inp["agd"]
