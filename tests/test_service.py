@@ -289,6 +289,15 @@ def test_cli_submit_status_watch_cancel(server, tmp_path, capsys):
     assert main(["--config", cfg, "cancel", "-q", *svc, rid]) == 0  # already finished: nothing to do
     assert main(["--config", cfg, "submit", *svc, "--detach", "stats", str(ds)]) == 0
     assert len(capsys.readouterr().out.strip()) == 16
+    # align-sort given a FASTA path registers it, as align does
+    rc = main(["--config", cfg, "submit", "-q", *svc, "align-sort", str(ds), "-r", str(REF),
+               "-o", str(tmp_path / "as")])
+    assert rc == 0, capsys.readouterr().err
+    from persona.agd import Dataset
+    from persona.agd.dataset import find_manifests
+
+    names = find_manifests(Dataset.open(tmp_path / "as").store) if (tmp_path / "as").exists() else []
+    assert names and Dataset.open(tmp_path / "as", names[0]).manifest.sort == "coordinate"
     assert main(["--config", cfg, "status", "--token", "wrong", "--address", server.address]) == 1
 
 

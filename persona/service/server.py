@@ -507,7 +507,8 @@ class Service:
     def _prepare(self, d: dict[str, Any]) -> Any:
         """The request of step dict ``d``; an align step naming a FASTA file registers it (once)."""
         d = dict(d)
-        if d["kind"] == "align" and ("/" in d["reference"] or "://" in d["reference"]):
+        if d["kind"] in ("align", "align-sort") and isinstance(d.get("reference"), str) \
+                and ("/" in d["reference"] or "://" in d["reference"]):
             d["reference"] = self._register_reference(d["reference"], d.get("references_url"), d.get("aligner"),
                                                       d.get("preset"))
         return request_from_dict(d)
