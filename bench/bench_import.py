@@ -1,4 +1,5 @@
-"""FASTQ.gz -> AGD import throughput against decompression alone (``zcat``).
+"""FASTQ.gz -> AGD import throughput against decompression alone (``zcat``, and ``pigz -d`` with the
+same threads where pigz is installed).
 
 For each input set: MB of uncompressed FASTQ per second of wall time, for
 ``import_fastq`` (in-process, default settings, a fresh output directory each
@@ -31,10 +32,16 @@ from persona.apps.import_fastq import import_fastq
 def bench_set(label: str, r1: Path, r2: Path, runs: int, threads: int, chunk_size: int) -> dict[str, float]:
     fastq_bytes = gunzipped_size(r1) + gunzipped_size(r2)
     zcat = require("zcat")
+    pigz = shutil.which("pigz")
+    n_threads = threads or os.cpu_count() or 1
 
     def decompress_only() -> None:
         for p in (r1, r2):
             run(f"{zcat} {p} > /dev/null", shell=True)
+
+    def pigz_only() -> None:
+        for p in (r1, r2):
+            run(f"{pigz} -dc -p {n_threads} {p} > /dev/null", shell=True)
 
     out = OUT / f"import_{label}"
 
@@ -46,15 +53,22 @@ def bench_set(label: str, r1: Path, r2: Path, runs: int, threads: int, chunk_siz
 
     decompress_only()  # warm the page cache for both contenders
     # Alternate the contenders run by run, so both see the same background load.
-    zc, us = [], []
+    zc, us, pz = [], [], []
     for _ in range(runs):
         zc.append(median_wall_cpu(decompress_only, 1))
+        if pigz:
+            pz.append(median_wall_cpu(pigz_only, 1))
         us.append(median_wall_cpu(ours, 1, setup=fresh))
     t_zcat, cpu_zcat = statistics.median(w for w, _ in zc), statistics.median(c for _, c in zc)
     t_ours, cpu_ours = statistics.median(w for w, _ in us), statistics.median(c for _, c in us)
     fresh()
     mb = fastq_bytes / 1e6
-    return {
+    extra: dict[str, float] = {}
+    if pz:
+        t_pigz = statistics.median(w for w, _ in pz)
+        extra = {"pigz_s": round(t_pigz, 4), "pigz_mb_s": round(mb / t_pigz, 1),
+                 "ratio_pigz": round(t_pigz / t_ours, 3)}
+    return extra | {
         "fastq_mb": round(mb, 2),
         "zcat_s": round(t_zcat, 4),
         "import_s": round(t_ours, 4),
@@ -83,11 +97,12 @@ def main() -> None:
     for label, paths in sets.items():
         print(f"[{label}] {paths['r1'].name} + {paths['r2'].name}, {runs} runs ...", file=sys.stderr, flush=True)
         results[label] = bench_set(label, paths["r1"], paths["r2"], runs, args.threads, args.chunk_size)
-    rows = [[k, v["fastq_mb"], v["zcat_s"], v["zcat_mb_s"], v["import_s"], v["import_mb_s"], v["ratio"],
-             v["zcat_cpu_s"], v["import_cpu_s"], v["import_cores_used"]]
+    rows = [[k, v["fastq_mb"], v["zcat_s"], v["zcat_mb_s"], v.get("pigz_mb_s", "-"), v["import_s"],
+             v["import_mb_s"], v["ratio"], v.get("ratio_pigz", "-"), v["zcat_cpu_s"], v["import_cpu_s"],
+             v["import_cores_used"]]
             for k, v in results.items()]
-    print(table(["set", "FASTQ MB", "zcat s", "zcat MB/s", "import s", "import MB/s", "ratio",
-                 "zcat CPU s", "import CPU s", "import cores"], rows))
+    print(table(["set", "FASTQ MB", "zcat s", "zcat MB/s", "pigz MB/s", "import s", "import MB/s", "vs zcat",
+                 "vs pigz", "zcat CPU s", "import CPU s", "import cores"], rows))
     print(f"load average before: {load_before}, after: {os.getloadavg()} (other processes share the cores)")
     print(f"threads={args.threads or os.cpu_count()} chunk_size={args.chunk_size} runs={runs} "
           "(ratio = import MB/s / zcat MB/s; goal >= 0.8)")
