@@ -109,6 +109,7 @@ def main() -> None:
         w, m = timed_process(cmd, n)
         rows.append([label, w, m, w / ours_w])
         result[f"{key}_s"] = round(w, 3)
+        result[f"{key}_peak_mib"] = round(m, 1)
         result[f"ratio_vs_{key}"] = round(w / ours_w, 3)
         if key == "samtools_chain":
             result["ratio_sort_markdup_vs_samtools_chain"] = round(w / tail_w, 3)
