@@ -451,10 +451,11 @@ def import_sam(
     chunk_size: int = 100_000,
     compression: str = "zstd",
     runtime: Any = None,
+    collate: bool | None = None,
 ) -> ImportSummary:
     """Import ``path`` (SAM or BAM, detected from content) as dataset ``name`` in store ``out``
     (a path, store URL or :class:`~persona.storage.Store`); ``name`` defaults to the file name
-    without its extension.
+    without its extension. ``collate``: see :attr:`~persona.apps.importer.ImportRequest.collate`.
 
     See the module docstring for what is stored. Raises
     :class:`~persona.errors.InputFormatError` for unreadable input (no dataset
@@ -466,7 +467,8 @@ def import_sam(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     loc = out.url if isinstance(out, Store) else os.fspath(out)
     s = import_files(ImportRequest(inputs=(os.fspath(path),), output=loc, name=name, format="sam",
-                                   chunk_size=chunk_size, compression=compression), runtime=runtime)
+                                   chunk_size=chunk_size, compression=compression, collate=collate),
+                     runtime=runtime)
     return ImportSummary(name=s.name, location=s.location, records=s.records, chunks=s.chunks,
                          columns=s.columns, paired=s.paired, sort=s.sort, skipped_secondary=s.skipped_secondary,
                          skipped_supplementary=s.skipped_supplementary, empty_sequence=s.empty_sequence,
