@@ -32,7 +32,6 @@ import contextlib
 import hmac
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from persona.agd.transaction import Transaction, chunk_key_re, unreferenced_keys
 from persona.errors import BatchCancelled, PersonaError, StoreKeyError
 from persona.service.gates import GlobalGates, Partition, StepGate, new_attempt
 from persona.service.proto import modules
-from persona.service.server import Service, _committed_by
+from persona.service.server import Service, _committed_by, load_or_create_token, token_file
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +49,12 @@ PULL_WAIT = 0.5
 
 
 def worker_token_file(db_path: str | os.PathLike[str]) -> Path:
-    return Path(os.path.expanduser(os.fspath(db_path))).parent / "worker-token"
+    return token_file(db_path, "worker-token")
 
 
 def load_or_create_worker_token(db_path: str | os.PathLike[str]) -> str:
     """The worker credential beside the request table (made once, mode 0600)."""
-    path = worker_token_file(db_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        text = path.read_text().strip()
-        if not text:
-            raise PersonaError(f"worker token file {path} is empty") from None
-        return text
-    token = secrets.token_hex(32)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
+    return load_or_create_token(db_path, "worker-token")
 
 
 class PartitionedColumns(Transaction):

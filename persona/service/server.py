@@ -64,20 +64,22 @@ class Unavailable(PersonaError):
     pass
 
 
-def token_file(db_path: str | os.PathLike[str]) -> Path:
-    """Where ``persona serve`` keeps the token it made (``service.token`` null): beside the table."""
-    return Path(os.path.expanduser(os.fspath(db_path))).parent / "token"
+def token_file(db_path: str | os.PathLike[str], name: str = "token") -> Path:
+    """Where ``persona serve`` keeps the token it made (``service.token`` null): beside the table
+    (``name``: ``token``, or the coordinator's ``worker-token``)."""
+    return Path(os.path.expanduser(os.fspath(db_path))).parent / name
 
 
-def load_or_create_token(db_path: str | os.PathLike[str]) -> str:
-    path = token_file(db_path)
+def load_or_create_token(db_path: str | os.PathLike[str], name: str = "token") -> str:
+    """The token in file ``name`` beside the request table, made once (mode 0600)."""
+    path = token_file(db_path, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         text = path.read_text().strip()
         if not text:
-            raise PersonaError(f"token file {path} is empty") from None
+            raise PersonaError(f"{name} file {path} is empty") from None
         return text
     token = secrets.token_hex(32)  # hex: never starts with "-", which a command line would take for an option
     with os.fdopen(fd, "w") as f:
