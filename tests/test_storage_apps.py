@@ -170,7 +170,7 @@ def svc_sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 @pytest.mark.ceph
 @pytest.mark.cluster
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("kind", ["ceph"])  # "s3" passes too (a run costs ~25 s here; the apps test covers S3)
+@pytest.mark.parametrize("kind", ["ceph", "s3"])
 def test_two_workers_align_a_dataset_in_the_store(kind: str, ceph_cluster, request: pytest.FixtureRequest,
                                                   tmp_path: Path) -> None:
     """A coordinator and two worker processes align a ceph:// (s3://) dataset in partitions; the
