@@ -102,11 +102,8 @@ cdef extern from "minimap.h" nogil:
 
 
 from alignment_row cimport AlnRec
-
-cdef struct Buf:  # a growable byte buffer (CIGAR text of one column)
-    uint8_t *data
-    size_t len
-    size_t cap
+from aux_buffer cimport (Buf, _aux_char, _aux_float, _aux_int, _md_deletion, _md_end, _md_mismatch, _put_char,
+                         _put_uint, _reserve, _tag)
 
 cdef struct Col:  # one output column (primary, or one slot of extra records) while mapping
     AlnRec *rows
@@ -137,37 +134,6 @@ cdef const char *CIGAR_OPS = b"MIDNSHP=XB"
 #: mapping options accepted as overrides (the same names and meanings as mappy.Aligner's keywords)
 OPTION_NAMES = ("k", "w", "min_cnt", "min_chain_score", "min_dp_score", "bw", "best_n", "max_frag_len",
                 "extra_flags", "scoring")
-
-
-cdef int _reserve(Buf *b, size_t extra) noexcept nogil:
-    cdef size_t cap
-    cdef uint8_t *p
-    if b.len + extra <= b.cap:
-        return 0
-    cap = b.cap * 2 if b.cap else 4096
-    while cap < b.len + extra:
-        cap *= 2
-    p = <uint8_t*>realloc(b.data, cap)
-    if p == NULL:
-        return -1
-    b.data = p
-    b.cap = cap
-    return 0
-
-
-cdef inline void _put_uint(Buf *b, uint32_t v) noexcept nogil:
-    cdef uint8_t tmp[12]
-    cdef int n = 0
-    while True:
-        tmp[n] = <uint8_t>(48 + v % 10)
-        n += 1
-        v //= 10
-        if v == 0:
-            break
-    while n > 0:
-        n -= 1
-        b.data[b.len] = tmp[n]
-        b.len += 1
 
 
 cdef int _put_cigar(Buf *b, const mm_reg1_t *r, int qlen) noexcept nogil:
@@ -279,73 +245,6 @@ for _i, _a in enumerate((65, 67, 71, 84)):  # A C G T
 cdef const char *NT4_CHARS = b"ACGTN"
 
 
-cdef inline void _tag(Buf *b, const char *tag, uint8_t typ) noexcept nogil:
-    b.data[b.len] = <uint8_t>tag[0]
-    b.data[b.len + 1] = <uint8_t>tag[1]
-    b.data[b.len + 2] = typ
-    b.len += 3
-
-
-cdef int _aux_int(Buf *b, const char *tag, int64_t v) noexcept nogil:
-    """An integer tag in the smallest BAM type, as htslib stores a SAM ``i`` value."""
-    cdef int size
-    cdef uint8_t typ
-    cdef uint32_t u = <uint32_t>v
-    if _reserve(b, 7) < 0:
-        return -1
-    if v < 0:
-        if v >= -128:
-            typ, size = 99, 1  # 'c'
-        elif v >= -32768:
-            typ, size = 115, 2  # 's'
-        else:
-            typ, size = 105, 4  # 'i'
-    else:
-        if v <= 255:
-            typ, size = 67, 1  # 'C'
-        elif v <= 65535:
-            typ, size = 83, 2  # 'S'
-        else:
-            typ, size = 73, 4  # 'I'
-    _tag(b, tag, typ)
-    b.data[b.len] = u & 0xff
-    if size > 1:
-        b.data[b.len + 1] = (u >> 8) & 0xff
-    if size > 2:
-        b.data[b.len + 2] = (u >> 16) & 0xff
-        b.data[b.len + 3] = (u >> 24) & 0xff
-    b.len += size
-    return 0
-
-
-cdef int _aux_char(Buf *b, const char *tag, uint8_t c) noexcept nogil:
-    if _reserve(b, 4) < 0:
-        return -1
-    _tag(b, tag, 65)  # 'A'
-    b.data[b.len] = c
-    b.len += 1
-    return 0
-
-
-cdef int _aux_float(Buf *b, const char *tag, float f) noexcept nogil:
-    cdef uint32_t u
-    if _reserve(b, 7) < 0:
-        return -1
-    memcpy(&u, &f, 4)
-    _tag(b, tag, 102)  # 'f'
-    b.data[b.len] = u & 0xff
-    b.data[b.len + 1] = (u >> 8) & 0xff
-    b.data[b.len + 2] = (u >> 16) & 0xff
-    b.data[b.len + 3] = (u >> 24) & 0xff
-    b.len += 4
-    return 0
-
-
-cdef inline void _put_char(Buf *b, uint8_t c) noexcept nogil:
-    b.data[b.len] = c
-    b.len += 1
-
-
 cdef inline uint8_t _ref4(const uint32_t *S, uint64_t i) noexcept nogil:
     """Base ``i`` of the index's 4-bit packed sequence (minimap2's mm_seq4_get)."""
     return (S[i >> 3] >> ((i & 7) << 2)) & 0xf
@@ -377,8 +276,7 @@ cdef int _put_md(Buf *b, const mm_reg1_t *r, const uint8_t *read, const uint32_t
                     qc = NT4[read[r.qs + q_off + j]]
                 tc = _ref4(S, t0 + t_off + j)
                 if qc != tc:
-                    _put_uint(b, l_md)
-                    _put_char(b, <uint8_t>NT4_CHARS[tc if tc < 4 else 4])
+                    _md_mismatch(b, l_md, <uint8_t>NT4_CHARS[tc if tc < 4 else 4])
                     l_md = 0
                 else:
                     l_md += 1
@@ -387,8 +285,7 @@ cdef int _put_md(Buf *b, const mm_reg1_t *r, const uint8_t *read, const uint32_t
         elif op == 1 or op == 4:  # I (S never occurs inside minimap2's CIGAR)
             q_off += ln
         elif op == 2:  # D
-            _put_uint(b, l_md)
-            _put_char(b, 94)  # '^'
+            _md_deletion(b, l_md)
             for j in range(ln):
                 tc = _ref4(S, t0 + t_off + j)
                 _put_char(b, <uint8_t>NT4_CHARS[tc if tc < 4 else 4])
@@ -396,8 +293,7 @@ cdef int _put_md(Buf *b, const mm_reg1_t *r, const uint8_t *read, const uint32_t
             t_off += ln
         elif op == 3:  # N
             t_off += ln
-    _put_uint(b, l_md)
-    _put_char(b, 0)
+    _md_end(b, l_md)
     return 0
 
 

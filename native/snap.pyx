@@ -50,6 +50,7 @@ from libc.math cimport log10, pow
 import numpy as np
 
 from alignment_row cimport AlnRec
+from aux_buffer cimport Buf, _aux_int, _md_deletion, _md_end, _md_mismatch, _put_char, _put_uint, _reserve, _tag
 
 ALIGNMENT_FIELDS = [("flag", "<u4"), ("mapq", "<i4"), ("ref_index", "<i4"), ("position", "<i8"),
                     ("next_ref_index", "<i4"), ("next_position", "<i8"), ("template_length", "<i8")]
@@ -498,11 +499,6 @@ cdef struct Run:
     int32_t len
     int32_t ppos         # pattern position of the run's first base
 
-cdef struct Buf:
-    uint8_t *data
-    size_t len
-    size_t cap
-
 cdef struct ReadCtx:
     int32_t L
     uint8_t *codes[2]    # read, reverse complement
@@ -823,81 +819,6 @@ cdef int _lv_runs(LV *w, int e, int dg, int m, Run *out) noexcept nogil:
 
 
 # -- output buffers -----------------------------------------------------------------------------------
-
-cdef int _reserve(Buf *b, size_t extra) noexcept nogil:
-    cdef size_t cap
-    cdef uint8_t *p
-    if b.len + extra <= b.cap:
-        return 0
-    cap = b.cap * 2 if b.cap else 4096
-    while cap < b.len + extra:
-        cap *= 2
-    p = <uint8_t*>realloc(b.data, cap)
-    if p == NULL:
-        return -1
-    b.data = p
-    b.cap = cap
-    return 0
-
-
-cdef inline void _put_uint(Buf *b, uint32_t v) noexcept nogil:
-    cdef uint8_t tmp[12]
-    cdef int n = 0
-    while True:
-        tmp[n] = <uint8_t>(48 + v % 10)
-        n += 1
-        v //= 10
-        if v == 0:
-            break
-    while n > 0:
-        n -= 1
-        b.data[b.len] = tmp[n]
-        b.len += 1
-
-
-cdef inline void _put_char(Buf *b, uint8_t c) noexcept nogil:
-    b.data[b.len] = c
-    b.len += 1
-
-
-cdef inline void _tag(Buf *b, const char *tag, uint8_t typ) noexcept nogil:
-    b.data[b.len] = <uint8_t>tag[0]
-    b.data[b.len + 1] = <uint8_t>tag[1]
-    b.data[b.len + 2] = typ
-    b.len += 3
-
-
-cdef int _aux_int(Buf *b, const char *tag, int64_t v) noexcept nogil:
-    """An integer tag in the smallest BAM type, as htslib stores a SAM ``i`` value."""
-    cdef int size
-    cdef uint8_t typ
-    cdef uint32_t u = <uint32_t>v
-    if _reserve(b, 7) < 0:
-        return -1
-    if v < 0:
-        if v >= -128:
-            typ, size = 99, 1
-        elif v >= -32768:
-            typ, size = 115, 2
-        else:
-            typ, size = 105, 4
-    else:
-        if v <= 255:
-            typ, size = 67, 1
-        elif v <= 65535:
-            typ, size = 83, 2
-        else:
-            typ, size = 73, 4
-    _tag(b, tag, typ)
-    b.data[b.len] = u & 0xff
-    if size > 1:
-        b.data[b.len + 1] = (u >> 8) & 0xff
-    if size > 2:
-        b.data[b.len + 2] = (u >> 16) & 0xff
-        b.data[b.len + 3] = (u >> 24) & 0xff
-    b.len += size
-    return 0
-
 
 cdef int _put_cigar(Buf *b, const Result *r) noexcept nogil:
     cdef int i, op, ln
@@ -1501,22 +1422,19 @@ cdef class Mapper:
                     qc = R[r.runs[i].ppos + j]
                     tc = ix.genome[t]
                     if qc != tc or qc > 3:
-                        _put_uint(b, run)
-                        _put_char(b, <uint8_t>BASES[tc if tc < 4 else 4])
+                        _md_mismatch(b, run, <uint8_t>BASES[tc if tc < 4 else 4])
                         run = 0
                     else:
                         run += 1
                     t += 1
             elif r.runs[i].op == OP_D:
-                _put_uint(b, run)
-                _put_char(b, 94)
+                _md_deletion(b, run)
                 for j in range(r.runs[i].len):
                     tc = ix.genome[t]
                     _put_char(b, <uint8_t>BASES[tc if tc < 4 else 4])
                     t += 1
                 run = 0
-        _put_uint(b, run)
-        _put_char(b, 0)
+        _md_end(b, run)
         return 0
 
     cdef int _single(self, ReadCtx *c, const uint8_t *bases, const uint8_t *quals, int32_t L,
