@@ -243,8 +243,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from persona.storage import open_store
 
     store = open_store(_location(args.location, args))
-    names = [args.name] if args.name else find_manifests(store)
-    if not names:
+    from persona.apps.pipeline import STAGING_NAME
+
+    names = [args.name] if args.name else [n for n in find_manifests(store) if not STAGING_NAME.match(n)]
+    if not names and not any(STAGING_NAME.match(k) for k in store.list()):
         raise PersonaError(f"no dataset in {store.url}; pass --name for the leftovers of one that never "
                            "committed")
     total = 0
@@ -257,7 +259,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
         total += len(removed)
         for key in removed if args.verbose else []:
             print(key, file=sys.stderr)
-    _say(args, f"removed {total} leftover chunk files of {', '.join(names)}")
+    from persona.apps.pipeline import remove_orphan_staging
+
+    staged = remove_orphan_staging(store)
+    _say(args, f"removed {total} leftover chunk files of {', '.join(names) or 'no dataset'}"
+               + (f"; removed {len(staged)} staging dataset(s) left by interrupted runs: {', '.join(staged)}"
+                  if staged else ""))
     return 0
 
 
@@ -379,10 +386,30 @@ def cmd_sort(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(PersonaError):
+    """Options that do not go together: exit status 2, as argparse's own usage errors."""
+
+
+def _reads_files(values: Sequence[str]) -> bool:
+    """Are the positional inputs read files (FASTQ, SAM/BAM, ``-``) rather than one dataset location?"""
+    import os
+
+    if len(values) != 1:
+        return True
+    v = values[0]
+    return v == "-" or (os.path.isfile(v) and not v.endswith(".json"))
+
+
 def cmd_align_sort(args: argparse.Namespace) -> int:
     from persona.apps.align_sort import AlignSortRequest
 
-    dataset = _location(args.dataset, args)
+    if _reads_files(args.dataset):
+        return _align_sort_reads(args)
+    for opt, value in (("--chunk-size", args.chunk_size), ("--interleaved", args.interleaved),
+                       ("--allow-several", args.allow_several)):
+        if value:
+            raise UsageError(f"{opt} applies to read files (FASTQ, SAM/BAM) given to align-sort, not to a dataset")
+    dataset = _location(args.dataset[0], args)
     paired = True if args.paired else False if args.single else None
     req = AlignSortRequest(dataset=dataset, output=_location(args.output, args) if args.output else None,
                            name=args.out_name, input_name=args.name, group_chunks=args.group_chunks,
@@ -393,6 +420,51 @@ def cmd_align_sort(args: argparse.Namespace) -> int:
                            references_url=args.store, paired=paired, read_group=args.read_group or {})
     s = _run(args, req, _num_records(dataset, args.name), "align-sort", args.threads or None)
     _sorted_say(args, s, f"aligned against {s.reference} and sorted")
+    if args.bam:
+        _export_after(args, s.location, s.name)
+    return 0
+
+
+def _export_after(args: argparse.Namespace, location: str, name: str) -> Any:
+    from persona.apps.export import ExportRequest
+
+    req = ExportRequest(dataset=location, name=name, output=args.bam, threads=args.threads or None,
+                        command_line=" ".join(["persona", *sys.argv[1:]]))
+    s = _run(args, req, None, "export", args.threads or None)
+    _say(args, f"exported {s.records} records to {' and '.join(s.paths)} in {s.seconds:.2f} s")
+    return s
+
+
+def _align_sort_reads(args: argparse.Namespace) -> int:
+    """``persona align-sort R1.fq.gz R2.fq.gz -o LOC -r REF [--markdup] [--bam out.bam]``: import, align-sort
+    and export in this one process (:mod:`persona.apps.pipeline`)."""
+    from persona.apps.pipeline import align_sort_reads
+
+    if not args.output:
+        raise UsageError("align-sort of read files needs -o LOCATION for the sorted dataset")
+    if args.name:
+        raise UsageError("-n names a dataset in a location; for read files name the sorted dataset with --out-name")
+    if args.paired or args.single:
+        raise UsageError("--paired/--single apply to a dataset; read files say it themselves (two FASTQs: pairs; "
+                         "one: single-end, or --interleaved)")
+    rt = _runtime(args, args.threads or None)
+    output = _location(args.output, args)
+    asopts: dict[str, Any] = {k: v for k, v in (
+        ("group_chunks", args.group_chunks), ("merge_memory", args.merge_memory), ("threads", args.threads or None),
+        ("window", args.window), ("aligner", args.aligner), ("preset", args.preset), ("secondary", args.secondary),
+        ("work_item_reads", args.work_item_reads), ("references_url", args.store)) if v}
+    imopts: dict[str, Any] = {k: v for k, v in (("chunk_size", args.chunk_size), ("interleaved", args.interleaved),
+                                                ("threads", args.threads or None)) if v}
+    with _progress(args, None, "align-sort") as bar:
+        r = align_sort_reads(tuple(args.dataset), output, _reference_name(args.reference, args), name=args.out_name,
+                             markdup=args.markdup, metrics=args.metrics, overwrite=args.overwrite,
+                             exclusive_location=not args.allow_several, read_group=args.read_group or {},
+                             import_options=imopts, align_sort_options=asopts, runtime=rt,
+                             progress=lambda step, n: bar.update(n) if step == "align-sort" else None)
+    _sorted_say(args, r.sorted, f"imported {r.imported.records} records, aligned them against {r.sorted.reference} "
+                                "and sorted")
+    if args.bam:
+        _export_after(args, r.sorted.location, r.sorted.name)
     return 0
 
 
@@ -878,7 +950,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("align-sort", cmd_align_sort,
              "align a dataset's reads and sort them by coordinate in one pipeline, into a new dataset")
-    sp.add_argument("dataset", help="dataset location or manifest path (unaligned reads, e.g. an imported FASTQ)")
+    sp.add_argument("dataset", nargs="+", metavar="INPUT",
+                    help="dataset location or manifest path (unaligned reads, e.g. an imported FASTQ); or read "
+                         "files (a FASTQ pair, one FASTQ, an unaligned SAM/BAM, -): imported first, in this process, "
+                         "then aligned and sorted into -o")
     sp.add_argument("-r", "--reference", required=True,
                     help="reference name (see 'persona reference list') or a FASTA path")
     sp.add_argument("-o", "--output", help="location of the sorted dataset (default: the input's)")
@@ -905,6 +980,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "(default sort.group_chunks)")
     sp.add_argument("--merge-memory", type=_positive, help="bytes the merge may buffer (default sort.merge_memory)")
     sp.add_argument("--overwrite", action="store_true", help="replace a dataset of the same name")
+    sp.add_argument("--bam", metavar="PATH", help="then export the sorted dataset here (BAM, SAM or CRAM by the "
+                                                  "name; a BAM gets its index), in the same process")
+    sp.add_argument("-c", "--chunk-size", type=_positive, help="read files: records (pairs) per chunk "
+                                                               "(default agd.chunk_size)")
+    sp.add_argument("--interleaved", action="store_true", help="read files: one FASTQ holding both mates")
+    sp.add_argument("--allow-several", action="store_true",
+                    help="read files: allow -o to hold other datasets (as import's --allow-several)")
     threads(sp, "threads")
 
     sp = add("markdup", cmd_markdup, "mark duplicate reads (Picard MarkDuplicates rules), flag 0x400 in results")
@@ -1041,6 +1123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rt = getattr(args, "_rt", None)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return rc
+    except UsageError as exc:
+        print(f"persona: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("persona: interrupted", file=sys.stderr)
         return 130

@@ -400,7 +400,7 @@ class ExportJob(DatasetReadJob):
         index = None
         if (self.fmt == "bam" and self.cram_output is None and self.sort == "coordinate"
                 and self.outputs[0] != "-" and os.path.isfile(self.outputs[0])):
-            index = self._index(self.outputs[0])
+            index = self._index(self.outputs[0], self.runtime.threads)
         if self.cram_output is not None:
             from persona.formats.cram import bam_to_cram
 
@@ -422,17 +422,18 @@ class ExportJob(DatasetReadJob):
         return uri if isinstance(uri, str) and uri else None
 
     @staticmethod
-    def _index(path: str) -> str | None:
+    def _index(path: str, threads: int = 1) -> str | None:
         """Write ``<path>.bai`` next to a coordinate-sorted BAM (``.csi`` where a contig is too long
-        for BAI); returns its path."""
+        for BAI), decompressing on ``threads`` threads; returns its path."""
         import pysam
 
+        t = ("-@", str(max(0, threads - 1))) if threads > 1 else ()  # -@: threads besides the main one
         try:
-            pysam.index(path)
+            pysam.index(*t, path)
             return path + ".bai"
         except Exception:  # noqa: BLE001 - contigs over 2^29 bp need CSI
             try:
-                pysam.index("-c", path)
+                pysam.index(*t, "-c", path)
                 return path + ".csi"
             except Exception as e:  # noqa: BLE001 - the BAM itself is complete; say why there is no index
                 import logging

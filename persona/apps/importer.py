@@ -442,6 +442,11 @@ class ImportSamJob(ImportJob):
                 raise DatasetError(f"dataset {self.final_name!r} already exists (pass overwrite to replace it)",
                                    store=self.store.url)
             self.name = f"{self.final_name}.collate-{self.attempt[:8]}"
+            from persona.apps.pipeline import staging_owner
+
+            # held until the staging dataset is removed: `persona gc` leaves it alone meanwhile
+            self.staging_owner = staging_owner(self.store, self.name)
+            self.staging_owner.acquire()
 
     def begin(self) -> None:
         self.source.open()
@@ -499,7 +504,8 @@ class ImportSamJob(ImportJob):
             try:
                 remove_dataset(self.store, self.name)
             except Exception as e:  # noqa: BLE001 - the import itself succeeded or failed already
-                log.warning("could not remove the staging dataset %s: %s", self.name, e)
+                log.warning("could not remove the staging dataset %s (persona gc will): %s", self.name, e)
+            self._release_owner()
         ds = Dataset.open(self.store, self.final_name)
         m = ds.manifest
         return replace(staged, name=self.final_name, records=m.num_records, chunks=len(m.records),
@@ -507,12 +513,22 @@ class ImportSamJob(ImportJob):
                        collated=True)
 
     def abort(self, error: BaseException | None) -> None:
-        super().abort(error)
-        if self.collate and self.txn is not None and self.txn.state not in ("open", "new"):
-            from persona.apps.copy import remove_dataset
+        try:
+            super().abort(error)
+            if self.collate and self.txn is not None and self.txn.state not in ("open", "new"):
+                from persona.apps.copy import remove_dataset
 
+                with contextlib.suppress(Exception):
+                    remove_dataset(self.store, self.name)
+        finally:
+            self._release_owner()
+
+    def _release_owner(self) -> None:
+        owner = getattr(self, "staging_owner", None)
+        if owner is not None and owner.held:
+            owner.release()
             with contextlib.suppress(Exception):
-                remove_dataset(self.store, self.name)
+                self.store.delete(owner.key)
 
     def earlier_provenance(self) -> list[dict[str, Any]]:
         pgs = self.source.imported_programs
