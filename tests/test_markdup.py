@@ -309,3 +309,96 @@ def test_optical_large_sets_equal_picard(tmp_path: Path) -> None:
     s, differ, picard_dups = _compare_with_picard(sam, tmp_path, 800)
     assert differ == 0 and s.duplicates == picard_dups == 2 * (1 + 2 + 4 + 1499)
     assert int(s.metrics[0]["READ_PAIR_OPTICAL_DUPLICATES"]) > 100
+
+
+def _two_group_header(ref_len: int) -> list[str]:
+    return ["@HD\tVN:1.6\tSO:unsorted", f"@SQ\tSN:MH356245.1\tLN:{ref_len}",
+            "@RG\tID:g1\tSM:s\tLB:libA\tPL:ILLUMINA", "@RG\tID:g2\tSM:s\tLB:libA\tPL:ILLUMINA"]
+
+
+def _ours_optical(sam: Path, work: Path) -> int:
+    loc = work / "agd"
+    with Runtime(threads=2) as rt:
+        rt.run(ImportRequest(inputs=(str(sam),), output=str(loc), name="ds", chunk_size=800))
+        rt.run(SortRequest(dataset=str(loc), input_name="ds", name="s"))
+        s = rt.run(MarkdupRequest(dataset=str(loc), name="s"))
+    return sum(int(m["READ_PAIR_OPTICAL_DUPLICATES"]) for m in s.metrics)
+
+
+def test_optical_within_read_group_equals_picard(tmp_path: Path) -> None:
+    """Two read groups of one library, every duplicate set on one tile within the pixel distance: ends of
+    different read groups are never optical duplicates of each other (Picard compares getReadGroup), in
+    the pairwise comparison (sets of 2 and 3) and in the clustering (4 and more); flags and metrics equal
+    Picard's, and fewer optical duplicates than the same records in one read group."""
+    rng = random.Random(17)
+    ref = "".join(REF.read_text().split("\n")[1:])
+    body, one_group = [], []
+    for start, size in ((1000, 2), (2000, 2), (3000, 3), (4000, 3), (5000, 4), (6000, 5), (8000, 60)):
+        spots = rng.sample([(x, y) for x in range(5000, 5090) for y in range(7000, 7090)], size)
+        for k, (x, y) in enumerate(spots):  # all within 100 px of each other; names unique
+            name = f"M1:7:FC{start}:1:1101:{x}:{y}"
+            g = "g1" if (k % 2 == 0 if size < 4 else rng.random() < 0.5) else "g2"
+            q1 = "".join(chr(33 + rng.choice([20, 30, 37])) for _ in range(100))
+            q2 = "".join(chr(33 + rng.choice([20, 30, 37])) for _ in range(100))
+            s1, s2 = ref[start:start + 100], ref[start + 200:start + 300]
+            for line in (f"{name}\t99\tMH356245.1\t{start + 1}\t60\t100M\t=\t{start + 201}\t300\t{s1}\t{q1}",
+                         f"{name}\t147\tMH356245.1\t{start + 201}\t60\t100M\t=\t{start + 1}\t-300\t{s2}\t{q2}"):
+                body.append(f"{line}\tRG:Z:{g}")
+                one_group.append(f"{line}\tRG:Z:g1")
+    head = _two_group_header(len(ref))
+    sam = tmp_path / "rg_optical.sam"
+    sam.write_text("\n".join(head + body) + "\n")
+    (tmp_path / "two").mkdir()
+    s, differ, picard_dups = _compare_with_picard(sam, tmp_path / "two", 800)
+    assert differ == 0 and s.duplicates == picard_dups == 2 * (1 + 1 + 2 + 2 + 3 + 4 + 59)
+    optical = int(s.metrics[-1]["READ_PAIR_OPTICAL_DUPLICATES"])
+    one = tmp_path / "one.sam"
+    one.write_text("\n".join(head + one_group) + "\n")
+    (tmp_path / "single").mkdir()
+    assert 0 < optical < _ours_optical(one, tmp_path / "single") == 1 + 1 + 2 + 2 + 3 + 4 + 59
+
+
+def test_optical_read_groups_simulated_equals_picard(simulated_sam: Path, tmp_path: Path) -> None:
+    """The simulated set renamed with Illumina names (tile:x:y), each injected duplicate a few pixels from
+    the read it copies, and split into two read groups of one library by read name, so that about half
+    of the optical pairs cross read groups: every record's flag and every metric equal Picard's."""
+    import zlib
+
+    lines = simulated_sam.read_text().splitlines()
+    head = [ln for ln in lines if ln.startswith("@") and not ln.startswith("@RG")]
+    body = [ln.split("\t") for ln in lines if not ln.startswith("@")]
+    rng = random.Random(23)
+    where: dict[str, tuple[int, int, int]] = {}
+    source: dict[str, str] = {}
+    by_seq = {(f[9], int(f[1]) & 0xC0): f[0] for f in body if not f[0].startswith("dup")
+              and not int(f[1]) & 0x900}
+    for f in body:
+        if f[0].startswith("dup") and not int(f[1]) & 0x900 and f[0] not in source:
+            hit = by_seq.get((f[9], int(f[1]) & 0xC0))
+            if hit is not None:
+                source[f[0]] = hit
+    for f in body:
+        if f[0] not in where and not f[0].startswith("dup"):
+            where[f[0]] = (rng.choice((1101, 1102)), rng.randrange(1000, 20000), rng.randrange(1000, 20000))
+    for f in body:
+        if f[0] not in where:
+            src = source.get(f[0])
+            if src is not None:
+                t, x, y = where[src]
+                where[f[0]] = (t, x + rng.randrange(-40, 40), y + rng.randrange(-40, 40))
+            else:
+                where[f[0]] = (1103, rng.randrange(1000, 20000), rng.randrange(1000, 20000))
+    renamed = []
+    for f in body:
+        t, x, y = where[f[0]]
+        g = "g1" if zlib.crc32(f[0].encode()) % 2 else "g2"
+        renamed.append("\t".join([f"M1:7:FC1:1:{t}:{x}:{y}", *f[1:], f"RG:Z:{g}"]))
+    crossing = sum(1 for d, s in source.items() if (zlib.crc32(d.encode()) % 2) != (zlib.crc32(s.encode()) % 2))
+    assert crossing > 50 and len(source) - crossing > 50
+    head += ["@RG\tID:g1\tSM:s\tLB:libA\tPL:ILLUMINA", "@RG\tID:g2\tSM:s\tLB:libA\tPL:ILLUMINA"]
+    sam = tmp_path / "rg_sim.sam"
+    sam.write_text("\n".join(head + renamed) + "\n")
+    s, differ, picard_dups = _compare_with_picard(sam, tmp_path, 700)
+    assert differ == 0 and s.duplicates == picard_dups > 300
+    assert [m["LIBRARY"] for m in s.metrics] == ["Unknown Library", "libA"]
+    assert int(s.metrics[1]["READ_PAIR_OPTICAL_DUPLICATES"]) > 20

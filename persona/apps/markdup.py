@@ -50,8 +50,10 @@ Picard's rules, as implemented:
   searched at all; sets of 4 or more ends are clustered (ends on one tile within the distance are
   linked, transitively; one end per cluster stays, the keeper in its cluster, else the lowest x, y);
   only sets of 2 and 3 use its pairwise comparison. (Picard logs sets over 1,000 as "large" but
-  treats them the same.) Optical duplicates need the same read group in Picard; within one library
-  we do not tell its read groups apart there.
+  treats them the same.) Two ends are optical duplicates only within one read group as well (Picard's
+  ``PhysicalLocation.getReadGroup``: the index of the record's ``RG`` in the header's ``@RG`` lines, 0
+  without an ``RG`` tag, one index past them for an undeclared one; a pair end takes its first record's
+  in file order); the read group does not enter the ordering of ends (:class:`Libraries`).
 
 Memory: the open groups and waiting mates (2,684 ends at most on 2M simulated records, 164 MiB
 peak for the process) and the duplicates' ordinals; mates on other contigs wait until theirs come.
@@ -219,10 +221,11 @@ def _first_max(newg: np.ndarray, score: np.ndarray) -> np.ndarray:
 
 
 def _optical_count(newg: np.ndarray, keep: np.ndarray, oo: np.ndarray, loc48: np.ndarray,
-                   distance: int = 100) -> int:
+                   rg: np.ndarray | None = None, distance: int = 100) -> int:
     """Picard's optical duplicate count over sorted pair groups (``newg``: group starts; ``keep``: the
     representative; ``oo``: orientation for optical duplicates, read 1 of the pair then read 2, FR 1 RF 2;
-    ``loc48``: packed tile, x, y), split by orientation when a group has FR and RF, as Picard 2.27's
+    ``loc48``: packed tile, x, y; ``rg``: read group index, None: all one), split by orientation when a
+    group has FR and RF; only ends of one read group and one tile can be optical duplicates; as Picard 2.27's
     OpticalDuplicateFinder counts them: nothing for a set over :data:`MAX_OPTICAL_SET` ends, its clustering
     (:func:`_optical_graph`) for sets of 4 or more, its pairwise comparison for smaller ones."""
     starts = np.flatnonzero(newg)
@@ -237,21 +240,23 @@ def _optical_count(newg: np.ndarray, keep: np.ndarray, oo: np.ndarray, loc48: np
         if (o == 1).any() and (o == 2).any():
             parts = [members[o == 1], members[o == 2]]
         la_all = loc48[sl]
+        g_all = rg[sl] if rg is not None else np.zeros(int(sz), dtype=np.int32)
         for part in parts:
             if len(part) < 2:
                 continue
             la = la_all[part]
             t, x, y = (la >> 32) - 32768, ((la >> 16) & 0xFFFF) - 32768, (la & 0xFFFF) - 32768
+            g = g_all[part].astype(np.int64)
             hit = np.flatnonzero(part == kept)
             kidx = int(hit[0]) if len(hit) else -1
             if len(part) > MAX_OPTICAL_SET:
                 continue
             if len(part) >= 4:  # Picard: 3 without a keeper, 4 with one; a pair group always has one
-                total += _optical_graph(t, x, y, kidx if kidx >= 0 and t[kidx] != -1 else -1, distance)
+                total += _optical_graph(t, x, y, kidx if kidx >= 0 and t[kidx] != -1 else -1, distance, g)
                 continue
 
             def close(i: int, j: int) -> bool:
-                return i != j and t[i] != -1 and t[j] != -1 and t[i] == t[j] and \
+                return i != j and t[i] != -1 and t[j] != -1 and t[i] == t[j] and g[i] == g[j] and \
                     abs(int(x[i]) - int(x[j])) <= distance and abs(int(y[i]) - int(y[j])) <= distance
 
             n = len(part)
@@ -275,9 +280,11 @@ def _optical_count(newg: np.ndarray, keep: np.ndarray, oo: np.ndarray, loc48: np
 MAX_OPTICAL_SET = 300_000
 
 
-def _optical_graph(t: np.ndarray, x: np.ndarray, y: np.ndarray, keeper: int, distance: int) -> int:
+def _optical_graph(t: np.ndarray, x: np.ndarray, y: np.ndarray, keeper: int, distance: int,
+                   rg: np.ndarray | None = None) -> int:
     """Optical duplicates of one duplicate set by clustering (Picard's graph variant, in our words): ends
-    on the same tile within ``distance`` in x and in y are linked, and linked ends form clusters
+    of the same read group (``rg``, None: all one) on the same tile within ``distance`` in x and in y are
+    linked, and linked ends form clusters
     (transitively); in each cluster one end stays unflagged: the keeper in the keeper's cluster, else the
     one with the lowest (x, y), ties to the earliest; every other end of a cluster is an optical duplicate.
     Ends are visited in set order, as Picard's map of cluster assignments is."""
@@ -291,8 +298,10 @@ def _optical_graph(t: np.ndarray, x: np.ndarray, y: np.ndarray, keeper: int, dis
         return a
 
     located = np.flatnonzero(t != -1)
-    for tile in np.unique(t[located]):
-        idx = located[t[located] == tile]
+    # one key per (read group, tile): tiles are Java shorts, so distinct pairs never share a key
+    rgt = (rg.astype(np.int64) << 16) + t if rg is not None else t.astype(np.int64)
+    for key in np.unique(rgt[located]):
+        idx = located[rgt[located] == key]
         order = idx[np.argsort(x[idx], kind="stable")]
         xs = x[order].astype(np.int64)
         for a in range(len(order)):
@@ -336,8 +345,8 @@ class Decider:
     """
 
     _FRAG = ("rc", "small", "paired", "loc", "ord", "score")
-    _WAIT = ("hash", "ord", "rc", "rev", "loc", "score", "r1flag")
-    _PAIR = ("key1", "key2", "loc", "r1", "r2", "score", "oo")
+    _WAIT = ("hash", "ord", "rc", "rev", "loc", "score", "r1flag", "rg")
+    _PAIR = ("key1", "key2", "loc", "r1", "r2", "score", "oo", "rg")
 
     def __init__(self, library: str, margin: int | None) -> None:
         self.m = DuplicationMetrics(LIBRARY=library)
@@ -375,6 +384,9 @@ class Decider:
             | (loc[:, 2].astype(np.int64) + 32768)
         rev = ((flag & FLAG_REVERSE) != 0).astype(np.int8)
         score = out["score"]
+        rg = out.get("rg")
+        if rg is None:
+            rg = np.zeros(n, dtype=np.int32)
 
         # fragment ends: every mapped primary record
         fm = np.flatnonzero(mapped)
@@ -389,7 +401,7 @@ class Decider:
         pm = np.flatnonzero(paired_mm)
         if len(pm):
             new = {"hash": out["hash"][pm], "ord": ordinal[pm], "rc": rc[pm], "rev": rev[pm], "loc": loc48[pm],
-                   "score": score[pm], "r1flag": (flag[pm] & FLAG_READ1) != 0}
+                   "score": score[pm], "r1flag": (flag[pm] & FLAG_READ1) != 0, "rg": rg[pm]}
             allw = {k: (np.concatenate((self.wait[k], new[k])) if self.wait else new[k]) for k in self._WAIT}
             o = np.lexsort((allw["ord"], allw["hash"]))
             h = allw["hash"][o]
@@ -419,7 +431,7 @@ class Decider:
                              ("r1", np.where(b_first, b["ord"], a["ord"])),
                              ("r2", np.where(b_first, a["ord"], b["ord"])),
                              ("score", (a["score"].astype(np.int32) + b["score"].astype(np.int32)).astype(np.int16)),
-                             ("oo", s1 * 2 + s2)):
+                             ("oo", s1 * 2 + s2), ("rg", a["rg"])):
                     self.pairs[k].append(v)
         if len(fm):
             start_rc = _rc(ref[fm], out["pos"][fm])
@@ -453,7 +465,8 @@ class Decider:
                 k1, k2 = q["key1"][po], q["key2"][po]
                 newg = np.concatenate(([True], (k1[1:] != k1[:-1]) | (k2[1:] != k2[:-1])))
                 keep = _first_max(newg, q["score"][po])
-                self.m.READ_PAIR_OPTICAL_DUPLICATES += _optical_count(newg, keep, q["oo"][po], q["loc"][po])
+                self.m.READ_PAIR_OPTICAL_DUPLICATES += _optical_count(newg, keep, q["oo"][po], q["loc"][po],
+                                                                   q["rg"][po])
                 lost = po[keep == 0]
                 if len(lost):
                     self.m.READ_PAIR_DUPLICATES += len(lost)
@@ -529,7 +542,11 @@ class Libraries:
     column, else the dataset's read group), ``Unknown Library`` where that read group has none or is not
     declared; duplicates are decided within a library only (one :class:`Decider` per library, fed that
     library's records with their ordinals). Metrics: one row per library of any read group (Picard's
-    LibraryIdGenerator), by library name (Picard's sorted map)."""
+    LibraryIdGenerator), by library name (Picard's sorted map).
+
+    Each record's read group index, for optical duplicates (Picard's ``ReadEnds.readGroup``), is the
+    position of its ``RG`` among the ``@RG`` lines export writes (the dataset's read group first, then
+    the imported ones not equal to it): 0 without an ``RG`` tag, one past the last for an undeclared one."""
 
     def __init__(self, extra: dict[str, Any], margin: int | None, default: str | None = None) -> None:
         rg = extra.get("read_group")
@@ -540,6 +557,14 @@ class Libraries:
                 self.by_id[str(g["ID"]).encode()] = library_of(g)
         if isinstance(rg, dict) and rg.get("ID") and default is None:
             self.by_id.setdefault(str(rg["ID"]).encode(), self.default)
+        # the header's @RG order (persona.apps.export): the dataset's read group (ID: its name when not
+        # given, which no RG tag of an imported record names), then the imported ones
+        ids: list[str | None] = [str(rg["ID"]) if isinstance(rg, dict) and rg.get("ID") else None]
+        for g in extra.get("read_groups") or []:
+            if isinstance(g, dict) and g.get("ID") and str(g["ID"]) not in ids:
+                ids.append(str(g["ID"]))
+        self.group_index: dict[bytes, int] = {i.encode(): k for k, i in enumerate(ids) if i is not None}
+        self.groups = len(ids)
         self.margin = margin
         # Picard has a metrics row for the library of every @RG of the header (export writes the
         # dataset's read group and the imported ones), records or not
@@ -551,8 +576,9 @@ class Libraries:
 
     @property
     def per_record(self) -> bool:
-        """Whether records may name other libraries than the default (then the ``tags`` column is read)."""
-        return len(set(self.by_id.values()) | {self.default}) > 1
+        """Whether records may name other libraries than the default, or other read groups than the
+        dataset's (then the ``tags`` column is read)."""
+        return len(set(self.by_id.values()) | {self.default}) > 1 or self.groups > 1
 
     def _index(self, name: str) -> int:
         with self._lock:  # ends are computed on several encode threads
@@ -560,20 +586,24 @@ class Libraries:
                 self.names.append(name)
             return self.names.index(name)
 
-    def of_records(self, tags: Any, n: int) -> np.ndarray | None:
-        """Each record's library index (None: all the default), from its ``RG:Z`` tag."""
+    def of_records(self, tags: Any, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Each record's library index and read group index (None: all the dataset's), from its
+        ``RG:Z`` tag."""
         if tags is None or not self.per_record:
-            return None
+            return None, None
         hashes, starts, ends = md_kernel.aux_string(tags.offsets, np.ascontiguousarray(tags.data), b"RG")
         lib = np.zeros(n, dtype=np.int32)
+        group = np.zeros(n, dtype=np.int32)
         uniq, first = np.unique(hashes, return_index=True)
         data = tags.data
         for h, i in zip(uniq, first):
             if starts[i] < 0:
                 continue  # no RG tag: the dataset's read group
             rg_id = bytes(data[int(starts[i]):int(ends[i])])
-            lib[hashes == h] = self._index(self.by_id.get(rg_id, UNKNOWN_LIBRARY))
-        return lib
+            sel = hashes == h
+            lib[sel] = self._index(self.by_id.get(rg_id, UNKNOWN_LIBRARY))
+            group[sel] = self.group_index.get(rg_id, self.groups)
+        return lib, group
 
     def decider(self, k: int) -> Decider:
         d = self.deciders.get(k)
@@ -628,7 +658,7 @@ class MergeMarker:
     def ends(self, res: Any, values: dict[str, Any]) -> dict[str, Any]:
         secondary = _secondary_rows([v for c, v in values.items() if is_secondary_column(c)], len(res))
         out = chunk_ends(res, values["qual"], values["metadata"], secondary)
-        out["lib"] = self.libraries.of_records(values.get("tags"), len(res))
+        out["lib"], out["rg"] = self.libraries.of_records(values.get("tags"), len(res))
         return out
 
     def add(self, index: int, first: int, ends: dict[str, Any]) -> None:
@@ -727,7 +757,7 @@ class MarkdupJob(Job):
         secondary = _secondary_rows([self.ds.read_raw(i, c)[1] for c in self.secondary_columns], len(res))
         w.data = None
         w.out = chunk_ends(res, qual, meta, secondary)
-        w.out["lib"] = self.decider.of_records(tags, len(res))
+        w.out["lib"], w.out["rg"] = self.decider.of_records(tags, len(res))
         w.n = len(w.out["flag"])
         return w
 
