@@ -124,6 +124,9 @@ class Store(ABC):
     supports_listing: bool = True
     supports_partial_reads: bool = True  # get_range reads only the range, not the whole object
     cheap_copy: bool = False  # copy() moves no bytes (hard link, shared buffer)
+    #: a read is a network round trip (Ceph, S3): scans read lazily, a few blocks ahead
+    #: (:class:`~persona.storage.lazy.ObjectScan`) rather than one whole object at a time
+    remote: bool = False
     #: bytes and I/O errors are counted in :mod:`persona.counters` (metrics); False for views of
     #: another store, whose parent counts them
     counts_io: bool = True
@@ -398,6 +401,7 @@ class PrefixStore(Store):
         self.supports_listing = parent.supports_listing
         self.supports_partial_reads = parent.supports_partial_reads
         self.cheap_copy = parent.cheap_copy
+        self.remote = parent.remote
 
     @property
     def url(self) -> str:

@@ -142,6 +142,7 @@ class CephStore(Store):
 
     supports_partial_reads = True
     cheap_copy = False
+    remote = True
 
     def __init__(
         self,

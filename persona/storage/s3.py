@@ -122,6 +122,7 @@ class S3Store(Store):
 
     supports_partial_reads = True
     cheap_copy = False
+    remote = True
     list_page_size = 1000  # keys per ListObjectsV2 page (S3's maximum)
 
     def __init__(
