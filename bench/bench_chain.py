@@ -1,26 +1,33 @@
-"""The whole chain: paired FASTQ.gz -> coordinate-sorted, duplicate-marked BAM, 2 threads, same reads.
+"""The whole chain: paired FASTQ.gz -> coordinate-sorted, duplicate-marked, indexed BAM, 2 threads, same reads.
 
 Contenders (each a sequence of processes under ``/usr/bin/time``: wall seconds summed, peak RSS the
 largest of its steps; a pipeline is one step):
 
-* persona: ``persona import R1 R2`` -> ``persona align-sort --markdup`` -> ``persona export out.bam``
-  (the BAM indexed, as export does for coordinate-sorted output);
+* persona: ``persona align-sort R1 R2 -o DS --markdup --bam out.bam``: import, align, sort, mark
+  duplicates and export in one process (the BAM indexed, as export does for coordinate-sorted output),
+  with the default aligner (our minimap2 binding), and again with ``--aligner snap`` (our SNAP-style
+  kernel);
 * ``minimap2 -ax sr | samtools fixmate -m | samtools sort | samtools markdup`` (then ``samtools index``,
   so both ends have an indexed BAM);
-* ``minimap2 -ax sr | bamsormadup`` (biobambam2; it writes the index itself with ``index=1``).
+* ``minimap2 -ax sr | bamsormadup`` (biobambam2; it writes the index itself with ``index=1``);
+* ``snap-aligner paired | samtools fixmate -m | sort | markdup`` (+ index): the same chain with SNAP, so
+  the snap row has a like-for-like reference too.
 
-Every contender gets a prebuilt index (persona's registered reference; minimap2's ``.mmi``), so no
-index building is timed. Reads: ~1M simulated pairs of sacCer3 (art_illumina, ``bench/_common.py``);
-``--quick``: the first 20,000 pairs of the real yeast set (under a minute).
+The issue's goal compares persona with the faster of the two minimap2 chains. Every contender gets a
+prebuilt index (persona's registered reference, minimap2's ``.mmi``, snap-aligner's index directory at
+the seed length ours picks, 20 for sacCer3), so no index building is timed. Reads: ~1M simulated pairs
+of sacCer3 (art_illumina, ``bench/_common.py``); ``--quick``: the first 20,000 pairs of the real yeast
+set (under a minute).
 
-A fourth row runs our three requests on one warm in-process Runtime, as ``persona serve`` runs them
-(no interpreter start, imports or reference load in the time): what a chain costs a running service. The duplicate count of each output is
-printed too (they should agree closely: samtools markdup and bamsormadup are not Picard).
+A last row runs import -> align-sort --markdup -> export as three requests on one warm in-process
+Runtime, as ``persona serve`` runs them (no interpreter start, imports or reference load in the time):
+what a chain costs a running service. The duplicate count of each output is printed too (they should
+agree closely: samtools markdup and bamsormadup are not Picard).
 
     python bench/bench_chain.py --quick
     python bench/bench_chain.py --runs 3
 
-The ratio is the faster reference's seconds over ours. The last line is a JSON object.
+Ratios are the reference's seconds over ours. The last line is a JSON object.
 """
 from __future__ import annotations
 
@@ -62,9 +69,17 @@ def inputs(quick: bool, pairs: int) -> dict[str, Path]:
     if not out["mmi"].exists():
         subprocess.run([require("minimap2"), "-x", "sr", "-d", str(out["mmi"]), str(out["ref"])], check=True,
                        capture_output=True)
-    if not (out["refs"]).exists():
+    if not (out["refs"] / "sacCer3" / "reference.json").exists():
         subprocess.run([*PERSONA, "reference", "add", "sacCer3", str(out["ref"]), "--store", str(out["refs"]),
                         "--quiet"], check=True)
+    if not (out["refs"] / "sacCer3" / "snap-sr.snapidx").exists():
+        subprocess.run([*PERSONA, "reference", "add", "sacCer3", str(out["ref"]), "--aligner", "snap", "--store",
+                        str(out["refs"]), "--quiet"], check=True)
+    out["snapidx"] = d / "snap_aligner_s20"
+    if not (out["snapidx"] / "GenomeIndex").exists():
+        shutil.rmtree(out["snapidx"], ignore_errors=True)
+        subprocess.run([require("snap-aligner"), "index", str(out["ref"]), str(out["snapidx"]), "-s", "20", "-t2"],
+                       check=True, capture_output=True)
     return out
 
 
@@ -133,54 +148,67 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=None)
     args = ap.parse_args()
-    for tool in ("minimap2", "samtools", "bamsormadup"):
+    for tool in ("minimap2", "samtools", "bamsormadup", "snap-aligner"):
         require(tool)
     t = str(args.threads)
     runs = args.runs or (1 if args.quick else 3)
     inp = inputs(args.quick, args.pairs)
     d = inp["dir"]
-    agd = d / "agd"
-    ours = [
-        [*PERSONA, "import", str(inp["r1"]), str(inp["r2"]), "-o", str(agd), "-n", "reads", "--overwrite", "--allow-several",
-         "-t", t, "--quiet", "-R", "@RG\\tID:sim\\tSM:sim\\tLB:lib1\\tPL:ILLUMINA"],
-        [*PERSONA, "align-sort", str(agd), "-n", "reads", "-r", "sacCer3", "--store", str(inp["refs"]),
-         "--markdup", "-M", str(d / "ours.metrics"), "--out-name", "sorted", "--overwrite", "-t", t, "--quiet"],
-        [*PERSONA, "export", str(agd), str(d / "ours.bam"), "-n", "sorted", "-t", t, "--quiet"],
-    ]
+    rg = "@RG\\tID:sim\\tSM:sim\\tLB:lib1\\tPL:ILLUMINA"
+
+    def ours(aligner: str) -> list[list[str] | str]:
+        return [[*PERSONA, "align-sort", str(inp["r1"]), str(inp["r2"]), "-o", str(d / f"agd_{aligner}"),
+                 "--out-name", "sorted", "--overwrite", "-r", "sacCer3", "--store", str(inp["refs"]), "--aligner",
+                 aligner, "--markdup", "-M", str(d / f"ours_{aligner}.metrics"), "--bam", str(d / f"ours_{aligner}.bam"),
+                 "-t", t, "--quiet", "-R", rg]]
+
+    def samtools_tail(aligner_cmd: str, out: str) -> list[list[str] | str]:
+        return [f"{aligner_cmd} | samtools fixmate -m -@ {t} -u - - | samtools sort -@ {t} -u -T {d}/st_{out} - "
+                f"| samtools markdup -@ {t} - {d}/{out}.bam 2>/dev/null", f"samtools index -@ {t} {d}/{out}.bam"]
+
     mm2 = f"minimap2 -t {t} -ax sr {inp['mmi']} {inp['r1']} {inp['r2']} 2>/dev/null"
-    samtools = [f"{mm2} | samtools fixmate -m -@ {t} -u - - | samtools sort -@ {t} -u -T {d}/st - "
-                f"| samtools markdup -@ {t} - {d}/samtools.bam 2>/dev/null",
-                f"samtools index -@ {t} {d}/samtools.bam"]
-    bsmd = [f"{mm2} | bamsormadup threads={t} inputformat=sam tmpfile={d}/bsmd index=1 "
-            f"indexfilename={d}/bamsormadup.bam.bai > {d}/bamsormadup.bam 2>/dev/null"]
-    results: dict[str, list[tuple[float, float]]] = {"persona": [], "samtools": [], "bamsormadup": []}
+    snap = f"snap-aligner paired {inp['snapidx']} {inp['r1']} {inp['r2']} -t {t} -o -sam - 2>/dev/null"
+    contenders: dict[str, list[list[str] | str]] = {
+        "persona": ours("minimap2"),
+        "persona_snap": ours("snap"),
+        "samtools": samtools_tail(mm2, "samtools"),
+        "bamsormadup": [f"{mm2} | bamsormadup threads={t} inputformat=sam tmpfile={d}/bsmd index=1 "
+                        f"indexfilename={d}/bamsormadup.bam.bai > {d}/bamsormadup.bam 2>/dev/null"],
+        "snap_samtools": samtools_tail(snap, "snap_samtools"),
+    }
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in contenders}
     for _ in range(runs):  # interleaved, so load changes on the shared machine hit all alike
-        for key, steps in (("persona", ours), ("samtools", samtools), ("bamsormadup", bsmd)):
+        for key, steps in contenders.items():
             results[key].append(chain(steps))
             print(f"{key}: {results[key][-1][0]:.2f} s, {results[key][-1][1]:.0f} MiB", file=sys.stderr, flush=True)
     med = {k: (statistics.median(w for w, _ in v), max(m for _, m in v)) for k, v in results.items()}
-    warm = warm_chain(inp, args.threads, runs)
-    dups = {"persona": duplicates(d / "ours.bam"), "samtools": duplicates(d / "samtools.bam"),
-            "bamsormadup": duplicates(d / "bamsormadup.bam")}
-    records = int(subprocess.run(["samtools", "view", "-c", str(d / "ours.bam")], capture_output=True, text=True,
-                                 check=True).stdout)
-    ours_s = med["persona"][0]
+    warm = warm_chain(inp, args.threads, 1 if args.quick else min(runs, 2))
+    bams = {"persona": d / "ours_minimap2.bam", "persona_snap": d / "ours_snap.bam", "samtools": d / "samtools.bam",
+            "bamsormadup": d / "bamsormadup.bam", "snap_samtools": d / "snap_samtools.bam"}
+    dups = {k: duplicates(p) for k, p in bams.items()}
+    records = int(subprocess.run(["samtools", "view", "-c", "-F", "0x900", str(bams["persona"])], capture_output=True,
+                                 text=True, check=True).stdout)
+    ours_s, snap_s = med["persona"][0], med["persona_snap"][0]
     faster = min(med["samtools"][0], med["bamsormadup"][0])
-    rows = [["persona import | align-sort --markdup | export", ours_s, med["persona"][1], 1.0, dups["persona"]],
-            ["minimap2 | fixmate | sort | markdup (+ index)", med["samtools"][0], med["samtools"][1],
-             med["samtools"][0] / ours_s, dups["samtools"]],
-            ["minimap2 | bamsormadup", med["bamsormadup"][0], med["bamsormadup"][1], med["bamsormadup"][0] / ours_s,
-             dups["bamsormadup"]],
-            ["persona, the same 3 requests on a warm runtime (service)", warm, float("nan"), faster / warm, ""]]
-    print(f"{records} records, {t} threads, median of {runs} run(s)")
-    print(table(["chain (FASTQ.gz -> sorted, duplicate-marked BAM)", "seconds", "peak MiB", "theirs/ours",
-                 "duplicates"], rows))
+    labels = {"persona": "persona align-sort R1 R2 --markdup --bam (minimap2)",
+              "persona_snap": "persona align-sort ... --aligner snap",
+              "samtools": "minimap2 | fixmate | sort | markdup (+ index)",
+              "bamsormadup": "minimap2 | bamsormadup",
+              "snap_samtools": "snap-aligner | fixmate | sort | markdup (+ index)"}
+    rows = [[labels[k], med[k][0], med[k][1], med[k][0] / ours_s, med[k][0] / snap_s, dups[k]] for k in contenders]
+    rows.append(["persona, import + align-sort + export on a warm runtime", warm, float("nan"), warm / ours_s,
+                 warm / snap_s, ""])
+    print(f"{records} primary records, {t} threads, median of {runs} run(s)")
+    print(table(["chain (FASTQ.gz -> sorted, duplicate-marked, indexed BAM)", "seconds", "peak MiB",
+                 "s / persona", "s / persona snap", "duplicates"], rows))
+    print(f"persona (minimap2) vs the faster minimap2 chain: {faster / ours_s:.2f}x; persona snap: "
+          f"{faster / snap_s:.2f}x, and vs snap-aligner's chain {med['snap_samtools'][0] / snap_s:.2f}x")
     emit_json({"bench": "chain", "records": records, "threads": args.threads, "runs": runs, "quick": args.quick,
-               "persona_s": round(ours_s, 2), "persona_peak_mib": round(med["persona"][1], 1),
-               "samtools_s": round(med["samtools"][0], 2), "samtools_peak_mib": round(med["samtools"][1], 1),
-               "bamsormadup_s": round(med["bamsormadup"][0], 2),
-               "bamsormadup_peak_mib": round(med["bamsormadup"][1], 1),
+               **{f"{k}_s": round(med[k][0], 2) for k in contenders},
+               **{f"{k}_peak_mib": round(med[k][1], 1) for k in contenders},
                "duplicates": dups, "ratio_vs_faster": round(faster / ours_s, 3),
+               "ratio_snap_vs_faster": round(faster / snap_s, 3),
+               "ratio_snap_vs_snap_samtools": round(med["snap_samtools"][0] / snap_s, 3),
                "persona_warm_runtime_s": round(warm, 2), "ratio_warm_vs_faster": round(faster / warm, 3),
                "ratio_vs_samtools": round(med["samtools"][0] / ours_s, 3),
                "ratio_vs_bamsormadup": round(med["bamsormadup"][0] / ours_s, 3)})
