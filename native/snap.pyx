@@ -865,12 +865,17 @@ cdef class Mapper:
     cdef Run *runs_b
     cdef int cap_runs
     cdef Result res[2]
+    cdef int32_t chosen[2]   # the candidate behind res[s] (-1: unmapped), for its secondaries
+    cdef int max_secondary, secondary_delta
+    cdef Result *sres        # one read's secondary alignments (max_secondary of them)
+    cdef int32_t *sec_idx    # candidate indices while choosing them
     cdef int64_t *sortbuf
     cdef Buf cig
     cdef Buf tags
 
     def __cinit__(self, SnapIndex index, int max_dist=14, int max_seeds=25, int max_hits=300,
-                  int extra_depth=2, int min_spacing=50, int max_spacing=1000, int min_read_len=50):
+                  int extra_depth=2, int min_spacing=50, int max_spacing=1000, int min_read_len=50,
+                  int max_secondary=0, int secondary_delta=0):
         if index is None:
             raise ValueError("Mapper needs a SnapIndex")
         if not 0 <= max_dist <= MAXK - 3:
@@ -879,7 +884,14 @@ cdef class Mapper:
             raise ValueError("max_seeds and max_hits must be >= 1, extra_depth >= 0")
         if min_spacing < 0 or max_spacing < min_spacing:
             raise ValueError(f"bad pair spacing {min_spacing}..{max_spacing}")
+        if max_secondary < 0 or secondary_delta < 0 or secondary_delta > MAXK - 3:
+            raise ValueError(f"max_secondary must be >= 0 and secondary_delta within 0..{MAXK - 3}")
         self.index = index
+        self.max_secondary = max_secondary
+        self.secondary_delta = secondary_delta
+        if max_secondary > 0 and secondary_delta > extra_depth:
+            # locations up to secondary_delta edits worse than the best must be scored to be reported
+            extra_depth = secondary_delta
         self.max_dist = max_dist
         self.max_seeds = max_seeds
         self.max_hits = max_hits
@@ -894,11 +906,14 @@ cdef class Mapper:
             if _init_ctx(&self.ctx[i], max_cands) < 0:
                 raise MemoryError()
         self.sortbuf = <int64_t*>malloc(2 * max_cands * sizeof(int64_t))
+        self.sec_idx = <int32_t*>malloc(max_cands * sizeof(int32_t))
+        self.sres = <Result*>calloc(max_secondary if max_secondary > 0 else 1, sizeof(Result))
         self.lv = <LV*>malloc(sizeof(LV))
         self.cap_runs = 0
         self.runs_a = NULL
         self.runs_b = NULL
-        if self.sortbuf == NULL or self.lv == NULL or self._grow_runs(1024) < 0:
+        if self.sortbuf == NULL or self.lv == NULL or self.sec_idx == NULL or self.sres == NULL \
+                or self._grow_runs(1024) < 0:
             raise MemoryError()
 
     def __dealloc__(self):
@@ -906,6 +921,11 @@ cdef class Mapper:
         for i in range(2):
             _free_ctx(&self.ctx[i])
             free(self.res[i].runs)
+        if self.sres != NULL:
+            for i in range(self.max_secondary):
+                free(self.sres[i].runs)
+        free(self.sres)
+        free(self.sec_idx)
         free(self.sortbuf)
         free(self.lv)
         free(self.runs_a)
@@ -928,6 +948,11 @@ cdef class Mapper:
             free(self.res[i].runs)
             self.res[i].runs = <Run*>malloc(cap * sizeof(Run))
             if self.res[i].runs == NULL:
+                return -1
+        for i in range(self.max_secondary):
+            free(self.sres[i].runs)
+            self.sres[i].runs = <Run*>malloc(cap * sizeof(Run))
+            if self.sres[i].runs == NULL:
                 return -1
         if self.runs_a == NULL or self.runs_b == NULL:
             return -1
@@ -1442,6 +1467,7 @@ cdef class Mapper:
         """Align one single-end read into ``r`` (r.mapped 0: unmapped)."""
         cdef int n_n
         r.mapped = 0
+        self.chosen[c - &self.ctx[0]] = -1
         _reset_ctx(c)
         if L < self.index.view.seed_len:
             return 0
@@ -1454,6 +1480,7 @@ cdef class Mapper:
             return -1
         if c.best < 0 or c.best_d > self.max_dist:
             return 0
+        self.chosen[c - &self.ctx[0]] = c.best
         return self._finish(c, &c.cands[c.best], self._single_mapq(c), r)
 
     # -- pairs ---------------------------------------------------------------------------------------
@@ -1549,6 +1576,8 @@ cdef class Mapper:
         proper[0] = 0
         self.res[0].mapped = 0
         self.res[1].mapped = 0
+        self.chosen[0] = -1
+        self.chosen[1] = -1
         _reset_ctx(c0)
         _reset_ctx(c1)
         cs[0] = c0
@@ -1580,6 +1609,8 @@ cdef class Mapper:
                         return -1
                     if self.res[0].mapped and self.res[1].mapped and self.res[0].ref == self.res[1].ref:
                         proper[0] = 1
+                        self.chosen[0] = i0
+                        self.chosen[1] = i1
                         return 0
                     self.res[0].mapped = 0
                     self.res[1].mapped = 0
@@ -1587,6 +1618,7 @@ cdef class Mapper:
                 for s in range(2):
                     c = cs[s]
                     if c.best >= 0 and c.best_d <= self.max_dist:
+                        self.chosen[s] = c.best
                         if self._finish(c, &c.cands[c.best], self._single_mapq(c) // 3, &self.res[s]) < 0:
                             return -1
                 return 0
@@ -1597,12 +1629,70 @@ cdef class Mapper:
         self.res[1].mapq //= 3
         return 0
 
+    # -- secondary alignments -------------------------------------------------------------------------
+
+    cdef int _secondaries(self, ReadCtx *c, int32_t chosen, Result *primary) noexcept nogil:
+        """Fill ``self.sres`` with the read's other scored locations within ``secondary_delta`` edits of
+        the chosen one (and within max_dist): fewest edits first, then highest probability, then
+        leftmost; at most ``max_secondary``. Returns how many (-1 on memory failure)."""
+        cdef int32_t i, j, n = 0, idx, tmp
+        cdef int found = 0, lim
+        cdef Cand *x
+        cdef Cand *y
+        if self.max_secondary <= 0 or chosen < 0 or not primary.mapped:
+            return 0
+        lim = c.cands[chosen].d + self.secondary_delta
+        if lim > self.max_dist:
+            lim = self.max_dist
+        for i in range(c.n_scored):
+            idx = c.scored[i]
+            x = &c.cands[idx]
+            if idx == chosen or x.state != 1 or x.d > lim:
+                continue
+            # insertion into the ordered list (few entries: a read has a handful of scored locations)
+            self.sec_idx[n] = idx
+            j = n
+            n += 1
+            while j > 0:
+                y = &c.cands[self.sec_idx[j - 1]]
+                if (y.d < x.d or (y.d == x.d and (y.prob > x.prob or (y.prob == x.prob and
+                        (y.start < x.start or (y.start == x.start and y.dir <= x.dir)))))):
+                    break
+                tmp = self.sec_idx[j - 1]
+                self.sec_idx[j - 1] = self.sec_idx[j]
+                self.sec_idx[j] = tmp
+                j -= 1
+        for i in range(n):
+            if found >= self.max_secondary:
+                break
+            if self._finish(c, &c.cands[self.sec_idx[i]], 0, &self.sres[found]) < 0:
+                return -1
+            if self.sres[found].mapped:
+                found += 1
+        return found
+
+    cdef int _emit_secondaries(self, AlnRec **srows, uint8_t **spres, Buf *scig, Buf *stags, Py_ssize_t row,
+                               ReadCtx *c, int s, int paired) noexcept nogil:
+        """The secondary records of read ``row`` (mate ``s`` of the current pair when ``paired``)."""
+        cdef int k, n = self._secondaries(c, self.chosen[s], &self.res[s])
+        if n < 0:
+            return -1
+        for k in range(n):
+            if self._emit(&srows[k][row], &scig[k], &stags[k], c, &self.sres[k], &self.res[1 - s], paired, s,
+                          0, 1) < 0:
+                return -1
+            spres[k][row] = 1
+        return 0
+
     # -- records ---------------------------------------------------------------------------------------
 
-    cdef int _emit(self, AlnRec *o, Buf *tags, ReadCtx *c, Result *r, Result *mate, int paired, int seg,
-                   int proper) noexcept nogil:
-        """One record's fields, CIGAR (into self.cig) and tags."""
+    cdef int _emit(self, AlnRec *o, Buf *cig, Buf *tags, ReadCtx *c, Result *r, Result *mate, int paired, int seg,
+                   int proper, int secondary=0) noexcept nogil:
+        """One record's fields, CIGAR (into ``cig``) and tags; a ``secondary`` record gets flag 0x100 and no
+        MC/MQ (its mate fields name the mate's primary record, as minimap2's secondaries)."""
         cdef uint32_t flag = 1 if paired else 0
+        if secondary:
+            flag |= 0x100
         cdef int64_t p5, n5, tlen = 0
         if paired:
             flag |= 0x40 if seg == 0 else 0x80
@@ -1621,7 +1711,7 @@ cdef class Mapper:
             o.mapq = r.mapq
             o.ref_index = r.ref
             o.position = r.pos
-            if _put_cigar(&self.cig, r) < 0:
+            if _put_cigar(cig, r) < 0:
                 return -1
         else:
             flag |= 0x4
@@ -1652,7 +1742,7 @@ cdef class Mapper:
             if (_aux_int(tags, b"NM", r.nm) < 0 or self._put_md(tags, c, r) < 0
                     or _aux_int(tags, b"AS", r.score) < 0):
                 return -1
-        if paired and mate.mapped:
+        if paired and mate.mapped and not secondary:
             if _reserve(tags, 4) < 0:
                 return -1
             _tag(tags, b"MC", 90)
@@ -1717,16 +1807,56 @@ cdef class Mapper:
         cdef uint64_t[::1] co = cig_off
         cdef uint64_t[::1] to = tag_off
         cdef const uint8_t *dp = &data[0] if data.shape[0] > 0 else <const uint8_t*>b""
+        self.cig.len = 0
+        self.tags.len = 0
+        # secondary columns: max_secondary of them, absent rows (zero-length records) where a read has fewer
+        cdef int n_sec = self.max_secondary, k
+        sec_cols = []
+        for k in range(n_sec):
+            sf = np.empty(n, dtype=_DTYPE)
+            sf[:] = (4, 0, -1, -1, -1, -1, 0)   # persona.agd.records.ABSENT_ROW
+            sec_cols.append([sf, np.zeros(n + 1, np.uint64), None, np.zeros(n, np.uint8),
+                             np.zeros(n + 1, np.uint64), None])
+        cdef AlnRec **srows = <AlnRec**>calloc(n_sec + 1, sizeof(AlnRec*))
+        cdef uint8_t **spres = <uint8_t**>calloc(n_sec + 1, sizeof(uint8_t*))
+        cdef uint64_t **sco = <uint64_t**>calloc(n_sec + 1, sizeof(uint64_t*))
+        cdef uint64_t **sto = <uint64_t**>calloc(n_sec + 1, sizeof(uint64_t*))
+        cdef Buf *scig = <Buf*>calloc(n_sec + 1, sizeof(Buf))
+        cdef Buf *stags = <Buf*>calloc(n_sec + 1, sizeof(Buf))
+        if srows == NULL or spres == NULL or sco == NULL or sto == NULL or scig == NULL or stags == NULL:
+            free(srows); free(spres); free(sco); free(sto); free(scig); free(stags)
+            raise MemoryError()
+        if n > 0:
+            for k in range(n_sec):
+                srows[k] = <AlnRec*>_ptr(sec_cols[k][0])
+                sco[k] = <uint64_t*>_ptr(sec_cols[k][1])
+                spres[k] = <uint8_t*>_ptr(sec_cols[k][3])
+                sto[k] = <uint64_t*>_ptr(sec_cols[k][4])
+        try:
+            self._align_loop(offsets, dp, qop, qdp, n, paired, rows, co, to, srows, spres, sco, sto, scig, stags)
+            for k in range(n_sec):
+                sec_cols[k][2] = _take(&scig[k])
+                sec_cols[k][3] = sec_cols[k][3].view(np.bool_)
+                sec_cols[k][5] = _take(&stags[k])
+        finally:
+            for k in range(n_sec):
+                free(scig[k].data)
+                free(stags[k].data)
+            free(srows); free(spres); free(sco); free(sto); free(scig); free(stags)
+        return (fields, cig_off, _take(&self.cig), tag_off, _take(&self.tags),
+                [tuple(col) for col in sec_cols])
+
+    cdef int _align_loop(self, const uint64_t[::1] offsets, const uint8_t *dp, const uint64_t *qop,
+                         const uint8_t *qdp, Py_ssize_t n, bint paired, AlnRec *rows, uint64_t[::1] co,
+                         uint64_t[::1] to, AlnRec **srows, uint8_t **spres, uint64_t **sco, uint64_t **sto,
+                         Buf *scig, Buf *stags) except -1:
+        cdef const IdxView *ix = &self.index.view
+        cdef Py_ssize_t ahead, i
+        cdef int32_t la
         cdef const uint8_t *bs[2]
         cdef const uint8_t *qs[2]
         cdef int32_t ls[2]
-        cdef Py_ssize_t i
-        cdef int s, failed = 0, proper
-        self.cig.len = 0
-        self.tags.len = 0
-        cdef const IdxView *ix = &self.index.view
-        cdef Py_ssize_t ahead
-        cdef int32_t la
+        cdef int s, failed = 0, proper, k, n_sec = self.max_secondary
         with nogil:
             i = 0
             while i < n and not failed:
@@ -1747,11 +1877,17 @@ cdef class Mapper:
                         failed = 1
                         break
                     for s in range(2):
-                        if self._emit(&rows[i + s], &self.tags, &self.ctx[s], &self.res[s], &self.res[1 - s],
-                                      1, s, proper) < 0:
+                        if self._emit(&rows[i + s], &self.cig, &self.tags, &self.ctx[s], &self.res[s],
+                                      &self.res[1 - s], 1, s, proper) < 0:
                             failed = 1
                         co[i + s + 1] = self.cig.len
                         to[i + s + 1] = self.tags.len
+                        if n_sec and self._emit_secondaries(srows, spres, scig, stags, i + s, &self.ctx[s], s,
+                                                            1) < 0:
+                            failed = 1
+                        for k in range(n_sec):
+                            sco[k][i + s + 1] = scig[k].len
+                            sto[k][i + s + 1] = stags[k].len
                     i += 2
                 else:
                     ls[0] = <int32_t>(offsets[i + 1] - offsets[i])
@@ -1759,14 +1895,20 @@ cdef class Mapper:
                                     ls[0], &self.res[0]) < 0:
                         failed = 1
                         break
-                    if self._emit(&rows[i], &self.tags, &self.ctx[0], &self.res[0], &self.res[1], 0, 0, 0) < 0:
+                    if self._emit(&rows[i], &self.cig, &self.tags, &self.ctx[0], &self.res[0], &self.res[1], 0,
+                                  0, 0) < 0:
                         failed = 1
                     co[i + 1] = self.cig.len
                     to[i + 1] = self.tags.len
+                    if n_sec and self._emit_secondaries(srows, spres, scig, stags, i, &self.ctx[0], 0, 0) < 0:
+                        failed = 1
+                    for k in range(n_sec):
+                        sco[k][i + 1] = scig[k].len
+                        sto[k][i + 1] = stags[k].len
                     i += 1
         if failed:
             raise MemoryError("out of memory while aligning")
-        return fields, cig_off, _take(&self.cig), tag_off, _take(&self.tags)
+        return 0
 
 
 cdef void *_ptr(object arr) except NULL:

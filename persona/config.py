@@ -141,6 +141,7 @@ class SnapConfig:
     min_spacing: int = _key(min=0)
     max_spacing: int = _key(min=0)
     min_read_len: int = _key(min=0)
+    secondary_edit_delta: int = _key(min=0, max=60)
 
 
 @dataclass(frozen=True)

@@ -408,3 +408,113 @@ def test_threads_give_identical_results(tmp_path: Path) -> None:
     assert len(out[0]) > 1
     for a, b in zip(*out):
         assert a == b
+
+
+# -- secondary alignments (SNAP's -om / -omax: --secondary N, align.snap.secondary_edit_delta) ---------
+
+@pytest.fixture(scope="module")
+def dup_ref(tmp_path_factory, genome):
+    """A reference holding one 300-bp segment twice: exactly in contig a, with one substitution (at
+    segment offset 150) in contig b."""
+    tmp = tmp_path_factory.mktemp("snapdup")
+    seg = genome["chrI"][50000:50300]
+    seg_b = seg[:150] + ("A" if seg[150] != "A" else "C") + seg[151:]
+    a = genome["chrI"][:20000]
+    b = genome["chrIII"][:20000]
+    fa = tmp / "dup.fa"
+    fa.write_text(f">a\n{a[:8000]}{seg}{a[8000:]}\n>b\n{b[:5000]}{seg_b}{b[5000:]}\n")
+    path = tmp / "dup.snapidx"
+    sb.build_index(fa, path, "s20")
+    seqs = {"a": a[:8000] + seg + a[8000:], "b": b[:5000] + seg_b + b[5000:]}
+    return {"fa": fa, "index": path, "seg": seg, "seqs": seqs, "contigs": read_contig_table(fa).contigs}
+
+
+def _dup_aligner(dup_ref, secondary: int, **extra):
+    opts = AlignerOptions(preset="s20", secondary=secondary, extra=extra)
+    return make_aligner("snap", sb.load_index(dup_ref["index"], opts), dup_ref["contigs"], opts)
+
+
+def _sec_tags(col, i: int) -> dict[str, str]:
+    raw = bytes(col.tags[i])
+    text = bam_kernel.aux_text(np.frombuffer(raw, dtype=np.uint8)).decode() if raw else ""
+    return {t[:2]: t[5:] for t in text.split("\t") if t}
+
+
+def test_secondary_is_the_other_copy(dup_ref) -> None:
+    seg, seqs = dup_ref["seg"], dup_ref["seqs"]
+    read = seg[100:200]                       # covers the substitution of copy b
+    unique = seqs["a"][1000:1100]
+    al = _dup_aligner(dup_ref, 2)
+    for rev in (False, True):
+        res = al.align(ragged([revcomp(read) if rev else read, unique]))
+        assert len(res.secondary) == 2
+        p, s = res.primary.fields[0], res.secondary[0].fields[0]
+        # primary: the exact copy in a (0 edits); secondary: copy b, 1 substitution, flag 0x100
+        assert (p["ref_index"], p["position"], p["flag"]) == (0, 8100, 16 if rev else 0)
+        assert res.secondary[0].present[0] and not res.secondary[1].present[0]
+        assert (s["ref_index"], s["position"], s["flag"], s["mapq"]) == (1, 5100, 0x100 | (16 if rev else 0), 0)
+        cigar = res.secondary[0].cigars[0].decode()
+        assert cigar == "100M"
+        nm, md = check_record(seqs["b"], 5100, cigar, read)  # SEQ as SAM stores it: reference strand
+        t = _sec_tags(res.secondary[0], 0)
+        assert (nm, t["NM"], t["MD"]) == (1, "1", md) and md == f"50{seqs['b'][5150]}49"
+        assert int(t["AS"]) == 99 - 4 and "MC" not in t
+        # a unique read has none: absent rows, zero-length records
+        assert not res.secondary[0].present[1] and res.secondary[0].cigars[1] == b""
+        assert bytes(res.secondary[0].tags[1]) == b""
+    # the default (no --secondary) reports none; a delta of 0 leaves out the 1-edit copy
+    assert _dup_aligner(dup_ref, 0).align(ragged([read])).secondary == []
+    res0 = _dup_aligner(dup_ref, 2, secondary_edit_delta=0).align(ragged([read]))
+    assert not res0.secondary[0].present[0]
+    # the primary record is the same with and without secondaries
+    plain = _dup_aligner(dup_ref, 0).align(ragged([read, unique]))
+    with_sec = al.align(ragged([read, unique]))
+    assert np.array_equal(plain.primary.fields, with_sec.primary.fields)
+    assert [bytes(plain.primary.tags[i]) for i in range(2)] == [bytes(with_sec.primary.tags[i]) for i in range(2)]
+
+
+def test_pair_secondaries_are_per_mate(dup_ref) -> None:
+    seqs = dup_ref["seqs"]
+    # mate 1 inside the duplicated segment (before the substitution: both copies exact), mate 2 after it:
+    # the pair decides the primary, the other copy is mate 1's secondary
+    frag = seqs["a"][8050:8400]
+    r1, r2 = frag[:100], revcomp(frag[-100:])
+    res = _dup_aligner(dup_ref, 1).align(ragged([r1, r2]), paired=True)
+    f, s = res.primary.fields, res.secondary[0]
+    assert [f[0][k] for k in ("flag", "ref_index", "position", "next_position", "template_length")] == \
+        [99, 0, 8050, 8300, 350]
+    assert f["flag"][1] == 147 and f["position"][1] == 8300
+    # mate 1's other place (copy b, 1 substitution) is its secondary; its mate fields name mate 2's
+    # primary record; not a proper pair (another contig), no MC/MQ
+    assert s.present[0] and not s.present[1]
+    assert list(s.fields[0]) == [0x1 | 0x40 | 0x20 | 0x100, 0, 1, 5050, 0, 8300, 0]
+    cigar = s.cigars[0].decode()
+    nm, md = check_record(seqs["b"], 5050, cigar, r1)
+    t = _sec_tags(s, 0)
+    assert (cigar, int(t["NM"]), t["MD"]) == ("100M", nm, md) == ("100M", 0, "100")
+    assert "MC" not in t and "MQ" not in t
+
+
+def test_secondaries_export_valid_sam(tmp_path: Path) -> None:
+    """Real yeast pairs aligned with ``--secondary 2``: samtools and Picard accept the export."""
+    from persona.cli import main
+
+    y = small_sets()["yeast"]
+    refs = tmp_path / "refs"
+    assert main(["reference", "add", "y", str(REF), "--aligner", "snap", "--store", str(refs), "-q"]) == 0
+    ds = tmp_path / "ds"
+    assert main(["import", "-q", "-o", str(ds), "-n", "y", "-c", "2000", str(y["r1"]), str(y["r2"])]) == 0
+    assert main(["align", str(ds), "-n", "y", "-r", "y", "--aligner", "snap", "--store", str(refs),
+                 "--secondary", "2", "-q"]) == 0
+    bam = tmp_path / "out.bam"
+    assert main(["export", str(ds), str(bam), "-n", "y", "--secondary-seq", "--rg-platform", "ILLUMINA", "-q"]) == 0
+    subprocess.run([require_tool("samtools"), "quickcheck", str(bam)], check=True)
+    recs = list(pysam.AlignmentFile(str(bam), "rb", check_sq=False).fetch(until_eof=True))
+    sec = [r for r in recs if r.is_secondary]
+    assert len(sec) > 100 and all(r.mapping_quality == 0 and r.has_tag("MD") for r in sec)
+    assert len(recs) - len(sec) == 2 * sum(1 for _ in gzip.open(y["r1"], "rt")) // 4
+    require_tool("PicardCommandLine")
+    proc = subprocess.run(["PicardCommandLine", "ValidateSamFile", f"I={bam}", "MODE=VERBOSE",
+                           "MAX_OUTPUT=100000"], capture_output=True, text=True, check=False)
+    problems = [ln for ln in proc.stdout.splitlines() if ln.startswith(("ERROR", "WARNING"))]
+    assert problems == [] and "No errors found" in proc.stdout, (problems[:5], proc.stderr[-2000:])

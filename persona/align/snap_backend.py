@@ -15,7 +15,17 @@ Alignment parameters come from ``options.extra`` over the configuration's
 ``align.snap`` section (SNAP's defaults): ``max_dist`` (single-end) and
 ``max_dist_paired``, ``max_seeds`` (seed lookups per read, single-end) and
 ``max_seeds_paired``, ``max_hits``, ``extra_depth``, ``min_spacing``,
-``max_spacing``, ``min_read_len``.
+``max_spacing``, ``min_read_len``, ``secondary_edit_delta``.
+
+Secondary alignments (flag 0x100, in the ``secondary<N>`` columns) are off by
+default, as SNAP's: ``options.secondary`` (``--secondary N``) asks for up to N
+per read, SNAP's ``-om``/``-omax``: the read's other scored locations within
+``secondary_edit_delta`` edits of its primary one (and within ``max_dist``),
+fewest edits first. Locations that far from the best are then always scored
+(the search depth is at least ``secondary_edit_delta``). Pairs get per-mate
+secondaries: each mate's other locations, their mate fields naming the mate's
+primary record (as minimap2's), not secondary pair placements. Secondaries
+carry NM, MD and AS, MAPQ 0, and no MC/MQ or proper-pair flag.
 
 Each executor thread owns a :class:`~persona._native.snap.Mapper` (its scratch
 memory, allocated once), kept in thread-local storage.
@@ -50,6 +60,7 @@ _ALIGN = 4096
 DEFAULTS: dict[str, int] = {
     "max_dist": 14, "max_dist_paired": 15, "max_seeds": 25, "max_seeds_paired": 8, "max_hits": 300,
     "extra_depth": 2, "min_spacing": 50, "max_spacing": 1000, "min_read_len": 50,
+    "secondary_edit_delta": 2,
 }
 
 _CODES = np.full(256, 4, dtype=np.uint8)
@@ -244,6 +255,8 @@ def check_options(options: AlignerOptions) -> dict[str, int]:
         raise AlignerError(f"snap: max_spacing {params['max_spacing']} < min_spacing {params['min_spacing']}")
     if params["max_dist"] > 60 or params["max_dist_paired"] > 60:
         raise AlignerError("snap: max_dist must be at most 60")
+    if params["secondary_edit_delta"] > 60:
+        raise AlignerError("snap: secondary_edit_delta must be at most 60")
     return params
 
 
@@ -281,21 +294,20 @@ class SnapAligner(Aligner):
                 # lookups per read (SNAP's intersecting aligner), two applications each
                 max_seeds=2 * p["max_seeds_paired"] if paired else p["max_seeds"],
                 max_hits=p["max_hits"], extra_depth=p["extra_depth"], min_spacing=p["min_spacing"],
-                max_spacing=p["max_spacing"], min_read_len=p["min_read_len"])
+                max_spacing=p["max_spacing"], min_read_len=p["min_read_len"],
+                max_secondary=self.options.secondary, secondary_delta=p["secondary_edit_delta"])
             setattr(self._local, attr, m)
         return m
 
     def _align(self, bases: RaggedArray, quals: RaggedArray | None, paired: bool) -> AlignResult:
-        fields, co, cd, to, td = self._mapper(paired).align(
+        fields, co, cd, to, td, secs = self._mapper(paired).align(
             bases.offsets, bases.data, quals.offsets if quals is not None else None,
             quals.data if quals is not None else None, paired)
         primary = Alignments(fields.view(ALIGNMENT_DTYPE), RaggedArray(co, cd, validate=False), None,
                              RaggedArray(to, td, validate=False))
-        extra = []
-        for _ in range(self.options.secondary):  # no secondary alignments are reported: absent rows
-            pad = Alignments.absent(len(primary))
-            pad.tags = RaggedArray(np.zeros(len(primary) + 1, np.uint64), np.zeros(0, np.uint8), validate=False)
-            extra.append(pad)
+        extra = [Alignments(f.view(ALIGNMENT_DTYPE), RaggedArray(sco, scd, validate=False), present,
+                            RaggedArray(sto, std, validate=False))
+                 for f, sco, scd, present, sto, std in secs]
         return AlignResult(primary, extra)
 
     def align_single(self, bases: RaggedArray, quals: RaggedArray | None = None,
