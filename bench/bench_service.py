@@ -102,9 +102,11 @@ def _capacity_coordinator(cfg: str, partitions: int, addr_file: str) -> None:
         uvloop.run(run())
 
 
-def _noop_workers(address: str, token: str, n: int, deadline: float) -> tuple[int, float]:
-    """``n`` no-op workers (threads): register, then Pull one partition and Report it done, until
-    nothing is left or the deadline; returns the partitions reported and the seconds it took."""
+def _noop_workers(address: str, token: str, n: int, deadline: float, credits: int = 1) -> tuple[int, float]:
+    """``n`` no-op workers (threads) of ``credits`` credits each: register, Pull up to their credits,
+    then Report all they hold done in one round trip that pulls as many again (as persona worker
+    does with results that finish together), until nothing is left or the deadline; returns the
+    partitions reported and the seconds it took."""
     import grpc
 
     from persona.service.convert import to_struct
@@ -117,24 +119,25 @@ def _noop_workers(address: str, token: str, n: int, deadline: float) -> tuple[in
     def loop(k: int) -> None:
         with grpc.insecure_channel(address) as ch:
             stub = pb2_grpc.WorkerServiceStub(ch)
-            wid = stub.Register(pb2.RegisterRequest(host="noop", pid=k, threads=1, credits=1), metadata=md,
+            wid = stub.Register(pb2.RegisterRequest(host="noop", pid=k, threads=1, credits=credits), metadata=md,
                                 timeout=30).worker_id
             empty = to_struct({})
             parts: list[Any] = []
             while time.monotonic() < deadline:
                 try:
                     if not parts:
-                        parts = list(stub.Pull(pb2.PullRequest(worker_id=wid, max_partitions=1), metadata=md,
+                        parts = list(stub.Pull(pb2.PullRequest(worker_id=wid, max_partitions=credits), metadata=md,
                                                timeout=30).partitions)
                         if not parts:
                             return
-                    # the report pulls the next partition in the same round trip, as persona worker does
+                    more = [pb2.PartitionResult(attempt=q.attempt, ok=True, result=empty) for q in parts[1:]]
+                    held = len(parts)
                     parts = list(stub.Report(pb2.ReportRequest(worker_id=wid, attempt=parts[0].attempt, ok=True,
-                                                               result=empty, pull=1),
+                                                               result=empty, pull=held, more=more),
                                              metadata=md, timeout=30).partitions)
                 except grpc.RpcError:  # the coordinator stops once every partition is in
                     return
-                done[k] += 1
+                done[k] += held
 
     ths = [threading.Thread(target=loop, args=(k,)) for k in range(n)]
     t = time.perf_counter()
@@ -168,9 +171,9 @@ def _wait_file(path: Path, proc: subprocess.Popen, what: str) -> str:
     return path.read_text()
 
 
-def capacity(root: Path, quick: bool) -> dict[str, float]:
+def capacity(root: Path, quick: bool, credits: int = 1) -> dict[str, float]:
     cfg, _ = _cluster_cfg(root, lease=30, partition=1)
-    partitions = 3000 if quick else 20000
+    partitions = 20000 if quick else 100000
     addr = root / "capacity.addr"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
     proc = subprocess.Popen([sys.executable, __file__, "--capacity-coordinator", str(cfg), str(partitions), str(addr)],
@@ -180,9 +183,10 @@ def capacity(root: Path, quick: bool) -> dict[str, float]:
         token = (root / f"state-{address.rsplit(':', 1)[1]}" / "worker-token").read_text().strip()
         # 8 no-op workers in 2 processes (4 threads each): their own gRPC cost is not one GIL's; each
         # child prints its count and the seconds from its first pull to its last report
-        seconds = 4 if quick else 30
+        seconds = 3 if quick else 20
         cpu0 = _cpu_of(proc.pid)
-        kids = [subprocess.Popen([sys.executable, __file__, "--noop-workers", address, token, "4", str(seconds)],
+        kids = [subprocess.Popen([sys.executable, __file__, "--noop-workers", address, token, "4", str(seconds),
+                                  str(credits)],
                                  env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
         outs = [k.communicate(timeout=seconds + 120)[0].split() for k in kids]
         n = sum(int(o[-2]) for o in outs)
@@ -335,8 +339,9 @@ def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--capacity-coordinator":
         _capacity_coordinator(sys.argv[2], int(sys.argv[3]), sys.argv[4])
         return
-    if len(sys.argv) == 6 and sys.argv[1] == "--noop-workers":
-        count, secs = _noop_workers(sys.argv[2], sys.argv[3], int(sys.argv[4]), time.monotonic() + float(sys.argv[5]))
+    if len(sys.argv) == 7 and sys.argv[1] == "--noop-workers":
+        count, secs = _noop_workers(sys.argv[2], sys.argv[3], int(sys.argv[4]), time.monotonic() + float(sys.argv[5]),
+                                    int(sys.argv[6]))
         print(count, secs)
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

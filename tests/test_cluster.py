@@ -364,6 +364,53 @@ def test_a_chain_of_kinds_runs_on_the_workers_as_the_cli_runs_it(cluster, tmp_pa
     assert 'persona_records_processed_total{kind="align"}' in scrape  # the worker counts what it ran
 
 
+def all_columns(path: Path, name: str) -> dict[str, list[bytes]]:
+    """Every column's chunk files (decompressed) of dataset ``name`` at ``path``."""
+    from persona.agd import Dataset
+
+    ds = Dataset.open(str(path), name)
+    return {c: [bytes(ds.read_file(i, c)) for i in range(len(ds.chunks))] for c in ds.columns}
+
+
+def test_sort_and_align_sort_split_across_two_workers_like_the_cli(cluster, sample, tmp_path):
+    """sort and align-sort run phase 1 as partitions on both workers, then one merge: the sorted
+    datasets equal `persona sort` / `persona align-sort` byte for byte, and no run is left behind."""
+    from persona.apps.align_sort import AlignSortRequest
+    from persona.apps.sort import SortRequest
+
+    cl = cluster(partition=4)
+    cl.start_coordinator()
+    cl.start_worker()
+    cl.start_worker()
+    cl.wait_workers(2)
+    srt, asrt = tmp_path / "srt", tmp_path / "asrt"
+    shutil.copytree(sample["aligned"], srt)
+    shutil.copytree(sample["dataset"], asrt)
+    with cl.client() as c:
+        rids = [c.submit(SortRequest(dataset=str(srt), name="sorted", markdup=True)),
+                c.submit(AlignSortRequest(dataset=str(asrt), name="sorted", reference="sample_reference"))]
+        sts = [c.wait(rid, timeout=WAIT) for rid in rids]
+        workers = c.cluster_status()["workers"]
+    for st in sts:
+        assert st["state"] == "done", st["error"]
+        # 40 chunks in groups of 4, one group per partition: 10 runs partitions and the merge
+        assert st["summaries"][0]["partitions"] == 11 and st["summaries"][0]["runs"] == 10
+    assert len(workers) == 2 and all(w["partitions_done"] >= 2 for w in workers), workers
+    run = lambda *a: subprocess.run([*PERSONA, "--config", str(cl.config), *a, "-q"], env=env(),  # noqa: E731
+                                    check=True, capture_output=True, timeout=WAIT)
+    cli_srt, cli_asrt = tmp_path / "cli-srt", tmp_path / "cli-asrt"
+    shutil.copytree(sample["aligned"], cli_srt)
+    shutil.copytree(sample["dataset"], cli_asrt)
+    run("sort", str(cli_srt), "--out-name", "sorted", "--markdup", "-t", "1")
+    run("align-sort", str(cli_asrt), "-r", "sample_reference", "--out-name", "sorted", "-t", "1")
+    for ours, cli in ((srt, cli_srt), (asrt, cli_asrt)):
+        got, want = all_columns(ours, "sorted"), all_columns(cli, "sorted")
+        assert got.keys() == want.keys() and got == want
+        leftovers = [p.name for p in ours.iterdir() if "sortrun" in p.name or "~" in p.name
+                     or p.name.endswith("_writer.json")]
+        assert not leftovers, leftovers
+
+
 def test_small_request_behind_a_large_one_is_not_starved(cluster, sample, tmp_path):
     cl = cluster(partition=1)
     cl.start_coordinator()

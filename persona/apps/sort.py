@@ -76,13 +76,14 @@ from persona._native import markdup as md_kernel
 from persona._native import sort as sort_kernel
 from persona.agd import Dataset
 from persona.agd.chunk import decode_chunk, encode_chunk
-from persona.agd.columns import RESULTS, column_sort_key, decode_column, encode_column
+from persona.agd.columns import RESULTS, column_sort_key, decode_column, encode_column, is_secondary_column
 from persona.agd.manifest import ChunkRef
 from persona.agd.records import FLAG_DUPLICATE
 from persona.agd.format import CompressionType, RecordType
 from persona.agd.ragged import RaggedArray
 from persona.agd.transaction import Transaction
 from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
+from persona.apps.export_sorted import extras_range
 from persona.apps.markdup import DEFAULT_WINDOW, MergeMarker
 from persona.errors import ConfigError, DatasetError, StoreKeyError
 from persona.storage import Store, open_store
@@ -288,6 +289,15 @@ class SortJob(Job):
         #: per output chunk: first (ref, pos), last (ref, pos), longest reference span (region export)
         self.ranges: dict[int, list[int]] = {}
         self.marker: MergeMarker | None = None
+        #: the service's split of a sort across workers (:mod:`persona.service.sort_parts`): with
+        #: ``runs_only`` this job sorts just those groups into runs, under ``run_prefix`` (keys no
+        #: writer of the output dataset removes), and opens no output transaction; with
+        #: ``runs_given`` it only merges runs written by such jobs (``run_keys``, ``run_columns``,
+        #: ``block_sizes`` set by the caller), removing them after its commit but not on failure
+        #: (a retry merges them again)
+        self.runs_only: tuple[int, ...] | None = None
+        self.runs_given = False
+        self.run_prefix: str | None = None
         if r.markdup:
             self.marker = MergeMarker(self.ds.manifest.extra, r.window if r.window is not None else DEFAULT_WINDOW,
                                       self.library_override())
@@ -316,9 +326,10 @@ class SortJob(Job):
 
     # -- planning ----------------------------------------------------------------------------
     def begin(self) -> None:
-        self.txn = Transaction(self.store, self.name, app="sort", new=True, overwrite=self.request.overwrite,
-                               attempt=self.attempt, request_id=self.request_id)
-        self.txn.begin()
+        if self.runs_only is None:
+            self.txn = Transaction(self.store, self.name, app="sort", new=True, overwrite=self.request.overwrite,
+                                   attempt=self.attempt, request_id=self.request_id)
+            self.txn.begin()
         if self.ds.chunks:
             for c in self.columns:
                 if c in self.ds.columns:
@@ -359,6 +370,8 @@ class SortJob(Job):
     def run_key(self, run: int, block: int) -> str:
         # Shaped like an attempt's chunk file (column "sortrun"): leftovers of a crashed sort are
         # removed by the next writer of the dataset and by ``persona gc``, as any dead attempt's.
+        if self.run_prefix is not None:  # the service's runs: removed by the coordinator
+            return f"{self.run_prefix}{run}-{block:09d}-{self.attempt}"
         return f"{self.name}_{run}{block:09d}~{self.attempt}.sortrun"
 
     # -- phase 1 -----------------------------------------------------------------------------
@@ -440,12 +453,13 @@ class SortJob(Job):
             self.store.put(key, block)
         return n
 
-    def phase1(self) -> None:
+    def phase1(self, runs: "tuple[int, ...] | None" = None) -> None:
+        """Sort groups ``runs`` (all by default) into runs, ``threads`` at a time."""
         if not self.groups:
             return
         with ThreadPoolExecutor(self.threads, thread_name_prefix=f"sort1-{self.request_id[:6]}") as pool:
             pending: collections.deque[Future[int]] = collections.deque()
-            for run in range(len(self.groups)):
+            for run in (range(len(self.groups)) if runs is None else runs):
                 if self.cancelled():
                     break
                 pending.append(pool.submit(self._phase1_group, run))
@@ -495,7 +509,10 @@ class SortJob(Job):
             self._close_pool()
 
     def _produce(self, put: Any) -> None:
-        if len(self.groups) == 1:
+        if self.runs_only is not None:
+            self.phase1(self.runs_only)
+            return
+        if len(self.groups) == 1 and not self.runs_given:
             # one run: no intermediate files, the sorted group goes straight to the output
             _, cols, n = self._sorted_group(0)
             self._columns_known()
@@ -504,7 +521,8 @@ class SortJob(Job):
                 if not self._put(put, SortWork(self.descriptor(index), s, {c: v.slice(s, e) for c, v in cols.items()})):
                     return
             return
-        self.phase1()
+        if not self.runs_given:
+            self.phase1()
         if self.cancelled() or not self.groups:
             return
         self._columns_known()
@@ -602,6 +620,9 @@ class SortJob(Job):
             mapped = f["ref_index"] >= 0
             w.range = [int(f["ref_index"][0]), int(f["position"][0]), int(f["ref_index"][-1]),
                        int(f["position"][-1]), int(spans[mapped].max()) if mapped.any() else 0]
+            sec = [c for c in self.columns if is_secondary_column(c)]
+            if sec:  # a sixth entry: the chunk's extra records' own range (None: it has none)
+                w.range.append(extras_range([w.values[c] for c in sec]))  # type: ignore[arg-type]
             if self.marker is not None:
                 w.ends = self.marker.ends(res, w.values)
         for c in self.columns:
@@ -643,6 +664,10 @@ class SortJob(Job):
         self.run_keys = [[] for _ in self.groups]
 
     def commit(self, outputs: list[Any]) -> SortSummary:
+        if self.runs_only is not None:  # runs of some groups: nothing to commit, the merge does
+            records = sum(self.ds.chunks[i].num_records for g in self.runs_only for i in range(*self.groups[g]))
+            return SortSummary(**self.summary_base(), name=self.name, location=self.store.url, order=self.order,
+                               records=records, runs=len(self.runs_only), run_block=self.run_block)
         assert self.txn is not None
         self.remove_runs()
         m = self.ds.manifest
@@ -674,7 +699,13 @@ class SortJob(Job):
         region export reads only the chunks that overlap (:mod:`persona.apps.region`)."""
         if self.order != "coordinate":
             return {}
-        return {"coordinate_ranges": [self.ranges[i] for i in sorted(self.ranges)]}
+        out: dict[str, Any] = {"coordinate_ranges": [self.ranges[i][:5] for i in sorted(self.ranges)]}
+        sec = [c for c in self.columns if is_secondary_column(c)]
+        if sec and self.ranges and all(len(r) > 5 for r in self.ranges.values()):
+            # ``extras_ranges``: the same per chunk for its secondary/supplementary records, which lie
+            # at their own coordinates (export_sorted.extras_range), for the columns named
+            out["extras_ranges"] = {"columns": sec, "ranges": [self.ranges[i][5] for i in sorted(self.ranges)]}
+        return out
 
     def _mark_duplicates(self) -> tuple[int, Any]:
         """With ``markdup``: decide what the merge left open, set flag 0x400 on the duplicates (and clear
@@ -718,13 +749,14 @@ class SortJob(Job):
             # Sorting by name puts mates next to each other (read 1 first): whether they now make
             # interleaved pairs is decided from the names when the dataset is opened (persona info says so)
             paired = None
-        extra = {k: v for k, v in m.extra.items() if k != "coordinate_ranges"}
+        extra = {k: v for k, v in m.extra.items() if k not in ("coordinate_ranges", "extras_ranges")}
         return {"reference": m.reference, "reference_contigs": list(m.reference_contigs), "paired": paired,
                 "extra": {**extra, **self._range_extra()}, "provenance": list(m.provenance)}
 
     def abort(self, error: BaseException | None) -> None:
         try:
-            self.remove_runs()
+            if not self.runs_given:
+                self.remove_runs()
         finally:
             if self.txn is not None and self.txn.state in ("open", "new"):
                 self.txn.abort()

@@ -145,7 +145,8 @@ class Client:
         return {"version": r.version, "state": r.state, "queued": r.queued, "running": r.running,
                 "started_at": r.started_at, "lease_seconds": r.lease_seconds, "partition_size": r.partition_size,
                 "workers": [{"worker_id": w.worker_id, "host": w.host, "threads": w.threads, "state": w.state,
-                             "running_requests": w.running_requests, "last_heartbeat": w.last_heartbeat}
+                             "running_requests": w.running_requests, "last_heartbeat": w.last_heartbeat,
+                             "partitions_done": w.partitions_done}
                             for w in r.workers]}
 
 

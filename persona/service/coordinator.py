@@ -2,7 +2,9 @@
 
 The coordinator runs no pipeline itself. Each step of a request becomes a
 :class:`~persona.service.gates.StepGate`: an align step is split into partitions of
-``service.partition_size`` chunks, every other kind is one partition holding the whole step.
+``service.partition_size`` chunks; a sort or align-sort step into partitions of its phase-1
+groups, then one merge task (:mod:`persona.service.sort_parts`, which also says why markdup,
+export, stats and import are not split); every other kind is one partition holding the whole step.
 Workers (:mod:`persona.service.worker`) register over the worker API (``WorkerService`` in
 ``protos/persona/v1/persona.proto``, on its own port ``service.worker_listen``, mutual TLS when the
 ``worker_tls_*`` keys are set, and its own credential ``service.worker_token``: a client token
@@ -38,6 +40,7 @@ from typing import Any
 
 from persona.agd.transaction import Transaction, chunk_key_re, unreferenced_keys
 from persona.errors import BatchCancelled, PersonaError, StoreKeyError
+from persona.service import sort_parts
 from persona.service.gates import GlobalGates, Partition, StepGate, new_attempt
 from persona.service.proto import modules
 from persona.service.server import Service, _committed_by, load_or_create_token, token_file
@@ -199,7 +202,8 @@ class Coordinator(Service):
     def cluster_status(self) -> dict[str, Any]:
         st = super().cluster_status()
         st["workers"] = [{"worker_id": w.worker_id, "host": w.host, "threads": w.threads, "state": w.state,
-                          "running_requests": len(set(w.attempts.values())), "last_heartbeat": w.last_heartbeat}
+                          "running_requests": len(set(w.attempts.values())), "last_heartbeat": w.last_heartbeat,
+                          "partitions_done": w.done}
                          for w in self.gates.workers.values()]
         return st
 
@@ -222,6 +226,8 @@ class Coordinator(Service):
             raise BatchCancelled("request cancelled", request=live.id)
         if kind == "align":
             return await self._run_align(live, step_id, request)
+        if kind in sort_parts.KINDS:
+            return await self._run_sort(live, step_id, request)
         return await self._run_whole(live, step_id, request)
 
     async def _run_whole(self, live: Any, step_id: str, request: Any) -> dict[str, Any]:
@@ -234,6 +240,47 @@ class Coordinator(Service):
         live.records_total_done += live.records_done
         self.table.drop_partitions(step_id)
         return result.get("summary") or {"request_id": step_id, "kind": request.kind}
+
+    async def _run_sort(self, live: Any, step_id: str, request: Any) -> dict[str, Any]:
+        """A sort split as :mod:`persona.service.sort_parts` says: runs partitions, then one merge."""
+        split = await asyncio.to_thread(sort_parts.plan, request, self.config, self.partition_size, step_id)
+        if split is None:
+            return await self._run_whole(live, step_id, request)
+        step = split.request.to_dict()
+        parts = []
+        for k in range(len(split.parts)):
+            start, stop = split.chunk_range(k)
+            parts.append(Partition(k, start, stop, task=split.task(k)))
+        for k, (attempt, result) in self.table.partitions(step_id).items():  # committed before a restart
+            if k < len(parts) and result.get("range") == [parts[k].start, parts[k].stop]:
+                parts[k].done_attempt, parts[k].result = attempt, result
+        try:
+            gate = StepGate(step_id, live.id, step, parts)
+            handle = await self._open_gate(live, gate, None)
+            for p in parts:
+                if p.done:
+                    handle.done_feeds += p.stop - p.start
+                    handle.done_records += int(p.result.get("records", 0))
+            await self._wait(live, gate, handle)
+            merge = Partition(len(parts), 0, split.chunks,
+                              task=split.merge_task([p.result or {} for p in parts]))
+            mgate = StepGate(step_id, live.id, step, [*parts, merge], whole=True)
+            mhandle = await self._open_gate(live, mgate, None)
+            await self._wait(live, mgate, mhandle)
+        except BaseException as exc:
+            if not (self._stopping and not live.cancel_requested) and not isinstance(exc, asyncio.CancelledError):
+                # cancelled or failed: no runs stay behind (stopping: they stay for the resume)
+                await asyncio.to_thread(sort_parts.remove_runs, split.store, split.prefix)
+                self.table.drop_partitions(step_id)
+            raise
+        result = dict(merge.result or {})
+        live.feeds_done, live.records_done = int(result.get("feeds", 0)), int(result.get("records", 0))
+        live.records_total_done += live.records_done
+        # what revoked or losing attempts wrote (the merge removed the runs it merged)
+        await asyncio.to_thread(sort_parts.remove_runs, split.store, split.prefix)
+        self.table.drop_partitions(step_id)
+        return {**(result.get("summary") or {"request_id": step_id, "kind": request.kind}),
+                "partitions": len(parts) + 1}
 
     async def _run_align(self, live: Any, step_id: str, request: Any) -> dict[str, Any]:
         from persona.agd import Dataset
@@ -418,26 +465,36 @@ class Coordinator(Service):
         return True
 
     async def _record(self, step_id: str, index: int, attempt: str, result: dict[str, Any]) -> bool:
-        """Record an accepted partition durably before it is acknowledged. Reports arriving while a
-        write is in flight are written together in the next one (a group commit: one fsync for many)."""
+        """Record an accepted partition before it is acknowledged (a coordinator crash keeps it: see
+        :mod:`persona.service.db`). The reports of one event-loop tick are written in one
+        transaction (a group commit), and each reply waits for its row."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append(((step_id, index, attempt, result), fut))
         if not self._flushing:
             self._flushing = True
-            try:
-                while self._pending:
-                    batch, self._pending = self._pending, []
-                    try:
-                        fresh = await asyncio.to_thread(self.table.commit_partitions, [row for row, _ in batch])
-                    except Exception as exc:  # noqa: BLE001 - each waiter gets the error
-                        for _, f in batch:
-                            f.set_exception(exc)
-                    else:
-                        for (_, f), ok in zip(batch, fresh):
-                            f.set_result(ok)
-            finally:
-                self._flushing = False
+            # a task: it starts after this tick's other reports have queued their rows
+            asyncio.get_running_loop().create_task(self._flush())
         return await fut
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)  # one more tick: reports whose RPCs arrived together join
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    # on the loop: no fsync at synchronous=NORMAL (see persona.service.db), so a thread
+                    # hop would cost more than the write
+                    fresh = self.table.commit_partitions([row for row, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each waiter gets the error
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                else:
+                    for (_, f), ok in zip(batch, fresh):
+                        if not f.done():
+                            f.set_result(ok)
+        finally:
+            self._flushing = False
 
     def _delete_reported(self, result: dict[str, Any]) -> None:
         """A discarded align attempt's files (its report lists them)."""
@@ -522,8 +579,17 @@ class WorkerServicer(modules()[1].WorkerServiceServicer):  # type: ignore[misc]
                 h.gate.cache["step"] = step_to_message(h.gate.step)
         return [pb2.Partition(request_id=h.gate.request_id, step_id=h.gate.step_id, index=h.partition.index,
                               attempt=h.attempt, step=h.gate.cache["step"], chunk_start=h.partition.start,
-                              chunk_stop=h.partition.stop, whole=h.gate.whole, generation=h.gate.generation)
+                              chunk_stop=h.partition.stop, whole=h.gate.whole, generation=h.gate.generation,
+                              task=WorkerServicer._task(h.partition))
                 for h in out]
+
+    @staticmethod
+    def _task(part: Partition) -> Any:
+        if part.task is None:
+            return None
+        from persona.service.convert import to_struct
+
+        return to_struct(part.task)
 
     @_worker_rpc
     async def Pull(self, request: Any, context: Any) -> Any:
@@ -537,12 +603,18 @@ class WorkerServicer(modules()[1].WorkerServiceServicer):  # type: ignore[misc]
     async def Report(self, request: Any, context: Any) -> Any:
         from persona.service.convert import _ints, from_struct
 
-        result = _ints(from_struct(request.result))
-        ok = await self.coordinator.w_report(request.worker_id, request.attempt, request.ok, request.error, result)
+        c = self.coordinator
+        results = [(request.attempt, request.ok, request.error, request.result),
+                   *((m.attempt, m.ok, m.error, m.result) for m in request.more)]
+        # together: each takes its gate decision in order, then all are recorded in one group commit
+        reports = [c.w_report(request.worker_id, attempt, ok, error, _ints(from_struct(res)))
+                   for attempt, ok, error, res in results]
+        oks = [await reports[0]] if len(reports) == 1 else await asyncio.gather(*reports)
         out: list[Any] | None = []
         if request.pull > 0:  # the next partitions in the same round trip (no waiting for work here)
-            out = await self.coordinator.w_pull(request.worker_id, request.pull, wait=0.0)
-        return modules()[0].ReportResponse(accepted=ok, known=out is not None, partitions=self._partitions(out or []))
+            out = await c.w_pull(request.worker_id, request.pull, wait=0.0)
+        return modules()[0].ReportResponse(accepted=oks[0], known=out is not None, more_accepted=oks[1:],
+                                           partitions=self._partitions(out or []))
 
 
 # -- persona coordinator ---------------------------------------------------------------------

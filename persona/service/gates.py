@@ -21,6 +21,7 @@ attempts to drop), as values: the owner (:mod:`persona.service.coordinator`) doe
 """
 from __future__ import annotations
 
+import os
 import statistics
 import uuid
 from collections import deque
@@ -31,7 +32,7 @@ from typing import Any
 
 def new_attempt() -> str:
     """An attempt id: hex, so the files it names match the transaction's chunk-key pattern."""
-    return uuid.uuid4().hex[:12]
+    return os.urandom(6).hex()
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Partition:
     done_attempt: str = ""
     result: dict[str, Any] | None = None
     failures: float = 0.0
+    #: what the partition does beyond its chunk range (a split sort's phase: persona.service.sort_parts)
+    task: dict[str, Any] | None = None
 
     @property
     def done(self) -> bool:

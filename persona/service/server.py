@@ -540,7 +540,7 @@ def _committed_by(request: Any, step_id: str, config: Any) -> bool:
 
     if request.kind == "import":
         location, name = request.output, request.name
-    elif request.kind == "sort":
+    elif request.kind in ("sort", "align-sort"):
         location = request.output or request.dataset
         name = request.name
     else:

@@ -10,8 +10,10 @@ coordinator). Data moves through the shared store only:
 * an align partition (chunks ``[start, stop)``) writes each chunk's output files under its
   attempt's unique key ``<name>_<first>~<attempt>.<column>`` and reports the keys and checksums;
   it commits nothing (the coordinator's column transaction does, once per step);
-* a whole-step partition (import, sort, markdup, export, stats) runs the request as the CLI does
-  (its own transaction commits) and reports the summary.
+* a sort or align-sort partition sorts its groups into runs, and the step's merge task merges
+  them and commits (:mod:`persona.service.sort_parts`);
+* a whole-step partition (import, markdup, export, stats, a sort of one group) runs the request as
+  the CLI does (its own transaction commits) and reports the summary.
 
 A heartbeat's answer lists attempts to drop (the request was cancelled, the lease had expired, a
 speculative copy won): they are cancelled and their files removed. An unknown worker (its lease
@@ -139,6 +141,15 @@ class _PartitionPlan:
                                  attempt=p.attempt, generation=p.generation)
 
 
+def _sort_part(request: Any, p: Any) -> Any:
+    from persona.service.convert import _ints, from_struct
+    from persona.service.sort_parts import KINDS, SortPartPlan
+
+    if request.kind not in KINDS:
+        raise PersonaError(f"a {request.kind} step has no partition tasks")
+    return SortPartPlan(request, _ints(from_struct(p.task)), step_id=p.step_id, attempt=p.attempt)
+
+
 class Worker:
     """One worker process's loop (see the module docstring). :meth:`run` blocks until stopped."""
 
@@ -158,6 +169,8 @@ class Worker:
         self.lease = float(sc.lease_seconds)
         self.state = "starting"
         self._open: dict[str, Any] = {}  # attempt -> JobHandle (None while starting)
+        self._reports: list[tuple[Any, bool, str, dict[str, Any]]] = []  # results waiting to be sent
+        self._reporting = False  # a thread is sending reports
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._reregister = threading.Event()
@@ -292,7 +305,12 @@ class Worker:
                     self._report(p, True, "", {"summary": {"request_id": p.step_id, "kind": request.kind,
                                                            "committed_before_restart": True}})
                     return
-                handle = self.runtime.submit(request, request_id=p.step_id)
+                if p.HasField("task"):  # a split sort's merge
+                    handle = self.runtime.submit(_sort_part(request, p), request_id=p.step_id)
+                else:
+                    handle = self.runtime.submit(request, request_id=p.step_id)
+            elif p.HasField("task"):  # a split sort's runs
+                handle = self.runtime.submit(_sort_part(request, p), request_id=f"{p.step_id}.{p.index}.{p.attempt}")
             else:
                 if not isinstance(request, AlignRequest):
                     raise PersonaError(f"cannot split a {request.kind} step into partitions")
@@ -328,20 +346,50 @@ class Worker:
             job = h.job
             self._report(p, True, "", {"summary": summary.to_dict(), "feeds": job.done_feeds,
                                        "records": job.done_records})
+        elif p.HasField("task"):
+            from persona.service.sort_parts import runs_result
+
+            self._report(p, True, "", runs_result(h.job))
         else:
             self._report(p, True, "", h.job.result)
 
     def _report(self, p: Any, ok: bool, error: str, result: dict[str, Any]) -> None:
-        """Deliver one attempt's result, retrying while the coordinator is unreachable."""
+        """Deliver one attempt's result. Results that finish while a report is in flight go together
+        in the next one (ReportRequest.more): one round trip, one group commit at the coordinator."""
+        with self._lock:
+            self._reports.append((p, ok, error, result))
+            if self._reporting:
+                return  # the thread sending now sends this one next
+            self._reporting = True
+        while True:
+            with self._lock:
+                batch, self._reports = self._reports, []
+                if not batch:
+                    self._reporting = False
+                    return
+            try:
+                self._send_reports(batch)
+            except BaseException:
+                with self._lock:
+                    self._reporting = False
+                raise
+
+    def _send_reports(self, batch: list[tuple[Any, bool, str, dict[str, Any]]]) -> None:
+        """One Report of ``batch``, retried while the coordinator is unreachable; then start what it pulled."""
         import grpc
 
         from persona.service.convert import to_struct
         from persona.service.proto import modules
 
-        # pull the next partition in the same round trip while this one's credit comes free
-        pull = 1 if self.state == "running" and not self._stop.is_set() else 0
-        msg = modules()[0].ReportRequest(worker_id=self.worker_id, attempt=p.attempt, ok=ok, error=error,
-                                         result=to_struct(result), pull=pull)
+        pb2 = modules()[0]
+        (p, ok, error, result), rest = batch[0], batch[1:]
+        # pull the next partitions in the same round trip while these credits come free
+        pull = len(batch) if self.state == "running" and not self._stop.is_set() else 0
+        msg = pb2.ReportRequest(worker_id=self.worker_id, attempt=p.attempt, ok=ok, error=error,
+                                result=to_struct(result), pull=pull,
+                                more=[pb2.PartitionResult(attempt=q.attempt, ok=q_ok, error=q_error,
+                                                          result=to_struct(q_result))
+                                      for q, q_ok, q_error, q_result in rest])
         deadline = time.monotonic() + max(30.0, 10 * self.lease)
         delay = 0.2
         nxt: list[Any] = []
@@ -349,22 +397,25 @@ class Worker:
             while True:
                 try:
                     r = self._call("Report", msg, 10)
-                    if ok and not r.accepted:
-                        log.info("partition %d of %s: result discarded by the coordinator", p.index, p.step_id)
-                    self.partitions_done += int(ok and r.accepted)
+                    for (q, q_ok, _, _), accepted in zip(batch, [r.accepted, *r.more_accepted]):
+                        if q_ok and not accepted:
+                            log.info("partition %d of %s: result discarded by the coordinator", q.index, q.step_id)
+                        self.partitions_done += int(q_ok and accepted)
                     if not r.known and msg.worker_id == self.worker_id:
                         self._reregister.set()
                     nxt = list(r.partitions)
                     break
                 except grpc.RpcError as exc:
                     if time.monotonic() > deadline or exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                        log.warning("partition %d of %s: result not delivered (%s)", p.index, p.step_id, exc.code())
+                        log.warning("%d partition result(s), first partition %d of %s: not delivered (%s)",
+                                    len(batch), p.index, p.step_id, exc.code())
                         return
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
         finally:
             with self._lock:
-                self._open.pop(p.attempt, None)
+                for q, *_ in batch:
+                    self._open.pop(q.attempt, None)
                 self._lock.notify_all()
         for q in nxt:
             self._start(q)
