@@ -440,6 +440,9 @@ def _align_sort_reads(args: argparse.Namespace) -> int:
     and export in this one process (:mod:`persona.apps.pipeline`)."""
     from persona.apps.pipeline import align_sort_reads
 
+    if isinstance(getattr(args, "_rt", None), _CaptureRuntime):
+        raise UsageError("persona submit align-sort takes a dataset; for read files submit the chain: "
+                         "persona submit import R1 R2 -o LOC + align-sort LOC -r REF ... + export LOC out.bam")
     if not args.output:
         raise UsageError("align-sort of read files needs -o LOCATION for the sorted dataset")
     if args.name:

@@ -99,6 +99,9 @@ def test_usage_errors(refs: Path, tmp_path: Path) -> None:
     assert r.returncode == 2 and "-o" in r.stderr
     r = persona("align-sort", str(R1), str(R2), "-o", str(tmp_path / "x"), "-r", "measles", "--paired", check=False)
     assert r.returncode == 2
+    # the service takes the chain as a chain of requests; the one-process form says so before connecting
+    r = persona("submit", "align-sort", str(R1), str(R2), "-o", str(tmp_path / "x"), "-r", "measles", check=False)
+    assert r.returncode == 2 and "submit import" in r.stderr, r.stderr
 
 
 def test_existing_dataset_is_kept(refs: Path, tmp_path: Path) -> None:
