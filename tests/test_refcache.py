@@ -57,7 +57,8 @@ def test_two_processes_fetch_once(source: str, tmp_path: Path, request: pytest.F
         outs.append(json.loads(out.strip().splitlines()[-1]))
     assert sorted(o["fetched"] for o in outs) == [False, True]  # one fetched, the other waited and used it
     assert outs[0]["path"] == outs[1]["path"] and all(o["n"] == size for o in outs)
-    assert [p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock")] == [f"{digest}.mmi"]
+    assert sorted(p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock")) == [f"{digest}.mmi",
+                                                                                          f"{digest}.stamp"]
     if source == "ceph":
         for k in store.list():
             store.delete(k)
@@ -116,7 +117,7 @@ def test_eviction_by_size_least_recently_used_first(tmp_path: Path) -> None:
     assert cached() == {"a", "c"} and cache.total_bytes() <= cache.max_bytes
     # an entry in use is never evicted, even when it is the oldest
     with cache.open(store, "a", sha256=objs["a"][0], size=MiB):
-        os.utime(cache.dir / objs["a"][0], (1, 1))
+        os.utime(cache.dir / f"{objs['a'][0]}.stamp", (1, 1))  # the LRU clock: a is the oldest
         assert use("d")
         assert use("e")
         assert "a" in cached()
@@ -155,3 +156,105 @@ def test_unusable_cache_directory_is_no_cache(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     assert node_cache(blocker / "cache", 10) is None  # logged; reference loading fetches to a temp file
     assert node_cache(tmp_path / "ok", 10) is node_cache(tmp_path / "ok", 10)
+
+
+# ------------------------------------------------------------------ the verified stamp
+def _aged(cache: NodeCache, digest: str) -> None:
+    """Move the stamp's record of when it was written past the racy window (as if time passed)."""
+    from persona.storage.refcache import RACY_NS
+
+    stamp = cache.dir / f"{digest}.stamp"
+    rec = json.loads(stamp.read_text())
+    rec["stamped_ns"] = rec["ctime_ns"] + RACY_NS
+    stamp.write_text(json.dumps(rec))
+
+
+def _use(cache: NodeCache, store: Store, digest: str, size: int) -> tuple[bool, bool]:
+    with cache.open(store, "idx", sha256=digest, size=size) as u:
+        assert hashlib.sha256(u.path.read_bytes()).hexdigest() == digest
+        return u.fetched, u.refetched
+
+
+def test_a_warm_use_trusts_the_stamp_and_rehashes_only_when_it_changed(tmp_path: Path) -> None:
+    store = open_store(f"memory://rc-{uuid.uuid4().hex[:8]}")
+    digest, size = _put(store, "idx", 2 * MiB)
+    cache = NodeCache(tmp_path / "cache", 64 * MiB)
+    assert _use(cache, store, digest, size) == (True, False) and cache.hashes == 0
+    stamp = json.loads((cache.dir / f"{digest}.stamp").read_text())
+    st = (cache.dir / digest).stat()
+    assert (stamp["sha256"], stamp["size"], stamp["ino"], stamp["mtime_ns"], stamp["ctime_ns"]) == (
+        digest, size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    # just fetched: the stamp is racy (written within the timestamp window of the file's last
+    # change), so the next use hashes once and stamps afresh; from then on no use reads the file
+    assert _use(cache, store, digest, size) == (False, False) and cache.hashes == 1
+    _aged(cache, digest)
+    for _ in range(3):
+        assert _use(cache, store, digest, size) == (False, False)
+    assert cache.hashes == 1 and cache.fetches == 1
+    # a stamp gone, or not ours: one hash of the sound file, no fetch
+    (cache.dir / f"{digest}.stamp").unlink()
+    assert _use(cache, store, digest, size) == (False, False) and cache.hashes == 2
+    (cache.dir / f"{digest}.stamp").write_text("not json")
+    assert _use(cache, store, digest, size) == (False, False) and cache.hashes == 3 and cache.fetches == 1
+
+
+@pytest.mark.parametrize("damage", ["write", "same-size-overwrite-mtime-kept", "replaced-same-stat", "truncated"])
+def test_a_changed_entry_voids_its_stamp_and_is_fetched_again(damage: str, tmp_path: Path) -> None:
+    """Every change made through the file system is caught, even one that keeps size and mtime:
+    ``ctime`` moves on any write or utime (no user call sets it), and a replacement has another inode."""
+    store = open_store(f"memory://rc-{uuid.uuid4().hex[:8]}")
+    digest, size = _put(store, "idx", MiB)
+    cache = NodeCache(tmp_path / "cache", 64 * MiB)
+    _use(cache, store, digest, size)
+    _use(cache, store, digest, size)  # the stamp made when the racy one was re-checked
+    _aged(cache, digest)
+    path = cache.dir / digest
+    before = path.stat()
+    good = path.read_bytes()
+    bad = bytearray(good)
+    bad[size // 3] ^= 0x40
+    if damage == "write":
+        with open(path, "r+b") as f:
+            f.seek(size // 3)
+            f.write(bad[size // 3 : size // 3 + 1])
+    elif damage == "same-size-overwrite-mtime-kept":
+        with open(path, "r+b") as f:
+            f.write(bad)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `touch -r` would
+        after = path.stat()
+        assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns,
+                                                                    before.st_ino)
+        assert after.st_ctime_ns != before.st_ctime_ns  # what gives it away
+    elif damage == "replaced-same-stat":
+        other = cache.dir / "elsewhere"
+        other.write_bytes(bad)
+        os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(other, path)
+    else:
+        with open(path, "r+b") as f:
+            f.truncate(size - 1)
+    hashes = cache.hashes
+    assert _use(cache, store, digest, size) == (True, True)  # hashed, found damaged, fetched again
+    assert cache.hashes == hashes + 1 and path.read_bytes() == good
+
+
+def test_verify_scrubs_whatever_the_stamps_say(tmp_path: Path) -> None:
+    """Damage below the file system (here: the bytes changed, then size, mtime, ctime and inode put
+    back into the stamp, as a disk's bit rot would leave them) passes the stamp: verify() finds it."""
+    store = open_store(f"memory://rc-{uuid.uuid4().hex[:8]}")
+    digest, size = _put(store, "idx", MiB)
+    cache = NodeCache(tmp_path / "cache", 64 * MiB)
+    _use(cache, store, digest, size)
+    path = cache.dir / digest
+    with open(path, "r+b") as f:
+        f.write(b"rot")
+    st = path.stat()
+    stamp = cache.dir / f"{digest}.stamp"
+    rec = json.loads(stamp.read_text())
+    rec.update(mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+    stamp.write_text(json.dumps(rec))
+    _aged(cache, digest)
+    with cache.open(store, "idx", sha256=digest, size=size) as u:
+        assert not u.fetched and u.path.read_bytes()[:3] == b"rot"  # the stamp is trusted (documented)
+    assert cache.verify() == [path] and not path.exists()
+    assert _use(cache, store, digest, size) == (True, False)
