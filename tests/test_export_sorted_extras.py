@@ -167,3 +167,84 @@ def test_extras_go_to_the_chunk_of_their_coordinate(limit: int) -> None:
     sx.close()
     assert out[0] == (["1:0:2:256", "0:0:10:0", "0:0:20:0", "0:0:20:2048", "0:0:30:0", "1:0:35:2048"], 3)
     assert out[1] == (["1:0:40:0", "1:1:5:0", "0:1:7:2048", "1:2:1:2048", "1:-1:-1:4"], 2)
+
+
+@pytest.fixture(scope="module")
+def full_bam(sorted_ds: Path) -> Path:
+    """The whole sorted export (extras at their coordinates), indexed: what samtools view queries."""
+    require_tool("samtools")
+    bam = sorted_ds / "full.bam"
+    if not bam.exists():
+        export_sam(sorted_ds / "agd", bam, name="ds_sorted")
+    assert (sorted_ds / "full.bam.bai").exists()
+    return bam
+
+
+def _view(bam: Path, *regions: str) -> list[str]:
+    cmd = ["samtools", "view", *(["-M"] if len(regions) > 1 else []), str(bam), *regions]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
+
+
+@pytest.mark.parametrize("regions", [
+    ("MH356245.1:7000-7400",),                       # chimeras' far halves: supplementaries of reads elsewhere
+    ("MH356245.1:150-160",),
+    ("MH356245.1:2000-2600", "MH356245.1:9000-9300"),
+    ("MH356245.1:4000-5000", "MH356245.1:4800-9100"),  # overlapping regions: each record once (view -M)
+    ("MH356245.1",),
+])
+def test_region_export_has_extras_as_samtools_view(sorted_ds: Path, full_bam: Path, tmp_path: Path,
+                                                   regions: tuple[str, ...]) -> None:
+    """persona export ds out.bam REGION...: the records samtools view returns for the regions from the
+    whole sorted export, secondary and supplementary ones included, record for record, in order."""
+    from persona.apps.export import ExportRequest
+
+    out = tmp_path / "r.bam"
+    with Runtime(threads=2) as rt:
+        s = rt.run(ExportRequest(dataset=str(sorted_ds / "agd"), name="ds_sorted", output=str(out),
+                                 regions=regions))
+    theirs = _view(full_bam, *regions)
+    extras = [ln for ln in theirs if int(ln.split("\t")[1]) & 0x900]
+    assert extras, "the region should hold secondary/supplementary records"
+    assert _view(out) == theirs
+    assert s.records == len(theirs) and s.secondary_records == len(extras)
+
+
+def test_region_reads_chunks_of_overlapping_extras(sorted_ds: Path, full_bam: Path) -> None:
+    """The sort records each chunk's extras' own range: a region export reads the chunks whose extras
+    may overlap (their primaries elsewhere), not every chunk."""
+    from persona.agd import Dataset
+    from persona.apps.region import plan_extras, plan_regions
+
+    ds = Dataset.open(sorted_ds / "agd", "ds_sorted")
+    er = ds.manifest.extra["extras_ranges"]
+    sec = sorted(c for c in ds.columns if c.startswith("secondary") and not c.endswith("_tags"))
+    assert sorted(er["columns"]) == sec and len(er["ranges"]) == len(ds.chunks) >= 6
+    regions, primary = plan_regions(ds, ["MH356245.1:7200-7250"])
+    extra = plan_extras(ds, regions, sec)
+    assert len(primary) <= 2 and 1 <= len(extra) < len(ds.chunks)
+    assert set(extra) - set(primary), "the far halves' reads lie in other chunks"
+
+
+def test_region_old_manifest_scans_all_extras(sorted_ds: Path, full_bam: Path, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A dataset sorted before extras_ranges existed: every chunk's extra columns are scanned (a log
+    line says so) and the output is the same."""
+    import json
+    import logging
+    import shutil
+
+    from persona.apps.export import ExportRequest
+
+    old = tmp_path / "old"
+    shutil.copytree(sorted_ds / "agd", old)
+    mf = old / "ds_sorted_metadata.json"
+    m = json.loads(mf.read_text())
+    del m["extras_ranges"]
+    mf.write_text(json.dumps(m, indent=4))
+    out = tmp_path / "o.bam"
+    with caplog.at_level(logging.WARNING, logger="persona.apps.region"):
+        with Runtime(threads=2) as rt:
+            rt.run(ExportRequest(dataset=str(old), name="ds_sorted", output=str(out),
+                                 regions=("MH356245.1:7000-7400",)))
+    assert any("reads the extra columns of all" in r.getMessage() for r in caplog.records)
+    assert _view(out) == _view(full_bam, "MH356245.1:7000-7400")

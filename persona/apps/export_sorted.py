@@ -26,6 +26,13 @@ not be coordinate-sorted. This module gives the export what it needs to write
 Keys are :func:`persona._native.sort.coordinate_keys` (reference index,
 position, strand), the key ``persona sort`` orders by; unmapped reads (no
 reference) sort last.
+
+A region export (:mod:`persona.apps.region`) uses the same pass over only the chunks it reads, with
+``keep`` choosing the extra records that overlap its regions. Whatever chunks take part, the records
+come out as in the whole export: the primaries in dataset order and each extra record after every
+primary of a key not above its own, extras of equal keys in dataset order. To find the chunks whose
+extras may overlap a region, a coordinate sort records each chunk's extras' coordinate range in the
+manifest (:func:`extras_range`, ``extra.extras_ranges``).
 """
 from __future__ import annotations
 
@@ -49,6 +56,37 @@ from persona.agd.records import Alignments
 _REC = struct.Struct("<QQI")
 #: flags of extra records: secondary, supplementary
 EXTRA_FLAGS = 0x100 | 0x800
+
+
+def extras_range(columns: list[Any]) -> list[int] | None:
+    """``[ref, pos, ref, pos, span]`` of one chunk's extra records (its ``secondary<N>`` columns' still
+    encoded records): the lowest and the highest (reference, position) of its mapped extra records and
+    their longest reference span; None when the chunk has none."""
+    from persona._native import markdup as md_kernel
+    from persona.agd.columns import decode_column
+
+    lo: tuple[int, int] | None = None
+    hi: tuple[int, int] | None = None
+    span = 0
+    for raw in columns:
+        if not len(raw) or not (raw.lengths != 0).any():
+            continue
+        al = decode_column("secondary0", raw)
+        f = al.fields
+        rows = np.flatnonzero(al.present & (f["ref_index"] >= 0))
+        if not len(rows):
+            continue
+        ref = f["ref_index"][rows].astype(np.int64)
+        pos = f["position"][rows].astype(np.int64)
+        packed = (ref << 40) | pos
+        a, b = int(np.argmin(packed)), int(np.argmax(packed))
+        lo = min(lo, (int(ref[a]), int(pos[a]))) if lo is not None else (int(ref[a]), int(pos[a]))
+        hi = max(hi, (int(ref[b]), int(pos[b]))) if hi is not None else (int(ref[b]), int(pos[b]))
+        spans = md_kernel.reference_lengths(al.cigars.offsets, al.cigars.data)
+        span = max(span, int(spans[rows].max()))
+    if lo is None or hi is None:
+        return None
+    return [lo[0], lo[1], hi[0], hi[1], span]
 
 
 def alignment_keys(al: Alignments) -> np.ndarray:
@@ -84,14 +122,17 @@ class SortedExtras:
     """The extra records of one coordinate-sorted export (see the module docstring).
 
     ``encode_chunk(i)`` returns ``(alignments, data, offsets)``: chunk ``i``'s records with its
-    extras interleaved per read (what an export of an unsorted dataset writes), encoded.
+    extras interleaved per read (what an export of an unsorted dataset writes), encoded; ``keep``
+    (optional) gives a mask over those alignments: only the extra records it selects are kept.
     """
 
     def __init__(self, n_chunks: int, fmt: str, encode_chunk: Callable[[int], tuple[Alignments, Any, Any]],
-                 *, memory_limit: int, submit: Callable[..., Future] | None = None, in_flight: int = 4) -> None:
+                 *, memory_limit: int, submit: Callable[..., Future] | None = None, in_flight: int = 4,
+                 keep: Callable[[Alignments], np.ndarray] | None = None) -> None:
         self.n_chunks = n_chunks
         self.fmt = fmt
         self._encode_chunk = encode_chunk
+        self._keep = keep
         self.memory_limit = max(1, int(memory_limit))
         self._submit = submit
         self.in_flight = max(1, in_flight)
@@ -140,6 +181,8 @@ class SortedExtras:
         extra = (flags & EXTRA_FLAGS) != 0
         primary = np.flatnonzero(~extra)
         first = int(keys[primary[0]]) if len(primary) else 0
+        if self._keep is not None and extra.any():
+            extra &= self._keep(al)
         idx = np.flatnonzero(extra)
         if not len(idx):
             return first, np.zeros(0, np.uint64), []

@@ -826,7 +826,8 @@ class MarkdupJob(Job):
         m = self.ds.manifest
         entry = self.provenance(inputs=[{"dataset": self.ds.store.url, "name": self.ds.name,
                                          "generation": m.generation}], duplicates=int(len(dups)), removed=True)
-        extra = {k: v for k, v in m.extra.items() if k != "coordinate_ranges"}  # chunk ranges changed
+        # the chunks changed: their coordinate ranges no longer hold
+        extra = {k: v for k, v in m.extra.items() if k not in ("coordinate_ranges", "extras_ranges")}
         return txn.commit(list(self.ds.columns), sort=m.sort, reference=m.reference,
                           reference_contigs=list(m.reference_contigs), paired=False if m.paired else m.paired,
                           extra=extra, provenance=[*m.provenance, entry]), kept

@@ -14,25 +14,36 @@ many of the regions it overlaps; for one region that is plain ``samtools view``)
   (``coordinate_ranges``), so a chunk is read when its records' positions may fall in
   ``[BEG-1 - longest span, END)``. Like a BAM index, without an index file.
 
-Only primary records (``results``) are written: a region export leaves the ``secondary<N>`` columns
-out (as ``--no-secondary``), since their records lie at coordinates the chunk ranges do not cover.
+Secondary and supplementary records (``secondary<N>`` columns) lie at their own coordinates, which the
+chunk ranges of the primaries do not cover: a coordinate sort also records, per chunk, the range of its
+extra records (``extras_ranges``: lowest and highest (reference, position), longest span, and the
+columns it describes). The chunks whose extras may overlap are read in a first pass
+(:class:`persona.apps.export_sorted.SortedExtras`, keeping only the overlapping extra records), and
+the overlapping extras are merged into the output where the whole sorted export places them, so the
+output is what ``samtools view`` returns from that export. A dataset sorted before ``extras_ranges``
+existed (or whose extra columns changed since) has every chunk's extra columns scanned, with a log
+line saying so. ``--no-secondary`` leaves the extras out.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from persona import counters
 from persona._native import markdup as md_kernel
-from persona.agd.columns import RESULTS
+from persona.agd.columns import BASE, METADATA, RESULTS
 from persona.apps.export import ExportJob
 from persona.apps.job import FeedDescriptor, Work
 from persona.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
     from persona.agd import Dataset
+
+log = logging.getLogger(__name__)
 
 #: an unmapped record's reference in coordinate order (samtools compares the tid unsigned: -1 last)
 _LAST_REF = 1 << 31
@@ -86,15 +97,42 @@ def plan_regions(ds: "Dataset", texts: tuple[str, ...] | list[str]) -> tuple[lis
         return regions, list(range(len(ds.chunks)))  # sorted without ranges: read every chunk, filter all
     span = max((int(r[4]) for r in ranges), default=0)
 
-    def key(ref: int, pos: int) -> tuple[int, int]:
-        return (ref if ref >= 0 else _LAST_REF, pos)
+    return regions, _overlapping(ranges, regions, span)
 
+
+def _key(ref: int, pos: int) -> tuple[int, int]:
+    return (ref if ref >= 0 else _LAST_REF, pos)
+
+
+def _overlapping(ranges: list[Any], regions: list[Region], span: int) -> list[int]:
+    """Indices of the ``[ref, pos, ref, pos, ...]`` ranges (None: nothing) whose records, of reference
+    spans up to ``span``, may overlap a region."""
     chosen = []
     for i, r in enumerate(ranges):
-        lo, hi = key(int(r[0]), int(r[1])), key(int(r[2]), int(r[3]))
+        if r is None:
+            continue
+        lo, hi = _key(int(r[0]), int(r[1])), _key(int(r[2]), int(r[3]))
         if any(lo <= (g.ref, g.end - 1) and hi >= (g.ref, g.start - span) for g in regions):
             chosen.append(i)
-    return regions, chosen
+    return chosen
+
+
+def plan_extras(ds: "Dataset", regions: list[Region], columns: list[str]) -> list[int]:
+    """The indices of the chunks whose extra records (``columns``: the ``secondary<N>`` columns) may
+    overlap ``regions``: from the manifest's ``extras_ranges`` where it describes exactly these columns
+    and every chunk, else every chunk (logged: the extra columns of the whole dataset are read)."""
+    if not columns:
+        return []
+    er = ds.manifest.extra.get("extras_ranges")
+    ranges = er.get("ranges") if isinstance(er, dict) else None
+    if (not isinstance(ranges, list) or len(ranges) != len(ds.chunks) or sorted(er.get("columns") or [])
+            != sorted(columns) or not all(r is None or (isinstance(r, list) and len(r) == 5) for r in ranges)):
+        log.warning("dataset %r has no per-chunk ranges of its secondary/supplementary records in its manifest "
+                    "(sorted by an older persona, or its extra columns changed since): the region export reads "
+                    "the extra columns of all %d chunks; sorting it again records them", ds.name, len(ds.chunks))
+        return list(range(len(ds.chunks)))
+    span = max((int(r[4]) for r in ranges if r is not None), default=0)
+    return _overlapping(ranges, regions, span)
 
 
 def overlap_mask(al: Any, regions: list[Region]) -> np.ndarray:
@@ -111,7 +149,10 @@ def overlap_mask(al: Any, regions: list[Region]) -> np.ndarray:
 
 
 class RegionExportJob(ExportJob):
-    """An export of the records overlapping ``request.regions`` (see the module docstring)."""
+    """An export of the records overlapping ``request.regions`` (see the module docstring).
+
+    Feeds: the chunks whose primaries may overlap (:func:`plan_regions`) and those whose extras may
+    (:func:`plan_extras`), in dataset order; ``begin`` runs the extras' first pass over them."""
 
     kind: ClassVar[str] = "export"
 
@@ -119,15 +160,44 @@ class RegionExportJob(ExportJob):
         super().__init__(request, request_id, runtime)
         if self.fmt == "fastq":
             raise ConfigError("a region export writes SAM, BAM or CRAM", key="regions")
-        self.regions, self.chosen = plan_regions(self.ds, request.regions)
-        # primaries only (see the module docstring)
-        for c in self.sec_columns:
-            self.tag_columns.pop(c, None)
-        self.sec_columns = []
-        self.columns = [c for c in self.columns if c in ("base", "qual", "metadata", RESULTS)
-                        or c == self.tag_columns.get(RESULTS)]
-        self.read_columns = tuple(self.columns)
+        self.regions, primary = plan_regions(self.ds, request.regions)
+        extra = plan_extras(self.ds, self.regions, self.sec_columns)
+        self.extra_chunks = set(extra)
+        self.chosen = sorted(set(primary) | self.extra_chunks)
+        #: position of each read chunk among the chosen ones (the first pass's chunk numbers)
+        self.slot = {c: k for k, c in enumerate(self.chosen)}
+        # the export pass reads the primaries' columns; the extras come from the first pass
+        extra_cols = set(self.sec_columns) | {self.tag_columns[c] for c in self.sec_columns if c in self.tag_columns}
+        self.read_columns = tuple(c for c in self.columns if c not in extra_cols)
         self._at = 0
+
+    def begin(self) -> None:
+        if self.sec_columns and self.fmt in ("bam", "sam"):
+            from persona.apps.export_sorted import SortedExtras
+
+            mb = self.runtime.config.export.sorted_extras_memory_mb
+            self.extras = SortedExtras(len(self.chosen), self.fmt, self._region_extras,
+                                       memory_limit=mb << 20, submit=self.runtime.compute.submit,
+                                       in_flight=max(2, self.runtime.threads),
+                                       keep=lambda al: overlap_mask(al, self.regions))
+            try:
+                self.extras.build()
+            except BaseException:
+                self.extras.close()
+                raise
+        sec, self.sec_columns = self.sec_columns, []  # the parent's begin: files and header only
+        try:
+            super().begin()
+        finally:
+            self.sec_columns = sec
+
+    def _region_extras(self, k: int) -> tuple[Any, Any, Any]:
+        """First pass over chosen chunk ``k``: its reads with extras, encoded with them, where its
+        extras may overlap; else only its primaries' first key is needed (its results)."""
+        i = self.chosen[k]
+        if i in self.extra_chunks:
+            return self._encode_with_extras(i)
+        return self.ds.decode_file(i, RESULTS, self.ds.read_file(i, RESULTS)), b"", None
 
     def feeds(self) -> list[FeedDescriptor]:
         return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, tuple(self.read_columns))
@@ -137,6 +207,20 @@ class RegionExportJob(ExportJob):
         w = super().stage_decode(w)
         keep = np.flatnonzero(overlap_mask(w.data[RESULTS], self.regions))
         w.data = {c: _take(v, keep) for c, v in w.data.items()}
+        return w
+
+    def stage_encode(self, w: Work) -> Work:
+        """The overlapping primaries; with extras, merged with the overlapping extra records that fall
+        between this chunk's first key and the next chosen chunk's."""
+        if self.extras is None:
+            return super().stage_encode(w)
+        values = w.data
+        w.n = len(values[METADATA])
+        counters.add("bases", ("export", "encode"), int(values[BASE].offsets[-1]) if w.n else 0)
+        al, data, offsets, _ = self._encode(w.desc.chunk, values, interleave=False)
+        data, n_sec = self.extras.merge_into(self.slot[w.desc.chunk], al, data, offsets)
+        w.data = [data]
+        w.out = (w.n, n_sec)
         return w
 
     def stage_write(self, w: Work) -> Work:
