@@ -6,14 +6,18 @@ throughput / latency percentiles at 1, 2, 4 (8 without --quick) concurrent reque
 Input: the bundled sample (persona/data), its pairs repeated ``--copies`` times for the concurrency
 runs. One `persona serve` subprocess on loopback; the same machine and thread budget for the CLI.
 
-The cluster (``--part cluster``, or ``all``, the default):
+The cluster (``--part cluster``, or ``all``, the default; ``--part capacity`` / ``--part scaleout``
+run one measurement alone):
 
-* coordinator capacity: partitions per second one `persona coordinator` process hands out and takes
-  back (Pull, Report, the durable partition record) to no-op workers (threads of this process, each
-  its own gRPC channel on loopback), and the arithmetic for 1,000 workers at the thesis' chunk size
-  (100,000 reads) and per-machine align rate (1354 Mbases/s over 32 machines, §6.2);
-* scale-out: one align request on 1 then 2 `persona worker` processes of one thread each;
-  efficiency = speed-up / 2;
+* coordinator capacity: partitions per second one coordinator process hands out and takes back
+  (Pull, Report, the partition record) to no-op workers (8 threads in 2 processes, each its own
+  gRPC channel on loopback), once with one result per Report (credits 1) and once with 4 (credits
+  4: a worker's results that finish together go in one Report), and the arithmetic for 1,000
+  workers at the thesis' chunk size (100,000 reads), per-machine align rate (1354 Mbases/s over 32
+  machines, §6.2) and P = 4 chunks per partition;
+* scale-out: align requests on 1 and on 2 `persona worker` processes of one aligner thread, each
+  pinned to its own core (taskset), interleaved (1, 2, 2, 1, ...), medians of 3 (quick: 1); the
+  coordinator's share of the CPU the two-worker runs used; efficiency = speed-up / 2;
 * recovery: a worker SIGKILLed mid-request; seconds until the coordinator re-queued its partitions
   (against the lease period) and the request's slowdown against the fault-free 2-worker run.
 
@@ -174,7 +178,7 @@ def _wait_file(path: Path, proc: subprocess.Popen, what: str) -> str:
 def capacity(root: Path, quick: bool, credits: int = 1) -> dict[str, float]:
     cfg, _ = _cluster_cfg(root, lease=30, partition=1)
     partitions = 20000 if quick else 100000
-    addr = root / "capacity.addr"
+    addr = root / f"capacity-{credits}.addr"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
     proc = subprocess.Popen([sys.executable, __file__, "--capacity-coordinator", str(cfg), str(partitions), str(addr)],
                             env=env, stderr=subprocess.DEVNULL)
@@ -232,12 +236,20 @@ def _worker(cfg: Path, port: int, k: int) -> subprocess.Popen:
                             env=env, stderr=subprocess.DEVNULL)
 
 
-def _cluster_runs(cfg: Path, root: Path, src: Path, *, repeats: int, kill_after: int) -> dict[str, float]:
-    """One coordinator: ``repeats`` aligns of copies of ``src`` on one worker, then on two (medians; each
-    worker warmed first: a service keeps its index loaded), then one more on two with the second
-    SIGKILLed once ``kill_after`` chunks are done: seconds until the coordinator re-queued its
-    partitions, and that request's time."""
+def _cluster_runs(cfg: Path, root: Path, src: Path, *, repeats: int, kill_after: int,
+                  recovery: bool = True) -> dict[str, Any]:
+    """One coordinator and two workers (one aligner thread each, pinned to a core each).
+
+    Scale-out: ``repeats`` rounds, each one align of a copy of ``src`` on one worker and one on two,
+    the order alternating (1, 2, then 2, 1, ...) so that a drift of the machine's load falls on both
+    alike; the second worker sits out a one-worker run SIGSTOPped (its index stays loaded) and
+    declared lost, then is resumed and registers again. Medians; also the coordinator's share of the
+    CPU the two-worker runs used (it shares the workers' cores: unavoidable on two).
+
+    Recovery (``recovery``): one more align on two with the second SIGKILLed once ``kill_after``
+    chunks are done: seconds until the coordinator re-queued its partitions, and that request's time."""
     import shutil
+    import signal
 
     from persona.config import load_config
     from persona.service.client import Client
@@ -246,7 +258,7 @@ def _cluster_runs(cfg: Path, root: Path, src: Path, *, repeats: int, kill_after:
     port = int(config.service.worker_listen.rsplit(":", 1)[1])
     coord, address, log = _coordinator(cfg, root, "cluster")
     workers: list[subprocess.Popen] = []
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {"runs_1": [], "runs_2": []}
     serial = iter(range(1_000_000))
 
     def align(c: Any) -> tuple[str, float]:
@@ -260,33 +272,60 @@ def _cluster_runs(cfg: Path, root: Path, src: Path, *, repeats: int, kill_after:
         out["records"] = st["records_total_done"]
         return time.perf_counter() - t
 
+    def registered(c: Any, n: int) -> None:
+        deadline = time.monotonic() + 120
+        while len(c.cluster_status()["workers"]) != n:
+            if time.monotonic() > deadline:
+                sys.exit(f"the cluster never had {n} workers")
+            time.sleep(0.05)
+
     try:
         c = Client(address, config=config)
-        for n in (1, 2):
-            workers.append(_worker(cfg, port, n - 1))
-            deadline = time.monotonic() + 120
-            while len(c.cluster_status()["workers"]) < n:
-                if time.monotonic() > deadline:
-                    sys.exit("workers did not register")
-                time.sleep(0.1)
-            for _ in range(n):  # warm every worker (each loads the index once)
-                done(c, *align(c))
-            out[f"seconds_{n}"] = statistics.median(done(c, *align(c)) for _ in range(repeats))
-        rid, t = align(c)
-        while c.get(rid)["feeds_done"] < kill_after:
-            time.sleep(0.02)
-        workers[-1].kill()
-        killed = time.perf_counter()
-        while "lost (no heartbeat" not in log.read_text():
-            if time.perf_counter() - killed > 120:
-                sys.exit("the killed worker was never declared lost")
-            time.sleep(0.02)
-        out["recovery_s"] = time.perf_counter() - killed
-        out["seconds_killed"] = done(c, rid, t)
+        workers = [_worker(cfg, port, 0), _worker(cfg, port, 1)]
+        registered(c, 2)
+        done(c, *align(c))  # warm both (each loads the index once: a service keeps it loaded)
+        cpu_coord = cpu_all = 0.0
+        for i in range(repeats):
+            for n in ((1, 2) if i % 2 == 0 else (2, 1)):
+                if n == 1:
+                    workers[1].send_signal(signal.SIGSTOP)
+                    registered(c, 1)  # lost: nothing is handed to it while it is stopped
+                    out["runs_1"].append(done(c, *align(c)))
+                    workers[1].send_signal(signal.SIGCONT)
+                    registered(c, 2)
+                else:
+                    pids = [coord.pid, workers[0].pid, workers[1].pid]
+                    before = [_cpu_of(pid) for pid in pids]
+                    parts0 = sum(w["partitions_done"] for w in c.cluster_status()["workers"])
+                    out["runs_2"].append(done(c, *align(c)))
+                    used = [_cpu_of(pid) - b for pid, b in zip(pids, before)]
+                    # each worker's share of the partitions (the one that rejoined counts from 0)
+                    out.setdefault("partitions_2", []).append(
+                        sorted(w["partitions_done"] for w in c.cluster_status()["workers"]))
+                    out.setdefault("partitions_before_2", []).append(parts0)
+                    cpu_coord += used[0]
+                    cpu_all += sum(used)
+        out["seconds_1"] = statistics.median(out["runs_1"])
+        out["seconds_2"] = statistics.median(out["runs_2"])
+        out["coordinator_cpu_share"] = cpu_coord / cpu_all if cpu_all else 0.0
+        if recovery:
+            rid, t = align(c)
+            while c.get(rid)["feeds_done"] < kill_after:
+                time.sleep(0.02)
+            seen = log.read_text().count("lost (no heartbeat")
+            workers[-1].kill()
+            killed = time.perf_counter()
+            while log.read_text().count("lost (no heartbeat") <= seen:
+                if time.perf_counter() - killed > 120:
+                    sys.exit("the killed worker was never declared lost")
+                time.sleep(0.02)
+            out["recovery_s"] = time.perf_counter() - killed
+            out["seconds_killed"] = done(c, rid, t)
         c.close()
     finally:
         for w in workers:
             if w.poll() is None:
+                w.send_signal(signal.SIGCONT)
                 w.terminate()
         for w in workers:
             try:
@@ -298,41 +337,87 @@ def _cluster_runs(cfg: Path, root: Path, src: Path, *, repeats: int, kill_after:
     return out
 
 
-def cluster_bench(root: Path, quick: bool) -> dict[str, Any]:
-    cap = capacity(root, quick)
-    p = 4  # service.partition_size's default, chunks per partition
+#: the thesis' partition size (chunks per partition) and the credits of the batched capacity run
+THESIS_P = 4
+BATCH_CREDITS = 4
+
+
+def capacity_bench(root: Path, quick: bool) -> dict[str, Any]:
+    """Coordinator capacity, one result per Report and ``BATCH_CREDITS`` per Report, and the arithmetic."""
+    single = capacity(root, quick, 1)
+    batched = capacity(root, quick, BATCH_CREDITS)
+    p = THESIS_P
     chunks_s_per_worker = THESIS_MACHINE_BASES_S / THESIS_READ_LEN / THESIS_CHUNK_READS
     need = 1000 * chunks_s_per_worker / p
-    print(f"coordinator capacity: {cap['partitions_s']:,.0f} partitions/s ({cap['partitions']} partitions to 8 no-op "
-          f"workers in 2 processes over gRPC on loopback, each pulled, reported and recorded durably); the coordinator "
-          f"used {cap['coordinator_cpu_s']:.2f} CPU s: {cap['partitions_per_cpu_s']:,.0f} partitions per CPU second")
+    for label, cap in ((f"one result per Report (credits 1)", single),
+                       (f"{BATCH_CREDITS} results per Report (credits {BATCH_CREDITS})", batched)):
+        print(f"coordinator capacity, {label}: {cap['partitions_s']:,.0f} partitions/s ({cap['partitions']} "
+              f"partitions to 8 no-op workers in 2 processes over gRPC on loopback, each pulled, reported and "
+              f"recorded); the coordinator used {cap['coordinator_cpu_s']:.2f} CPU s: "
+              f"{cap['partitions_per_cpu_s']:,.0f} partitions per CPU second")
     print(f"1,000 workers at the thesis' rate: {THESIS_MACHINE_BASES_S / 1e6:.1f} Mbases/s per machine / "
           f"{THESIS_READ_LEN} bases / {THESIS_CHUNK_READS:,} reads per chunk = {chunks_s_per_worker:.2f} chunks/s "
           f"per worker; at P = {p} chunks per partition: 1,000 x {chunks_s_per_worker:.2f} / {p} = {need:,.0f} "
-          f"partitions/s needed; capacity / need = {cap['partitions_s'] / need:.2f}; this capacity feeds 1,000 "
-          f"workers from P = {math.ceil(1000 * chunks_s_per_worker / cap['partitions_s'])} chunks per partition "
-          f"(one core of its own: capacity / need = {cap['partitions_per_cpu_s'] / need:.2f}, P >= "
-          f"{math.ceil(1000 * chunks_s_per_worker / max(1.0, cap['partitions_per_cpu_s']))})")
-    copies = 1 if quick else 6
+          f"partitions/s needed")
+    for label, cap in (("credits 1", single), (f"credits {BATCH_CREDITS}", batched)):
+        print(f"  {label}: capacity / need = {cap['partitions_s'] / need:.2f} (goal >= 1); feeds 1,000 workers from "
+              f"P = {math.ceil(1000 * chunks_s_per_worker / cap['partitions_s'])}; with a core of its own: "
+              f"{cap['partitions_per_cpu_s'] / need:.2f}")
+    return {"capacity_partitions_s": batched["partitions_s"], "partitions_s_needed_1000_workers": need,
+            "capacity_partitions_per_cpu_s": batched["partitions_per_cpu_s"],
+            "capacity_over_need": batched["partitions_s"] / need, "capacity_credits": BATCH_CREDITS,
+            "capacity_single_partitions_s": single["partitions_s"],
+            "capacity_single_partitions_per_cpu_s": single["partitions_per_cpu_s"],
+            "capacity_single_over_need": single["partitions_s"] / need}
+
+
+def _scale_src(root: Path, copies: int) -> Path:
     r1, r2 = repeat_fastq(root, copies)
     src = root / "scale-src"
     cli_cfg, _ = _cluster_cfg(root, lease=2, partition=2)
     cli(cli_cfg, "import", str(r1), str(r2), "-o", str(src), "-c", "500")
-    cfg, _ = _cluster_cfg(root, lease=2, partition=p)
-    repeats = 1 if quick else 3
-    r = _cluster_runs(cfg, root, src, repeats=repeats, kill_after=4)
-    one, two, hurt = r["seconds_1"], r["seconds_2"], r["seconds_killed"]
+    return src
+
+
+def _print_scaleout(r: dict[str, Any], repeats: int) -> float:
+    one, two = r["seconds_1"], r["seconds_2"]
     eff = one / two / 2
-    print(f"scale-out on align ({r['records']:,.0f} records, median of {repeats}): 1 worker {one:.2f} s, 2 workers "
-          f"{two:.2f} s: efficiency {eff:.2f} of linear (goal >= 0.9; {os.cpu_count()} cores shared)")
+    print(f"scale-out on align ({r['records']:,.0f} records, median of {repeats} interleaved runs each; workers of one "
+          f"aligner thread pinned to a core each): 1 worker {one:.2f} s ({', '.join(f'{x:.2f}' for x in r['runs_1'])}), "
+          f"2 workers {two:.2f} s ({', '.join(f'{x:.2f}' for x in r['runs_2'])}): efficiency {eff:.2f} of linear "
+          f"(goal >= 0.9); the coordinator used {100 * r['coordinator_cpu_share']:.1f} % of the CPU of the 2-worker "
+          f"runs, on the workers' {os.cpu_count()} cores; partitions done per worker after each 2-worker run "
+          f"(cumulative since it registered): {r['partitions_2']}")
+    return eff
+
+
+def scaleout_bench(root: Path, quick: bool) -> dict[str, Any]:
+    """``--part scaleout``: the scale-out measurement alone (the lead's re-run on a quiet machine)."""
+    repeats = 3
+    src = _scale_src(root, 2 if quick else 12)
+    cfg, _ = _cluster_cfg(root, lease=2, partition=THESIS_P)
+    r = _cluster_runs(cfg, root, src, repeats=repeats, kill_after=4, recovery=False)
+    eff = _print_scaleout(r, repeats)
+    return {"scale_out_1_s": r["seconds_1"], "scale_out_2_s": r["seconds_2"], "scale_out_efficiency": eff,
+            "scale_out_runs_1_s": r["runs_1"], "scale_out_runs_2_s": r["runs_2"],
+            "coordinator_cpu_share": r["coordinator_cpu_share"], "records": r["records"],
+            "partitions_per_worker_2": r["partitions_2"]}
+
+
+def cluster_bench(root: Path, quick: bool) -> dict[str, Any]:
+    cap = capacity_bench(root, quick)
+    repeats = 1 if quick else 3
+    src = _scale_src(root, 1 if quick else 6)
+    cfg, _ = _cluster_cfg(root, lease=2, partition=THESIS_P)
+    r = _cluster_runs(cfg, root, src, repeats=repeats, kill_after=4)
+    eff = _print_scaleout(r, repeats)
+    two, hurt = r["seconds_2"], r["seconds_killed"]
     print(f"recovery: worker SIGKILLed; its partitions re-queued after {r['recovery_s']:.2f} s (lease 2 s: "
           f"{r['recovery_s'] / 2:.2f} lease periods, goal <= 2); request {hurt:.2f} s vs {two:.2f} s fault-free "
           f"({hurt / two:.2f}x)")
-    return {"capacity_partitions_s": cap["partitions_s"], "partitions_s_needed_1000_workers": need,
-            "capacity_partitions_per_cpu_s": cap["partitions_per_cpu_s"],
-            "capacity_over_need": cap["partitions_s"] / need, "scale_out_1_s": one, "scale_out_2_s": two,
-            "scale_out_efficiency": eff, "recovery_s": r["recovery_s"], "recovery_lease_periods": r["recovery_s"] / 2,
-            "recovery_slowdown": hurt / two}
+    return {**cap, "scale_out_1_s": r["seconds_1"], "scale_out_2_s": two, "scale_out_efficiency": eff,
+            "coordinator_cpu_share": r["coordinator_cpu_share"], "recovery_s": r["recovery_s"],
+            "recovery_lease_periods": r["recovery_s"] / 2, "recovery_slowdown": hurt / two}
 
 
 def main() -> None:
@@ -348,15 +433,20 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="under a minute: fewer levels and repeats")
     ap.add_argument("--copies", type=int, default=0, help="sample copies per align request (default 2, quick 1)")
     ap.add_argument("--threads", type=int, default=0, help="aligner threads (0: the cores allowed)")
-    ap.add_argument("--part", choices=["all", "service", "cluster"], default="all",
-                    help="persona serve's benchmarks, the cluster's, or both")
+    ap.add_argument("--part", choices=["all", "service", "cluster", "capacity", "scaleout"], default="all",
+                    help="persona serve's benchmarks, the cluster's (capacity, scale-out, recovery), both (all), or "
+                         "one cluster measurement alone")
     a = ap.parse_args()
-    if a.part == "cluster":
+    if a.part in ("cluster", "capacity", "scaleout"):
         with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
             root = Path(tmp)
             cfg, _ = _cluster_cfg(root, lease=2, partition=2)
+            if a.part == "capacity":
+                emit_json({"bench": "service-capacity", **capacity_bench(root, a.quick)})
+                return
             cli(cfg, "reference", "add", "sample_reference", str(REF))
-            emit_json({"bench": "service-cluster", **cluster_bench(root, a.quick)})
+            part = scaleout_bench if a.part == "scaleout" else cluster_bench
+            emit_json({"bench": f"service-{a.part}", **part(root, a.quick)})
         return
     copies = a.copies or (1 if a.quick else 2)
     levels = [1, 2, 4] if a.quick else [1, 2, 4, 8]
