@@ -198,6 +198,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         req = dataclasses.replace(req, output2=None)
     if regions:
         req = dataclasses.replace(req, regions=tuple(regions))
+    if args.regions_file:
+        req = dataclasses.replace(req, regions_file=os.path.abspath(args.regions_file))
     s = _run(args, req, _num_records(dataset, args.name), "export", args.threads or cfg.export.threads or None)
     sec = f", {s.secondary_records} secondary" if s.secondary_records else ""
     where = "standard output" if s.path == "-" else " and ".join(s.paths)
@@ -838,6 +840,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "chr1, chr1:1000-2000; 1-based, inclusive; each record once, as samtools view -M), "
                          "reading only the chunks that overlap")
     sp.add_argument("--region", action="append", help="a region (repeatable; same as a REGION argument)")
+    sp.add_argument("-L", "--regions-file", metavar="BED",
+                    help="coordinate-sorted SAM/BAM/CRAM: only records overlapping the intervals of this BED file "
+                         "(and a REGION, where given), as samtools view -L")
     sp.add_argument("-n", "--name", help="dataset name, where the location holds several")
     sp.add_argument("-f", "--format", choices=["bam", "sam", "fastq", "cram"],
                     help="default: from the suffix (SAM for -)")

@@ -248,3 +248,20 @@ def test_region_old_manifest_scans_all_extras(sorted_ds: Path, full_bam: Path, t
                                  regions=("MH356245.1:7000-7400",)))
     assert any("reads the extra columns of all" in r.getMessage() for r in caplog.records)
     assert _view(out) == _view(full_bam, "MH356245.1:7000-7400")
+
+
+def test_bed_export_has_extras_as_samtools_view(sorted_ds: Path, full_bam: Path, tmp_path: Path) -> None:
+    """-L BED on a dataset with extras: the secondary/supplementary records overlapping its intervals
+    too, as samtools view -L gives them from the whole sorted export."""
+    from persona.apps.export import ExportRequest
+
+    bed = tmp_path / "x.bed"
+    bed.write_text("MH356245.1\t7100\t7200\nMH356245.1\t300\t320\nMH356245.1\t9000\t9001\n")
+    out = tmp_path / "b.bam"
+    with Runtime(threads=2) as rt:
+        rt.run(ExportRequest(dataset=str(sorted_ds / "agd"), name="ds_sorted", output=str(out),
+                             regions_file=str(bed)))
+    theirs = subprocess.run(["samtools", "view", "-L", str(bed), str(full_bam)], check=True, capture_output=True,
+                            text=True).stdout.splitlines()
+    assert any(int(ln.split("\t")[1]) & 0x900 for ln in theirs)
+    assert _view(out) == theirs

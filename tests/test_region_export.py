@@ -90,3 +90,58 @@ def test_region_cli_and_errors(sorted_ds: tuple[Path, Path], tmp_path: Path) -> 
             rt.run(ExportRequest(dataset=str(loc), name="ds", output=str(tmp_path / "x.bam"),
                                  regions=("MH356245.1:1-100",)))
     assert not (tmp_path / "x.bam").exists()
+
+
+def _bed(path: Path) -> Path:
+    path.write_text("# intervals\ntrack name=t\nbrowser position MH356245.1:1-100\n"
+                    "MH356245.1\t999\t1100\tname1\t0\t+\n"   # BED: 0-based, end exclusive, extra columns
+                    "  MH356245.1 4000 4000\n"               # zero length: records strictly across 4000
+                    "MH356245.1\t7000\n"                     # CHROM POS: one base, 1-based
+                    "chrUn\t10\t500\n"                       # not in the reference: ignored, as samtools does
+                    "\n"
+                    "MH356245.1\t12000\t12300\n"
+                    "MH356245.1\t12200\t12600\n")
+    return path
+
+
+@pytest.mark.parametrize("regions", [(), ("MH356245.1:1050-7000",),
+                                     ("MH356245.1:3000-5000", "MH356245.1:11000-12100")])
+def test_bed_equals_samtools(sorted_ds: tuple[Path, Path], tmp_path: Path, regions: tuple[str, ...]) -> None:
+    """-L BED (with REGIONs: records overlapping a region and a BED interval) equals samtools view -L."""
+    loc, full = sorted_ds
+    bed = _bed(tmp_path / "r.bed")
+    out = tmp_path / "b.bam"
+    with Runtime(threads=2) as rt:
+        s = rt.run(ExportRequest(dataset=str(loc), name="ds_sorted", output=str(out), regions=regions,
+                                 regions_file=str(bed)))
+    # without -M (samtools 1.16 cannot combine it with -L and regions); these regions are disjoint, so
+    # samtools writes each record once, as we do
+    theirs = subprocess.run(["samtools", "view", "-L", str(bed), str(full), *regions], check=True,
+                            capture_output=True, text=True).stdout.splitlines()
+    assert len(theirs) > 10 and _view(out) == theirs
+    assert s.records == len(theirs)
+    if not regions:  # the chunks read: those the intervals choose
+        ds = Dataset.open(loc, "ds_sorted")
+        sel, chosen = plan_regions(ds, [], str(bed))
+        assert sel.bed is not None and len(sel.bed) == 5 and len(chosen) < len(ds.chunks) / 2
+
+
+def test_bed_cli_and_errors(sorted_ds: tuple[Path, Path], tmp_path: Path) -> None:
+    from persona.cli import main
+    from persona.errors import ConfigError
+
+    loc, full = sorted_ds
+    bed = _bed(tmp_path / "r.bed")
+    out = tmp_path / "c.bam"
+    assert main(["export", str(loc), str(out), "-n", "ds_sorted", "-L", str(bed), "--quiet"]) == 0
+    assert _view(out) == subprocess.run(["samtools", "view", "-L", str(bed), str(full)], check=True,
+                                        capture_output=True, text=True).stdout.splitlines()
+    ds = Dataset.open(loc, "ds_sorted")
+    for text, why in (("MH356245.1\t500\t400\n", "line 1: the end \\(400\\) must not be less than the start"),
+                      ("# ok\nMH356245.1\tten\t20\n", "line 2: expected CHROM BEG END"),
+                      ("MH356245.1\t0\n", "line 1: the position must be >= 1")):
+        (tmp_path / "bad.bed").write_text(text)
+        with pytest.raises(ConfigError, match=f"bad.bed.*{why}"):
+            plan_regions(ds, [], str(tmp_path / "bad.bed"))
+    with pytest.raises(ConfigError, match="nothere.bed"):
+        plan_regions(ds, [], str(tmp_path / "nothere.bed"))

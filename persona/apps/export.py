@@ -98,6 +98,9 @@ class ExportRequest(Request):
     #: dataset: only the records overlapping them, reading only the chunks that may hold them
     #: (:mod:`persona.apps.region`)
     regions: tuple[str, ...] = ()
+    #: a BED file of intervals (``samtools view -L``): only the records overlapping one of them (and a
+    #: region, where ``regions`` are given too)
+    regions_file: str | None = None
 
     def resolved(self, config: "Config") -> "ExportRequest":
         fmt = format_for(self.output, self.format)
@@ -112,7 +115,7 @@ class ExportRequest(Request):
         return replace(self, format=fmt, gzip=gz, level=level)
 
     def plan(self, runtime: "Runtime", request_id: str) -> "ExportJob":
-        if self.regions:
+        if self.regions or self.regions_file is not None:
             from persona.apps.region import RegionExportJob
 
             return RegionExportJob(self, request_id, runtime)

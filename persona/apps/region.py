@@ -9,6 +9,11 @@ many of the regions it overlaps; for one region that is plain ``samtools view``)
 * a record overlaps when it lies on the contig and its alignment span ``[pos, pos + reference
   length)`` meets ``[BEG-1, END)``; a record without reference length (unmapped, placed at its mate)
   counts as one base, as samtools counts it;
+* ``-L FILE`` (``regions_file``): the intervals of a BED file (``CHROM BEG END``, 0-based, end exclusive,
+  further columns ignored; ``CHROM POS``, 1-based, one base; ``#``, ``track`` and ``browser`` lines and
+  blank lines skipped; gzip allowed), as ``samtools view -L``: intervals on contigs the dataset's
+  reference lacks are ignored, as samtools ignores them; with REGIONs too, a record is written when it
+  overlaps a region and a BED interval;
 * only the chunks that may hold such records are read: sort records each output chunk's first and
   last (reference, position) and its longest reference span in the manifest
   (``coordinate_ranges``), so a chunk is read when its records' positions may fall in
@@ -29,6 +34,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -45,8 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: an unmapped record's reference in coordinate order (samtools compares the tid unsigned: -1 last)
-_LAST_REF = 1 << 31
 _REGION = re.compile(r"^(?:\{(?P<braced>[^}]+)\}|(?P<name>[^:]+))(?::(?P<beg>[\d,]+)?(?:-(?P<end>[\d,]+)?)?)?$")
 
 
@@ -82,8 +86,70 @@ def parse_region(text: str, contigs: dict[str, tuple[int, int]]) -> Region:
     return Region(text, idx, beg - 1, end)
 
 
-def plan_regions(ds: "Dataset", texts: tuple[str, ...] | list[str]) -> tuple[list[Region], list[int]]:
-    """The parsed regions and the indices of the chunks that may hold their records (in order)."""
+@dataclass(frozen=True)
+class Selection:
+    """What a region export writes: records overlapping one of ``regions`` (REGION arguments; all
+    records when there are none) and, with a BED file, one of ``bed`` too."""
+
+    regions: tuple[Region, ...]
+    bed: tuple[Region, ...] | None = None
+
+    @property
+    def choosing(self) -> tuple[Region, ...]:
+        """The intervals that choose the chunks to read (a superset of what is written)."""
+        return self.regions if self.regions or self.bed is None else self.bed
+
+    def mask(self, al: Any) -> np.ndarray:
+        """Which records of ``al`` (Alignments) are written."""
+        keep = overlap_mask(al, self.regions) if self.regions else np.ones(len(al.fields), dtype=bool)
+        if self.bed is not None:
+            keep &= overlap_mask(al, self.bed)
+        return keep
+
+
+def read_bed(path: str, contigs: dict[str, tuple[int, int]]) -> tuple[list[Region], int]:
+    """The intervals of BED file ``path`` on ``contigs`` (name -> (index, length)) and how many lines
+    named other contigs (ignored); a malformed line raises :class:`ConfigError` naming file and line."""
+    import gzip
+
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        opener: Any = gzip.open if gz else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ConfigError(f"BED file {path!r}: {e.strerror or e}", key="regions_file") from None
+    out: list[Region] = []
+    ignored = 0
+    for no, line in enumerate(lines, 1):
+        t = line.split()
+        if not t or t[0].startswith("#"):
+            continue
+        nums: list[int] = []
+        for tok in t[1:3]:
+            if not tok.isdigit():
+                break
+            nums.append(int(tok))
+        beg, end = (nums[0] - 1, nums[0]) if len(nums) == 1 else (nums[0], nums[1]) if nums else (0, 0)
+        if not nums or beg < 0 or end < beg:
+            if t[0] in ("track", "browser"):
+                continue
+            what = ("expected CHROM BEG END (0-based, end exclusive) or CHROM POS (1-based)" if not nums
+                    else "the position must be >= 1" if beg < 0
+                    else f"the end ({end}) must not be less than the start ({beg})")
+            raise ConfigError(f"BED file {path!r} line {no}: {what}: {line.strip()[:80]!r}", key="regions_file")
+        if t[0] not in contigs:
+            ignored += 1
+            continue
+        out.append(Region(f"{t[0]}:{beg}-{end}", contigs[t[0]][0], beg, end))
+    return out, ignored
+
+
+def plan_regions(ds: "Dataset", texts: tuple[str, ...] | list[str],
+                 bed: str | None = None) -> tuple[Selection, list[int]]:
+    """What to write (REGION ``texts`` and the ``bed`` file's intervals) and the indices of the chunks
+    that may hold those records (in order)."""
     m = ds.manifest
     if m.sort != "coordinate":
         raise DatasetError(f"dataset {ds.name!r} is not sorted by coordinate (sort: {m.sort or 'none'}): a "
@@ -91,33 +157,62 @@ def plan_regions(ds: "Dataset", texts: tuple[str, ...] | list[str]) -> tuple[lis
     if RESULTS not in ds.columns:
         raise DatasetError(f"dataset {ds.name!r} is not aligned: no region to export", store=ds.store.url)
     contigs = {c.name: (c.index, c.length) for c in m.reference_contigs}
-    regions = [parse_region(t, contigs) for t in texts]
+    regions = tuple(parse_region(t, contigs) for t in texts)
+    intervals: tuple[Region, ...] | None = None
+    if bed is not None:
+        got, ignored = read_bed(bed, contigs)
+        if ignored:
+            log.info("BED file %r: %d interval(s) on contigs not in the reference of %r ignored (as samtools "
+                     "view -L ignores them)", bed, ignored, ds.name)
+        intervals = tuple(got)
+    sel = Selection(regions, intervals)
     ranges = m.extra.get("coordinate_ranges")
     if not isinstance(ranges, list) or len(ranges) != len(ds.chunks):
-        return regions, list(range(len(ds.chunks)))  # sorted without ranges: read every chunk, filter all
+        return sel, list(range(len(ds.chunks)))  # sorted without ranges: read every chunk, filter all
     span = max((int(r[4]) for r in ranges), default=0)
-
-    return regions, _overlapping(ranges, regions, span)
-
-
-def _key(ref: int, pos: int) -> tuple[int, int]:
-    return (ref if ref >= 0 else _LAST_REF, pos)
+    return sel, _overlapping(ranges, sel.choosing, span)
 
 
-def _overlapping(ranges: list[Any], regions: list[Region], span: int) -> list[int]:
+#: packed (reference, position) keys: an unmapped record's reference after every contig (as samtools,
+#: which compares the reference index unsigned)
+_UNMAPPED_REF = 1 << 22
+
+
+def _pack(ref: Any, pos: Any) -> np.ndarray:
+    r = np.asarray(ref, dtype=np.int64)
+    return np.where(r >= 0, r, _UNMAPPED_REF) * (1 << 40) + np.asarray(pos, dtype=np.int64)
+
+
+def _any_hit(regions: Sequence[Region], lo: np.ndarray, hi: np.ndarray, span: int = 0) -> np.ndarray:
+    """For each query ``[lo[k], hi[k]]`` (packed keys, inclusive): whether some region's
+    ``[(ref, start - span), (ref, end - 1)]`` meets it. With the regions sorted by their first key and
+    the running maximum of their last, a query is met when a region starting at or before its end
+    reaches its start."""
+    if not len(regions) or not len(lo):
+        return np.zeros(len(lo), dtype=bool)
+    ref = np.fromiter((g.ref for g in regions), np.int64, len(regions))
+    a = _pack(ref, np.fromiter((g.start for g in regions), np.int64, len(regions)) - span)
+    b = _pack(ref, np.fromiter((g.end - 1 for g in regions), np.int64, len(regions)))
+    order = np.argsort(a, kind="stable")
+    a, reach = a[order], np.maximum.accumulate(b[order])
+    n = np.searchsorted(a, hi, side="right")
+    hit = n > 0
+    hit[hit] = reach[n[hit] - 1] >= lo[hit]
+    return hit
+
+
+def _overlapping(ranges: list[Any], regions: Sequence[Region], span: int) -> list[int]:
     """Indices of the ``[ref, pos, ref, pos, ...]`` ranges (None: nothing) whose records, of reference
     spans up to ``span``, may overlap a region."""
-    chosen = []
-    for i, r in enumerate(ranges):
-        if r is None:
-            continue
-        lo, hi = _key(int(r[0]), int(r[1])), _key(int(r[2]), int(r[3]))
-        if any(lo <= (g.ref, g.end - 1) and hi >= (g.ref, g.start - span) for g in regions):
-            chosen.append(i)
-    return chosen
+    at = [i for i, r in enumerate(ranges) if r is not None]
+    if not at:
+        return []
+    r = np.array([[int(x) for x in ranges[i][:4]] for i in at], dtype=np.int64)
+    hit = _any_hit(regions, _pack(r[:, 0], r[:, 1]), _pack(r[:, 2], r[:, 3]), span)
+    return [i for i, h in zip(at, hit.tolist()) if h]
 
 
-def plan_extras(ds: "Dataset", regions: list[Region], columns: list[str]) -> list[int]:
+def plan_extras(ds: "Dataset", regions: "Selection | Sequence[Region]", columns: list[str]) -> list[int]:
     """The indices of the chunks whose extra records (``columns``: the ``secondary<N>`` columns) may
     overlap ``regions``: from the manifest's ``extras_ranges`` where it describes exactly these columns
     and every chunk, else every chunk (logged: the extra columns of the whole dataset are read)."""
@@ -132,20 +227,17 @@ def plan_extras(ds: "Dataset", regions: list[Region], columns: list[str]) -> lis
                     "the extra columns of all %d chunks; sorting it again records them", ds.name, len(ds.chunks))
         return list(range(len(ds.chunks)))
     span = max((int(r[4]) for r in ranges if r is not None), default=0)
-    return _overlapping(ranges, regions, span)
+    return _overlapping(ranges, regions.choosing if isinstance(regions, Selection) else regions, span)
 
 
-def overlap_mask(al: Any, regions: list[Region]) -> np.ndarray:
+def overlap_mask(al: Any, regions: Sequence[Region]) -> np.ndarray:
     """Which records of ``al`` (Alignments) overlap any of ``regions``."""
     f = al.fields
-    ref = f["ref_index"]
+    ref = f["ref_index"].astype(np.int64)
     pos = f["position"].astype(np.int64)
     span = md_kernel.reference_lengths(al.cigars.offsets, al.cigars.data)
     end = pos + np.maximum(span, 1)
-    keep = np.zeros(len(f), dtype=bool)
-    for g in regions:
-        keep |= (ref == g.ref) & (pos < g.end) & (end > g.start)
-    return keep
+    return (ref >= 0) & _any_hit(regions, _pack(ref, pos), _pack(ref, end - 1))
 
 
 class RegionExportJob(ExportJob):
@@ -160,8 +252,8 @@ class RegionExportJob(ExportJob):
         super().__init__(request, request_id, runtime)
         if self.fmt == "fastq":
             raise ConfigError("a region export writes SAM, BAM or CRAM", key="regions")
-        self.regions, primary = plan_regions(self.ds, request.regions)
-        extra = plan_extras(self.ds, self.regions, self.sec_columns)
+        self.selection, primary = plan_regions(self.ds, request.regions, getattr(request, "regions_file", None))
+        extra = plan_extras(self.ds, self.selection, self.sec_columns)
         self.extra_chunks = set(extra)
         self.chosen = sorted(set(primary) | self.extra_chunks)
         #: position of each read chunk among the chosen ones (the first pass's chunk numbers)
@@ -179,7 +271,7 @@ class RegionExportJob(ExportJob):
             self.extras = SortedExtras(len(self.chosen), self.fmt, self._region_extras,
                                        memory_limit=mb << 20, submit=self.runtime.compute.submit,
                                        in_flight=max(2, self.runtime.threads),
-                                       keep=lambda al: overlap_mask(al, self.regions))
+                                       keep=self.selection.mask)
             try:
                 self.extras.build()
             except BaseException:
@@ -205,7 +297,7 @@ class RegionExportJob(ExportJob):
 
     def stage_decode(self, w: Work) -> Work:
         w = super().stage_decode(w)
-        keep = np.flatnonzero(overlap_mask(w.data[RESULTS], self.regions))
+        keep = np.flatnonzero(self.selection.mask(w.data[RESULTS]))
         w.data = {c: _take(v, keep) for c, v in w.data.items()}
         return w
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from persona.errors import PersonaError
 
-PATH_FIELDS = ("inputs", "output", "output2", "dataset", "metrics", "references_url")
+PATH_FIELDS = ("inputs", "output", "output2", "dataset", "metrics", "references_url", "regions_file")
 NAME_FIELDS = ("name", "input_name", "out_name")
 
 
