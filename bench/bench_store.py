@@ -13,8 +13,20 @@
    reference tools moving the same bytes: ``rados put`` (the chunk files concatenated into one
    object per 64 MiB: one process, no per-file start) and ``aws s3 cp --recursive`` of the same
    files (or boto3's ``upload_file`` with 8 threads where the aws CLI is absent: then said so).
+4. **sortmem.** Peak memory of ``persona sort`` with input and output on Ceph (phase 1 reads the
+   chunks from Ceph, the runs are written to and merged back from Ceph) on 2M and 8M read pairs:
+   copies of the 1M simulated pairs aligned by minimap2 (bench_sort.py's cached input; copy k on
+   renamed contigs, read names suffixed), ``persona cp`` to Ceph, then ``persona sort`` under
+   ``/usr/bin/time``; beside ``samtools sort -@T`` on the same records as BAM (``persona export``
+   of the same dataset), default settings for both. Goal: flat (peak at 8M / peak at 2M ~ 1.0).
+   ``--quick``: the 100k yeast pairs x2 and x4, with bounds scaled down to such small sets
+   (``--group-chunks 1 --merge-memory 64MiB``, ``samtools sort -m 64M``). The 8M set takes a
+   few GB of disk in bench/out and minutes to make, once.
 
     python bench/bench_store.py [--quick] [--backends file,ceph,s3] [--ceph-url URL] [--s3-url URL]
+    python bench/bench_store.py --sections sortmem [--quick]     # only the sort memory figures
+
+(``--quick`` leaves sortmem out unless ``--sections`` names it: with it, the run would pass a minute.)
 
 Without --ceph-url/--s3-url it uses the throwaway cluster of deploy/ceph.sh in $PERSONA_CEPH_DIR
 (or /tmp/persona-ceph) when one is running there, else starts one in a temporary directory for
@@ -379,6 +391,70 @@ def _bench_cp(local: str, ceph: Store | None, s3: Store | None, root: Path | Non
     return out
 
 
+def _bench_sortmem(ceph: Store, args: argparse.Namespace, notes: dict, tmp: Path) -> dict:
+    """Peak RSS (MiB) and seconds of persona sort, input and output on Ceph, at two scales, and of
+    samtools sort on the same records as BAM; the growth of each peak from the small to the large."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_sort import aligned_inputs, replicated, timed_process
+
+    from persona.agd import Dataset
+
+    persona = [sys.executable, "-m", "persona.cli"]
+    t = str(args.threads)
+    inp = aligned_inputs(args.quick, 1_000_000, args.threads)
+    agd = inp["agd"]
+    base = Dataset.open(agd, "aligned")
+    pairs = base.num_records // 2
+    copies = (2, 4) if args.quick else (2, 8)
+    # --quick: small sets, so smaller bounds (both tools), else the data would fit under them
+    group = ["--group-chunks", "1", "--merge-memory", str(64 * MiB)] if args.quick else []
+    st_mem = ["-m", "64M"] if args.quick else []
+    notes["sortmem_reads"] = (f"the yeast set ({pairs} pairs) x{copies[0]} and x{copies[1]}; persona sort "
+                              "--group-chunks 1 --merge-memory 64MiB, samtools sort -m 64M"
+                              if args.quick else f"{pairs} simulated pairs (sacCer3, art_illumina, minimap2) "
+                              f"x{copies[0]} and x{copies[1]}")
+    out: dict = {"threads": args.threads, "copies": list(copies), "base_pairs": pairs}
+    for k in copies:
+        name = "aligned" if k == 1 else replicated(agd, "aligned", k)
+        ds = Dataset.open(agd, name)
+        label = f"{ds.num_records // 2 / 1e6:g}M_pairs"
+        dest = ceph.child(f"sortmem-{k}x-{uuid.uuid4().hex[:6]}")
+        try:
+            t0 = time.perf_counter()
+            subprocess.run([*persona, "cp", str(agd), dest.url, "-n", name, "-t", "8", "--quiet"], check=True,
+                           timeout=3600)
+            cp_s = time.perf_counter() - t0
+            wall, peak = timed_process([*persona, "sort", dest.url, "-n", name, "--out-name", "sorted", "-t", t,
+                                        *group, "--quiet"], 1)
+            got = Dataset.open(dest.url, "sorted")
+            if got.num_records != ds.num_records or got.manifest.sort != "coordinate":
+                raise SystemExit(f"sort on Ceph wrote {got.num_records} records ({got.manifest.sort}), "
+                                 f"expected {ds.num_records} coordinate-sorted")
+        finally:
+            _wipe(dest)
+        bam = agd.parent / f"{name}.bam"
+        if not bam.exists():  # the same records for samtools (cached beside the dataset)
+            subprocess.run([*persona, "export", str(agd), str(bam.with_suffix(".tmp.bam")), "-n", name, "-f", "bam",
+                            "-t", t, "--quiet"], check=True, timeout=3600)
+            os.replace(bam.with_suffix(".tmp.bam"), bam)
+        st_wall, st_peak = timed_process(["samtools", "sort", "-@", t, *st_mem, "-o", str(tmp / "st.bam"), str(bam)], 1)
+        (tmp / "st.bam").unlink(missing_ok=True)
+        out[label] = {"records": ds.num_records, "chunks": len(ds.chunks), "cp_s": round(cp_s, 1),
+                      "persona_sort_s": round(wall, 1), "persona_sort_peak_mib": round(peak, 1),
+                      "samtools_sort_s": round(st_wall, 1), "samtools_sort_peak_mib": round(st_peak, 1)}
+        print(f"sortmem {label} ({ds.num_records} records, {len(ds.chunks)} chunks) on ceph: persona sort "
+              f"{wall:.1f} s, peak {peak:.0f} MiB;  samtools sort -@{t} (local BAM) {st_wall:.1f} s, peak "
+              f"{st_peak:.0f} MiB", flush=True)
+    small, large = (out[k] for k in list(out)[-2:])
+    out["peak_growth"] = {
+        "persona_sort": round(large["persona_sort_peak_mib"] / small["persona_sort_peak_mib"], 3),
+        "samtools_sort": round(large["samtools_sort_peak_mib"] / small["samtools_sort_peak_mib"], 3)}
+    out["persona_over_samtools_peak"] = round(large["persona_sort_peak_mib"] / large["samtools_sort_peak_mib"], 3)
+    print(f"sortmem peak growth x{copies[1] // copies[0]} records: persona sort {out['peak_growth']['persona_sort']:.3f}"
+          f"  samtools sort {out['peak_growth']['samtools_sort']:.3f}  (goal ~1.0: flat)", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="less data per case (the whole run under a minute)")
@@ -386,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="chunk sizes in MiB (default 1,4,16; --quick 1,4)")
     ap.add_argument("--inflight", default="1,8", help="requests in flight")
     ap.add_argument("--mib-per-case", type=int, default=None, help="data per case (default 256, --quick 8)")
-    ap.add_argument("--sections", default="chunks,align,cp", help="which parts to run")
+    ap.add_argument("--sections", default=None, help="which parts to run (default chunks,align,cp,sortmem; "
+                    "--quick: chunks,align,cp, each part under a minute on its own)")
     ap.add_argument("--pairs", type=int, default=None, help="read pairs to align (default 100000, --quick 10000)")
     ap.add_argument("--chunk-pairs", type=int, default=None, help="pairs per chunk of the aligned dataset "
                     "(default: a fifth of them)")
@@ -401,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     args._started = None
     args.runs = args.runs or (1 if args.quick else 3)
     backends = [b for b in args.backends.split(",") if b]
-    sections = {x for x in args.sections.split(",") if x}
+    sections = {x for x in (args.sections or ("chunks,align,cp" if args.quick else "chunks,align,cp,sortmem"))
+                .split(",") if x}
     sizes = [int(s) * MiB for s in (args.sizes or ("1,4" if args.quick else "1,4,16")).split(",")]
     inflights = [int(x) for x in args.inflight.split(",")]
     total = (args.mib_per_case or (8 if args.quick else 256)) * MiB
@@ -442,6 +520,11 @@ def main(argv: list[str] | None = None) -> int:
             local = _cp_dataset(args, notes)
             out["cp"] = _bench_cp(local, stores.get("ceph"), stores.get("s3"), args._cluster_dir, tmp, args.runs,
                                   notes)
+        if "sortmem" in sections:
+            if "ceph" in stores:
+                out["sortmem"] = _bench_sortmem(stores["ceph"], args, notes, tmp)
+            else:
+                out["sortmem"] = {"skipped": "needs the ceph backend"}
         for backend, store in stores.items():
             if backend != "file":
                 for k in store.list():
