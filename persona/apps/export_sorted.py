@@ -69,9 +69,10 @@ def extras_range(columns: list[Any]) -> list[int] | None:
     hi: tuple[int, int] | None = None
     span = 0
     for raw in columns:
-        if not len(raw) or not (raw.lengths != 0).any():
+        rows = np.flatnonzero(raw.lengths != 0) if len(raw) else np.zeros(0, np.int64)
+        if not len(rows):
             continue
-        al = decode_column("secondary0", raw)
+        al = decode_column("secondary0", take_rows(raw, rows.astype(np.int64)))  # the present rows only
         f = al.fields
         rows = np.flatnonzero(al.present & (f["ref_index"] >= 0))
         if not len(rows):
