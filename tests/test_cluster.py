@@ -92,6 +92,13 @@ service:
         self.workers.append(p)
         return p
 
+    def up(self, workers: int = 2, **worker_kw) -> list[subprocess.Popen]:
+        """Start the coordinator and ``workers`` workers; wait until they registered; the workers."""
+        self.start_coordinator()
+        procs = [self.start_worker(**worker_kw) for _ in range(workers)]
+        self.wait_workers(workers)
+        return procs
+
     def client(self):
         from persona.config import load_config
         from persona.service.client import Client
@@ -304,10 +311,7 @@ def test_worker_api_needs_the_worker_credential(cluster, sample, tmp_path):
 
 def test_two_workers_align_like_the_cli_then_a_sigkilled_worker_is_replaced(cluster, sample, tmp_path):
     cl = cluster(lease=2)
-    cl.start_coordinator()
-    cl.start_worker()
-    victim = cl.start_worker()
-    cl.wait_workers(2)
+    _, victim = cl.up(2)
     ds = fresh(sample, tmp_path, "a")
     with cl.client() as c:
         st = c.wait(c.submit(align_request(ds)), timeout=WAIT)
@@ -372,6 +376,30 @@ def all_columns(path: Path, name: str) -> dict[str, list[bytes]]:
     return {c: [bytes(ds.read_file(i, c)) for i in range(len(ds.chunks))] for c in ds.columns}
 
 
+def test_sort_split_plan_groups_partitions_and_the_merge_task(sample):
+    from persona.config import load_config
+    from persona.apps.sort import SortRequest
+    from persona.errors import DatasetError
+    from persona.service import sort_parts
+
+    config = load_config(None, env={})
+    req = SortRequest(dataset=str(sample["aligned"]), group_chunks=3)
+    split = sort_parts.plan(req, config, 7, "r1.0")  # 40 chunks: 14 groups of 3 (the last of 1), 2 per partition
+    assert split is not None and split.chunks == 40 and len(split.groups) == 14 and split.groups[-1] == (39, 40)
+    assert split.parts == [(g, g + 2) for g in range(0, 14, 2)]
+    assert [split.chunk_range(k) for k in (0, 6)] == [(0, 6), (36, 40)]
+    assert split.task(1) == {"phase": "runs", "groups": [2, 4]}
+    assert split.request.group_chunks == 3 and split.request.name == "big_sorted"
+    assert split.prefix == "big_sorted.sortrun-r1.0-"
+    runs = [{"runs": [{"run": g, "keys": [f"k{g}"], "sizes": [1], "columns": ["results"]} for g in range(*p)]}
+            for p in split.parts]
+    assert [r["keys"] for r in split.merge_task(runs)["runs"]] == [[f"k{g}"] for g in range(14)]
+    with pytest.raises(DatasetError, match=r"no run reported for groups \[2, 3\]"):
+        split.merge_task(runs[:1] + runs[2:])
+    # one group: sorted in memory, nothing to split
+    assert sort_parts.plan(SortRequest(dataset=str(sample["aligned"]), group_chunks=64), config, 4, "r2.0") is None
+
+
 def test_sort_and_align_sort_split_across_two_workers_like_the_cli(cluster, sample, tmp_path):
     """sort and align-sort run phase 1 as partitions on both workers, then one merge: the sorted
     datasets equal `persona sort` / `persona align-sort` byte for byte, and no run is left behind."""
@@ -379,10 +407,7 @@ def test_sort_and_align_sort_split_across_two_workers_like_the_cli(cluster, samp
     from persona.apps.sort import SortRequest
 
     cl = cluster(partition=4)
-    cl.start_coordinator()
-    cl.start_worker()
-    cl.start_worker()
-    cl.wait_workers(2)
+    cl.up(2)
     srt, asrt = tmp_path / "srt", tmp_path / "asrt"
     shutil.copytree(sample["aligned"], srt)
     shutil.copytree(sample["dataset"], asrt)
@@ -413,9 +438,7 @@ def test_sort_and_align_sort_split_across_two_workers_like_the_cli(cluster, samp
 
 def test_small_request_behind_a_large_one_is_not_starved(cluster, sample, tmp_path):
     cl = cluster(partition=1)
-    cl.start_coordinator()
-    cl.start_worker(credits=1)
-    cl.wait_workers(1)
+    cl.up(1, credits=1)
     large, small = fresh(sample, tmp_path, "large"), tmp_path / "small"
     with cl.client() as c:
         subprocess.run([*PERSONA, "--config", str(cl.config), "import", str(R1), str(R2), "-o", str(small), "-c",
@@ -431,10 +454,7 @@ def test_small_request_behind_a_large_one_is_not_starved(cluster, sample, tmp_pa
 
 def test_straggler_partition_is_speculatively_rerun(cluster, sample, tmp_path):
     cl = cluster(lease=30, speculate_min=1.0)
-    cl.start_coordinator()
-    cl.start_worker()
-    slow = cl.start_worker()
-    cl.wait_workers(2)
+    _, slow = cl.up(2)
     ds = fresh(sample, tmp_path, "s")
     with cl.client() as c:
         rid = c.submit(align_request(ds))
@@ -455,10 +475,7 @@ def test_straggler_partition_is_speculatively_rerun(cluster, sample, tmp_path):
 
 def test_cancel_releases_everything_and_leaves_no_partial_output(cluster, sample, tmp_path):
     cl = cluster()
-    cl.start_coordinator()
-    cl.start_worker()
-    cl.start_worker()
-    cl.wait_workers(2)
+    cl.up(2)
     ds = fresh(sample, tmp_path, "c")
     before = sorted(p.name for p in ds.iterdir())
     with cl.client() as c:
@@ -477,10 +494,7 @@ def test_cancel_releases_everything_and_leaves_no_partial_output(cluster, sample
 
 def test_sigterm_drains_a_worker(cluster, sample, tmp_path):
     cl = cluster(lease=5)  # long enough that a loaded machine never loses a healthy worker here
-    cl.start_coordinator()
-    cl.start_worker()
-    leaving = cl.start_worker()
-    cl.wait_workers(2)
+    _, leaving = cl.up(2)
     ds = fresh(sample, tmp_path, "t")
     with cl.client() as c:
         rid = c.submit(align_request(ds))
@@ -556,10 +570,7 @@ def test_network_partition_moves_partitions_and_discards_late_results(cluster, s
 
 def test_coordinator_killed_and_restarted_resumes_from_committed_partitions(cluster, sample, tmp_path):
     cl = cluster()
-    cl.start_coordinator()
-    cl.start_worker()
-    cl.start_worker()
-    cl.wait_workers(2)
+    cl.up(2)
     ds = fresh(sample, tmp_path, "k")
     with cl.client() as c:
         rid = c.submit(align_request(ds))
