@@ -352,6 +352,11 @@ def test_optical_within_read_group_equals_picard(tmp_path: Path) -> None:
     s, differ, picard_dups = _compare_with_picard(sam, tmp_path / "two", 800)
     assert differ == 0 and s.duplicates == picard_dups == 2 * (1 + 1 + 2 + 2 + 3 + 4 + 59)
     optical = int(s.metrics[-1]["READ_PAIR_OPTICAL_DUPLICATES"])
+    # the same during a sort's merge (sort --markdup reads the read groups from the carried tags)
+    with Runtime(threads=2) as rt:
+        rt.run(SortRequest(dataset=str(tmp_path / "two" / "agd"), input_name="ds", name="fused", markdup=True,
+                           metrics=str(tmp_path / "fused.txt")))
+    assert read_metrics(str(tmp_path / "fused.txt")) == read_metrics(str(tmp_path / "two" / "picard.txt"))
     one = tmp_path / "one.sam"
     one.write_text("\n".join(head + one_group) + "\n")
     (tmp_path / "single").mkdir()
