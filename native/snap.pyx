@@ -124,19 +124,56 @@ def seed_layout(int k):
     return 2 * k - 16, 16
 
 
-def canonical_seeds(const uint8_t[::1] genome, int k):
-    """``(canon uint64[n], pos uint32[n], rc uint8[n])`` for every position whose ``k`` bases are A/C/G/T:
-    the canonical seed, its position and whether the genome holds the reverse complement there."""
-    cdef Py_ssize_t g = genome.shape[0], i, n = 0
-    cdef uint64_t mask = ((<uint64_t>1) << (2 * k)) - 1 if k < 32 else ~(<uint64_t>0)
-    cdef uint64_t f = 0, r = 0
+cdef inline uint64_t _seed_mask(int k) noexcept nogil:
+    return ((<uint64_t>1) << (2 * k)) - 1 if k < 32 else ~(<uint64_t>0)
+
+
+def seed_histogram(const uint8_t[::1] genome, int k, int shift):
+    """How many seeds (positions whose ``k`` bases are A/C/G/T) have each canonical value ``>> shift``:
+    ``uint64[2 ** (2k - shift)]`` (the build's pass planner cuts the value range with it)."""
+    cdef Py_ssize_t g = genome.shape[0], i
+    cdef uint64_t mask = _seed_mask(k), f = 0, r = 0
+    cdef int run = 0, sh = 2 * (k - 1)
+    cdef uint8_t b
+    if not 0 <= shift <= 2 * k or 2 * k - shift > 28:
+        raise ValueError(f"bad histogram shift {shift} for seed length {k}")
+    hist = np.zeros((<uint64_t>1) << (2 * k - shift), dtype=np.uint64)
+    cdef uint64_t[::1] h = hist
+    with nogil:
+        for i in range(g):
+            b = genome[i]
+            if b > 3:
+                run = 0
+                f = 0
+                r = 0
+                continue
+            f = ((f << 2) | b) & mask
+            r = (r >> 2) | (<uint64_t>(3 - b) << sh)
+            run += 1
+            if run >= k:
+                h[(f if f <= r else r) >> shift] += 1
+    return hist
+
+
+def canonical_seeds(const uint8_t[::1] genome, int k, lo=0, hi=None, Py_ssize_t count=-1):
+    """``(canon uint64[n], pos uint32[n], rc uint8[n])`` for every position whose ``k`` bases are A/C/G/T
+    and whose canonical seed lies in ``[lo, hi)`` (all when ``hi`` is None), positions ascending: the
+    canonical seed, its position and whether the genome holds the reverse complement there.
+    ``count``, when known (:func:`seed_histogram`), sizes the arrays exactly (else one per base)."""
+    cdef Py_ssize_t g = genome.shape[0], i, n = 0, cap
+    cdef uint64_t mask = _seed_mask(k)
+    cdef uint64_t f = 0, r = 0, c, vlo = lo
+    cdef uint64_t vhi = mask if hi is None else <uint64_t>(hi - 1)   # inclusive upper bound
     cdef int run = 0, shift = 2 * (k - 1)
     cdef uint8_t b
     if g >= 0xFFFFFFF0:
         raise ValueError("genome too large for 32-bit locations")
-    canon = np.empty(g, dtype=np.uint64)
-    pos = np.empty(g, dtype=np.uint32)
-    rcf = np.empty(g, dtype=np.uint8)
+    if hi is not None and hi <= lo:
+        raise ValueError(f"empty seed range [{lo}, {hi})")
+    cap = count if count >= 0 else g
+    canon = np.empty(cap, dtype=np.uint64)
+    pos = np.empty(cap, dtype=np.uint32)
+    rcf = np.empty(cap, dtype=np.uint8)
     cdef uint64_t[::1] cv = canon
     cdef uint32_t[::1] pv = pos
     cdef uint8_t[::1] rv = rcf
@@ -152,67 +189,76 @@ def canonical_seeds(const uint8_t[::1] genome, int k):
             r = (r >> 2) | (<uint64_t>(3 - b) << shift)
             run += 1
             if run >= k:
-                if f <= r:
-                    cv[n] = f
-                    rv[n] = 0
-                else:
-                    cv[n] = r
-                    rv[n] = 1
+                c = f if f <= r else r
+                if c < vlo or c > vhi:
+                    continue
+                if n >= cap:
+                    n = cap + 1
+                    break
+                cv[n] = c
+                rv[n] = 0 if f <= r else 1
                 pv[n] = <uint32_t>(i - k + 1)
                 n += 1
+    if n > cap:
+        raise ValueError(f"more seeds in [{lo}, {hi}) than the {count} counted")
     return canon[:n], pos[:n], rcf[:n]
 
 
-def fill_tables(const uint64_t[::1] canon_sorted, const uint32_t[::1] pos_sorted, const uint8_t[::1] rc_sorted,
-                int k, double slack, uint64_t genome_len):
-    """The hash tables from seeds sorted by canonical value (positions ascending within a value).
-
-    Returns ``(table_offsets uint64[T+1], slots uint64[S] or (keys uint64[S], vals uint32[S]), overflow uint32)``.
-    """
+def count_seeds(const uint64_t[::1] canon_sorted, int k, uint64_t[::1] counts):
+    """Add the distinct canonical seeds of one sorted pass to their tables' ``counts``; returns the
+    overflow entries the pass's repeated seeds take."""
     cdef int key_bits, table_bits
     key_bits, table_bits = seed_layout(k)
-    cdef Py_ssize_t n = canon_sorted.shape[0], i, j, e
-    cdef uint64_t n_tables = 1ULL << table_bits, t, size, slot, base, key
-    cdef uint64_t key_mask = ((<uint64_t>1) << key_bits) - 1
-    cdef bint wide = key_bits > 32
-    counts = np.zeros(n_tables, dtype=np.uint64)
-    cdef uint64_t[::1] cnt = counts
-    cdef uint64_t n_over = 0, n_distinct = 0
+    if counts.shape[0] != (1 << table_bits):
+        raise ValueError(f"counts must have {1 << table_bits} entries")
+    cdef Py_ssize_t n = canon_sorted.shape[0], i, j
+    cdef uint64_t n_over = 0
     with nogil:
         i = 0
         while i < n:
             j = i + 1
             while j < n and canon_sorted[j] == canon_sorted[i]:
                 j += 1
-            cnt[canon_sorted[i] >> key_bits] += 1
-            n_distinct += 1
+            counts[canon_sorted[i] >> key_bits] += 1
             if j - i > 1:
                 n_over += 2 + <uint64_t>(j - i)
             i = j
-    if genome_len + n_over >= EMPTY:
-        raise ValueError("index too large for 32-bit values")
+    return n_over
+
+
+def table_offsets(counts, double slack):
+    """Each table's first slot (``uint64[T+1]``): ``ceil(distinct * (1 + slack)) + 1`` slots a table."""
+    counts = np.asarray(counts, dtype=np.uint64)
     sizes = np.where(counts > 0, np.ceil(counts * (1.0 + slack)).astype(np.uint64) + 1, 0).astype(np.uint64)
-    offsets = np.zeros(n_tables + 1, dtype=np.uint64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.uint64)
     np.cumsum(sizes, out=offsets[1:])
-    cdef uint64_t n_slots = offsets[-1]
-    cdef uint64_t[::1] off = offsets
-    overflow = np.zeros(max(n_over, 1), dtype=np.uint32)
-    cdef uint32_t[::1] ov = overflow
-    cdef uint64_t[::1] slots
+    return offsets
+
+
+def fill_seeds(const uint64_t[::1] canon_sorted, const uint32_t[::1] pos_sorted, const uint8_t[::1] rc_sorted,
+               int k, const uint64_t[::1] off, uint64_t genome_len, slots, uint32_t[::1] ov, uint64_t o):
+    """Insert one sorted pass into the tables (``slots``: uint64[S], or ``(keys uint64[S], vals uint32[S])``
+    when keys are wider than 32 bits; empty slots pre-filled) and its repeated seeds into the overflow
+    table from entry ``o``; returns the next free overflow entry. Passes in ascending canonical order
+    give exactly the tables of one pass over every seed."""
+    cdef int key_bits, table_bits
+    key_bits, table_bits = seed_layout(k)
+    cdef Py_ssize_t n = canon_sorted.shape[0], i, j, e
+    cdef uint64_t t, size, slot, base, key, value, nf
+    cdef uint64_t key_mask = ((<uint64_t>1) << key_bits) - 1
+    cdef bint wide = key_bits > 32
+    cdef uint64_t[::1] sl
     cdef uint64_t[::1] keys
     cdef uint32_t[::1] vals
+    if pos_sorted.shape[0] != n or rc_sorted.shape[0] != n:
+        raise ValueError("canon, pos and rc must have the same length")
     if wide:
-        keys_a = np.zeros(max(n_slots, 1), dtype=np.uint64)
-        vals_a = np.full(max(n_slots, 1), EMPTY, dtype=np.uint32)
-        keys = keys_a
-        vals = vals_a
-        slots = np.zeros(1, dtype=np.uint64)
+        keys, vals = slots
+        sl = np.zeros(1, dtype=np.uint64)
     else:
-        slots_a = np.full(max(n_slots, 1), <uint64_t>EMPTY, dtype=np.uint64)
-        slots = slots_a
+        sl = slots
         keys = np.zeros(1, dtype=np.uint64)
         vals = np.zeros(1, dtype=np.uint32)
-    cdef uint64_t o = 0, value, nf
     with nogil:
         i = 0
         while i < n:
@@ -251,15 +297,36 @@ def fill_tables(const uint64_t[::1] canon_sorted, const uint32_t[::1] pos_sorted
                 keys[base + slot] = key
                 vals[base + slot] = <uint32_t>value
             else:
-                while <uint32_t>slots[base + slot] != EMPTY:
+                while <uint32_t>sl[base + slot] != EMPTY:
                     slot += 1
                     if slot == size:
                         slot = 0
-                slots[base + slot] = (key << 32) | value
+                sl[base + slot] = (key << 32) | value
             i = j
-    if wide:
-        return offsets, (keys_a, vals_a), overflow
-    return offsets, slots_a, overflow
+    return o
+
+
+def fill_tables(const uint64_t[::1] canon_sorted, const uint32_t[::1] pos_sorted, const uint8_t[::1] rc_sorted,
+                int k, double slack, uint64_t genome_len):
+    """The hash tables from all seeds at once, sorted by canonical value (positions ascending within a
+    value): :func:`count_seeds`, :func:`table_offsets` and :func:`fill_seeds` in one pass.
+
+    Returns ``(table_offsets uint64[T+1], slots uint64[S] or (keys uint64[S], vals uint32[S]), overflow uint32)``.
+    """
+    key_bits, table_bits = seed_layout(k)
+    counts = np.zeros(1 << table_bits, dtype=np.uint64)
+    n_over = count_seeds(canon_sorted, k, counts)
+    if genome_len + n_over >= EMPTY:
+        raise ValueError("index too large for 32-bit values")
+    offsets = table_offsets(counts, slack)
+    n_slots = int(offsets[-1])
+    overflow = np.zeros(max(n_over, 1), dtype=np.uint32)
+    if key_bits > 32:
+        slots = (np.zeros(max(n_slots, 1), dtype=np.uint64), np.full(max(n_slots, 1), EMPTY, dtype=np.uint32))
+    else:
+        slots = np.full(max(n_slots, 1), <uint64_t>EMPTY, dtype=np.uint64)
+    fill_seeds(canon_sorted, pos_sorted, rc_sorted, k, offsets, genome_len, slots, overflow, 0)
+    return offsets, slots, overflow
 
 
 # -- the loaded index ---------------------------------------------------------------------------

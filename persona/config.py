@@ -142,6 +142,7 @@ class SnapConfig:
     max_spacing: int = _key(min=0)
     min_read_len: int = _key(min=0)
     secondary_edit_delta: int = _key(min=0, max=60)
+    index_memory_mb: int = _key(min=1)
 
 
 @dataclass(frozen=True)

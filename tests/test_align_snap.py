@@ -518,3 +518,24 @@ def test_secondaries_export_valid_sam(tmp_path: Path) -> None:
                            "MAX_OUTPUT=100000"], capture_output=True, text=True, check=False)
     problems = [ln for ln in proc.stdout.splitlines() if ln.startswith(("ERROR", "WARNING"))]
     assert problems == [] and "No errors found" in proc.stdout, (problems[:5], proc.stderr[-2000:])
+
+
+# -- index build in bounded memory -----------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", ["s20", "s28"])   # 32-bit keys packed with values / wide keys
+def test_index_build_in_passes_is_byte_identical(tmp_path: Path, preset: str) -> None:
+    one, many = tmp_path / "one.snapidx", tmp_path / "many.snapidx"
+    s1 = sb.build_index(REF, one, preset, memory_mb=1024)
+    s2 = sb.build_index(REF, many, preset, memory_mb=2)   # ~2 MB of seeds a pass: several passes
+    assert s1["passes"] == 1 and s2["passes"] >= 5 and s1["seeds"] == s2["seeds"] > 700_000
+    assert one.read_bytes() == many.read_bytes()
+    with pytest.raises(AlignerError, match="memory budget"):
+        sb.build_index(REF, tmp_path / "x.snapidx", preset, memory_mb=0)
+
+
+def test_plan_passes_cover_every_seed_in_order() -> None:
+    hist = np.array([5, 0, 3, 9, 1, 0, 0, 2], dtype=np.uint64)
+    passes = sb.plan_passes(hist, 4, 8)
+    # consecutive ranges from 0 to the end of the value space, none over budget unless one bin is
+    assert passes == [(0, 48, 8), (48, 64, 9), (64, 128, 3)]
+    assert sb.plan_passes(hist, 4, 1000) == [(0, 128, 20)]

@@ -3,7 +3,10 @@
 The index (``<name>/snap-<preset>.snapidx`` in the reference store) is one file
 holding the reference's base codes (contigs concatenated with 500 N between
 them and at both ends), the seed hash tables and the overflow table of
-repeated seeds (see the kernel's docstring). It is memory-mapped when loaded
+repeated seeds (see the kernel's docstring). It is built in bounded memory
+(``align.snap.index_memory_mb``: seeds gathered, sorted and inserted in passes
+over ranges of seed value, written straight into the memory-mapped output
+file; several passes give the same bytes as one). It is memory-mapped when loaded
 (``np.memmap``): every thread and every request of a process reads the same
 pages, and processes on one machine share them through the page cache.
 
@@ -54,6 +57,8 @@ MAGIC = b"PSNAPIX1"
 PADDING = 500
 #: fraction of extra hash-table slots (SNAP's default slack)
 SLACK = 0.3
+#: memory for the seeds of one index-build pass (MB) when the configuration gives none
+INDEX_MEMORY_MB = 2048
 _ALIGN = 4096
 
 #: SNAP's defaults (the fork Persona used; persona-original.md §6.5); overridable in config and options.extra
@@ -67,6 +72,7 @@ _CODES = np.full(256, 4, dtype=np.uint8)
 for _i, _c in enumerate(b"ACGT"):
     _CODES[_c] = _i
     _CODES[_c + 32] = _i
+_CODE_TABLE = _CODES.tobytes()
 
 
 def _kernel() -> Any:
@@ -90,13 +96,13 @@ def seed_length_for(preset: str, genome_size: int) -> int:
                        "or s16 .. s32 (that seed length)")
 
 
-def read_fasta(path: str | Path) -> tuple[list[str], list[np.ndarray]]:
-    """Names and base codes (A0 C1 G2 T3, anything else 4) of every contig of a FASTA (plain/gzip/BGZF)."""
+def load_genome(path: str | Path) -> tuple[list[str], list[int], list[int], np.ndarray]:
+    """Contig names, starts and lengths in the concatenated genome, and the genome's base codes (contigs
+    with :data:`PADDING` N between them and at both ends), built in one array: peak memory is the
+    FASTA's text, the genome and one contig's text."""
     path = Path(path)
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
-    names: list[str] = []
-    seqs: list[np.ndarray] = []
     try:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
             text = f.read()
@@ -105,35 +111,64 @@ def read_fasta(path: str | Path) -> tuple[list[str], list[np.ndarray]]:
     first = text.find(b">")
     if first < 0 or text[:first].strip():
         raise InputFormatError("sequence before the first '>' header line", file=str(path), line=1)
-    for rec in text[first + 1:].split(b"\n>"):
-        head, _, body = rec.partition(b"\n")
-        fields = head.split(None, 1)
+    # (name, body start, body end) of every contig, then its base count without line breaks
+    spans: list[tuple[str, int, int]] = []
+    at = first
+    while at >= 0:
+        nl = text.find(b"\n", at)
+        head_end = len(text) if nl < 0 else nl
+        fields = text[at + 1:head_end].split(None, 1)
         if not fields:
-            raise InputFormatError(f"empty contig name (contig {len(names) + 1})", file=str(path))
-        names.append(fields[0].decode("utf-8", "replace"))
-        seq = body.translate(None, b"\r\n\t ")
-        seqs.append(_CODES[np.frombuffer(seq, dtype=np.uint8)])
-    if not names:
-        raise InputFormatError("no contigs (no '>' header line)", file=str(path))
-    return names, seqs
-
-
-def build_index(fasta: str | Path, out_path: str | Path, preset: str = "sr", *, slack: float = SLACK) -> None:
-    """Build the seed index of ``fasta`` for ``preset`` into the single file ``out_path``."""
-    snap = _kernel()
-    names, seqs = read_fasta(fasta)
-    total = sum(len(s) for s in seqs)
-    k = seed_length_for(preset, total)
+            raise InputFormatError(f"empty contig name (contig {len(spans) + 1})", file=str(path),
+                                   line=text.count(b"\n", 0, at) + 1)
+        nxt = text.find(b"\n>", head_end) if nl >= 0 else -1
+        body_end = len(text) if nxt < 0 else nxt
+        spans.append((fields[0].decode("utf-8", "replace"), head_end, body_end))
+        at = -1 if nxt < 0 else nxt + 1
+    ws = b"\r\n\t "
+    lengths = [(e - s) - sum(text.count(c, s, e) for c in (b"\r", b"\n", b"\t", b" ")) for _, s, e in spans]
+    genome = np.full(PADDING * (len(spans) + 1) + sum(lengths), 4, dtype=np.uint8)
     starts = []
-    pieces = [np.full(PADDING, 4, np.uint8)]
     pos = PADDING
-    for s in seqs:
+    for (_, s, e), n in zip(spans, lengths):
         starts.append(pos)
-        pieces += [s, np.full(PADDING, 4, np.uint8)]
-        pos += len(s) + PADDING
-    genome = np.concatenate(pieces)
-    del pieces
-    canon, locs, rc = snap.canonical_seeds(genome, k)
+        seq = text[s:e].translate(_CODE_TABLE, ws)   # line breaks dropped, bases to codes: one copy
+        genome[pos:pos + n] = np.frombuffer(seq, dtype=np.uint8)
+        del seq
+        pos += n + PADDING
+    del text
+    return [name for name, _, _ in spans], starts, lengths, genome
+
+
+def _memory_budget() -> float:
+    try:
+        from persona.config import get_config
+
+        v = getattr(get_config().align.snap, "index_memory_mb", None)
+    except Exception:  # no usable configuration: the shipped default
+        v = None
+    return float(v) if v else float(INDEX_MEMORY_MB)
+
+
+def plan_passes(hist: np.ndarray, shift: int, max_seeds: int) -> list[tuple[int, int, int]]:
+    """Consecutive canonical-value ranges ``(lo, hi, seeds)`` of at most ``max_seeds`` seeds each (a
+    histogram bin with more is a pass of its own), in ascending order, covering every seed."""
+    cum = np.zeros(len(hist) + 1, dtype=np.uint64)
+    np.cumsum(hist, out=cum[1:])
+    passes: list[tuple[int, int, int]] = []
+    lo = 0
+    while lo < len(hist):
+        hi = int(np.searchsorted(cum, cum[lo] + np.uint64(max_seeds), side="right")) - 1
+        hi = min(max(hi, lo + 1), len(hist))
+        passes.append((lo << shift, hi << shift, int(cum[hi] - cum[lo])))
+        lo = hi
+    return passes
+
+
+def _sorted_seeds(snap: Any, genome: np.ndarray, k: int, lo: int, hi: int, count: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seeds whose canonical value is in ``[lo, hi)``, sorted by value, positions ascending within one."""
+    canon, locs, rc = snap.canonical_seeds(genome, k, lo, hi, count)
     pos_bits = int(len(genome)).bit_length()
     if 2 * k + pos_bits + 1 <= 64:
         # one plain sort of (seed, position, strand) packed in a word: groups seeds, positions ascending
@@ -148,33 +183,112 @@ def build_index(fasta: str | Path, out_path: str | Path, preset: str = "sr", *, 
         order = np.argsort(canon, kind="stable")
         canon, locs, rc = canon[order], locs[order], rc[order]
         del order
-    offsets, slots, overflow = snap.fill_tables(canon, locs, rc, k, slack, len(genome))
-    del canon, locs, rc
-    arrays = {"genome": genome, "table_offsets": offsets, "overflow": overflow}
-    if isinstance(slots, tuple):
-        arrays["keys"], arrays["vals"] = slots
+    return canon, locs, rc
+
+
+def _bytes_per_seed(k: int, genome_len: int) -> int:
+    """Peak bytes one seed of a pass takes while it is gathered and sorted."""
+    return 21 if 2 * k + int(genome_len).bit_length() + 1 <= 64 else 40
+
+
+def build_index(fasta: str | Path, out_path: str | Path, preset: str = "sr", *, slack: float = SLACK,
+                memory_mb: float | None = None) -> dict[str, Any]:
+    """Build the seed index of ``fasta`` for ``preset`` into the single file ``out_path``.
+
+    Memory is bounded by ``memory_mb`` (default: config ``align.snap.index_memory_mb``) beyond the
+    genome itself: seeds are gathered, sorted and inserted in passes over ranges of canonical value
+    (planned from a histogram of the genome's seeds) whose seeds fit in it. The tables and the overflow
+    table are written straight into their place in the output file (memory-mapped), so peak memory is
+    about the index plus the budget. Several passes give the same bytes as one: inserted in ascending
+    canonical order either way. With more than one pass, a first round counts each table's seeds
+    (sizing the tables) and a second fills them, so each pass's seeds are gathered and sorted twice.
+    Returns the build's statistics (``passes``, ``seeds``, ``seed_len``).
+    """
+    snap = _kernel()
+    budget = _memory_budget() if memory_mb is None else float(memory_mb)
+    if budget <= 0:
+        raise AlignerError(f"snap index build: memory budget must be > 0 MB, got {budget}")
+    names, starts, lengths, genome = load_genome(fasta)
+    if not names:
+        raise InputFormatError("no contigs (no '>' header line)", file=str(fasta))
+    total = sum(lengths)
+    k = seed_length_for(preset, total)
+    key_bits, table_bits = snap.seed_layout(k)
+    shift = max(0, 2 * k - 20)
+    hist = snap.seed_histogram(genome, k, shift)
+    n_seeds = int(hist.sum())
+    max_seeds = max(1, int(budget * 2**20) // _bytes_per_seed(k, len(genome)))
+    passes = plan_passes(hist, shift, max_seeds)
+    del hist
+    counts = np.zeros(1 << table_bits, dtype=np.uint64)
+    first = None
+    if len(passes) == 1:  # one pass: count and fill from the same sorted seeds
+        first = _sorted_seeds(snap, genome, k, passes[0][0], passes[0][1], passes[0][2])
+        n_over = snap.count_seeds(first[0], k, counts)
     else:
-        arrays["slots"] = slots
+        n_over = 0
+        for lo, hi, cnt in passes:
+            canon = _sorted_seeds(snap, genome, k, lo, hi, cnt)[0]
+            n_over += snap.count_seeds(canon, k, counts)
+            del canon
+    if len(genome) + n_over >= 0xFFFFFFFF:
+        raise AlignerError("snap index too large for 32-bit values")
+    offsets = snap.table_offsets(counts, slack)
+    n_slots = max(int(offsets[-1]), 1)
+    wide = key_bits > 32
+    specs: dict[str, tuple[np.dtype, int]] = {
+        "genome": (np.dtype(np.uint8), len(genome)), "table_offsets": (np.dtype(np.uint64), len(offsets)),
+        "overflow": (np.dtype(np.uint32), max(n_over, 1)),
+    }
+    if wide:
+        specs["keys"] = (np.dtype(np.uint64), n_slots)
+        specs["vals"] = (np.dtype(np.uint32), n_slots)
+    else:
+        specs["slots"] = (np.dtype(np.uint64), n_slots)
     header: dict[str, Any] = {
         "format": 1, "seed_len": k, "padding": PADDING, "slack": slack,
-        "contigs": [{"name": n, "start": st, "length": len(s)} for n, st, s in zip(names, starts, seqs)],
+        "contigs": [{"name": n, "start": st, "length": ln} for n, st, ln in zip(names, starts, lengths)],
         "arrays": {},
     }
     # array offsets depend on the header's size: lay out with a generous fixed header block
-    head_room = _ALIGN * (1 + (len(json.dumps(header)) + 200 * len(arrays) + 64) // _ALIGN)
+    head_room = _ALIGN * (1 + (len(json.dumps(header)) + 200 * len(specs) + 64) // _ALIGN)
     off = head_room
-    for name, a in arrays.items():
-        header["arrays"][name] = {"dtype": a.dtype.str, "shape": [int(a.shape[0])], "offset": off}
-        off += -(-a.nbytes // _ALIGN) * _ALIGN
+    for name, (dt, n) in specs.items():
+        header["arrays"][name] = {"dtype": dt.str, "shape": [n], "offset": off}
+        off += -(-(n * dt.itemsize) // _ALIGN) * _ALIGN
     text = json.dumps(header).encode()
     if len(text) + 16 > head_room:
         raise AlignerError("snap index header too large")
     with open(out_path, "wb") as f:
         f.write(MAGIC + len(text).to_bytes(8, "little") + text)
-        for name, a in arrays.items():
-            f.seek(header["arrays"][name]["offset"])
-            f.write(np.ascontiguousarray(a).data)
+        f.seek(header["arrays"]["genome"]["offset"])
+        f.write(genome.data)
         f.truncate(off)
+
+    def mapped(name: str) -> np.memmap:
+        d = header["arrays"][name]
+        return np.memmap(out_path, dtype=np.dtype(d["dtype"]), mode="r+", offset=d["offset"], shape=(d["shape"][0],))
+
+    mapped("table_offsets")[:] = offsets
+    overflow = mapped("overflow")
+    if wide:
+        slots: Any = (mapped("keys"), mapped("vals"))
+        slots[1][:] = 0xFFFFFFFF
+    else:
+        slots = mapped("slots")
+        slots[:] = 0xFFFFFFFF
+    o = 0
+    for i, (lo, hi, cnt) in enumerate(passes):
+        seeds = first if (i == 0 and first is not None) else _sorted_seeds(snap, genome, k, lo, hi, cnt)
+        first = None
+        o = snap.fill_seeds(*seeds, k, offsets, len(genome), slots, overflow, o)
+        del seeds
+    if o != n_over:
+        raise AlignerError(f"snap index build: {o} overflow entries written, {n_over} counted")
+    for a in (overflow, *(slots if wide else (slots,))):
+        a.flush()
+    del overflow, slots
+    return {"passes": len(passes), "seeds": n_seeds, "seed_len": k}
 
 
 def _read_header(path: str | Path) -> dict[str, Any]:
