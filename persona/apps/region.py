@@ -26,15 +26,15 @@ columns it describes). The chunks whose extras may overlap are read in a first p
 (:class:`persona.apps.export_sorted.SortedExtras`, keeping only the overlapping extra records), and
 the overlapping extras are merged into the output where the whole sorted export places them, so the
 output is what ``samtools view`` returns from that export. A dataset sorted before ``extras_ranges``
-existed (or whose extra columns changed since) has every chunk's extra columns scanned, with a log
-line saying so. ``--no-secondary`` leaves the extras out.
+existed (or whose extra columns are not the ones the field names) has every chunk's extra columns
+scanned, with a log line saying so. ``--no-secondary`` leaves the extras out.
 """
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -223,8 +223,9 @@ def plan_extras(ds: "Dataset", regions: "Selection | Sequence[Region]", columns:
     if (not isinstance(ranges, list) or len(ranges) != len(ds.chunks) or sorted(er.get("columns") or [])
             != sorted(columns) or not all(r is None or (isinstance(r, list) and len(r) == 5) for r in ranges)):
         log.warning("dataset %r has no per-chunk ranges of its secondary/supplementary records in its manifest "
-                    "(sorted by an older persona, or its extra columns changed since): the region export reads "
-                    "the extra columns of all %d chunks; sorting it again records them", ds.name, len(ds.chunks))
+                    "(sorted by an older persona, or its extra columns are not the ones recorded): the region "
+                    "export reads the extra columns of all %d chunks; sorting it again records them",
+                    ds.name, len(ds.chunks))
         return list(range(len(ds.chunks)))
     span = max((int(r[4]) for r in ranges if r is not None), default=0)
     return _overlapping(ranges, regions.choosing if isinstance(regions, Selection) else regions, span)
