@@ -261,3 +261,9 @@ def test_export_from_ceph_reads_lazily_identical_and_bounded(ceph_cluster, align
         set_config(None)
         for k in remote.list():
             remote.delete(k)
+
+
+def test_remote_stores_say_so(store: Store, request: pytest.FixtureRequest) -> None:
+    """``remote`` (what makes the dataset read stage scan lazily) is set on Ceph and S3 and their views."""
+    want = request.node.callspec.params["store"] in ("ceph", "s3")
+    assert store.remote is want and store.child("sub").remote is want
