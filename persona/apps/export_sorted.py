@@ -153,30 +153,50 @@ class SortedExtras:
     # -- the first pass ---------------------------------------------------------------------
     def build(self, cancelled: Callable[[], bool] = lambda: False) -> None:
         """Encode every chunk's extras and note each chunk's first primary key."""
-        if self._submit is None:
-            for i in range(self.n_chunks):
-                if cancelled():
-                    raise InterruptedError("export cancelled")
-                self._absorb(i, *self._chunk_extras(i))
-        else:
-            # chunks in parallel, absorbed in order (so equal keys keep the dataset's order)
-            futures: dict[int, Future] = {}
-            nxt = 0
-            while nxt < self.n_chunks or futures:
-                while nxt < self.n_chunks and len(futures) < self.in_flight:
-                    futures[nxt] = self._submit(self._chunk_extras, nxt)
-                    nxt += 1
-                first = min(futures)
-                fut = futures.pop(first)
-                if cancelled():
-                    for f in futures.values():
-                        f.cancel()
-                    raise InterruptedError("export cancelled")
-                self._absorb(first, *fut.result())
+        self._in_order(self.n_chunks, self._chunk_extras, lambda i, r: self._absorb(i, *r), cancelled)
         self._finish()
+
+    def build_from(self, first_keys: np.ndarray, n_sources: int,
+                   source: Callable[[int], tuple[np.ndarray, list[bytes]]],
+                   cancelled: Callable[[], bool] = lambda: False) -> None:
+        """The first pass where the output chunks are not the chunks the extras come from (a region
+        export): ``first_keys`` are the output chunks' first primary keys; ``source(j)`` gives the
+        keys and encoded records of the extras of source ``j`` (sources in dataset order)."""
+        self.first_keys = np.asarray(first_keys, dtype=np.uint64)
+        self._in_order(n_sources, source, lambda j, r: self._add(*r), cancelled)
+        self._finish()
+
+    def _in_order(self, n: int, work: Callable[[int], Any], absorb: Callable[[int, Any], None],
+                  cancelled: Callable[[], bool]) -> None:
+        """``absorb(i, work(i))`` for i in 0..n-1 in order; ``work`` on the pool when there is one,
+        a bounded number ahead (so equal keys keep the dataset's order)."""
+        if self._submit is None:
+            for i in range(n):
+                if cancelled():
+                    raise InterruptedError("export cancelled")
+                absorb(i, work(i))
+            return
+        futures: dict[int, Future] = {}
+        nxt = 0
+        while nxt < n or futures:
+            while nxt < n and len(futures) < self.in_flight:
+                futures[nxt] = self._submit(work, nxt)
+                nxt += 1
+            first = min(futures)
+            fut = futures.pop(first)
+            if cancelled():
+                for f in futures.values():
+                    f.cancel()
+                raise InterruptedError("export cancelled")
+            absorb(first, fut.result())
 
     def _chunk_extras(self, i: int) -> tuple[int, np.ndarray, list[bytes]]:
         al, data, offsets = self._encode_chunk(i)
+        return self.extras_of(al, data, offsets)
+
+    def extras_of(self, al: Alignments, data: Any, offsets: Any) -> tuple[int, np.ndarray, list[bytes]]:
+        """Of encoded records (``al`` their alignments): the first primary's key, and the keys and
+        bytes of the extra records (those ``keep`` selects, where given)."""
         flags = np.asarray(al.fields["flag"])
         keys = alignment_keys(al)
         extra = (flags & EXTRA_FLAGS) != 0
@@ -194,6 +214,9 @@ class SortedExtras:
 
     def _absorb(self, i: int, first: int, keys: np.ndarray, recs: list[bytes]) -> None:
         self.first_keys[i] = first
+        self._add(keys, recs)
+
+    def _add(self, keys: np.ndarray, recs: list[bytes]) -> None:
         for k, r in zip(keys.tolist(), recs):
             self._mem.append((k, self._seq, r))
             self._seq += 1

@@ -244,8 +244,10 @@ def overlap_mask(al: Any, regions: Sequence[Region]) -> np.ndarray:
 class RegionExportJob(ExportJob):
     """An export of the records overlapping ``request.regions`` (see the module docstring).
 
-    Feeds: the chunks whose primaries may overlap (:func:`plan_regions`) and those whose extras may
-    (:func:`plan_extras`), in dataset order; ``begin`` runs the extras' first pass over them."""
+    Feeds: the chunks whose primaries may overlap (:func:`plan_regions`), in dataset order. With extra
+    columns, ``begin`` first looks for overlapping extra records in the chunks whose extras may
+    overlap (:func:`plan_extras`): it decodes their extra columns only, and encodes the reads of a
+    chunk only where some of its extras overlap."""
 
     kind: ClassVar[str] = "export"
 
@@ -253,44 +255,74 @@ class RegionExportJob(ExportJob):
         super().__init__(request, request_id, runtime)
         if self.fmt == "fastq":
             raise ConfigError("a region export writes SAM, BAM or CRAM", key="regions")
-        self.selection, primary = plan_regions(self.ds, request.regions, getattr(request, "regions_file", None))
-        extra = plan_extras(self.ds, self.selection, self.sec_columns)
-        self.extra_chunks = set(extra)
-        self.chosen = sorted(set(primary) | self.extra_chunks)
-        #: position of each read chunk among the chosen ones (the first pass's chunk numbers)
-        self.slot = {c: k for k, c in enumerate(self.chosen)}
+        self.selection, self.chosen = plan_regions(self.ds, request.regions,
+                                                   getattr(request, "regions_file", None))
+        self.extra_sources = plan_extras(self.ds, self.selection, self.sec_columns)
         # the export pass reads the primaries' columns; the extras come from the first pass
         extra_cols = set(self.sec_columns) | {self.tag_columns[c] for c in self.sec_columns if c in self.tag_columns}
         self.read_columns = tuple(c for c in self.columns if c not in extra_cols)
+        self.slot = {c: k for k, c in enumerate(self.chosen)}
         self._at = 0
 
     def begin(self) -> None:
-        if self.sec_columns and self.fmt in ("bam", "sam"):
-            from persona.apps.export_sorted import SortedExtras
-
-            mb = self.runtime.config.export.sorted_extras_memory_mb
-            self.extras = SortedExtras(len(self.chosen), self.fmt, self._region_extras,
-                                       memory_limit=mb << 20, submit=self.runtime.compute.submit,
-                                       in_flight=max(2, self.runtime.threads),
-                                       keep=self.selection.mask)
-            try:
-                self.extras.build()
-            except BaseException:
-                self.extras.close()
-                raise
+        if self.sec_columns and self.fmt in ("bam", "sam") and self.extra_sources:
+            self._first_pass()
         sec, self.sec_columns = self.sec_columns, []  # the parent's begin: files and header only
         try:
             super().begin()
         finally:
             self.sec_columns = sec
 
-    def _region_extras(self, k: int) -> tuple[Any, Any, Any]:
-        """First pass over chosen chunk ``k``: its reads with extras, encoded with them, where its
-        extras may overlap; else only its primaries' first key is needed (its results)."""
-        i = self.chosen[k]
-        if i in self.extra_chunks:
-            return self._encode_with_extras(i)
-        return self.ds.decode_file(i, RESULTS, self.ds.read_file(i, RESULTS)), b"", None
+    def _first_pass(self) -> None:
+        """The overlapping extra records, placed among the chosen chunks (one chunk stands in when no
+        primary may overlap: every extra then goes to it)."""
+        from persona.apps.export_sorted import SortedExtras, alignment_keys
+
+        if not self.chosen:
+            self.chosen = self.extra_sources[:1]
+            self.slot = {c: k for k, c in enumerate(self.chosen)}
+
+        def first_key(i: int) -> int:
+            al = self.ds.decode_file(i, RESULTS, self.ds.read_file(i, RESULTS))
+            return int(alignment_keys(al)[0]) if len(al.fields) else 0
+
+        mb = self.runtime.config.export.sorted_extras_memory_mb
+        self.extras = SortedExtras(len(self.chosen), self.fmt, lambda k: (None, b"", None), memory_limit=mb << 20,
+                                   submit=self.runtime.compute.submit, in_flight=max(2, self.runtime.threads),
+                                   keep=self.selection.mask)
+        try:
+            firsts = np.array([first_key(i) for i in self.chosen], dtype=np.uint64)
+            self.extras.build_from(firsts, len(self.extra_sources), self._source)
+        except BaseException:
+            self.extras.close()
+            raise
+        log.debug("region export of %r: %d extra records from the extra columns of %d chunks", self.ds.name,
+                  self.extras.count, len(self.extra_sources))
+
+    def _source(self, j: int) -> tuple[np.ndarray, list[bytes]]:
+        """Source chunk ``j`` of the first pass: the keys and encoded records of its extra records that
+        overlap. Its extra columns are decoded; its other columns are read only where some overlap."""
+        from persona.apps.export_sorted import take_rows
+
+        i = self.extra_sources[j]
+
+        def load(c: str) -> Any:
+            return self.ds.decode_file(i, c, self.ds.read_file(i, c))
+
+        values = {c: load(c) for c in self.sec_columns}
+        hit = np.zeros(len(next(iter(values.values()))), dtype=bool)
+        for al in values.values():
+            hit |= al.present & self.selection.mask(al)
+        rows = np.flatnonzero(hit).astype(np.int64)
+        if not len(rows):
+            return np.zeros(0, np.uint64), []
+        for c in self.columns:
+            if c not in values:
+                values[c] = load(c)
+        assert self.extras is not None
+        al, data, offsets, _ = self._encode(i, {c: take_rows(v, rows) for c, v in values.items()}, interleave=True)
+        _, keys, recs = self.extras.extras_of(al, data, offsets)
+        return keys, recs
 
     def feeds(self) -> list[FeedDescriptor]:
         return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, tuple(self.read_columns))
