@@ -1320,13 +1320,25 @@ cdef class Mapper:
             c.applied[dir] += 1
         return 0
 
-    cdef int _search(self, ReadCtx *c, int max_seeds, bint early_stop) noexcept nogil:
-        """Seed and score one loaded read (the single-end search, module docstring)."""
+    cdef inline bint _settled(self, ReadCtx *c) noexcept nogil:
+        """The single-end search's short-read stop, checked before a third pass: the best location has
+        at most one edit and two or more seeds on its diagonal, at least four seeds were looked up
+        and none was popular. Two passes of disjoint seeds were then applied, so every location with
+        at most one edit was hit (an edit spoils at most one seed of a pass): the best cannot change,
+        and only locations with two or more edits (which weigh little in the MAPQ) can be unseen."""
+        return (c.best >= 0 and c.best_d <= 1 and c.popular == 0 and c.n_seeds_used >= 4
+                and c.cands[c.best].weight >= 2)
+
+    cdef int _search(self, ReadCtx *c, int max_seeds, int early_stop) noexcept nogil:
+        """Seed and score one loaded read (the single-end search, module docstring). ``early_stop``: 0
+        never, 1 SNAP's stop (no unseen location can beat the limit), 2 also :meth:`_settled`."""
         cdef int k = self.index.view.seed_len, L = c.L, pass_, off, seed_id = 0, rc, limit
         for pass_ in range(self.n_shifts):
             off = self.shifts[pass_]
             if off + k > L:
                 continue
+            if early_stop == 2 and pass_ >= 2 and self._settled(c):
+                return 0
             if pass_ > 0:
                 c.wraps += 1
             if pass_ > 0 or not c.prefetched:
@@ -1543,7 +1555,7 @@ cdef class Mapper:
             return -1
         if n_n > self.max_dist:
             return 0
-        if self._search(c, self.max_seeds, 1) < 0:
+        if self._search(c, self.max_seeds, 2) < 0:
             return -1
         if c.best < 0 or c.best_d > self.max_dist:
             return 0
