@@ -242,6 +242,8 @@ def test_credits_leases_and_late_results():
     late = g.report(a.worker_id, ha[0].attempt, True, "", {}, now=12)
     assert late.action == "discarded"
     assert g.report(b.worker_id, hb[0].attempt, True, "", {}, now=12).action == "accepted"
+    # the same report again (its answer lost, the worker retried): not discarded, its files stay
+    assert g.report(b.worker_id, hb[0].attempt, True, "", {}, now=13).action == "duplicate"
     known, _ = g.heartbeat(a.worker_id, "running", [ha[1].attempt], now=12)
     assert not known
 
@@ -409,25 +411,25 @@ def test_sort_and_align_sort_split_across_two_workers_like_the_cli(cluster, samp
     cl = cluster(partition=4)
     cl.up(2)
     srt, asrt = tmp_path / "srt", tmp_path / "asrt"
-    shutil.copytree(sample["aligned"], srt)
-    shutil.copytree(sample["dataset"], asrt)
+    cli_srt, cli_asrt = tmp_path / "cli-srt", tmp_path / "cli-asrt"
+    for src, dst in ((sample["aligned"], srt), (sample["dataset"], asrt), (sample["aligned"], cli_srt),
+                     (sample["dataset"], cli_asrt)):
+        shutil.copytree(src, dst)
     with cl.client() as c:
         rids = [c.submit(SortRequest(dataset=str(srt), name="sorted", markdup=True)),
                 c.submit(AlignSortRequest(dataset=str(asrt), name="sorted", reference="sample_reference"))]
+        # the local runs meanwhile (they wait on the disk as much as on the CPU)
+        clis = [subprocess.Popen([*PERSONA, "--config", str(cl.config), *args, "-t", "1", "-q"], env=env())
+                for args in (("sort", str(cli_srt), "--out-name", "sorted", "--markdup"),
+                             ("align-sort", str(cli_asrt), "-r", "sample_reference", "--out-name", "sorted"))]
         sts = [c.wait(rid, timeout=WAIT) for rid in rids]
         workers = c.cluster_status()["workers"]
+    assert [p.wait(WAIT) for p in clis] == [0, 0]
     for st in sts:
         assert st["state"] == "done", st["error"]
         # 40 chunks in groups of 4, one group per partition: 10 runs partitions and the merge
         assert st["summaries"][0]["partitions"] == 11 and st["summaries"][0]["runs"] == 10
     assert len(workers) == 2 and all(w["partitions_done"] >= 2 for w in workers), workers
-    run = lambda *a: subprocess.run([*PERSONA, "--config", str(cl.config), *a, "-q"], env=env(),  # noqa: E731
-                                    check=True, capture_output=True, timeout=WAIT)
-    cli_srt, cli_asrt = tmp_path / "cli-srt", tmp_path / "cli-asrt"
-    shutil.copytree(sample["aligned"], cli_srt)
-    shutil.copytree(sample["dataset"], cli_asrt)
-    run("sort", str(cli_srt), "--out-name", "sorted", "--markdup", "-t", "1")
-    run("align-sort", str(cli_asrt), "-r", "sample_reference", "--out-name", "sorted", "-t", "1")
     for ours, cli in ((srt, cli_srt), (asrt, cli_asrt)):
         got, want = all_columns(ours, "sorted"), all_columns(cli, "sorted")
         assert got.keys() == want.keys() and got == want

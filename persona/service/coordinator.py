@@ -9,7 +9,9 @@ Workers (:mod:`persona.service.worker`) register over the worker API (``WorkerSe
 ``protos/persona/v1/persona.proto``, on its own port ``service.worker_listen``, mutual TLS when the
 ``worker_tls_*`` keys are set, and its own credential ``service.worker_token``: a client token
 opens nothing there), renew a lease with heartbeats, pull partitions as their credits allow and
-report each attempt's result (a report pulls the next partition in the same round trip).
+report each attempt's result (a report pulls the next partitions in the same round trip, and
+carries every result of the worker that finished while its previous report was in flight: the
+accepted ones are recorded in one transaction per event-loop tick, a group commit).
 
 Align output is one column transaction held by the coordinator: it claims the dataset when the
 step starts; workers write each chunk's files under their partition attempt's unique key
@@ -428,6 +430,8 @@ class Coordinator(Service):
 
     async def w_report(self, worker_id: str, attempt: str, ok: bool, error: str, result: dict[str, Any]) -> bool:
         out = self.gates.report(worker_id, attempt, ok, error, result, time.time())
+        if out.action == "duplicate":
+            return True
         if out.action == "discarded":
             log.info("result of attempt %s from %s discarded: %s", attempt, worker_id, out.reason)
             await asyncio.to_thread(self._delete_reported, result)
@@ -508,12 +512,31 @@ class Coordinator(Service):
         except Exception:  # noqa: BLE001 - garbage: the next writer removes it
             return
         try:
+            used = _committed_keys(store, {key for _, _, key, _ in files})
             for _, _, key, _ in files:
+                if key in used:  # a late copy of a result whose step committed: its files are the dataset's
+                    continue
                 with contextlib.suppress(StoreKeyError):
                     store.delete(key)
         finally:
             with contextlib.suppress(Exception):
                 store.close()
+
+
+def _committed_keys(store: Any, keys: set[str]) -> set[str]:
+    """Which of chunk-file ``keys`` (``<name>_<first>~<attempt>.<column>``) a committed manifest references."""
+    from persona.agd.transaction import read_manifest
+
+    used: set[str] = set()
+    for name in {k.rsplit("_", 1)[0] for k in keys if "~" in k and "_" in k}:
+        try:
+            m = read_manifest(store, name)
+        except Exception:  # noqa: BLE001 - unreadable: keep everything of it
+            used |= {k for k in keys if k.startswith(f"{name}_")}
+            continue
+        if m is not None:
+            used |= {ref.key(c) for ref in m.records for c in m.columns} & keys
+    return used
 
 
 def _step_committed(request: Any, step_id: str) -> bool:

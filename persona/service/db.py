@@ -76,11 +76,16 @@ class RequestTable:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            # partition rows: their own connection at synchronous=NORMAL (see the module docstring);
+            # every use of either connection holds self._lock, so they never wait on each other
+            self._pdb = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
+            self._pdb.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             raise PersonaError(f"cannot open the request table {self.path}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
+            self._pdb.close()
             self._db.close()
 
     @staticmethod
@@ -156,31 +161,25 @@ class RequestTable:
     def commit_partition(self, step_id: str, index: int, attempt: str, result: Mapping[str, Any]) -> bool:
         """Record partition ``index`` of ``step_id`` as done by ``attempt``; False when another
         attempt was recorded first (a duplicate result, discarded)."""
-        with self._lock:
-            cur = self._db.execute("INSERT OR IGNORE INTO partitions (step_id, idx, attempt, result) "
-                                   "VALUES (?, ?, ?, ?)", (step_id, index, attempt, json.dumps(result, default=str)))
-            return cur.rowcount == 1
+        return self.commit_partitions([(step_id, index, attempt, result)])[0]
 
     def commit_partitions(self, rows: list[tuple[str, int, str, Mapping[str, Any]]]) -> list[bool]:
         """:meth:`commit_partition` for many ``(step_id, index, attempt, result)`` in one transaction
         (the coordinator's group commit), at ``synchronous=NORMAL`` (see the module docstring)."""
         out = []
         data = [(step_id, index, attempt, json.dumps(result, default=str)) for step_id, index, attempt, result in rows]
+        db = self._pdb
         with self._lock:
-            self._db.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
+            db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for row in data:
-                        cur = self._db.execute("INSERT OR IGNORE INTO partitions (step_id, idx, attempt, result) "
-                                               "VALUES (?, ?, ?, ?)", row)
-                        out.append(cur.rowcount == 1)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+                for row in data:
+                    cur = db.execute("INSERT OR IGNORE INTO partitions (step_id, idx, attempt, result) "
+                                     "VALUES (?, ?, ?, ?)", row)
+                    out.append(cur.rowcount == 1)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         return out
 
     def partitions(self, step_id: str) -> dict[int, tuple[str, dict[str, Any]]]:

@@ -116,8 +116,9 @@ class Handout:
 
 @dataclass
 class ReportOutcome:
-    """What a report means: ``accepted`` (commit it), ``discarded`` (delete its files), or
-    ``retry``/``failed`` (a failed attempt: re-queued, or the step fails)."""
+    """What a report means: ``accepted`` (commit it), ``discarded`` (delete its files), ``duplicate``
+    (an accepted attempt reported again: nothing to do), or ``retry``/``failed`` (a failed attempt:
+    re-queued, or the step fails)."""
 
     action: str
     reason: str = ""
@@ -262,6 +263,9 @@ class GlobalGates:
     def report(self, worker_id: str, attempt: str, ok: bool, error: str, result: dict[str, Any],
                now: float) -> ReportOutcome:
         entry = self._attempts.get(attempt)
+        if entry is None and any(p.done_attempt == attempt for g in self.gates.values() for p in g.partitions):
+            # the same report again (its answer was lost and the worker retried): already accepted
+            return ReportOutcome("duplicate", "already accepted")
         if entry is None:
             self.discarded += 1
             return ReportOutcome("discarded", "attempt unknown or revoked (lease expired, cancelled, or lost "
