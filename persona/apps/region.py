@@ -282,16 +282,20 @@ class RegionExportJob(ExportJob):
             self.chosen = self.extra_sources[:1]
             self.slot = {c: k for k, c in enumerate(self.chosen)}
 
-        def first_key(i: int) -> int:
-            al = self.ds.decode_file(i, RESULTS, self.ds.read_file(i, RESULTS))
-            return int(alignment_keys(al)[0]) if len(al.fields) else 0
+        def first_key(i: int) -> int:  # of the chunk's first record (only that one decoded)
+            from persona.agd.columns import decode_column
+
+            _, raw = self.ds.read_raw(i, RESULTS)
+            if not len(raw):
+                return 0
+            return int(alignment_keys(decode_column(RESULTS, raw.slice(0, 1)))[0])
 
         mb = self.runtime.config.export.sorted_extras_memory_mb
         self.extras = SortedExtras(len(self.chosen), self.fmt, lambda k: (None, b"", None), memory_limit=mb << 20,
                                    submit=self.runtime.compute.submit, in_flight=max(2, self.runtime.threads),
                                    keep=self.selection.mask)
         try:
-            firsts = np.array([first_key(i) for i in self.chosen], dtype=np.uint64)
+            firsts = np.array(list(self.runtime.compute.map(first_key, self.chosen)), dtype=np.uint64)
             self.extras.build_from(firsts, len(self.extra_sources), self._source)
         except BaseException:
             self.extras.close()
