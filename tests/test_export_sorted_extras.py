@@ -265,3 +265,40 @@ def test_bed_export_has_extras_as_samtools_view(sorted_ds: Path, full_bam: Path,
                             text=True).stdout.splitlines()
     assert any(int(ln.split("\t")[1]) & 0x900 for ln in theirs)
     assert _view(out) == theirs
+
+
+def test_build_from_other_sources_places_extras_alike() -> None:
+    """SortedExtras.build_from (a region export: the extras come from other chunks than the ones they
+    are merged into) places every extra where build() does when sources and output chunks coincide,
+    and with a single output chunk, all of them in it in coordinate order."""
+    from persona.apps.export_sorted import alignment_keys
+
+    chunks = [[(0, 10, 0), (0, 20, 0), (0, 30, 0)], [(0, 40, 0), (1, 5, 0), (-1, -1, 4)]]
+    extras = {0: [(1, 7, 0x800), (0, 20, 0x800)], 1: [(0, 2, 0x100), (0, 35, 0x800), (2, 1, 0x800)]}
+
+    def source(j: int):  # type: ignore[no-untyped-def]
+        recs = extras[j]
+        al = _fake_alignments(recs)
+        return alignment_keys(al), [f"{j}:{r}:{p}:{f}\n".encode() for r, p, f in recs]
+
+    def merged(sx: SortedExtras, which: list[int]) -> list[tuple[list[str], int]]:
+        out = []
+        for k, i in enumerate(which):
+            al = _fake_alignments(chunks[i])
+            data = "".join(f"{i}:{r}:{p}:{f}\n" for r, p, f in chunks[i]).encode()
+            m, n = sx.merge_into(k, al, data, None)
+            out.append((m.decode().split(), n))
+        sx.close()
+        return out
+
+    firsts = np.array([alignment_keys(_fake_alignments(c[:1]))[0] for c in chunks], dtype=np.uint64)
+    sx = SortedExtras(2, "sam", lambda i: (None, b"", None), memory_limit=1 << 20)
+    sx.build_from(firsts, 2, source)
+    assert merged(sx, [0, 1]) == [
+        (["1:0:2:256", "0:0:10:0", "0:0:20:0", "0:0:20:2048", "0:0:30:0", "1:0:35:2048"], 3),
+        (["1:0:40:0", "1:1:5:0", "0:1:7:2048", "1:2:1:2048", "1:-1:-1:4"], 2)]
+    one = SortedExtras(1, "sam", lambda i: (None, b"", None), memory_limit=40)  # spilled
+    one.build_from(firsts[1:], 2, source)
+    got = merged(one, [1])
+    assert got == [(["1:0:2:256", "0:0:20:2048", "1:0:35:2048", "1:0:40:0", "1:1:5:0", "0:1:7:2048", "1:2:1:2048",
+                     "1:-1:-1:4"], 5)]
