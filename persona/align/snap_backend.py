@@ -99,7 +99,7 @@ def seed_length_for(preset: str, genome_size: int) -> int:
 def load_genome(path: str | Path) -> tuple[list[str], list[int], list[int], np.ndarray]:
     """Contig names, starts and lengths in the concatenated genome, and the genome's base codes (contigs
     with :data:`PADDING` N between them and at both ends), built in one array: peak memory is the
-    FASTA's text, the genome and one contig's text."""
+    FASTA's text and the genome."""
     path = Path(path)
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
@@ -132,9 +132,11 @@ def load_genome(path: str | Path) -> tuple[list[str], list[int], list[int], np.n
     pos = PADDING
     for (_, s, e), n in zip(spans, lengths):
         starts.append(pos)
-        seq = text[s:e].translate(_CODE_TABLE, ws)   # line breaks dropped, bases to codes: one copy
-        genome[pos:pos + n] = np.frombuffer(seq, dtype=np.uint8)
-        del seq
+        at = pos
+        for b0 in range(s, e, 1 << 23):   # 8 MB of text at a time: line breaks dropped, bases to codes
+            piece = text[b0:min(b0 + (1 << 23), e)].translate(_CODE_TABLE, ws)
+            genome[at:at + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+            at += len(piece)
         pos += n + PADDING
     del text
     return [name for name, _, _ in spans], starts, lengths, genome
