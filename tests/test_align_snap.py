@@ -539,3 +539,32 @@ def test_plan_passes_cover_every_seed_in_order() -> None:
     # consecutive ranges from 0 to the end of the value space, none over budget unless one bin is
     assert passes == [(0, 48, 8), (48, 64, 9), (64, 128, 3)]
     assert sb.plan_passes(hist, 4, 1000) == [(0, 128, 20)]
+
+
+def test_short_single_reads_placed_after_the_short_read_stop(index_path, contigs, genome) -> None:
+    """50-bp single-end reads (two seeds a pass: the search stops after two passes once the best location
+    has <= 1 edit): exact and one-substitution reads are placed at their origin, NM/MD/AS exact."""
+    al = aligner(index_path, contigs)
+    rng = np.random.default_rng(23)
+    reads = sample_reads(genome, rng, 400, length=50)
+    seqs = []
+    for i, (c, p, rev, r) in enumerate(reads):
+        if i % 2:   # one substitution, away from the ends
+            j = int(rng.integers(5, 45))
+            r = r[:j] + "ACGT"[("ACGT".index(r[j]) + 1) % 4] + r[j + 1:]
+        seqs.append(r)
+    res = al.align(ragged(seqs))
+    f = res.primary.fields
+    placed = 0
+    for i, (c, p, rev, _) in enumerate(reads):
+        assert not f["flag"][i] & 0x4, i
+        name = contigs[f["ref_index"][i]].name
+        seq = revcomp(seqs[i]) if f["flag"][i] & 0x10 else seqs[i]
+        nm, md = check_record(genome[name], int(f["position"][i]), res.primary.cigars[i].decode(), seq)
+        t = tags(res, i)
+        assert (int(t["NM"]), t["MD"]) == (nm, md) and nm <= i % 2, (i, t)
+        if name == c and f["position"][i] == p:
+            placed += 1
+        else:       # another exact (or as good) copy: then the MAPQ says so
+            assert f["mapq"][i] < 10, i
+    assert placed >= 380
