@@ -4,7 +4,7 @@
 Written from the published description of SNAP's algorithm (Zaharia et al. 2011; the thesis §5.5;
 ``reference/persona-original.md`` §6), not from SNAP's code.
 
-**Index** (:func:`build_tables`): the reference is one array of base codes (A0 C1 G2 T3, N/other 4),
+**Index** (:func:`fill_tables`, or pass by pass :func:`count_seeds` and :func:`fill_seeds`): the reference is one array of base codes (A0 C1 G2 T3, N/other 4),
 contigs concatenated with runs of N between them and at both ends. Every position whose ``k`` bases
 hold no N gives a seed, packed 2 bits per base; only the *canonical* form (the smaller of the seed
 and its reverse complement) is stored. The canonical value's top ``2k - key_bits`` bits pick one of
@@ -25,7 +25,8 @@ first with Landau-Vishkin edit distance anchored at the seed (forward from the s
 from its start), within ``limit = min(best, max_dist) + extra_depth``; a candidate that missed more
 seeds than ``limit`` (corrected for overlapping seeds after a wrap) cannot beat the best and is left.
 The search stops when no unseen location can beat the limit (``applied / (wraps + 1) > limit`` in
-both directions) or after ``max_seeds`` seeds. Every scored location gets SNAP's match probability
+both directions) or after ``max_seeds`` seeds; a single-end read also stops before its third pass
+once the best location has at most one edit on two or more seeds (``Mapper._settled``). Every scored location gets SNAP's match probability
 (substitutions by base quality, gaps 0.001 x 0.5^(len-1), matches and the seed x 0.999 per base);
 MAPQ = -10 log10(1 - P(best) / sum P), at most 70, less half the popular seeds beyond ten.
 
@@ -40,7 +41,13 @@ proper pairs. With no proper pair each mate keeps its single-end result with MAP
 Records: CIGAR with soft clips (reads overhanging a contig end are clipped there; a leading or
 trailing insertion becomes a clip), SAM flags, mate fields, TLEN 5' to 5' plus one (as the other
 backends), tags NM, MD, AS (``AS`` = matches - 4 x mismatches - (6 + len) per gap: SNAP 2's affine
-scores applied to the chosen alignment), MC and MQ on a record whose mate is mapped.
+scores applied to the chosen alignment), MC and MQ on a primary record whose mate is mapped.
+
+**Secondary alignments** (``max_secondary`` > 0; SNAP's ``-om``/``-omax``): a read's other scored
+locations within ``secondary_delta`` edits of its chosen one (and within ``max_dist``), fewest edits,
+then highest probability, then leftmost first; flag 0x100, MAPQ 0, NM/MD/AS, mate fields of the
+mate's primary record, no MC/MQ or 0x2. Per mate for pairs. The search depth is raised to
+``secondary_delta`` when it is larger than ``extra_depth``, so that such locations are scored.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
@@ -1834,7 +1841,9 @@ cdef class Mapper:
 
     def align(self, const uint64_t[::1] offsets, const uint8_t[::1] data, qual_offsets=None, qual_data=None,
               bint paired=False):
-        """Align every read of a block; returns ``(fields, cigar_offsets, cigar_data, tag_offsets, tag_data)``.
+        """Align every read of a block; returns ``(fields, cigar_offsets, cigar_data, tag_offsets, tag_data,
+        secondary)``, ``secondary`` a list of ``max_secondary`` columns ``(fields, cigar_offsets, cigar_data,
+        present, tag_offsets, tag_data)`` (absent rows: zero-length records, ``present`` False).
 
         ``offsets``/``data``: a RaggedArray of text bases (interleaved pairs when ``paired``);
         ``qual_offsets``/``qual_data``: Phred+33 qualities of the same lengths, or None (Q30 assumed).
