@@ -417,7 +417,7 @@ def _bench_sortmem(ceph: Store, args: argparse.Namespace, notes: dict, tmp: Path
     for k in copies:
         name = "aligned" if k == 1 else replicated(agd, "aligned", k)
         ds = Dataset.open(agd, name)
-        label = f"{ds.num_records // 2 / 1e6:g}M_pairs"
+        label = f"{ds.num_records / 2e6:.1f}M_pairs"
         dest = ceph.child(f"sortmem-{k}x-{uuid.uuid4().hex[:6]}")
         try:
             t0 = time.perf_counter()
