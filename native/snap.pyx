@@ -211,22 +211,138 @@ def canonical_seeds(const uint8_t[::1] genome, int k, lo=0, hi=None, Py_ssize_t 
     return canon[:n], pos[:n], rcf[:n]
 
 
-def count_seeds(const uint64_t[::1] canon_sorted, int k, uint64_t[::1] counts):
-    """Add the distinct canonical seeds of one sorted pass to their tables' ``counts``; returns the
-    overflow entries the pass's repeated seeds take."""
+def packed_seeds(const uint8_t[::1] genome, int k, int pos_bits, lo=0, hi=None, Py_ssize_t count=-1):
+    """As :func:`canonical_seeds`, each seed packed in one word: ``canon << pos_bits | pos`` (``2k + pos_bits
+    <= 64``): a plain sort orders seeds by value, then position. The strand is not stored: the genome
+    at ``pos`` tells it (:func:`fill_seeds` reads it there for repeated seeds)."""
+    cdef Py_ssize_t g = genome.shape[0], i, n = 0, cap
+    cdef uint64_t mask = _seed_mask(k)
+    cdef uint64_t f = 0, r = 0, c, vlo = lo
+    cdef uint64_t vhi = mask if hi is None else <uint64_t>(hi - 1)
+    cdef int run = 0, shift = 2 * (k - 1), sh = pos_bits
+    cdef uint8_t b
+    if g >= 0xFFFFFFF0 or (<uint64_t>g) >> pos_bits:
+        raise ValueError(f"genome of {g} bases does not fit {pos_bits}-bit positions")
+    if 2 * k + pos_bits > 64:
+        raise ValueError(f"seed length {k} and {pos_bits}-bit positions do not fit one word")
+    if hi is not None and hi <= lo:
+        raise ValueError(f"empty seed range [{lo}, {hi})")
+    cap = count if count >= 0 else g
+    packed = np.empty(cap, dtype=np.uint64)
+    cdef uint64_t[::1] pk = packed
+    with nogil:
+        for i in range(g):
+            b = genome[i]
+            if b > 3:
+                run = 0
+                f = 0
+                r = 0
+                continue
+            f = ((f << 2) | b) & mask
+            r = (r >> 2) | (<uint64_t>(3 - b) << shift)
+            run += 1
+            if run >= k:
+                c = f if f <= r else r
+                if c < vlo or c > vhi:
+                    continue
+                if n >= cap:
+                    n = cap + 1
+                    break
+                pk[n] = (c << sh) | <uint64_t>(i - k + 1)
+                n += 1
+    if n > cap:
+        raise ValueError(f"more seeds in [{lo}, {hi}) than the {count} counted")
+    return packed[:n]
+
+
+cdef struct Seeds:       # one sorted pass: (canon, pos, rc) arrays, or packed words (pos NULL)
+    const uint64_t *v
+    const uint32_t *pos
+    const uint8_t *rc
+    int sh               # canonical value = v >> sh
+    uint64_t pmask
+    const uint8_t *genome   # packed words: the strand is read from the genome
+    int k
+
+
+cdef inline uint64_t _s_canon(const Seeds *s, Py_ssize_t i) noexcept nogil:
+    return s.v[i] >> s.sh
+
+
+cdef inline uint32_t _s_pos(const Seeds *s, Py_ssize_t i) noexcept nogil:
+    return s.pos[i] if s.pos != NULL else <uint32_t>(s.v[i] & s.pmask)
+
+
+cdef inline uint8_t _s_rc(const Seeds *s, Py_ssize_t i) noexcept nogil:
+    """1 where the genome holds the canonical seed's reverse complement (0 for a palindrome)."""
+    cdef uint64_t f = 0
+    cdef int j
+    cdef const uint8_t *g
+    if s.pos != NULL:
+        return s.rc[i]
+    g = s.genome + (s.v[i] & s.pmask)
+    for j in range(s.k):
+        f = (f << 2) | g[j]
+    return 0 if f == (s.v[i] >> s.sh) else 1
+
+
+cdef Py_ssize_t _seeds_view(Seeds *s, object values, object pos, object rc, int pos_bits) except -1:
+    """Fill ``s`` from sorted ``values`` (canonical seeds, with ``pos``/``rc``; or packed words when
+    ``pos_bits`` > 0 and ``pos`` is None and ``rc`` the genome); returns the seed count."""
+    cdef const uint64_t[::1] v = values
+    cdef const uint32_t[::1] pv
+    cdef const uint8_t[::1] rv
+    cdef Py_ssize_t n = v.shape[0]
+    s.v = &v[0] if n else NULL
+    cdef const uint8_t[::1] gv
+    if pos_bits > 0:
+        if pos is not None or rc is None:
+            raise ValueError("packed seeds carry their positions: pass pos None and the genome as rc")
+        gv = rc
+        s.genome = &gv[0]
+        s.pos = NULL
+        s.rc = NULL
+        s.sh = pos_bits
+        s.pmask = ((<uint64_t>1) << pos_bits) - 1
+    else:
+        pv = pos
+        rv = rc
+        if pv.shape[0] != n or rv.shape[0] != n:
+            raise ValueError("canon, pos and rc must have the same length")
+        s.pos = &pv[0] if n else NULL
+        s.rc = &rv[0] if n else NULL
+        s.sh = 0
+        s.pmask = 0
+    return n
+
+
+def count_seeds(values, int k, uint64_t[::1] counts, int pos_bits=0):
+    """Add the distinct canonical seeds of one sorted pass (canonical values, or packed words when
+    ``pos_bits`` > 0) to their tables' ``counts``; returns the overflow entries the pass's repeated
+    seeds take."""
     cdef int key_bits, table_bits
     key_bits, table_bits = seed_layout(k)
     if counts.shape[0] != (1 << table_bits):
         raise ValueError(f"counts must have {1 << table_bits} entries")
-    cdef Py_ssize_t n = canon_sorted.shape[0], i, j
-    cdef uint64_t n_over = 0
+    cdef Seeds s
+    cdef Py_ssize_t n, i, j
+    cdef uint64_t n_over = 0, c
+    cdef const uint64_t[::1] keep = values   # holds the buffer while its pointer is used
+    s.v = NULL
+    s.pos = NULL
+    s.rc = NULL
+    s.sh = pos_bits
+    n = keep.shape[0]
+    if n:
+        s.v = &keep[0]
     with nogil:
         i = 0
         while i < n:
+            c = _s_canon(&s, i)
             j = i + 1
-            while j < n and canon_sorted[j] == canon_sorted[i]:
+            while j < n and _s_canon(&s, j) == c:
                 j += 1
-            counts[canon_sorted[i] >> key_bits] += 1
+            counts[c >> key_bits] += 1
             if j - i > 1:
                 n_over += 2 + <uint64_t>(j - i)
             i = j
@@ -242,23 +358,26 @@ def table_offsets(counts, double slack):
     return offsets
 
 
-def fill_seeds(const uint64_t[::1] canon_sorted, const uint32_t[::1] pos_sorted, const uint8_t[::1] rc_sorted,
-               int k, const uint64_t[::1] off, uint64_t genome_len, slots, uint32_t[::1] ov, uint64_t o):
+def fill_seeds(values, pos_sorted, rc_sorted, int k, const uint64_t[::1] off, uint64_t genome_len, slots,
+               uint32_t[::1] ov, uint64_t o, int pos_bits=0):
     """Insert one sorted pass into the tables (``slots``: uint64[S], or ``(keys uint64[S], vals uint32[S])``
     when keys are wider than 32 bits; empty slots pre-filled) and its repeated seeds into the overflow
-    table from entry ``o``; returns the next free overflow entry. Passes in ascending canonical order
-    give exactly the tables of one pass over every seed."""
+    table from entry ``o``; returns the next free overflow entry. The pass is ``values`` (canonical
+    seeds) with ``pos_sorted``/``rc_sorted``, or packed words (:func:`packed_seeds`) with ``pos_bits``
+    > 0, ``pos_sorted`` None and the genome as ``rc_sorted``. Passes in ascending canonical order give exactly the tables of one pass
+    over every seed."""
     cdef int key_bits, table_bits
     key_bits, table_bits = seed_layout(k)
-    cdef Py_ssize_t n = canon_sorted.shape[0], i, j, e
-    cdef uint64_t t, size, slot, base, key, value, nf
+    cdef Seeds s
+    cdef Py_ssize_t n = _seeds_view(&s, values, pos_sorted, rc_sorted, pos_bits), i, j, e
+    s.k = k
+    cdef const uint64_t[::1] keep_v = values   # holds the buffer while its pointer is used
+    cdef uint64_t t, size, slot, base, key, value, nf, c
     cdef uint64_t key_mask = ((<uint64_t>1) << key_bits) - 1
     cdef bint wide = key_bits > 32
     cdef uint64_t[::1] sl
     cdef uint64_t[::1] keys
     cdef uint32_t[::1] vals
-    if pos_sorted.shape[0] != n or rc_sorted.shape[0] != n:
-        raise ValueError("canon, pos and rc must have the same length")
     if wide:
         keys, vals = slots
         sl = np.zeros(1, dtype=np.uint64)
@@ -269,30 +388,31 @@ def fill_seeds(const uint64_t[::1] canon_sorted, const uint32_t[::1] pos_sorted,
     with nogil:
         i = 0
         while i < n:
+            c = _s_canon(&s, i)
             j = i + 1
-            while j < n and canon_sorted[j] == canon_sorted[i]:
+            while j < n and _s_canon(&s, j) == c:
                 j += 1
             if j - i == 1:
-                value = pos_sorted[i]
+                value = _s_pos(&s, i)
             else:
                 value = genome_len + o
                 nf = 0
                 for e in range(i, j):
-                    if rc_sorted[e] == 0:
+                    if _s_rc(&s, e) == 0:
                         nf += 1
                 ov[o] = <uint32_t>nf
                 ov[o + 1] = <uint32_t>(j - i - nf)
                 o += 2
                 for e in range(i, j):
-                    if rc_sorted[e] == 0:
-                        ov[o] = pos_sorted[e]
+                    if _s_rc(&s, e) == 0:
+                        ov[o] = _s_pos(&s, e)
                         o += 1
                 for e in range(i, j):
-                    if rc_sorted[e] != 0:
-                        ov[o] = pos_sorted[e]
+                    if _s_rc(&s, e) != 0:
+                        ov[o] = _s_pos(&s, e)
                         o += 1
-            t = canon_sorted[i] >> key_bits
-            key = canon_sorted[i] & key_mask
+            t = c >> key_bits
+            key = c & key_mask
             base = off[t]
             size = off[t + 1] - base
             slot = _table_slot(key, size)

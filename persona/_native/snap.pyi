@@ -18,16 +18,22 @@ def canonical_seeds(genome: npt.NDArray[np.uint8], k: int, lo: int = 0, hi: int 
     """(canonical seed, position, 1 where the genome holds the reverse complement) of every N-free position
     whose canonical seed is in ``[lo, hi)``; ``count`` (when known) sizes the arrays."""
 
-def count_seeds(canon_sorted: npt.NDArray[np.uint64], k: int, counts: npt.NDArray[np.uint64]) -> int:
-    """Adds a sorted pass's distinct seeds to their tables' counts; returns its overflow entries."""
+def packed_seeds(genome: npt.NDArray[np.uint8], k: int, pos_bits: int, lo: int = 0, hi: int | None = None,
+                 count: int = -1) -> npt.NDArray[np.uint64]:
+    """As canonical_seeds, packed ``canon << pos_bits | pos`` (2k + pos_bits <= 64); strands from the genome."""
+
+def count_seeds(values: npt.NDArray[np.uint64], k: int, counts: npt.NDArray[np.uint64], pos_bits: int = 0) -> int:
+    """Adds a sorted pass's distinct seeds (canonical values, or packed words) to their tables' counts;
+    returns its overflow entries."""
 
 def table_offsets(counts: npt.NDArray[np.uint64], slack: float) -> npt.NDArray[np.uint64]:
     """Each table's first slot (T + 1 entries)."""
 
-def fill_seeds(canon_sorted: npt.NDArray[np.uint64], pos_sorted: npt.NDArray[np.uint32],
+def fill_seeds(values: npt.NDArray[np.uint64], pos_sorted: npt.NDArray[np.uint32] | None,
                rc_sorted: npt.NDArray[np.uint8], k: int, offsets: npt.NDArray[np.uint64], genome_len: int,
-               slots: Any, overflow: npt.NDArray[np.uint32], o: int) -> int:
-    """Inserts a sorted pass into the tables and the overflow table from entry ``o``; returns the next entry."""
+               slots: Any, overflow: npt.NDArray[np.uint32], o: int, pos_bits: int = 0) -> int:
+    """Inserts a sorted pass into the tables and the overflow table from entry ``o``; returns the next entry.
+    Packed words (``pos_bits`` > 0) take ``pos_sorted`` None and the genome as ``rc_sorted``."""
 
 def fill_tables(canon_sorted: npt.NDArray[np.uint64], pos_sorted: npt.NDArray[np.uint32],
                 rc_sorted: npt.NDArray[np.uint8], k: int, slack: float, genome_len: int) -> tuple[

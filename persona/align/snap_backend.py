@@ -167,30 +167,25 @@ def plan_passes(hist: np.ndarray, shift: int, max_seeds: int) -> list[tuple[int,
     return passes
 
 
-def _sorted_seeds(snap: Any, genome: np.ndarray, k: int, lo: int, hi: int, count: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The seeds whose canonical value is in ``[lo, hi)``, sorted by value, positions ascending within one."""
-    canon, locs, rc = snap.canonical_seeds(genome, k, lo, hi, count)
+def _sorted_seeds(snap: Any, genome: np.ndarray, k: int, lo: int, hi: int, count: int) -> tuple[Any, ...]:
+    """The seeds whose canonical value is in ``[lo, hi)``, sorted by value, positions ascending within one:
+    ``(packed, None, genome, pos_bits)`` when seed and position fit one word (sorted in place; the
+    kernel reads strands from the genome), else ``(canon, pos, rc, 0)``."""
     pos_bits = int(len(genome)).bit_length()
-    if 2 * k + pos_bits + 1 <= 64:
-        # one plain sort of (seed, position, strand) packed in a word: groups seeds, positions ascending
-        packed = (canon << np.uint64(pos_bits + 1)) | (locs.astype(np.uint64) << np.uint64(1)) | rc
-        del canon, locs, rc
+    if 2 * k + pos_bits <= 64:
+        packed = snap.packed_seeds(genome, k, pos_bits, lo, hi, count)
         packed.sort()
-        canon = packed >> np.uint64(pos_bits + 1)
-        locs = ((packed >> np.uint64(1)) & np.uint64((1 << pos_bits) - 1)).astype(np.uint32)
-        rc = (packed & np.uint64(1)).astype(np.uint8)
-        del packed
-    else:
-        order = np.argsort(canon, kind="stable")
-        canon, locs, rc = canon[order], locs[order], rc[order]
-        del order
-    return canon, locs, rc
+        return packed, None, genome, pos_bits
+    canon, locs, rc = snap.canonical_seeds(genome, k, lo, hi, count)
+    order = np.argsort(canon, kind="stable")
+    canon, locs, rc = canon[order], locs[order], rc[order]
+    del order
+    return canon, locs, rc, 0
 
 
 def _bytes_per_seed(k: int, genome_len: int) -> int:
     """Peak bytes one seed of a pass takes while it is gathered and sorted."""
-    return 21 if 2 * k + int(genome_len).bit_length() + 1 <= 64 else 40
+    return 8 if 2 * k + int(genome_len).bit_length() <= 64 else 40
 
 
 def build_index(fasta: str | Path, out_path: str | Path, preset: str = "sr", *, slack: float = SLACK,
@@ -226,13 +221,13 @@ def build_index(fasta: str | Path, out_path: str | Path, preset: str = "sr", *, 
     first = None
     if len(passes) == 1:  # one pass: count and fill from the same sorted seeds
         first = _sorted_seeds(snap, genome, k, passes[0][0], passes[0][1], passes[0][2])
-        n_over = snap.count_seeds(first[0], k, counts)
+        n_over = snap.count_seeds(first[0], k, counts, first[3])
     else:
         n_over = 0
         for lo, hi, cnt in passes:
-            canon = _sorted_seeds(snap, genome, k, lo, hi, cnt)[0]
-            n_over += snap.count_seeds(canon, k, counts)
-            del canon
+            seeds = _sorted_seeds(snap, genome, k, lo, hi, cnt)
+            n_over += snap.count_seeds(seeds[0], k, counts, seeds[3])
+            del seeds
     if len(genome) + n_over >= 0xFFFFFFFF:
         raise AlignerError("snap index too large for 32-bit values")
     offsets = snap.table_offsets(counts, slack)
@@ -283,7 +278,7 @@ def build_index(fasta: str | Path, out_path: str | Path, preset: str = "sr", *, 
     for i, (lo, hi, cnt) in enumerate(passes):
         seeds = first if (i == 0 and first is not None) else _sorted_seeds(snap, genome, k, lo, hi, cnt)
         first = None
-        o = snap.fill_seeds(*seeds, k, offsets, len(genome), slots, overflow, o)
+        o = snap.fill_seeds(seeds[0], seeds[1], seeds[2], k, offsets, len(genome), slots, overflow, o, seeds[3])
         del seeds
     if o != n_over:
         raise AlignerError(f"snap index build: {o} overflow entries written, {n_over} counted")
