@@ -17,7 +17,10 @@ run one measurement alone):
   machines, §6.2) and P = 4 chunks per partition;
 * scale-out: align requests on 1 and on 2 `persona worker` processes of one aligner thread, each
   pinned to its own core (taskset), interleaved (1, 2, 2, 1, ...), medians of 3 (quick: 1); the
-  coordinator's share of the CPU the two-worker runs used; efficiency = speed-up / 2;
+  coordinator's share of the CPU the two-worker runs used, and each worker's CPU / wall; efficiency =
+  speed-up / 2. The cluster parts keep their datasets in /dev/shm where writable (``--scratch``):
+  two workers writing to one local disk wait on each other's fsyncs, which is not what a cluster's
+  workers (each its own machine, a shared Ceph/S3 store) do;
 * recovery: a worker SIGKILLed mid-request; seconds until the coordinator re-queued its partitions
   (against the lease period) and the request's slowdown against the fault-free 2-worker run.
 
@@ -290,7 +293,10 @@ def _cluster_runs(cfg: Path, root: Path, src: Path, *, repeats: int, kill_after:
                 if n == 1:
                     workers[1].send_signal(signal.SIGSTOP)
                     registered(c, 1)  # lost: nothing is handed to it while it is stopped
+                    w0 = _cpu_of(workers[0].pid)
                     out["runs_1"].append(done(c, *align(c)))
+                    out.setdefault("cpu_1", []).append(_cpu_of(workers[0].pid) - w0)
+                    out.setdefault("busy_1", []).append(out["cpu_1"][-1] / out["runs_1"][-1])
                     workers[1].send_signal(signal.SIGCONT)
                     registered(c, 2)
                 else:
@@ -305,6 +311,8 @@ def _cluster_runs(cfg: Path, root: Path, src: Path, *, repeats: int, kill_after:
                     out.setdefault("partitions_before_2", []).append(parts0)
                     cpu_coord += used[0]
                     cpu_all += sum(used)
+                    out.setdefault("cpu_2", []).append(sum(used[1:]))
+                    out.setdefault("busy_2", []).append(sum(used[1:]) / 2 / out["runs_2"][-1])
         out["seconds_1"] = statistics.median(out["runs_1"])
         out["seconds_2"] = statistics.median(out["runs_2"])
         out["coordinator_cpu_share"] = cpu_coord / cpu_all if cpu_all else 0.0
@@ -382,11 +390,18 @@ def _scale_src(root: Path, copies: int) -> Path:
 def _print_scaleout(r: dict[str, Any], repeats: int) -> float:
     one, two = r["seconds_1"], r["seconds_2"]
     eff = one / two / 2
+    r["cpu_ratio"] = statistics.median(r["cpu_2"]) / statistics.median(r["cpu_1"])
     print(f"scale-out on align ({r['records']:,.0f} records, median of {repeats} interleaved runs each; workers of one "
           f"aligner thread pinned to a core each): 1 worker {one:.2f} s ({', '.join(f'{x:.2f}' for x in r['runs_1'])}), "
           f"2 workers {two:.2f} s ({', '.join(f'{x:.2f}' for x in r['runs_2'])}): efficiency {eff:.2f} of linear "
           f"(goal >= 0.9); the coordinator used {100 * r['coordinator_cpu_share']:.1f} % of the CPU of the 2-worker "
-          f"runs, on the workers' {os.cpu_count()} cores; partitions done per worker after each 2-worker run "
+          f"runs, on the workers' {os.cpu_count()} cores; a worker's CPU / wall: 1 worker "
+          f"{statistics.median(r['busy_1']):.2f}, 2 workers {statistics.median(r['busy_2']):.2f} each (below 1: it "
+          f"waited, on the disk, the coordinator or the machine's other load: load average now "
+          f"{os.getloadavg()[0]:.1f}); the workers' CPU seconds per request: 1 worker "
+          f"{statistics.median(r['cpu_1']):.2f}, 2 workers {statistics.median(r['cpu_2']):.2f} together "
+          f"({r['cpu_ratio']:.2f}x: splitting adds that much work); partitions done per worker after each "
+          f"2-worker run "
           f"(cumulative since it registered): {r['partitions_2']}")
     return eff
 
@@ -401,7 +416,9 @@ def scaleout_bench(root: Path, quick: bool) -> dict[str, Any]:
     return {"scale_out_1_s": r["seconds_1"], "scale_out_2_s": r["seconds_2"], "scale_out_efficiency": eff,
             "scale_out_runs_1_s": r["runs_1"], "scale_out_runs_2_s": r["runs_2"],
             "coordinator_cpu_share": r["coordinator_cpu_share"], "records": r["records"],
-            "partitions_per_worker_2": r["partitions_2"]}
+            "partitions_per_worker_2": r["partitions_2"], "worker_busy_1": statistics.median(r["busy_1"]),
+            "worker_cpu_2_over_1": r["cpu_ratio"],
+            "worker_busy_2": statistics.median(r["busy_2"])}
 
 
 def cluster_bench(root: Path, quick: bool) -> dict[str, Any]:
@@ -436,9 +453,14 @@ def main() -> None:
     ap.add_argument("--part", choices=["all", "service", "cluster", "capacity", "scaleout"], default="all",
                     help="persona serve's benchmarks, the cluster's (capacity, scale-out, recovery), both (all), or "
                          "one cluster measurement alone")
+    ap.add_argument("--scratch", default=None,
+                    help="where the cluster parts put their datasets (default /dev/shm where writable: the workers "
+                         "of a real cluster do not share one local disk's fsyncs, so the scale-out measures CPU)")
     a = ap.parse_args()
+    scratch = a.scratch or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
     if a.part in ("cluster", "capacity", "scaleout"):
-        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        print(f"cluster datasets under {scratch or tempfile.gettempdir()}")
+        with tempfile.TemporaryDirectory(prefix="bench-cluster-", dir=scratch) as tmp:
             root = Path(tmp)
             cfg, _ = _cluster_cfg(root, lease=2, partition=2)
             if a.part == "capacity":
@@ -528,7 +550,7 @@ def main() -> None:
 
     clus: dict[str, Any] = {}
     if a.part == "all":
-        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench-cluster-", dir=scratch) as tmp:
             croot = Path(tmp)
             ccfg, _ = _cluster_cfg(croot, lease=2, partition=2)
             cli(ccfg, "reference", "add", "sample_reference", str(REF))
