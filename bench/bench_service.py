@@ -32,6 +32,7 @@ import argparse
 import gzip
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -190,7 +191,7 @@ def capacity(root: Path, quick: bool, credits: int = 1) -> dict[str, float]:
         token = (root / f"state-{address.rsplit(':', 1)[1]}" / "worker-token").read_text().strip()
         # 8 no-op workers in 2 processes (4 threads each): their own gRPC cost is not one GIL's; each
         # child prints its count and the seconds from its first pull to its last report
-        seconds = 3 if quick else 20
+        seconds = 2 if quick else 20
         cpu0 = _cpu_of(proc.pid)
         kids = [subprocess.Popen([sys.executable, __file__, "--noop-workers", address, token, "4", str(seconds),
                                   str(credits)],
@@ -485,8 +486,9 @@ def main() -> None:
         cli(cfg, "import", str(R1), str(R2), "-o", str(root / "small"), "-c", "2000")
         r1, r2 = repeat_fastq(root, copies)
         top = max(levels)
-        for k in range(top):
-            cli(cfg, "import", str(r1), str(r2), "-o", str(root / f"ds{k}"), "-c", "2000")
+        cli(cfg, "import", str(r1), str(r2), "-o", str(root / "ds0"), "-c", "2000")
+        for k in range(1, top):  # the same dataset, one copy per concurrent request
+            shutil.copytree(root / "ds0", root / f"ds{k}")
 
         # the one-shot CLI: a fresh process per request (start-up, index load)
         cli_lat = []
