@@ -469,11 +469,13 @@ def main_snap(args: argparse.Namespace) -> None:
           f"{ref['index_mb']:.0f} MB (built in {ref['build_s'] or 0:.1f} s), snap-aligner {ref['snap_index_mb']:.0f} MB "
           f"(built in {ref['snap_build_s'] or 0:.1f} s; 0: cached); goals: ratios >= 1.0, memory <= 1.0x")
     print(table(headers, rows))
+    build_rows = [[k, v["persona_default_s"], v["persona_default_rss_mb"], v["persona_small_s"],
+                   v["persona_small_rss_mb"], v["identical"], v["snap_s"], v["snap_rss_mb"]]
+                  for k, v in builds.items()]
     print(table(["index build", "ours s", "ours RSS MB", "ours small-budget s", "ours small-budget RSS MB",
-                 "same bytes", "snap-aligner s", "snap-aligner RSS MB"],
-                [[k, v["persona_default_s"], v["persona_default_rss_mb"], v["persona_small_s"],
-                  v["persona_small_rss_mb"], v["identical"], v["snap_s"], v["snap_rss_mb"]] for k, v in builds.items()]))
-    emit_json({"bench": "align", "aligner": "snap", "index_builds": builds, "seed_len": args.seed_len, "threads": args.threads,
+                 "same bytes", "snap-aligner s", "snap-aligner RSS MB"], build_rows))
+    emit_json({"bench": "align", "aligner": "snap", "index_builds": builds, "seed_len": args.seed_len,
+               "threads": args.threads,
                "quick": args.quick, "index_mb": round(ref["index_mb"], 1),  # type: ignore[arg-type]
                "snap_index_mb": round(ref["snap_index_mb"], 1),  # type: ignore[arg-type]
                "index_build_s": ref["build_s"], "snap_index_build_s": ref["snap_build_s"], "sets": results,

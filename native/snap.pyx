@@ -4,7 +4,8 @@
 Written from the published description of SNAP's algorithm (Zaharia et al. 2011; the thesis §5.5;
 ``reference/persona-original.md`` §6), not from SNAP's code.
 
-**Index** (:func:`fill_tables`, or pass by pass :func:`count_seeds` and :func:`fill_seeds`): the reference is one array of base codes (A0 C1 G2 T3, N/other 4),
+**Index** (:func:`fill_tables`, or pass by pass :func:`count_seeds` and :func:`fill_seeds`): the
+reference is one array of base codes (A0 C1 G2 T3, N/other 4),
 contigs concatenated with runs of N between them and at both ends. Every position whose ``k`` bases
 hold no N gives a seed, packed 2 bits per base; only the *canonical* form (the smaller of the seed
 and its reverse complement) is stored. The canonical value's top ``2k - key_bits`` bits pick one of
@@ -26,7 +27,8 @@ from its start), within ``limit = min(best, max_dist) + extra_depth``; a candida
 seeds than ``limit`` (corrected for overlapping seeds after a wrap) cannot beat the best and is left.
 The search stops when no unseen location can beat the limit (``applied / (wraps + 1) > limit`` in
 both directions) or after ``max_seeds`` seeds; a single-end read also stops before its third pass
-once the best location has at most one edit on two or more seeds (``Mapper._settled``). Every scored location gets SNAP's match probability
+once the best location has at most one edit on two or more seeds (``Mapper._settled``). Every
+scored location gets SNAP's match probability
 (substitutions by base quality, gaps 0.001 x 0.5^(len-1), matches and the seed x 0.999 per base);
 MAPQ = -10 log10(1 - P(best) / sum P), at most 70, less half the popular seeds beyond ten.
 
@@ -364,8 +366,8 @@ def fill_seeds(values, pos_sorted, rc_sorted, int k, const uint64_t[::1] off, ui
     when keys are wider than 32 bits; empty slots pre-filled) and its repeated seeds into the overflow
     table from entry ``o``; returns the next free overflow entry. The pass is ``values`` (canonical
     seeds) with ``pos_sorted``/``rc_sorted``, or packed words (:func:`packed_seeds`) with ``pos_bits``
-    > 0, ``pos_sorted`` None and the genome as ``rc_sorted``. Passes in ascending canonical order give exactly the tables of one pass
-    over every seed."""
+    > 0, ``pos_sorted`` None and the genome as ``rc_sorted``. Passes in ascending canonical order give
+    exactly the tables of one pass over every seed."""
     cdef int key_bits, table_bits
     key_bits, table_bits = seed_layout(k)
     cdef Seeds s
