@@ -393,7 +393,8 @@ def _print_scaleout(r: dict[str, Any], repeats: int) -> float:
     eff = one / two / 2
     r["cpu_ratio"] = statistics.median(r["cpu_2"]) / statistics.median(r["cpu_1"])
     print(f"scale-out on align ({r['records']:,.0f} records, median of {repeats} interleaved runs each; workers of one "
-          f"aligner thread pinned to a core each): 1 worker {one:.2f} s ({', '.join(f'{x:.2f}' for x in r['runs_1'])}), "
+          f"aligner thread pinned to a core each): 1 worker {one:.2f} s "
+          f"({', '.join(f'{x:.2f}' for x in r['runs_1'])}), "
           f"2 workers {two:.2f} s ({', '.join(f'{x:.2f}' for x in r['runs_2'])}): efficiency {eff:.2f} of linear "
           f"(goal >= 0.9); the coordinator used {100 * r['coordinator_cpu_share']:.1f} % of the CPU of the 2-worker "
           f"runs, on the workers' {os.cpu_count()} cores; a worker's CPU / wall: 1 worker "
