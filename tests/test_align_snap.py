@@ -330,6 +330,11 @@ def test_options_checked(index_path, contigs) -> None:
         aligner(index_path, contigs, min_spacing=500, max_spacing=100)
     al = aligner(index_path, contigs, max_dist=2)
     assert al.params["max_dist"] == 2 and al.params["max_hits"] == 300
+    with pytest.raises(AlignerError, match="secondary_edit_delta"):
+        aligner(index_path, contigs, secondary_edit_delta=61)
+    assert aligner(index_path, contigs).params["secondary_edit_delta"] == 2
+    with pytest.raises(ValueError, match="max_secondary"):
+        sb._kernel().Mapper(sb.load_index(index_path, AlignerOptions(preset="s20")).index, max_secondary=-1)
 
 
 def _wgsim(tmp: Path, n: int) -> tuple[Path, Path]:
