@@ -404,16 +404,17 @@ def test_sort_split_plan_groups_partitions_and_the_merge_task(sample):
 
 def test_sort_and_align_sort_split_across_two_workers_like_the_cli(cluster, sample, tmp_path):
     """sort and align-sort run phase 1 as partitions on both workers, then one merge: the sorted
-    datasets equal `persona sort` / `persona align-sort` byte for byte, and no run is left behind."""
+    datasets equal `persona sort` / `persona align-sort` byte for byte, and no run is left behind,
+    also when a worker is SIGKILLed mid-request (its runs partitions or the merge run again)."""
     from persona.apps.align_sort import AlignSortRequest
     from persona.apps.sort import SortRequest
 
     cl = cluster(partition=4)
-    cl.up(2)
-    srt, asrt = tmp_path / "srt", tmp_path / "asrt"
+    _, victim = cl.up(2)
+    srt, asrt, killed = tmp_path / "srt", tmp_path / "asrt", tmp_path / "killed"
     cli_srt, cli_asrt = tmp_path / "cli-srt", tmp_path / "cli-asrt"
     for src, dst in ((sample["aligned"], srt), (sample["dataset"], asrt), (sample["aligned"], cli_srt),
-                     (sample["dataset"], cli_asrt)):
+                     (sample["dataset"], cli_asrt), (sample["dataset"], killed)):
         shutil.copytree(src, dst)
     with cl.client() as c:
         rids = [c.submit(SortRequest(dataset=str(srt), name="sorted", markdup=True)),
@@ -424,13 +425,18 @@ def test_sort_and_align_sort_split_across_two_workers_like_the_cli(cluster, samp
                              ("align-sort", str(cli_asrt), "-r", "sample_reference", "--out-name", "sorted"))]
         sts = [c.wait(rid, timeout=WAIT) for rid in rids]
         workers = c.cluster_status()["workers"]
+        rid = c.submit(AlignSortRequest(dataset=str(killed), name="sorted", reference="sample_reference"))
+        poll(lambda: progress(c, rid) >= 4, WAIT, "runs partitions to finish")
+        victim.kill()
+        sts.append(c.wait(rid, timeout=WAIT))
     assert [p.wait(WAIT) for p in clis] == [0, 0]
     for st in sts:
         assert st["state"] == "done", st["error"]
         # 40 chunks in groups of 4, one group per partition: 10 runs partitions and the merge
         assert st["summaries"][0]["partitions"] == 11 and st["summaries"][0]["runs"] == 10
     assert len(workers) == 2 and all(w["partitions_done"] >= 2 for w in workers), workers
-    for ours, cli in ((srt, cli_srt), (asrt, cli_asrt)):
+    assert "lost (no heartbeat" in cl.log()
+    for ours, cli in ((srt, cli_srt), (asrt, cli_asrt), (killed, cli_asrt)):
         got, want = all_columns(ours, "sorted"), all_columns(cli, "sorted")
         assert got.keys() == want.keys() and got == want
         leftovers = [p.name for p in ours.iterdir() if "sortrun" in p.name or "~" in p.name
