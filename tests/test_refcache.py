@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -258,3 +259,37 @@ def test_verify_scrubs_whatever_the_stamps_say(tmp_path: Path) -> None:
         assert not u.fetched and u.path.read_bytes()[:3] == b"rot"  # the stamp is trusted (documented)
     assert cache.verify() == [path] and not path.exists()
     assert _use(cache, store, digest, size) == (True, False)
+
+
+def test_local_reference_store_index_is_hashed_once_then_trusted(tmp_path: Path) -> None:
+    """An index in a local (file://) reference store: the first load hashes it, later loads trust the
+    stamp; a changed index voids the stamp and is refused as corrupt, naming the key."""
+    from persona.align.reference import ReferenceCache, add_reference
+    from persona.errors import ReferenceNotFoundError
+
+    set_config(load_config(env={}, overrides={"storage.reference_cache.dir": str(tmp_path / "cache")}))
+    try:
+        refs = tmp_path / "refs"
+        info = add_reference("sample", REPO / "persona" / "data" / "sample_reference.fasta", refs)
+        cache = node_cache()
+        assert cache is not None
+        time.sleep(1.1)  # a stamp within RACY_NS of the file's last change is not trusted (racy-clean)
+        before = cache.hashes
+        for _ in range(3):
+            rc = ReferenceCache()
+            rc.release(rc.acquire("sample", str(refs)))
+        assert cache.hashes == before + 1  # hashed once, then the stamp holds
+        assert cache.fetches == 0  # a local store's index is used in place, never copied
+        (desc,) = info.indexes.values()
+        index = refs / desc["key"]
+        data = bytearray(index.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # same size
+        st = index.stat()
+        index.write_bytes(bytes(data))
+        os.utime(index, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old mtime: ctime moved
+        rc = ReferenceCache()
+        with pytest.raises(ReferenceNotFoundError, match="corrupt"):
+            rc.acquire("sample", str(refs))
+        assert cache.hashes >= before + 2
+    finally:
+        set_config(None)

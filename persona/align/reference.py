@@ -303,7 +303,7 @@ def _load_index(st: Store, info: ReferenceInfo, aligner: str, options: AlignerOp
 
     local = st.path_of(key)
     if local is not None and os.path.isfile(local):
-        _verify(Path(local), desc, key)
+        _verify_local(Path(local), desc, key)
         return backend.load_index(local, options)
     # A remote reference store (ceph://, s3://): the machine's reference cache (fetched once per
     # machine, checked on every use), unless the config turns it off.
@@ -329,6 +329,19 @@ def _load_index(st: Store, info: ReferenceInfo, aligner: str, options: AlignerOp
             raise ReferenceNotFoundError(f"index of reference {info.name!r} is missing", key=key) from None
         _verify(path, desc, key)
         return backend.load_index(path, options)  # the backend reads it all; the file may go
+
+
+def _verify_local(path: Path, desc: dict[str, Any], key: str) -> None:
+    """:func:`_verify` for an index in a local reference store: hashed once, then trusted by its stamp
+    in the machine's reference cache while the file is unchanged (a multi-GB index costs seconds to
+    hash on every load otherwise); without a cache, hashed every time."""
+    from persona.storage.refcache import node_cache
+
+    cache = node_cache()
+    if cache is None or not desc.get("sha256") or desc.get("size") is None:
+        return _verify(path, desc, key)
+    if not cache.check_local(path, sha256=str(desc["sha256"]), size=int(desc["size"])):
+        _verify(path, desc, key)  # hashes again, and raises naming what differs
 
 
 def _verify(path: Path, desc: dict[str, Any], key: str) -> None:

@@ -151,6 +151,27 @@ class NodeCache:
             finally:
                 fcntl.flock(lockf, fcntl.LOCK_UN)
 
+    def check_local(self, path: str | os.PathLike[str], *, sha256: str, size: int) -> bool:
+        """Whether the index file ``path`` of a local reference store (not a cache entry) has ``sha256``
+        and ``size``: hashed on its first use, then trusted while a stamp under ``<cache>/local/`` says
+        the file is as it was when hashed (the same rules as the entries' stamps: any change through
+        the file system voids it). A mismatch is never stamped."""
+        path = Path(os.path.abspath(os.fspath(path)))
+        tag = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+        stamp = self.dir / "local" / f"{sha256}-{tag}.stamp"
+        if self._stamp_holds(path, stamp, sha256, size):
+            return True
+        digest, got = _sha256(path)
+        with self._count_lock:
+            self.hashes += 1
+        if digest != sha256 or got != size:
+            stamp.unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(OSError):
+            stamp.parent.mkdir(exist_ok=True)
+            self._write_stamp(path, stamp, sha256)
+        return True
+
     def entries(self) -> list[tuple[Path, int, float]]:
         """(path, bytes, last use) of every cached entry, least recently used first (the last use:
         its stamp's mtime; the entry's own for an entry without a stamp)."""
