@@ -301,6 +301,10 @@ def test_worker_api_needs_the_worker_credential(cluster, sample, tmp_path):
                 stub.Register(pb2.RegisterRequest(host="x", pid=1, threads=1, credits=1),
                               metadata=[("authorization", f"Bearer {bad}")], timeout=10)
             assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as e:  # the Reports stream too
+                list(stub.Reports(iter([pb2.ReportRequest(worker_id="x", attempt="a")]),
+                                  metadata=[("authorization", f"Bearer {bad}")], timeout=10))
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
         r = stub.Register(pb2.RegisterRequest(host="x", pid=1, threads=1, credits=1),
                           metadata=[("authorization", f"Bearer {worker_token}")], timeout=10)
         assert r.worker_id and r.lease_seconds == 2

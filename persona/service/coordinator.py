@@ -9,7 +9,8 @@ Workers (:mod:`persona.service.worker`) register over the worker API (``WorkerSe
 ``protos/persona/v1/persona.proto``, on its own port ``service.worker_listen``, mutual TLS when the
 ``worker_tls_*`` keys are set, and its own credential ``service.worker_token``: a client token
 opens nothing there), renew a lease with heartbeats, pull partitions as their credits allow and
-report each attempt's result (a report pulls the next partitions in the same round trip, and
+report each attempt's result (on a ``Reports`` stream, or unary ``Report``; a report pulls the
+next partitions in the same round trip, and
 carries every result of the worker that finished while its previous report was in flight: the
 accepted ones are recorded in one transaction per event-loop tick, a group commit).
 
@@ -624,6 +625,22 @@ class WorkerServicer(modules()[1].WorkerServiceServicer):  # type: ignore[misc]
 
     @_worker_rpc
     async def Report(self, request: Any, context: Any) -> Any:
+        return await self._report(request)
+
+    async def Reports(self, request_iterator: Any, context: Any) -> Any:
+        import grpc
+
+        from persona.service import security
+
+        if not security.token_ok(context.invocation_metadata(), self.coordinator.worker_token):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong worker credential")
+        async for request in request_iterator:
+            try:
+                yield await self._report(request)
+            except PersonaError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def _report(self, request: Any) -> Any:
         from persona.service.convert import _ints, from_struct
 
         c = self.coordinator

@@ -3,7 +3,8 @@
 The worker registers with the coordinator (``WorkerService``, the worker credential), renews its
 lease with a heartbeat every third of the lease, pulls partitions while it has free credits
 (``--credits``, default ``service.worker_credits``; a report pulls the next one in the same round
-trip) and runs each as a local batch in the Runtime's long-lived pipeline of its kind (the
+trip; reports go on one long-lived ``Reports`` stream, with the results that finished meanwhile)
+and runs each as a local batch in the Runtime's long-lived pipeline of its kind (the
 thesis' nested batches: a partition is a batch here, a part of the request's batch at the
 coordinator). Data moves through the shared store only:
 
@@ -171,6 +172,8 @@ class Worker:
         self._open: dict[str, Any] = {}  # attempt -> JobHandle (None while starting)
         self._reports: list[tuple[Any, bool, str, dict[str, Any]]] = []  # results waiting to be sent
         self._reporting = False  # a thread is sending reports
+        self._rstream: tuple[Any, Any] | None = None  # the Reports stream: (request queue, answers)
+        self._streams = True  # False: the coordinator has no Reports stream; unary Report
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._reregister = threading.Event()
@@ -396,7 +399,7 @@ class Worker:
         try:
             while True:
                 try:
-                    r = self._call("Report", msg, 10)
+                    r = self._report_rpc(msg, 10)
                     for (q, q_ok, _, _), accepted in zip(batch, [r.accepted, *r.more_accepted]):
                         if q_ok and not accepted:
                             log.info("partition %d of %s: result discarded by the coordinator", q.index, q.step_id)
@@ -405,10 +408,11 @@ class Worker:
                         self._reregister.set()
                     nxt = list(r.partitions)
                     break
-                except grpc.RpcError as exc:
-                    if time.monotonic() > deadline or exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                except (grpc.RpcError, PersonaError) as exc:
+                    code = exc.code() if isinstance(exc, grpc.RpcError) else None
+                    if time.monotonic() > deadline or code == grpc.StatusCode.UNAUTHENTICATED:
                         log.warning("%d partition result(s), first partition %d of %s: not delivered (%s)",
-                                    len(batch), p.index, p.step_id, exc.code())
+                                    len(batch), p.index, p.step_id, code or exc)
                         return
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
@@ -419,6 +423,43 @@ class Worker:
                 self._lock.notify_all()
         for q in nxt:
             self._start(q)
+
+    def _report_rpc(self, msg: Any, timeout: float) -> Any:
+        """One report and its answer, on this worker's Reports stream (opened at first use and again
+        after any error; a stream message costs the coordinator about half a unary call), or as a
+        unary Report where the coordinator has no stream. Only the one reporting thread calls this."""
+        import queue
+
+        import grpc
+
+        if not self._streams:
+            return self._call("Report", msg, timeout)
+        if self._rstream is None:
+            requests: queue.Queue[Any] = queue.Queue()
+            self._rstream = (requests, self._stub.Reports(iter(requests.get, None), metadata=self._md))
+        requests, answers = self._rstream
+        requests.put(msg)
+        timer = threading.Timer(timeout, answers.cancel)  # a lost path: do not wait forever
+        timer.daemon = True
+        timer.start()
+        try:
+            return next(answers)
+        except StopIteration:
+            self._close_reports()
+            raise PersonaError("the coordinator closed the Reports stream") from None
+        except grpc.RpcError as exc:
+            self._close_reports()
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._streams = False
+            raise
+        finally:
+            timer.cancel()
+
+    def _close_reports(self) -> None:
+        stream, self._rstream = self._rstream, None
+        if stream is not None:
+            stream[0].put(None)  # ends the request iterator (its thread is waiting on the queue)
+            stream[1].cancel()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def drain(self) -> None:
@@ -450,6 +491,7 @@ class Worker:
                 self._call("Heartbeat", modules()[0].HeartbeatRequest(worker_id=self.worker_id, state="stopped"), 2)
             except Exception:  # noqa: BLE001 - the lease runs out instead
                 pass
+        self._close_reports()
         if self._channel is not None:
             self._channel.close()
         if self.metrics is not None:
