@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from persona.errors import ConfigError, DatasetError
+from persona.heap import trim
 
 if TYPE_CHECKING:
     from persona.apps.align_sort import AlignSortSummary
@@ -98,7 +99,7 @@ def align_sort_reads(inputs: tuple[str, ...] | list[str], output: str, reference
         cb = None if progress is None else (lambda n, _label=label: progress(_label, n))
         s = rt.run(request, progress=cb)
         seconds[label] = time.perf_counter() - t0
-        _trim()
+        trim()  # the next step's peak does not sit on this one's freed heap (714 -> 589 MB on 200k pairs)
         return s
 
     try:
@@ -130,17 +131,6 @@ def align_sort_reads(inputs: tuple[str, ...] | list[str], output: str, reference
     if bam:
         exported = step("export", ExportRequest(dataset=output, name=final, output=bam, **(export_options or {})))
     return ReadsToSorted(imported=imported, sorted=sorted_s, exported=exported, seconds=seconds)
-
-
-def _trim() -> None:
-    """Give the heap a step freed back to the system (glibc keeps it otherwise), so the next step's peak
-    does not sit on top of the last one's: about 125 MB less peak on 200k pairs."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 #: a staging dataset's name: the chain's (``.unsorted-``) or a coordinate-sorted BAM import's collation

@@ -80,6 +80,7 @@ from persona.agd.columns import RESULTS, column_sort_key, decode_column, encode_
 from persona.agd.manifest import ChunkRef
 from persona.agd.records import FLAG_DUPLICATE
 from persona.agd.format import CompressionType, RecordType
+from persona.heap import trim
 from persona.agd.ragged import RaggedArray
 from persona.agd.transaction import Transaction
 from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
@@ -596,6 +597,10 @@ class SortJob(Job):
                 del sources
                 if not self._put(put, SortWork(self.descriptor(index), first, values)):
                     return
+                # the blocks this chunk came from are freed: give their pages back, or with compressed
+                # runs (remote stores) the heap's free pages grow with the number of runs (peak 535 ->
+                # 640 MiB from 10 to 20 runs; 497 -> 516 with this, at the same speed)
+                trim()
                 index += 1
                 first += n
         finally:
