@@ -254,16 +254,11 @@ class Coordinator(Service):
         for k in range(len(split.parts)):
             start, stop = split.chunk_range(k)
             parts.append(Partition(k, start, stop, task=split.task(k)))
-        for k, (attempt, result) in self.table.partitions(step_id).items():  # committed before a restart
-            if k < len(parts) and result.get("range") == [parts[k].start, parts[k].stop]:
-                parts[k].done_attempt, parts[k].result = attempt, result
+        _resume(parts, self.table.partitions(step_id))  # committed before a restart
         try:
             gate = StepGate(step_id, live.id, step, parts)
             handle = await self._open_gate(live, gate, None)
-            for p in parts:
-                if p.done:
-                    handle.done_feeds += p.stop - p.start
-                    handle.done_records += int(p.result.get("records", 0))
+            _count_done(handle, parts)
             await self._wait(live, gate, handle)
             merge = Partition(len(parts), 0, split.chunks,
                               task=split.merge_task([p.result or {} for p in parts]))
@@ -301,15 +296,10 @@ class Coordinator(Service):
             n = len(ds.chunks)
             parts = [Partition(k, s, min(n, s + self.partition_size))
                      for k, s in enumerate(range(0, n, self.partition_size))]
-            for k, (attempt, result) in committed.items():
-                if k < len(parts) and result.get("range") == [parts[k].start, parts[k].stop]:
-                    parts[k].done_attempt, parts[k].result = attempt, result
+            _resume(parts, committed)
             gate = StepGate(step_id, live.id, request.to_dict(), parts, generation=txn.base.generation)
             handle = await self._open_gate(live, gate, attempts)
-            for p in parts:
-                if p.done:
-                    handle.done_feeds += p.stop - p.start
-                    handle.done_records += int(p.result.get("records", 0))
+            _count_done(handle, parts)
             await self._wait(live, gate, handle)
             live.records_total_done += live.records_done
             summary = await asyncio.to_thread(self._commit_align, live, step_id, request, ds, txn, gate, started)
@@ -522,6 +512,21 @@ class Coordinator(Service):
         finally:
             with contextlib.suppress(Exception):
                 store.close()
+
+
+def _resume(parts: list[Partition], committed: dict[int, tuple[str, dict[str, Any]]]) -> None:
+    """Mark the partitions whose results the table accepted before a restart as done (same range only)."""
+    for k, (attempt, result) in committed.items():
+        if k < len(parts) and result.get("range") == [parts[k].start, parts[k].stop]:
+            parts[k].done_attempt, parts[k].result = attempt, result
+
+
+def _count_done(handle: StepHandle, parts: list[Partition]) -> None:
+    """Progress starts at what the done partitions already did."""
+    for p in parts:
+        if p.done:
+            handle.done_feeds += p.stop - p.start
+            handle.done_records += int(p.result.get("records", 0))
 
 
 def _committed_keys(store: Any, keys: set[str]) -> set[str]:
