@@ -247,24 +247,37 @@ def cmd_gc(args: argparse.Namespace) -> int:
     store = open_store(_location(args.location, args))
     from persona.apps.pipeline import STAGING_NAME
 
+    from persona.agd.transaction import CLAIM_SUFFIX
+    from persona.errors import DatasetBusyError
+
     names = [args.name] if args.name else [n for n in find_manifests(store) if not STAGING_NAME.match(n)]
-    if not names and not any(STAGING_NAME.match(k) for k in store.list()):
+    # a writer killed before its first commit leaves its claim (and files) under a name with no manifest
+    unborn = [] if args.name else sorted(
+        {k[:-len(CLAIM_SUFFIX)] for k in store.list() if k.endswith(CLAIM_SUFFIX)} - set(names)
+        - {n for n in find_manifests(store)})
+    unborn = [n for n in unborn if not STAGING_NAME.match(n) and not n.endswith(".owner")]
+    if not names and not unborn and not any(STAGING_NAME.match(k) for k in store.list()):
         raise PersonaError(f"no dataset in {store.url}; pass --name for the leftovers of one that never "
                            "committed")
     total = 0
-    for name in names:
-        if args.original_names:
+    for name in names + unborn:
+        if args.original_names and name in names:
             from persona.agd.transaction import original_names
 
             original_names(store, name)
-        removed = collect_garbage(store, name)
+        try:
+            removed = collect_garbage(store, name)
+        except DatasetBusyError:
+            if name in names:
+                raise
+            continue  # a first write still running: not leftovers
         total += len(removed)
         for key in removed if args.verbose else []:
             print(key, file=sys.stderr)
     from persona.apps.pipeline import remove_orphan_staging
 
     staged = remove_orphan_staging(store)
-    _say(args, f"removed {total} leftover chunk files of {', '.join(names) or 'no dataset'}"
+    _say(args, f"removed {total} leftover chunk files of {', '.join(names + unborn) or 'no dataset'}"
                + (f"; removed {len(staged)} staging dataset(s) left by interrupted runs: {', '.join(staged)}"
                   if staged else ""))
     return 0

@@ -132,3 +132,29 @@ def test_gc_removes_orphan_staging_but_not_a_live_one(tmp_path: Path) -> None:
         live.release()
     assert remove_orphan_staging(store) == ["t.unsorted-12345678"]
     assert find_manifests(store) == ["keep"]
+
+
+def test_gc_clears_a_writer_killed_before_its_first_commit(tmp_path: Path) -> None:
+    """A SIGKILL during the chain's align-sort leaves the target's claim and attempt files but no
+    manifest; plain `persona gc` (no --name) clears them, and leaves a live writer's alone."""
+    import json
+    import socket
+
+    from persona.agd.transaction import WriterClaim, claim_key
+
+    loc = tmp_path / "loc"
+    loc.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    store = open_store(str(loc))
+    store.put(claim_key("ghost"), json.dumps({"app": "sort", "attempt": "a1", "host": socket.gethostname(),
+                                              "pid": int(dead), "since": 0, "expires": 4e9}).encode())
+    store.put("ghost_0~a1.base", b"partial")
+    live = WriterClaim(store, "busy", app="sort", attempt="b2")
+    live.acquire()
+    try:
+        store.put("busy_0~b2.base", b"being written")
+        persona("gc", str(loc))
+        assert sorted(store.list()) == sorted([claim_key("busy"), "busy_0~b2.base"])
+    finally:
+        live.release()
