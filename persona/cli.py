@@ -239,6 +239,10 @@ def cmd_repair_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+#: a staged put older than this is a killed writer's (``persona gc`` removes it)
+STALE_PUT_AGE = 3600.0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from persona.agd.dataset import find_manifests
     from persona.agd.transaction import collect_garbage
@@ -256,7 +260,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
         {k[:-len(CLAIM_SUFFIX)] for k in store.list() if k.endswith(CLAIM_SUFFIX)} - set(names)
         - {n for n in find_manifests(store)})
     unborn = [n for n in unborn if not STAGING_NAME.match(n) and not n.endswith(".owner")]
-    if not names and not unborn and not any(STAGING_NAME.match(k) for k in store.list()):
+    # what puts killed mid-write left staged at the top level (no put lasts this long)
+    stale = store.remove_temporaries("", min_age=STALE_PUT_AGE)
+    for key in stale if args.verbose else []:
+        print(f"partial write of {key}", file=sys.stderr)
+    if not names and not unborn and not stale and not any(STAGING_NAME.match(k) for k in store.list()):
         raise PersonaError(f"no dataset in {store.url}; pass --name for the leftovers of one that never "
                            "committed")
     total = 0
@@ -279,7 +287,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     staged = remove_orphan_staging(store)
     _say(args, f"removed {total} leftover chunk files of {', '.join(names + unborn) or 'no dataset'}"
                + (f"; removed {len(staged)} staging dataset(s) left by interrupted runs: {', '.join(staged)}"
-                  if staged else ""))
+                  if staged else "")
+               + (f"; removed {len(stale)} partial write(s) older than {STALE_PUT_AGE // 60:.0f} min" if stale else ""))
     return 0
 
 

@@ -158,3 +158,38 @@ def test_gc_clears_a_writer_killed_before_its_first_commit(tmp_path: Path) -> No
         assert sorted(store.list()) == sorted([claim_key("busy"), "busy_0~b2.base"])
     finally:
         live.release()
+
+
+def test_gc_removes_old_partial_writes_and_leaves_recent_ones(tmp_path: Path) -> None:
+    """Puts killed mid-write leave hidden staged files that no dataset references; `persona gc` removes
+    those older than an hour (no put lasts that long) and leaves a recent one (it may be in flight)."""
+    from test_storage_file import killed_put
+
+    loc = tmp_path / "loc"
+    loc.mkdir()
+    store = open_store(str(loc))
+    store.put("keep", b"an object")
+    killed_put(loc, "ds.sortrun-x-0-0-0-a")
+    killed_put(loc, "recent_0.base")
+    for p in loc.iterdir():
+        if "sortrun" in p.name:
+            os.utime(p, (0, 1000))
+    out = persona("gc", str(loc), "-v")
+    assert "partial write of ds.sortrun-x-0-0-0-a" in out.stderr and "removed 1 partial write" in out.stderr
+    names = sorted(p.name for p in loc.iterdir())
+    assert names[0].startswith(".persona-tmp-recent_0.base.") and names[1:] == ["keep"], names
+
+
+def test_ending_a_split_sort_step_removes_its_runs_and_killed_puts_of_them(tmp_path: Path) -> None:
+    from persona.service.sort_parts import remove_runs, run_prefix
+    from test_storage_file import killed_put
+
+    loc = tmp_path / "loc"
+    store = open_store(str(loc))
+    prefix = run_prefix("sorted", "step1")
+    store.put(prefix + "0-000000000-a", b"run")
+    killed_put(loc, prefix + "1-000000000-b")  # the worker was killed while writing this run
+    killed_put(loc, run_prefix("sorted", "step2") + "0-000000000-c")  # another step's
+    assert remove_runs(str(loc), prefix) == 2
+    left = [p.name for p in loc.iterdir()]
+    assert len(left) == 1 and "step2" in left[0], left

@@ -188,3 +188,69 @@ def test_io_error_is_store_error(tmp_path: Path) -> None:
         bad.put("k", b"v")
     assert bad.url in str(info.value)
     assert store.get("blocker") == b""
+
+
+# -- partial objects of killed puts ---------------------------------------------------------
+_KILLED_PUT = """
+import os, sys
+from persona.storage import FileStore
+store = FileStore(sys.argv[1])
+os.replace = lambda src, dst: os._exit(9)  # the process dies between writing and renaming
+store.put(sys.argv[2], b"x" * 100000)
+"""
+
+
+def killed_put(root: Path, key: str) -> None:
+    """A real writer process killed in the middle of ``put(key)``: its staged bytes stay behind."""
+    import subprocess
+    import sys
+
+    rc = subprocess.run([sys.executable, "-c", _KILLED_PUT, str(root), key], timeout=60).returncode
+    assert rc == 9
+
+
+def test_remove_temporaries_takes_killed_puts_under_the_prefix_only(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.put("ds_0.base", b"committed")
+    for key in ("ds.sortrun-a-0", "ds.sortrun-a-1", "ds.sortrunner", "other_0.base", "sub/ds.sortrun-a-2"):
+        killed_put(tmp_path, key)
+    assert len(leftovers(tmp_path)) == 5
+    assert list(store.list()) == ["ds_0.base"]  # never listed as keys
+    assert sorted(store.remove_temporaries("ds.sortrun-a-")) == ["ds.sortrun-a-0", "ds.sortrun-a-1"]
+    assert sorted(store.remove_temporaries("sub/ds.sortrun-a-")) == ["sub/ds.sortrun-a-2"]
+    assert sorted(leftovers(tmp_path)) == sorted(
+        p.name for p in tmp_path.iterdir() if p.name.startswith(".persona-tmp-"))
+    left = {p.name.split(".persona-tmp-")[1].rsplit(".", 1)[0] for p in tmp_path.iterdir()
+            if p.name.startswith(".persona-tmp-")}
+    assert left == {"ds.sortrunner", "other_0.base"}
+    assert store.remove_temporaries("", match=lambda k: k.startswith("other")) == ["other_0.base"]
+    assert store.get("ds_0.base") == b"committed"  # objects are never touched
+
+
+def test_remove_temporaries_spares_recent_ones_when_asked(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    killed_put(tmp_path, "old")
+    killed_put(tmp_path, "new")
+    for p in tmp_path.iterdir():
+        if ".persona-tmp-old." in p.name:
+            os.utime(p, (0, 1000))  # written long ago
+    assert store.remove_temporaries("", min_age=3600) == ["old"]
+    assert store.remove_temporaries("", min_age=3600) == []
+    assert store.remove_temporaries("") == ["new"]
+    assert leftovers(tmp_path) == []
+
+
+def test_remove_temporaries_through_a_child_store(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    killed_put(tmp_path, "d/ds_0.base")
+    child = store.child("d")
+    assert child.remove_temporaries("ds_") == ["ds_0.base"]
+    assert leftovers(tmp_path) == []
+
+
+def test_remove_temporaries_is_a_no_op_on_stores_with_atomic_puts() -> None:
+    from persona.storage import MemoryStore
+
+    store = MemoryStore()
+    store.put("k", b"v")
+    assert store.remove_temporaries("") == [] and store.get("k") == b"v"

@@ -123,6 +123,42 @@ def test_multipart_put_for_large_objects(s3_url: str) -> None:
     assert store.get("big2") == data
 
 
+_KILLED_MULTIPART = """
+import os, sys
+from persona.storage import open_store
+store = open_store(sys.argv[1] + "?multipart_threshold=5242880&part_size=5242880")
+orig = store._client.complete_multipart_upload
+store._client.complete_multipart_upload = lambda **kw: os._exit(9)  # killed before completing
+store.put(sys.argv[2], os.urandom(11 * 1024 * 1024))
+"""
+
+
+@pytest.mark.timeout(180)
+def test_remove_temporaries_aborts_a_killed_writers_multipart_uploads(s3_url: str) -> None:
+    """A writer killed mid multipart put leaves an open upload (invisible, its parts stored and
+    billed); remove_temporaries aborts those under the prefix that match and are old enough."""
+    import subprocess
+    import sys
+
+    for key in ("ds.sortrun-a-0", "other"):
+        rc = subprocess.run([sys.executable, "-c", _KILLED_MULTIPART, s3_url, key], timeout=120).returncode
+        assert rc == 9
+    store = open_store(s3_url)
+    assert list(store.list()) == []
+
+    def uploads() -> list[str]:
+        resp = store._client.list_multipart_uploads(Bucket=store.bucket, Prefix=store._name(""))
+        return sorted(u["Key"].rsplit("/", 1)[1] for u in resp.get("Uploads", ()))
+
+    assert uploads() == ["ds.sortrun-a-0", "other"]
+    assert store.remove_temporaries("ds.", min_age=3600) == []  # just started: spared
+    assert store.remove_temporaries("ds.") == ["ds.sortrun-a-0"]
+    assert uploads() == ["other"]
+    assert store.remove_temporaries("", match=lambda k: k != "other") == []
+    assert store.child("x").remove_temporaries("") == []  # another prefix
+    assert store.remove_temporaries("") == ["other"] and uploads() == []
+
+
 def test_listing_pages(s3_url: str) -> None:
     store = open_store(s3_url)
     store.list_page_size = 7

@@ -256,3 +256,27 @@ def test_original_names_restored_on_stores_without_cheap_copies() -> None:
     assert [m.records[i].key("base") for i in range(3)] == ["ds_0.base", "ds_5.base", "ds_10.base"]
     assert not [k for k in store.list("ds_") if "~" in k]
     assert _names(Dataset.open(store, "ds"))[0] == b"r0_0"
+
+
+def test_next_writer_and_gc_remove_what_killed_puts_left_staged(tmp_path: Path) -> None:
+    """A writer killed inside a put leaves the staged bytes (a file store's hidden temporary file);
+    the next writer of the dataset removes those of its chunk files and manifest, not another's."""
+    from test_storage_file import killed_put
+
+    root = tmp_path / "store"
+    store = open_store(str(root))
+    _write(store, "ds").commit()
+    for key in ("ds_5~0123456789ab.base", manifest_key("ds"), "ds_sorted_0.base", "dsx_0.base"):
+        killed_put(root, key)
+
+    def staged() -> set[str]:
+        return {p.name[len(".persona-tmp-"):].rsplit(".", 1)[0] for p in root.iterdir()
+                if p.name.startswith(".persona-tmp-")}
+
+    assert staged() == {"ds_5~0123456789ab.base", manifest_key("ds"), "ds_sorted_0.base", "dsx_0.base"}
+    assert sorted(collect_garbage(store, "ds")) == sorted(["ds_5~0123456789ab.base", manifest_key("ds")])
+    assert staged() == {"ds_sorted_0.base", "dsx_0.base"}
+    killed_put(root, "ds_7~0123456789ab.qual")
+    _write(store, "ds", tag="b", overwrite=True).commit()  # a new writer's begin clears it too
+    assert staged() == {"ds_sorted_0.base", "dsx_0.base"}
+    assert _names(Dataset.open(store, "ds"))[0].startswith(b"b")

@@ -252,6 +252,20 @@ def unreferenced_keys(store: Store, name: str, manifest: Manifest | None,
     return out
 
 
+def remove_dead_temporaries(store: Store, name: str, keep_attempts: Iterable[str] = ()) -> list[str]:
+    """Remove what killed puts of ``name``'s chunk files and manifest left staged in the store
+    (a ``file://`` store's hidden temporary files); the caller holds the writer claim."""
+    pattern = chunk_key_re(name)
+    keep = set(keep_attempts)
+    manifest = manifest_key(name)
+
+    def dead(key: str) -> bool:
+        m = pattern.match(key)
+        return key == manifest or (m is not None and (m.group(2) is None or m.group(2) not in keep))
+
+    return store.remove_temporaries(name, match=dead)
+
+
 def original_names(store: Store, name: str) -> Manifest:
     """Give every chunk file of ``name`` its original name ``<name>_<first>.<column>`` (copying the
     files where the store cannot link them), in a transaction: the layout the original Persona
@@ -279,7 +293,7 @@ def collect_garbage(store: Store, name: str) -> list[str]:
         for key in keys:
             with contextlib.suppress(StoreKeyError):
                 store.delete(key)
-        return keys
+        return keys + remove_dead_temporaries(store, name)
     finally:
         claim.release()
 
@@ -333,6 +347,7 @@ class Transaction:
             for key in unreferenced_keys(self.store, self.name, self.base, keep_attempts=(self.attempt,)):
                 with contextlib.suppress(StoreKeyError):
                     self.store.delete(key)
+            remove_dead_temporaries(self.store, self.name, keep_attempts=(self.attempt,))
         except BaseException:
             self.claim.release()
             raise

@@ -164,6 +164,7 @@ def remove_orphan_staging(store: "Store") -> list[str]:
         try:
             with contextlib.suppress(ManifestError):
                 remove_dataset(store, name)
+            store.remove_temporaries(name, match=lambda key, own=f"{name}.owner": not key.startswith(own))
             removed.append(name)
         finally:
             owner.release()

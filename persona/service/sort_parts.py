@@ -106,7 +106,8 @@ def plan(request: Any, config: Any, partition_size: int, step_id: str) -> SortSp
 
 
 def remove_runs(store_url: str, prefix: str) -> int:
-    """Delete every key under ``prefix`` (the step's runs, whichever attempt wrote them)."""
+    """Delete every key under ``prefix`` (the step's runs, whichever attempt wrote them), and the
+    partial objects of killed puts of such keys."""
     from persona.storage import open_store
 
     store = open_store(store_url)
@@ -116,6 +117,8 @@ def remove_runs(store_url: str, prefix: str) -> int:
             with contextlib.suppress(StoreKeyError, FileNotFoundError):
                 store.delete(key)
                 n += 1
+        # and what a killed attempt's put left staged (the step has ended: no live put of these keys)
+        n += len(store.remove_temporaries(prefix))
     finally:
         with contextlib.suppress(Exception):
             store.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, BinaryIO, Self
 
@@ -253,6 +253,24 @@ class Store(ABC):
             keys = sorted(self._list(prefix))
         return iter(keys)
 
+    def remove_temporaries(self, prefix: str = "", *, match: Callable[[str], bool] | None = None,
+                           min_age: float = 0.0) -> list[str]:
+        """Remove the partial objects a writer killed mid-put left behind; returns their keys.
+
+        A put never shows a partial object under its key, but a backend that stages one (a
+        ``file://`` store writes a hidden temporary file, then renames it) keeps the staged bytes
+        when the writer dies. This removes those of keys under ``prefix`` (and, with ``match``,
+        for which ``match(key)`` holds) that are at least ``min_age`` seconds old. Only call it
+        where no live writer can be putting such a key (under the writer claim, or with a
+        ``min_age`` no put lasts), as a live put then fails. Backends whose puts are atomic
+        (RADOS, S3, memory) stage nothing: no-op.
+        """
+        self._check_open()
+        validate_prefix(prefix)
+        if not self.supports_deletes:
+            return []
+        return self._remove_temporaries(prefix, match, min_age)
+
     def size(self, key: str) -> int:
         """Length in bytes of the object under ``key``."""
         self._check_open()
@@ -339,6 +357,10 @@ class Store(ABC):
 
     def _path_of(self, key: str) -> str | None:
         return None
+
+    def _remove_temporaries(self, prefix: str, match: Callable[[str], bool] | None,
+                            min_age: float) -> list[str]:
+        return []
 
     def _close(self) -> None:
         return None
@@ -442,6 +464,13 @@ class PrefixStore(Store):
 
     def _path_of(self, key: str) -> str | None:
         return self.parent.path_of(self._full(key))
+
+    def _remove_temporaries(self, prefix: str, match: Callable[[str], bool] | None,
+                            min_age: float) -> list[str]:
+        cut = len(self.prefix) + 1
+        full = self._full(prefix) if prefix else self.prefix + "/"
+        inner = None if match is None else (lambda key: match(key[cut:]))
+        return [k[cut:] for k in self.parent.remove_temporaries(full, match=inner, min_age=min_age)]
 
     def child(self, prefix: str) -> Store:
         self._check_open()

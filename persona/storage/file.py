@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -23,6 +25,8 @@ __all__ = ["FileStore"]
 
 # Temporary files of in-flight puts; list() hides them and keys may not use the prefix.
 _TMP_PREFIX = ".persona-tmp-"
+#: a staged put: the key's last component, then "." and a uuid4 hex
+_TMP_NAME = re.compile(re.escape(_TMP_PREFIX) + r"(.+)\.[0-9a-f]{32}")
 
 
 class FileStore(Store):
@@ -148,6 +152,36 @@ class FileStore(Store):
                     if not real.startswith(real_root + os.sep):
                         continue  # get() would refuse it; do not advertise it
                 out.append(key)
+
+    def _remove_temporaries(self, prefix: str, match: Callable[[str], bool] | None,
+                            min_age: float) -> list[str]:
+        # A killed put leaves ``<dir>/.persona-tmp-<name>.<32 hex>``; the key it was for is <dir>/<name>.
+        head, _, _ = prefix.rpartition("/")
+        directory = self.root.joinpath(*head.split("/")) if head else self.root
+        real_root = os.path.realpath(self.root)
+        real_dir = os.path.realpath(directory)
+        if real_dir != real_root and not real_dir.startswith(real_root + os.sep):
+            return []
+        base = head + "/" if head else ""
+        now = time.time()
+        out: list[str] = []
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return out
+        for entry in entries:
+            m = _TMP_NAME.fullmatch(entry.name)
+            if m is None or not entry.is_file(follow_symlinks=False):
+                continue
+            key = base + m.group(1)
+            if not key.startswith(prefix) or (match is not None and not match(key)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat(follow_symlinks=False).st_mtime < min_age:
+                    continue
+                os.unlink(entry.path)
+                out.append(key)
+        return out
 
     # ------------------------------------------------------------------ writes
     def _put(self, key: str, data: memoryview) -> None:

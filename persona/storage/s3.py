@@ -30,9 +30,11 @@ process (per endpoint, region and profile) is shared by every store and thread.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, unquote
@@ -322,6 +324,33 @@ class S3Store(Store):
             if isinstance(err, KeyError):
                 err = StoreNotFoundError(f"S3 bucket {self.bucket!r} does not exist", store=self.url)
             raise err from exc
+        return out
+
+    def _remove_temporaries(self, prefix: str, match: Any, min_age: float) -> list[str]:
+        # A writer killed during a multipart put leaves the upload open: invisible, but its parts are
+        # stored (and billed) until it is aborted.
+        full = self._name(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        now = time.time()
+        out: list[str] = []
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for up in page.get("Uploads", ()):
+                    key = up["Key"][cut:]
+                    if not up["Key"].startswith(full) or (match is not None and not match(key)):
+                        continue
+                    started = up.get("Initiated")
+                    if started is not None and now - started.timestamp() < min_age:
+                        continue
+                    with contextlib.suppress(botocore.exceptions.ClientError):  # gone meanwhile
+                        self._client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"],
+                                                            UploadId=up["UploadId"])
+                        out.append(key)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            err = self._error(exc, prefix or None)
+            raise (StoreError(f"S3 error listing uploads under {prefix!r}", store=self.url)
+                   if isinstance(err, KeyError) else err) from exc
         return out
 
     # ------------------------------------------------------------------ writes
