@@ -280,3 +280,29 @@ def test_next_writer_and_gc_remove_what_killed_puts_left_staged(tmp_path: Path) 
     _write(store, "ds", tag="b", overwrite=True).commit()  # a new writer's begin clears it too
     assert staged() == {"ds_sorted_0.base", "dsx_0.base"}
     assert _names(Dataset.open(store, "ds"))[0].startswith(b"b")
+
+
+def test_split_step_commit_removes_staged_files_of_losing_attempts_only(tmp_path: Path) -> None:
+    """The coordinator's commit of a split step keeps the winning attempts' files; what a killed
+    worker's put of a losing attempt left staged goes, at the commit and with the attempt's files."""
+    from persona.service.coordinator import PartitionedColumns, delete_attempt_files
+    from test_storage_file import killed_put
+
+    root = tmp_path / "store"
+    store = open_store(str(root))
+    _write(store, "ds").commit()
+    killed_put(root, "ds_0~aaaaaaaaaaaa.results")  # a lost worker's attempt
+    killed_put(root, "ds_5~bbbbbbbbbbbb.results")  # another lost one, removed with its attempt's files
+    store.put("ds_0~cccccccccccc.results", b"the winner's")
+
+    def staged() -> list[str]:
+        return sorted(p.name[len(".persona-tmp-"):].rsplit(".", 1)[0] for p in root.iterdir()
+                      if p.name.startswith(".persona-tmp-"))
+
+    assert delete_attempt_files(store, "ds", None, {"bbbbbbbbbbbb"}) == 1
+    assert staged() == ["ds_0~aaaaaaaaaaaa.results"]
+    txn = PartitionedColumns(store, "ds", app="align", new=False, keep=("cccccccccccc",)).begin()
+    try:
+        assert staged() == [] and store.exists("ds_0~cccccccccccc.results")
+    finally:
+        txn.abort()

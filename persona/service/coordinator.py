@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from persona.agd.transaction import Transaction, chunk_key_re, unreferenced_keys
+from persona.agd.transaction import Transaction, chunk_key_re, remove_dead_temporaries, unreferenced_keys
 from persona.errors import BatchCancelled, PersonaError, StoreKeyError
 from persona.service import sort_parts
 from persona.service.gates import GlobalGates, Partition, StepGate, new_attempt
@@ -87,6 +87,7 @@ class PartitionedColumns(Transaction):
             for key in unreferenced_keys(self.store, self.name, self.base, keep_attempts=(self.attempt, *self.keep)):
                 with contextlib.suppress(StoreKeyError):
                     self.store.delete(key)
+            remove_dead_temporaries(self.store, self.name, keep_attempts=(self.attempt, *self.keep))
         except BaseException:
             self.claim.release()
             raise
@@ -110,7 +111,12 @@ def delete_attempt_files(store: Any, name: str, manifest: Any, attempts: set[str
             with contextlib.suppress(StoreKeyError):
                 store.delete(key)
                 n += 1
-    return n
+
+    def staged(key: str) -> bool:  # what a killed put of one of their files left
+        m = pattern.match(key)
+        return m is not None and m.group(2) in attempts
+
+    return n + len(store.remove_temporaries(name, match=staged))
 
 
 class StepHandle:
