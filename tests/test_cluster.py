@@ -448,6 +448,50 @@ def test_sort_and_align_sort_split_across_two_workers_like_the_cli(cluster, samp
         assert not leftovers, leftovers
 
 
+def test_split_align_sort_cancelled_or_resumed_after_a_coordinator_restart(cluster, sample, tmp_path):
+    """A split align-sort cancelled mid-phase-1 leaves its input as it was (no run, no staged put, no
+    output); another one whose coordinator is SIGKILLed after some runs partitions committed resumes
+    from them on the restarted coordinator and writes what `persona align-sort` writes."""
+    from persona.apps.align_sort import AlignSortRequest
+    from persona.service.db import RequestTable
+
+    cl = cluster(partition=4)
+    cl.up(2)
+    gone, resumed, cli = tmp_path / "gone", tmp_path / "resumed", tmp_path / "cli"
+    for dst in (gone, resumed, cli):
+        shutil.copytree(sample["dataset"], dst)
+    before = sorted(p.name for p in gone.iterdir())
+    local = subprocess.Popen([*PERSONA, "--config", str(cl.config), "align-sort", str(cli), "-r", "sample_reference",
+                              "--out-name", "sorted", "-t", "1", "-q"], env=env())
+    with cl.client() as c:
+        rid = c.submit(AlignSortRequest(dataset=str(gone), name="sorted", reference="sample_reference"))
+        poll(lambda: progress(c, rid) >= 2, WAIT, "runs partitions to finish")
+        assert c.cancel(rid)
+        assert c.wait(rid, timeout=WAIT)["state"] == "cancelled"
+        poll(lambda: all(w["running_requests"] == 0 for w in c.cluster_status()["workers"]), 30,
+             "the workers to drop the cancelled partitions")
+        rid = c.submit(AlignSortRequest(dataset=str(resumed), name="sorted", reference="sample_reference"))
+        poll(lambda: progress(c, rid) >= 16, WAIT, "runs partitions to finish")  # chunks: 4 partitions
+    poll(lambda: sorted(p.name for p in gone.iterdir()) == before, 30, "the cancelled request's runs to go")
+    cl.kill_coordinator()
+    table = RequestTable(tmp_path / "state" / "service.db")
+    committed = len(table.partitions(f"{rid}.0"))
+    table.close()
+    assert 2 <= committed < 11  # some runs partitions, not the merge
+    cl.start_coordinator()
+    with cl.client() as c:
+        st = c.wait(rid, timeout=WAIT)
+    assert st["state"] == "done", st["error"]
+    assert st["attempts"] == 2 and st["summaries"][0]["runs"] == 10
+    assert "resuming request" in cl.log()
+    assert local.wait(WAIT) == 0
+    got, want = all_columns(resumed, "sorted"), all_columns(cli, "sorted")
+    assert got.keys() == want.keys() and got == want
+    leftovers = [p.name for p in resumed.iterdir() if "sortrun" in p.name or "~" in p.name
+                 or p.name.endswith("_writer.json")]
+    assert not leftovers, leftovers
+
+
 def test_small_request_behind_a_large_one_is_not_starved(cluster, sample, tmp_path):
     cl = cluster(partition=1)
     cl.up(1, credits=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -257,6 +258,50 @@ def test_export_from_ceph_reads_lazily_identical_and_bounded(ceph_cluster, align
             with pytest.raises(StageError) as err:
                 rt.run(ExportRequest(dataset=url, output=str(tmp_path / "bad.sam"), format="sam"))
             assert "checksum mismatch" in str(err.value) and key in str(err.value) and "stage=read" in str(err.value)
+    finally:
+        set_config(None)
+        for k in remote.list():
+            remote.delete(k)
+
+
+@pytest.mark.ceph
+@pytest.mark.timeout(300)
+def test_markdup_on_ceph_reads_lazily_and_flags_as_locally(ceph_cluster, aligned_sample: Path,
+                                                           tmp_path: Path) -> None:
+    """Duplicate marking's read stage on a ceph:// dataset is the dataset scan's (an ObjectScan:
+    every chunk file of its columns in blocks, held bytes bounded): the flags and the metrics
+    equal those of the same markdup on the local copy."""
+    from persona.agd.dataset import Dataset
+    from persona.apps.copy import copy_dataset
+    from persona.apps.markdup import MarkdupRequest, read_metrics
+    from persona.config import load_config, set_config
+    from persona.runtime import Runtime
+
+    local = tmp_path / "local"
+    shutil.copytree(aligned_sample, local)
+    url = ceph_cluster.ceph_url(f"lazymd-{uuid.uuid4().hex[:10]}")
+    copy_dataset(str(aligned_sample), url, threads=4)
+    remote = open_store(url)
+    block, prefetch = 4 * KiB, 2
+    set_config(load_config(env={}, overrides={"storage.read_block_kb": block // KiB, "storage.read_prefetch": prefetch}))
+    try:
+        with Runtime(threads=2) as rt:
+            rt.run(MarkdupRequest(dataset=str(local), metrics=str(tmp_path / "local.txt")))
+            h = rt.submit(MarkdupRequest(dataset=url, metrics=str(tmp_path / "ceph.txt")))
+            h.result(timeout=120)
+        scan = h.job._scan
+        ds, lds = Dataset.open(url), Dataset.open(str(local))
+        files = [remote.size(ds.chunk_key(i, c)) for i in range(len(ds.chunks)) for c in h.job.read_columns]
+        assert scan is not None and scan.objects_read == len(files) and scan.blocks_read > len(files)
+        assert 0 < scan.held.peak <= max(files) + 2 * len(h.job.read_columns) * (prefetch + 1) * block
+        assert scan.held.now == 0
+
+        def flags(d: Dataset) -> list[bytes]:
+            return [bytes(d.read_file(i, "results")) for i in range(len(d.chunks))]
+
+        assert flags(ds) == flags(lds)
+        got, want = read_metrics(str(tmp_path / "ceph.txt")), read_metrics(str(tmp_path / "local.txt"))
+        assert got == want and int(want[0]["READ_PAIR_DUPLICATES"]) + int(want[0]["UNPAIRED_READ_DUPLICATES"]) > 0
     finally:
         set_config(None)
         for k in remote.list():

@@ -85,7 +85,7 @@ from persona.agd.records import (
     FLAG_UNMAPPED,
 )
 from persona.agd.transaction import Transaction
-from persona.apps.job import FeedDescriptor, Job, Request, StagePlan, Summary, Work
+from persona.apps.job import DatasetReadJob, Request, StagePlan, Summary, Work
 from persona.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
@@ -693,7 +693,10 @@ class MarkdupSummary(Summary):
     kept: int = 0
 
 
-class MarkdupJob(Job):
+class MarkdupJob(DatasetReadJob):
+    """Duplicate marking: the read stage is :class:`DatasetReadJob`'s (lazy, block by block, on remote
+    stores); ``ends`` decodes and computes each chunk's read-ends; ``decide`` feeds them in order."""
+
     kind: ClassVar[str] = "markdup"
     stages = (StagePlan("read", 1), StagePlan("ends", 2), StagePlan("decide", 1))
     request: MarkdupRequest
@@ -713,6 +716,7 @@ class MarkdupJob(Job):
         self.decider = Libraries(self.ds.manifest.extra, window if self.windowed else None)
         self.in_columns = (RESULTS, "qual", "metadata") + \
             (("tags",) if self.decider.per_record and "tags" in self.ds.columns else ())
+        self.read_columns = self.in_columns
         self._order_lock = threading.Lock()
         self._pending: dict[int, Any] = {}
         self._next = 0
@@ -734,14 +738,6 @@ class MarkdupJob(Job):
             self.txn.begin()
             return
         self.txn = self.ds.begin_columns(app="markdup", attempt=self.attempt, request_id=self.request_id)
-
-    def feeds(self) -> list[FeedDescriptor]:
-        return [FeedDescriptor(self.request_id, self.ds.store.url, self.ds.name, i, self.in_columns)
-                for i in range(len(self.ds.chunks))]
-
-    def stage_read(self, w: Work) -> Work:
-        w.data = {c: self.ds.read_file(w.desc.chunk, c) for c in w.desc.columns}
-        return w
 
     @property
     def secondary_columns(self) -> list[str]:
