@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,8 +54,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from persona.storage import Store, open_store  # noqa: E402
-
-import statistics  # noqa: E402
 
 MiB = 1024 * 1024
 
@@ -391,11 +390,24 @@ def _bench_cp(local: str, ceph: Store | None, s3: Store | None, root: Path | Non
     return out
 
 
+def _peaks(cmd: list[str], runs: int) -> tuple[list[float], list[float]]:
+    """Wall seconds and peak RSS (MiB) of each of ``runs`` runs of ``cmd`` (GNU time)."""
+    walls, peaks = [], []
+    for _ in range(runs):
+        r = subprocess.run(["/usr/bin/time", "-f", "%e %M", *cmd], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+        wall, kb = r.stderr.strip().splitlines()[-1].split()
+        walls.append(float(wall))
+        peaks.append(int(kb) / 1024)
+    return walls, peaks
+
+
 def _bench_sortmem(ceph: Store, args: argparse.Namespace, notes: dict, tmp: Path) -> dict:
     """Peak RSS (MiB) and seconds of persona sort, input and output on Ceph, at two scales, and of
     samtools sort on the same records as BAM; the growth of each peak from the small to the large."""
     sys.path.insert(0, str(REPO / "bench"))
-    from bench_sort import aligned_inputs, replicated, timed_process
+    from bench_sort import aligned_inputs, replicated
 
     from persona.agd import Dataset
 
@@ -413,6 +425,7 @@ def _bench_sortmem(ceph: Store, args: argparse.Namespace, notes: dict, tmp: Path
                               "--group-chunks 1 --merge-memory 64MiB, samtools sort -m 64M"
                               if args.quick else f"{pairs} simulated pairs (sacCer3, art_illumina, minimap2) "
                               f"x{copies[0]} and x{copies[1]}")
+    runs = args.sortmem_runs or (1 if args.quick else 3)
     out: dict = {"threads": args.threads, "copies": list(copies), "base_pairs": pairs}
     for k in copies:
         name = "aligned" if k == 1 else replicated(agd, "aligned", k)
@@ -424,8 +437,10 @@ def _bench_sortmem(ceph: Store, args: argparse.Namespace, notes: dict, tmp: Path
             subprocess.run([*persona, "cp", str(agd), dest.url, "-n", name, "-t", "8", "--quiet"], check=True,
                            timeout=3600)
             cp_s = time.perf_counter() - t0
-            wall, peak = timed_process([*persona, "sort", dest.url, "-n", name, "--out-name", "sorted", "-t", t,
-                                        *group, "--quiet"], 1)
+            # peak RSS varies by some tens of MiB from run to run (allocator timing): medians of --runs
+            walls, peaks = _peaks([*persona, "sort", dest.url, "-n", name, "--out-name", "sorted", "-t", t,
+                                   *group, "--overwrite", "--quiet"], runs)
+            wall, peak = statistics.median(walls), statistics.median(peaks)
             got = Dataset.open(dest.url, "sorted")
             if got.num_records != ds.num_records or got.manifest.sort != "coordinate":
                 raise SystemExit(f"sort on Ceph wrote {got.num_records} records ({got.manifest.sort}), "
@@ -437,14 +452,18 @@ def _bench_sortmem(ceph: Store, args: argparse.Namespace, notes: dict, tmp: Path
             subprocess.run([*persona, "export", str(agd), str(bam.with_suffix(".tmp.bam")), "-n", name, "-f", "bam",
                             "-t", t, "--quiet"], check=True, timeout=3600)
             os.replace(bam.with_suffix(".tmp.bam"), bam)
-        st_wall, st_peak = timed_process(["samtools", "sort", "-@", t, *st_mem, "-o", str(tmp / "st.bam"), str(bam)], 1)
+        st_walls, st_peaks = _peaks(["samtools", "sort", "-@", t, *st_mem, "-o", str(tmp / "st.bam"), str(bam)], runs)
+        st_wall, st_peak = statistics.median(st_walls), statistics.median(st_peaks)
         (tmp / "st.bam").unlink(missing_ok=True)
         out[label] = {"records": ds.num_records, "chunks": len(ds.chunks), "cp_s": round(cp_s, 1),
                       "persona_sort_s": round(wall, 1), "persona_sort_peak_mib": round(peak, 1),
-                      "samtools_sort_s": round(st_wall, 1), "samtools_sort_peak_mib": round(st_peak, 1)}
-        print(f"sortmem {label} ({ds.num_records} records, {len(ds.chunks)} chunks) on ceph: persona sort "
-              f"{wall:.1f} s, peak {peak:.0f} MiB;  samtools sort -@{t} (local BAM) {st_wall:.1f} s, peak "
-              f"{st_peak:.0f} MiB", flush=True)
+                      "samtools_sort_s": round(st_wall, 1), "samtools_sort_peak_mib": round(st_peak, 1),
+                      "runs": runs, "persona_sort_peaks_mib": [round(x) for x in peaks],
+                      "samtools_sort_peaks_mib": [round(x) for x in st_peaks]}
+        print(f"sortmem {label} ({ds.num_records} records, {len(ds.chunks)} chunks) on ceph, medians of {runs}: "
+              f"persona sort {wall:.1f} s, peak {peak:.0f} MiB (runs {'/'.join(f'{x:.0f}' for x in peaks)});  "
+              f"samtools sort -@{t} (local BAM) {st_wall:.1f} s, peak {st_peak:.0f} MiB "
+              f"(runs {'/'.join(f'{x:.0f}' for x in st_peaks)})", flush=True)
     small, large = (out[k] for k in list(out)[-2:])
     out["peak_growth"] = {
         "persona_sort": round(large["persona_sort_peak_mib"] / small["persona_sort_peak_mib"], 3),
@@ -469,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: a fifth of them)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="align threads (all backends)")
     ap.add_argument("--runs", type=int, default=None, help="align runs per backend (default 3, --quick 1)")
+    ap.add_argument("--sortmem-runs", type=int, default=None, help="runs of each sort per scale, medians "
+                    "quoted (default 3, --quick 1)")
     ap.add_argument("--ceph-url", default=None)
     ap.add_argument("--s3-url", default=None)
     ap.add_argument("--ceph-port", type=int, default=40400)

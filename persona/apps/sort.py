@@ -452,6 +452,12 @@ class SortJob(Job):
                 self.run_keys[run].append(key)
                 self.block_sizes[key] = len(block)
             self.store.put(key, block)
+        del keys, cols
+        # the group's columns (two copies while permuting) are freed: give their pages back, or the
+        # heap's free holes drift upward group after group (phase-1 peak, zstd runs, 10 groups: 406-425
+        # MiB with this, 433-454 without, same time; on Ceph from 2M to 8M pairs the sort's median
+        # peak grew 1.086x without, 1.058x with)
+        trim()
         return n
 
     def phase1(self, runs: "tuple[int, ...] | None" = None) -> None:
