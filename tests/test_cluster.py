@@ -477,7 +477,7 @@ def test_split_align_sort_cancelled_or_resumed_after_a_coordinator_restart(clust
     table = RequestTable(tmp_path / "state" / "service.db")
     committed = len(table.partitions(f"{rid}.0"))
     table.close()
-    assert 2 <= committed < 11  # some runs partitions, not the merge
+    assert 1 <= committed < 11  # some runs partitions (4 had reported), not the merge
     cl.start_coordinator()
     with cl.client() as c:
         st = c.wait(rid, timeout=WAIT)
