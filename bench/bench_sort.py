@@ -70,6 +70,12 @@ def aligned_inputs(quick: bool, pairs: int, threads: int) -> dict[str, Path]:
 
 def timed_process(cmd: list[str], runs: int, before: list[str] | None = None) -> tuple[float, float]:
     """Median wall seconds and the largest peak RSS (MiB) of ``runs`` runs of ``cmd``."""
+    walls, rss = timed_runs(cmd, runs, before)
+    return statistics.median(walls), max(rss)
+
+
+def timed_runs(cmd: list[str], runs: int, before: list[str] | None = None) -> tuple[list[float], list[float]]:
+    """Wall seconds and peak RSS (MiB, GNU time) of each of ``runs`` runs of ``cmd`` (``before`` run first)."""
     walls, rss = [], []
     for _ in range(runs):
         if before:
@@ -80,7 +86,7 @@ def timed_process(cmd: list[str], runs: int, before: list[str] | None = None) ->
         wall, kb = r.stderr.strip().splitlines()[-1].split()
         walls.append(float(wall))
         rss.append(int(kb) / 1024)
-    return statistics.median(walls), max(rss)
+    return walls, rss
 
 
 def replicated(agd: Path, name: str, copies: int) -> str:

@@ -390,24 +390,11 @@ def _bench_cp(local: str, ceph: Store | None, s3: Store | None, root: Path | Non
     return out
 
 
-def _peaks(cmd: list[str], runs: int) -> tuple[list[float], list[float]]:
-    """Wall seconds and peak RSS (MiB) of each of ``runs`` runs of ``cmd`` (GNU time)."""
-    walls, peaks = [], []
-    for _ in range(runs):
-        r = subprocess.run(["/usr/bin/time", "-f", "%e %M", *cmd], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
-        wall, kb = r.stderr.strip().splitlines()[-1].split()
-        walls.append(float(wall))
-        peaks.append(int(kb) / 1024)
-    return walls, peaks
-
-
 def _bench_sortmem(ceph: Store, args: argparse.Namespace, notes: dict, tmp: Path) -> dict:
     """Peak RSS (MiB) and seconds of persona sort, input and output on Ceph, at two scales, and of
     samtools sort on the same records as BAM; the growth of each peak from the small to the large."""
     sys.path.insert(0, str(REPO / "bench"))
-    from bench_sort import aligned_inputs, replicated
+    from bench_sort import aligned_inputs, replicated, timed_runs
 
     from persona.agd import Dataset
 
@@ -438,7 +425,7 @@ def _bench_sortmem(ceph: Store, args: argparse.Namespace, notes: dict, tmp: Path
                            timeout=3600)
             cp_s = time.perf_counter() - t0
             # peak RSS varies by some tens of MiB from run to run (allocator timing): medians of --runs
-            walls, peaks = _peaks([*persona, "sort", dest.url, "-n", name, "--out-name", "sorted", "-t", t,
+            walls, peaks = timed_runs([*persona, "sort", dest.url, "-n", name, "--out-name", "sorted", "-t", t,
                                    *group, "--overwrite", "--quiet"], runs)
             wall, peak = statistics.median(walls), statistics.median(peaks)
             got = Dataset.open(dest.url, "sorted")
@@ -452,7 +439,7 @@ def _bench_sortmem(ceph: Store, args: argparse.Namespace, notes: dict, tmp: Path
             subprocess.run([*persona, "export", str(agd), str(bam.with_suffix(".tmp.bam")), "-n", name, "-f", "bam",
                             "-t", t, "--quiet"], check=True, timeout=3600)
             os.replace(bam.with_suffix(".tmp.bam"), bam)
-        st_walls, st_peaks = _peaks(["samtools", "sort", "-@", t, *st_mem, "-o", str(tmp / "st.bam"), str(bam)], runs)
+        st_walls, st_peaks = timed_runs(["samtools", "sort", "-@", t, *st_mem, "-o", str(tmp / "st.bam"), str(bam)], runs)
         st_wall, st_peak = statistics.median(st_walls), statistics.median(st_peaks)
         (tmp / "st.bam").unlink(missing_ok=True)
         out[label] = {"records": ds.num_records, "chunks": len(ds.chunks), "cp_s": round(cp_s, 1),
@@ -474,6 +461,13 @@ def _bench_sortmem(ceph: Store, args: argparse.Namespace, notes: dict, tmp: Path
     return out
 
 
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a whole number of at least 1")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="less data per case (the whole run under a minute)")
@@ -488,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: a fifth of them)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="align threads (all backends)")
     ap.add_argument("--runs", type=int, default=None, help="align runs per backend (default 3, --quick 1)")
-    ap.add_argument("--sortmem-runs", type=int, default=None, help="runs of each sort per scale, medians "
+    ap.add_argument("--sortmem-runs", type=_positive_int, default=None, help="runs of each sort per scale, medians "
                     "quoted (default 3, --quick 1)")
     ap.add_argument("--ceph-url", default=None)
     ap.add_argument("--s3-url", default=None)

@@ -254,17 +254,18 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from persona.agd.transaction import CLAIM_SUFFIX
     from persona.errors import DatasetBusyError
 
-    names = [args.name] if args.name else [n for n in find_manifests(store) if not STAGING_NAME.match(n)]
+    keys = list(store.list())  # one listing (a remote store pages through it)
+    manifests = find_manifests(store)
+    names = [args.name] if args.name else [n for n in manifests if not STAGING_NAME.match(n)]
     # a writer killed before its first commit leaves its claim (and files) under a name with no manifest
     unborn = [] if args.name else sorted(
-        {k[:-len(CLAIM_SUFFIX)] for k in store.list() if k.endswith(CLAIM_SUFFIX)} - set(names)
-        - {n for n in find_manifests(store)})
+        {k[:-len(CLAIM_SUFFIX)] for k in keys if k.endswith(CLAIM_SUFFIX)} - set(manifests))
     unborn = [n for n in unborn if not STAGING_NAME.match(n) and not n.endswith(".owner")]
     # what puts killed mid-write left staged at the top level (no put lasts this long)
     stale = store.remove_temporaries("", min_age=STALE_PUT_AGE)
     for key in stale if args.verbose else []:
         print(f"partial write of {key}", file=sys.stderr)
-    if not names and not unborn and not stale and not any(STAGING_NAME.match(k) for k in store.list()):
+    if not names and not unborn and not stale and not any(STAGING_NAME.match(k) for k in keys):
         raise PersonaError(f"no dataset in {store.url}; pass --name for the leftovers of one that never "
                            "committed")
     total = 0

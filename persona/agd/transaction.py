@@ -266,6 +266,17 @@ def remove_dead_temporaries(store: Store, name: str, keep_attempts: Iterable[str
     return store.remove_temporaries(name, match=dead)
 
 
+def remove_dead_attempts(store: Store, name: str, manifest: Manifest | None,
+                         keep_attempts: Iterable[str] = ()) -> list[str]:
+    """Remove every leftover of ``name``'s dead attempts (the chunk files ``manifest`` does not
+    reference, and what killed puts left staged); returns their keys. The caller holds the writer claim."""
+    keys = unreferenced_keys(store, name, manifest, keep_attempts)
+    for key in keys:
+        with contextlib.suppress(StoreKeyError):
+            store.delete(key)
+    return keys + remove_dead_temporaries(store, name, keep_attempts)
+
+
 def original_names(store: Store, name: str) -> Manifest:
     """Give every chunk file of ``name`` its original name ``<name>_<first>.<column>`` (copying the
     files where the store cannot link them), in a transaction: the layout the original Persona
@@ -288,12 +299,7 @@ def collect_garbage(store: Store, name: str) -> list[str]:
     claim = WriterClaim(store, name, app="gc", attempt=new_attempt_id())
     claim.acquire()
     try:
-        manifest = read_manifest(store, name)
-        keys = unreferenced_keys(store, name, manifest)
-        for key in keys:
-            with contextlib.suppress(StoreKeyError):
-                store.delete(key)
-        return keys + remove_dead_temporaries(store, name)
+        return remove_dead_attempts(store, name, read_manifest(store, name))
     finally:
         claim.release()
 
@@ -344,10 +350,7 @@ class Transaction:
                 raise ManifestError(f"dataset {self.name!r} has no manifest; it is missing or incomplete",
                                     store=self.store.url)
             # We hold the claim: whatever the manifest does not reference is a dead attempt's.
-            for key in unreferenced_keys(self.store, self.name, self.base, keep_attempts=(self.attempt,)):
-                with contextlib.suppress(StoreKeyError):
-                    self.store.delete(key)
-            remove_dead_temporaries(self.store, self.name, keep_attempts=(self.attempt,))
+            remove_dead_attempts(self.store, self.name, self.base, keep_attempts=(self.attempt,))
         except BaseException:
             self.claim.release()
             raise

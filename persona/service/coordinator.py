@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from persona.agd.transaction import Transaction, chunk_key_re, remove_dead_temporaries, unreferenced_keys
+from persona.agd.transaction import Transaction, chunk_key_re, remove_dead_attempts, unreferenced_keys
 from persona.errors import BatchCancelled, PersonaError, StoreKeyError
 from persona.service import sort_parts
 from persona.service.gates import GlobalGates, Partition, StepGate, new_attempt
@@ -84,10 +84,7 @@ class PartitionedColumns(Transaction):
             if self.base is None:
                 raise ManifestError(f"dataset {self.name!r} has no manifest; it is missing or incomplete",
                                     store=self.store.url)
-            for key in unreferenced_keys(self.store, self.name, self.base, keep_attempts=(self.attempt, *self.keep)):
-                with contextlib.suppress(StoreKeyError):
-                    self.store.delete(key)
-            remove_dead_temporaries(self.store, self.name, keep_attempts=(self.attempt, *self.keep))
+            remove_dead_attempts(self.store, self.name, self.base, keep_attempts=(self.attempt, *self.keep))
         except BaseException:
             self.claim.release()
             raise
